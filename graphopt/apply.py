@@ -1,0 +1,138 @@
+"""``graphopt apply``: recipe -> source model -> verified passes -> run directory.
+
+The run directory is written as a whole: every file goes into a fresh temporary folder beside it, which then
+replaces the old directory, so a failed or interrupted run leaves either the previous complete result or nothing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from .atc import atc_commands, atc_script, config_files
+from .errors import UserError
+from .ir import load_model
+from .pipeline import PipelineResult, run_pipeline
+from .recipe import Recipe
+from .report import report_json, report_markdown
+from .verify import load_input_data, make_inputs
+
+__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "write_run_dir"]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def source_model_path(recipe: Recipe, progress: Callable[[str], None] = _stderr) -> tuple[Path, bool]:
+    """The ONNX file the recipe starts from (exported and cached when it names an exporter)."""
+    if recipe.model.onnx is not None:
+        return recipe.model.onnx, False
+    from .export import export_cached
+
+    return export_cached(recipe.model.exporter, recipe.model.args, recipe.model.checkpoint, recipe.model.opset,
+                         tuple(recipe.input.shape[1:]), recipe.model.seed, progress=progress)
+
+
+def verification_inputs(recipe: Recipe) -> list:
+    v = recipe.verify
+    if v.data is not None:
+        return load_input_data(v.data, recipe.input.shape, recipe.input.dtype, limit=v.samples)
+    return make_inputs(recipe.input.shape, v.samples, v.seed, recipe.input.dtype)
+
+
+def _check_input(model, recipe: Recipe, where: str) -> None:
+    inputs = {i.name: i for i in model.graph.input}
+    inits = {i.name for i in model.graph.initializer}
+    real = [n for n in inputs if n not in inits]
+    if recipe.input.name not in inputs:
+        raise UserError(f"{where}: input.name {recipe.input.name!r} is not an input of the model "
+                        f"(inputs: {', '.join(real)})")
+    dims = inputs[recipe.input.name].type.tensor_type.shape.dim
+    if len(dims) != len(recipe.input.shape):
+        raise UserError(f"{where}: input.shape {list(recipe.input.shape)} has rank {len(recipe.input.shape)}, "
+                        f"the model's input {recipe.input.name!r} has rank {len(dims)}")
+    for k, (d, want) in enumerate(zip(dims, recipe.input.shape)):
+        if d.HasField("dim_value") and d.dim_value != want:
+            raise UserError(f"{where}: input.shape[{k}] is {want}, the model fixes it to {d.dim_value}")
+
+
+def write_run_dir(outdir: Path, files: dict[str, bytes | str], executable: set[str] = frozenset()) -> None:
+    outdir = Path(outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+            if name in executable:
+                os.chmod(tmp / name, 0o755)
+        old = None
+        if outdir.exists():
+            old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
+            os.replace(outdir, old)
+        os.replace(tmp, outdir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
+                 progress: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Run the recipe and write the run directory; returns the report dict."""
+    t0 = time.perf_counter()
+    outdir = Path(outdir) if outdir else Path("runs") / recipe.name
+    src, cached = source_model_path(recipe, progress)
+    where = str(recipe.path or "recipe")
+    model = load_model(src, "model")
+    _check_input(model, recipe, where)
+    do_verify = recipe.verify.enabled if verify is None else verify
+    inputs = verification_inputs(recipe) if do_verify else None
+    passes = [(p, spec.where, spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail)
+              for p, spec in zip(recipe.build_passes(), recipe.passes)]
+    result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=recipe.input.name,
+                                          tolerance=recipe.verify.tolerance, progress=progress)
+    del model
+    files: dict[str, bytes | str] = {}
+    if "model" in recipe.emit:
+        files["model.onnx"] = result.model.SerializeToString()
+    configs = config_files(result.configs)
+    files.update(configs)
+    if "atc" in recipe.emit:
+        cmds = atc_commands(model="model.onnx", output_stem=recipe.name, input_name=recipe.input.name,
+                            item_shape=recipe.input.shape[1:], batch_sizes=recipe.atc.batch_sizes,
+                            soc_version=recipe.atc.soc_version, log=recipe.atc.log,
+                            precision_mode=recipe.atc.precision_mode, configs=result.configs,
+                            extra_args=recipe.atc.extra_args)
+        files["atc.sh"] = atc_script(cmds)
+    report = {
+        "recipe": {"name": recipe.name, "path": str(recipe.path) if recipe.path else None},
+        "source": {"kind": "export" if recipe.model.exporter else "onnx", "path": str(src), "cached": cached,
+                   "exporter": recipe.model.exporter, "args": dict(recipe.model.args),
+                   "checkpoint": str(recipe.model.checkpoint) if recipe.model.checkpoint else None},
+        "input": {"name": recipe.input.name, "shape": list(recipe.input.shape)},
+        "verification": None if not do_verify else {
+            "samples": len(inputs), "inputs": "real data" if recipe.verify.data else f"seeded normal (seed {recipe.verify.seed})",
+            "tolerance": asdict(recipe.verify.tolerance)},
+        "passes": [r.as_dict() for r in result.records],
+        "final_verify": result.final_verify,
+        "ops_before": result.ops_before,
+        "ops_after": result.ops_after,
+        "configs": result.configs,
+        "files": sorted(list(files) + ["report.json", "report.md"]),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if "report" in recipe.emit:
+        files["report.json"] = report_json(report)
+        files["report.md"] = report_markdown(report)
+    else:
+        report["files"] = sorted(files)
+    write_run_dir(outdir, files, executable={"atc.sh"})
+    report["outdir"] = str(outdir)
+    return report

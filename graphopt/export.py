@@ -1,0 +1,222 @@
+"""Exporters and the export cache.
+
+An exporter (one module per model in ``models/``) says how to build a PyTorch model and how to export it: input
+and output names, opset, default input size, and how to map an upstream checkpoint's keys onto the module.
+``export_cached`` builds the model with seeded random weights, loads a checkpoint when given
+(``torch.load(weights_only=True)``, never a pickled module), exports ONNX with a dynamic batch axis and keeps the
+result under ``$GRAPHOPT_CACHE`` (default ``~/.cache/graphopt``), keyed by a hash of everything that changes the
+export, so a second run reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import UserError
+from .ir import atomic_write_bytes
+
+__all__ = [
+    "Exporter",
+    "register_exporter",
+    "get_exporter",
+    "list_exporters",
+    "cache_dir",
+    "export_cached",
+    "load_checkpoint",
+]
+
+_EXPORTERS: dict[str, "Exporter"] = {}
+# Bump when the export procedure itself changes, so stale cache entries are not reused.
+EXPORT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How one model is built and exported.
+
+    ``build(**args)`` returns an ``nn.Module`` in eval mode with seeded random weights (the caller seeds torch).
+    ``convert_checkpoint(state_dict) -> state_dict`` maps an upstream key layout onto the module; the default
+    keeps keys as they are. ``input_size`` is (C, H, W) or a callable of the build arguments returning it.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    input_name: str
+    output_names: tuple[str, ...]
+    opset: int
+    input_size: tuple[int, int, int] | Callable[[Mapping[str, Any]], tuple[int, int, int]]
+    description: str = ""
+    convert_checkpoint: Callable[[dict], dict] | None = None
+    default_args: Mapping[str, Any] = field(default_factory=dict)
+
+    def size_for(self, args: Mapping[str, Any]) -> tuple[int, int, int]:
+        size = self.input_size(args) if callable(self.input_size) else self.input_size
+        return tuple(int(s) for s in size)  # type: ignore[return-value]
+
+
+def register_exporter(exporter: Exporter) -> Exporter:
+    if exporter.name in _EXPORTERS:
+        raise ValueError(f"exporter {exporter.name!r} registered twice")
+    _EXPORTERS[exporter.name] = exporter
+    return exporter
+
+
+def _load_builtin_exporters() -> None:
+    # models/ imports torch: only pay for it when an exporter is needed.
+    from . import models  # noqa: F401  (registers every built-in exporter)
+
+
+def get_exporter(name: str) -> Exporter:
+    _load_builtin_exporters()
+    if name not in _EXPORTERS:
+        from .recipe import closest
+
+        raise UserError(f"unknown exporter {name!r}{closest(name, _EXPORTERS)}")
+    return _EXPORTERS[name]
+
+
+def list_exporters() -> list[Exporter]:
+    _load_builtin_exporters()
+    return [_EXPORTERS[k] for k in sorted(_EXPORTERS)]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHOPT_CACHE") or Path.home() / ".cache" / "graphopt")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_key(exporter: Exporter, args: Mapping[str, Any], checkpoint: Path | None, opset: int,
+               input_size: tuple[int, ...], seed: int) -> str:
+    import onnx
+    import timm
+    import torch
+
+    payload = {
+        "exporter": exporter.name,
+        "args": dict(sorted(args.items())),
+        "checkpoint": _file_sha256(checkpoint) if checkpoint else None,
+        "opset": opset,
+        "input_size": list(input_size),
+        "seed": seed,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "format": EXPORT_FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a state dict safely. Whole pickled modules are refused (unpickling runs arbitrary code)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"checkpoint {path}: holds pickled Python objects (e.g. a whole nn.Module), which graphopt will not "
+            "unpickle. Convert it once, in a trusted environment, to a plain state dict: "
+            "torch.save(torch.load(f, weights_only=False).state_dict(), 'state_dict.pth') "
+            f"(for DataParallel use .module.state_dict()). Detail: {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:  # corrupt archive, not a torch file, ...
+        raise UserError(f"checkpoint {path}: cannot be read by torch.load ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    # Common wrappers used by training scripts.
+    for key in ("state_dict", "model", "model_ema", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise UserError(f"checkpoint {path}: not a state dict (found {type(obj).__name__})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _apply_checkpoint(model: Any, exporter: Exporter, path: Path) -> None:
+    state = load_checkpoint(path)
+    if exporter.convert_checkpoint is not None:
+        state = exporter.convert_checkpoint(state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "") if keys else "none"
+
+        raise UserError(f"checkpoint {path}: keys do not match exporter {exporter.name!r}: "
+                        f"missing {show(missing)}; unexpected {show(unexpected)}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise UserError(f"checkpoint {path}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, "
+                        f"model {tuple(own[k].shape)} ({len(bad)} mismatching tensors)")
+    model.load_state_dict(state, strict=True)
+
+
+def export_to_bytes(exporter: Exporter, args: Mapping[str, Any], checkpoint: Path | None, opset: int,
+                    input_size: tuple[int, int, int], seed: int = 0) -> bytes:
+    import torch
+
+    torch.manual_seed(seed)
+    try:
+        model = exporter.build(**{**exporter.default_args, **args})
+    except TypeError as e:
+        raise UserError(f"exporter {exporter.name!r}: bad arguments {dict(args)}: {e}") from None
+    if checkpoint is not None:
+        _apply_checkpoint(model, exporter, checkpoint)
+    model.eval()
+    dummy = torch.randn(1, *input_size)
+    dynamic = {exporter.input_name: {0: "batch"}, **{o: {0: "batch"} for o in exporter.output_names}}
+    buf = io.BytesIO()
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: it honours the seeds' opsets (11-13), which the dynamo exporter does not.
+        torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=opset,
+                          input_names=[exporter.input_name], output_names=list(exporter.output_names),
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    return buf.getvalue()
+
+
+def export_cached(name: str, args: Mapping[str, Any] | None = None, checkpoint: str | Path | None = None,
+                  opset: int | None = None, input_size: tuple[int, int, int] | None = None, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """Return (path of the exported ONNX in the cache, whether it came from the cache)."""
+    exporter = get_exporter(name)
+    args = dict(args or {})
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and not ckpt.is_file():
+        raise UserError(f"checkpoint {ckpt}: no such file")
+    opset = opset or exporter.opset
+    size = input_size or exporter.size_for({**exporter.default_args, **args})
+    key = _cache_key(exporter, args, ckpt, opset, size, seed)
+    path = cache_dir() / f"{exporter.name}-{key}.onnx"
+    if path.is_file():
+        if progress:
+            progress(f"export: reusing cached {path}")
+        return path, True
+    if progress:
+        progress(f"export: building {exporter.name} and exporting ONNX (opset {opset}) ...")
+    data = export_to_bytes(exporter, args, ckpt, opset, size, seed)
+    atomic_write_bytes(path, data)
+    if progress:
+        progress(f"export: cached {path} ({len(data) / 1e6:.1f} MB)")
+    return path, False

@@ -1,0 +1,152 @@
+"""The pass framework: ``Pass``, ``PassResult`` and the registry.
+
+A pass is a dataclass registered under the name recipes use. Its fields are its typed keyword parameters (the
+YAML keys); its docstring states the rewrite; ``run(graph) -> PassResult`` edits an onnx-graphsurgeon graph in
+place and says whether it changed anything, with counters in ``stats``. A pass knows nothing about files, CLIs or
+other passes: configuration it wants handed to the compiler (an op precision mode, a mixlist) goes in
+``PassResult.configs`` and the pipeline writes the files.
+
+Third-party passes register through the entry-point group ``graphopt.passes`` (each entry point names a Pass
+subclass, or a module whose import registers passes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, ClassVar
+
+import onnx_graphsurgeon as gs
+
+__all__ = [
+    "Pass",
+    "PassResult",
+    "Param",
+    "register_pass",
+    "get_pass",
+    "all_passes",
+    "pass_params",
+    "ENTRY_POINT_GROUP",
+]
+
+ENTRY_POINT_GROUP = "graphopt.passes"
+_REGISTRY: dict[str, type["Pass"]] = {}
+_loaded = False
+
+
+@dataclass
+class PassResult:
+    """What a pass did. ``stats`` holds counters and reasons (e.g. ``{"rewritten": 16, "skipped": {...}}``);
+    ``configs`` holds compiler configuration contributions, merged by the pipeline:
+    ``op_precision`` {OpType: mode}, ``mixlist`` {"black-list": {"to-add": [...]}, ...}, ``precision_mode`` str,
+    ``keep_dtype`` [node names or OpType::TypeName]."""
+
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.type)
+
+
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class Pass:
+    """Base class. Subclasses are ``@register_pass``-decorated dataclasses; see the README's "Writing a pass".
+
+    Field metadata ``help`` documents a parameter: ``axis: int = field(default=-1, metadata={"help": "..."})``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def run(self, graph: gs.Graph) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, graph: gs.Graph) -> PassResult:
+        result = self.run(graph)
+        if not isinstance(result, PassResult):
+            raise TypeError(f"pass {self.name!r} returned {type(result).__name__}, expected PassResult")
+        return result
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = inspect.getdoc(cls) or ""
+        return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def register_pass(name: str):
+    """Class decorator: make ``cls`` a dataclass (if it is not one) and register it under ``name``."""
+
+    def wrap(cls: type[Pass]) -> type[Pass]:
+        if not (isinstance(cls, type) and issubclass(cls, Pass)):
+            raise TypeError(f"@register_pass({name!r}) needs a Pass subclass")
+        if not dataclasses.is_dataclass(cls):
+            cls = dataclass(cls)
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"pass {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import passes  # noqa: F401  (built-in passes register on import)
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, Pass) and obj.name not in _REGISTRY:
+            register_pass(obj.name or ep.name)(obj)
+
+
+def all_passes() -> dict[str, type[Pass]]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_pass(name: str) -> type[Pass] | None:
+    _load_all()
+    return _REGISTRY.get(name)
+
+
+def pass_params(cls: type[Pass]) -> list[Param]:
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = dataclasses.MISSING
+        params.append(Param(f.name, hints.get(f.name, Any), default, f.metadata.get("help", "")))
+    return params

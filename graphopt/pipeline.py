@@ -1,0 +1,153 @@
+"""The pipeline runner: passes in order on one onnx-graphsurgeon graph, each verified as it runs.
+
+After every pass that changed the graph, the runner cleans up and sorts the graph, checks it with
+``onnx.checker``, runs it in onnxruntime on the same inputs as the graph before the pass, and compares
+(``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two.
+A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
+``on_fail: skip``, is dropped and the graph before it restored.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import PassError, UserError, VerificationFailed
+from .ir import op_counts, to_graph, to_model
+from .pass_infra import Pass
+from .verify import Runner, compare_outputs
+
+__all__ = ["PassRecord", "PipelineResult", "run_pipeline", "merge_configs"]
+
+
+@dataclass
+class PassRecord:
+    name: str
+    where: str
+    changed: bool
+    stats: dict[str, Any]
+    seconds: float
+    verify: dict[str, Any] | None
+    status: str  # "applied" | "unchanged" | "skipped"
+    configs: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "where": self.where, "changed": self.changed, "status": self.status,
+                "stats": self.stats, "seconds": round(self.seconds, 4), "verify": self.verify,
+                "configs": self.configs}
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    records: list[PassRecord]
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    configs: dict[str, Any]
+    final_verify: dict[str, Any] | None
+
+
+def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
+    """Merge a pass's compiler-config contributions (see ``PassResult``) into the pipeline's."""
+    for key, value in new.items():
+        if key == "op_precision":
+            into.setdefault(key, {}).update(value)
+        elif key == "mixlist":
+            mix = into.setdefault(key, {})
+            for lst, ops in value.items():
+                for action, names in ops.items():
+                    cur = mix.setdefault(lst, {}).setdefault(action, [])
+                    cur.extend(n for n in names if n not in cur)
+        elif key == "keep_dtype":
+            cur = into.setdefault(key, [])
+            cur.extend(n for n in value if n not in cur)
+        elif key == "precision_mode":
+            if into.get(key) not in (None, value):
+                raise UserError(f"{who}: asks for precision_mode {value!r}, an earlier pass asked for {into[key]!r}")
+            into[key] = value
+        else:
+            raise ValueError(f"{who}: unknown config contribution {key!r}")
+
+
+def _progress_noop(msg: str) -> None:
+    pass
+
+
+def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]], *,
+                 inputs: Sequence[np.ndarray] | None, input_name: str | None, tolerance=None,
+                 progress: Callable[[str], None] = _progress_noop) -> PipelineResult:
+    """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given."""
+    verify = inputs is not None
+    ops_before = op_counts(model)
+    graph = to_graph(model)
+    ref = prev = None
+    if verify:
+        progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es) ...")
+        ref = prev = Runner(model, input_name).run(inputs)
+    del model
+    records: list[PassRecord] = []
+    configs: dict[str, Any] = {}
+    done: list[str] = []
+    for k, (p, where, on_fail) in enumerate(passes, 1):
+        label = f"[{k}/{len(passes)}] {p.name}"
+        snapshot = graph.copy() if on_fail == "skip" else None  # shares weights: cheap
+        t0 = time.perf_counter()
+        try:
+            result = p(graph)
+        except (UserError, VerificationFailed):
+            raise
+        except Exception as e:
+            if snapshot is not None:
+                graph = snapshot
+                records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
+                                          time.perf_counter() - t0, None, "skipped"))
+                progress(f"{label}: raised {type(e).__name__}: {e}; skipped (on_fail: skip)")
+                continue
+            after = f" (after {', '.join(done)})" if done else ""
+            raise PassError(f"pass {p.name} ({where}) raised {type(e).__name__}: {e}{after}") from e
+        seconds = time.perf_counter() - t0
+        verdict = None
+        if result.changed:
+            graph.cleanup().toposort()
+            after_model = to_model(graph)
+            try:
+                onnx.checker.check_model(after_model)
+            except onnx.checker.ValidationError as e:
+                raise PassError(f"pass {p.name} ({where}) produced an invalid graph: "
+                                f"{str(e).strip().splitlines()[0]}") from None
+            if verify:
+                try:
+                    got = Runner(after_model, input_name).run(inputs)
+                except UserError as e:
+                    raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
+                cmp = compare_outputs(prev, got, tolerance)
+                verdict = cmp.summary()
+                if not cmp.passed:
+                    if on_fail == "skip":
+                        graph = snapshot
+                        records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
+                        progress(f"{label}: FAILED verification, {cmp.describe()}; skipped (on_fail: skip)")
+                        continue
+                    raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}")
+                prev = got
+            del after_model
+        merge_configs(configs, result.configs, f"pass {p.name} ({where})")
+        status = "applied" if result.changed else "unchanged"
+        records.append(PassRecord(p.name, where, result.changed, result.stats, seconds, verdict, status,
+                                  result.configs))
+        done.append(p.name)
+        shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
+        progress(f"{label}: {status} in {seconds:.2f}s{shown}")
+    final_model = to_model(graph)
+    onnx.checker.check_model(final_model)
+    final = None
+    if verify:
+        cmp = compare_outputs(ref, prev, tolerance)
+        final = cmp.summary()
+        if not cmp.passed:
+            raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
+                                     f"model: {cmp.describe()}")
+    return PipelineResult(final_model, records, ops_before, op_counts(final_model), configs, final)

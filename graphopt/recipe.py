@@ -1,0 +1,318 @@
+"""Recipes: loading and validation.
+
+A recipe is YAML (read with ``yaml.safe_load``). It is validated completely before anything runs; every mistake
+becomes one line naming the recipe file and the YAML path (``passes[2].axis``), with the closest valid names for
+an unknown one. See the README's "Recipe format" for the keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .errors import UserError
+from .pass_infra import Pass, all_passes, get_pass, pass_params, type_name
+
+__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "AtcSpec", "load_recipe",
+           "parse_recipe", "closest", "check_value", "build_pass"]
+
+PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
+                   "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
+EMITS = ("model", "report", "atc")
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """' (did you mean: a, b?)' or ' (valid: ...)' suffix for an unknown name."""
+    valid = sorted(valid)
+    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    if near:
+        return f" (did you mean: {', '.join(near)}?)"
+    return f" (valid: {', '.join(valid)})" if len(valid) <= 12 else ""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Verification thresholds. ``None`` disables a criterion; at least one must be set."""
+
+    max_abs: float | None = 1e-4
+    max_rel: float | None = None
+    cosine: float | None = 0.99999
+    top1_agreement: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    exporter: str | None = None
+    onnx: Path | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    opset: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    name: str
+    args: Mapping[str, Any]
+    on_fail: str  # "stop" | "skip"
+    where: str  # YAML path, e.g. "passes[2]"
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    enabled: bool = True
+    samples: int = 2
+    seed: int = 0
+    data: Path | None = None
+    tolerance: Tolerance = Tolerance()
+    on_fail: str = "stop"
+
+
+@dataclass(frozen=True)
+class AtcSpec:
+    soc_version: str = "Ascend310P3"
+    batch_sizes: tuple[int, ...] = (1,)
+    precision_mode: str | None = None
+    log: str = "error"
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path | None
+    model: ModelSpec
+    input: InputSpec
+    passes: tuple[PassSpec, ...]
+    verify: VerifySpec
+    emit: tuple[str, ...]
+    atc: AtcSpec
+
+    def build_passes(self) -> list[Pass]:
+        return [build_pass(p) for p in self.passes]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Type checking of YAML values against Python annotations
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_is_instance(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        return all(_is_instance(v, inner) for v in value)
+    if origin in (dict, typing.Mapping):
+        if not isinstance(value, dict):
+            return False
+        kt, vt = args if args else (Any, Any)
+        return all(_is_instance(k, kt) and _is_instance(v, vt) for k, v in value.items())
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def check_value(value: Any, tp: Any, where: str, file: str) -> Any:
+    if not _is_instance(value, tp):
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise UserError(f"{file}: {where}: expected {type_name(tp)}, got {type(value).__name__} {shown}")
+    if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)
+                       and isinstance(value, int) and not isinstance(value, bool) and int not in typing.get_args(tp)):
+        return float(value)
+    return value
+
+
+def build_pass(spec: PassSpec) -> Pass:
+    cls = get_pass(spec.name)
+    assert cls is not None, spec.name  # validated when the recipe was parsed
+    return cls(**spec.args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Section:
+    """A mapping being read, tracking its YAML path and reporting unknown keys."""
+
+    def __init__(self, data: Any, where: str, file: str, keys: Iterable[str]):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UserError(f"{file}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+        self.data, self.where, self.file = data, where, file
+        known = list(keys)
+        for key in data:
+            if not isinstance(key, str) or key not in known:
+                raise UserError(f"{file}: {self.path(str(key))}: unknown key{closest(str(key), known)}")
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, tp: Any, default: Any = dataclasses.MISSING) -> Any:
+        if key not in self.data:
+            if default is dataclasses.MISSING:
+                raise UserError(f"{self.file}: {self.path(key)}: required key is missing")
+            return default
+        return check_value(self.data[key], tp, self.path(key), self.file)
+
+
+def _resolve(base: Path | None, value: str | None, where: str, file: str, must_exist: bool = True) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if must_exist and not p.exists():
+        raise UserError(f"{file}: {where}: {value}: no such file")
+    return p
+
+
+def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
+    file = str(path) if path else "<recipe>"
+    base = path.parent if path else None
+    top = _Section(data, "", file, ["name", "model", "input", "passes", "verify", "emit", "atc"])
+    name = top.get("name", str, path.stem if path else "recipe")
+
+    m = _Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])
+    exporter = m.get("exporter", str | None, None)
+    onnx_path = m.get("onnx", str | None, None)
+    if (exporter is None) == (onnx_path is None):
+        raise UserError(f"{file}: model: give exactly one of model.exporter or model.onnx")
+    if exporter is not None:
+        from .export import list_exporters
+
+        names = [e.name for e in list_exporters()]
+        if exporter not in names:
+            raise UserError(f"{file}: model.exporter: unknown exporter {exporter!r}{closest(exporter, names)}")
+    model = ModelSpec(
+        exporter=exporter,
+        onnx=_resolve(base, onnx_path, "model.onnx", file),
+        args=m.get("args", dict[str, Any], {}),
+        checkpoint=_resolve(base, m.get("checkpoint", str | None, None), "model.checkpoint", file),
+        opset=m.get("opset", int | None, None),
+        seed=m.get("seed", int, 0),
+    )
+
+    i = _Section(top.get("input", dict), "input", file, ["name", "shape", "dtype"])
+    shape = tuple(i.get("shape", list[int]))
+    if not shape or any(d <= 0 for d in shape):
+        raise UserError(f"{file}: input.shape: expected positive dimensions, got {list(shape)}")
+    inp = InputSpec(i.get("name", str), shape, i.get("dtype", typing.Literal["float32", "float16"], "float32"))
+
+    raw_passes = top.get("passes", list, [])
+    passes = []
+    registry = all_passes()
+    for k, entry in enumerate(raw_passes):
+        where = f"passes[{k}]"
+        if isinstance(entry, str):
+            entry = {"pass": entry}
+        if not isinstance(entry, dict) or "pass" not in entry:
+            raise UserError(f"{file}: {where}: expected a mapping with a 'pass' key, e.g. '- pass: simplify'")
+        pname = entry["pass"]
+        if not isinstance(pname, str) or pname not in registry:
+            raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{closest(str(pname), registry)}")
+        params = {p.name: p for p in pass_params(registry[pname])}
+        args = {}
+        for key, value in entry.items():
+            if key in ("pass", "on_fail"):
+                continue
+            if key not in params:
+                raise UserError(f"{file}: {where}.{key}: unknown argument of pass {pname!r}"
+                                f"{closest(str(key), list(params) + ['on_fail'])}")
+            args[key] = check_value(value, params[key].type, f"{where}.{key}", file)
+        missing = [p for p in params.values() if p.default is dataclasses.MISSING and p.name not in args]
+        if missing:
+            raise UserError(f"{file}: {where}.{missing[0].name}: required argument of pass {pname!r} is missing")
+        on_fail = entry.get("on_fail", "stop")
+        check_value(on_fail, typing.Literal["stop", "skip"], f"{where}.on_fail", file)
+        spec = PassSpec(pname, args, on_fail, where)
+        try:
+            build_pass(spec)  # the pass's own __post_init__ checks (value ranges) run now, not mid-pipeline
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{file}: {where}: {e}") from None
+        passes.append(spec)
+
+    v = _Section(top.get("verify", dict, {}), "verify", file, ["enabled", "samples", "seed", "data", "tolerance",
+                                                                "on_fail"])
+    t = _Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [f.name for f in dataclasses.fields(Tolerance)])
+    tol = Tolerance(**{f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)})
+    if all(getattr(tol, f.name) is None for f in dataclasses.fields(Tolerance)):
+        raise UserError(f"{file}: verify.tolerance: every criterion is null; set at least one")
+    samples = v.get("samples", int, 2)
+    if samples < 1:
+        raise UserError(f"{file}: verify.samples: must be at least 1, got {samples}")
+    verify = VerifySpec(
+        enabled=v.get("enabled", bool, True),
+        samples=samples,
+        seed=v.get("seed", int, 0),
+        data=_resolve(base, v.get("data", str | None, None), "verify.data", file),
+        tolerance=tol,
+        on_fail=v.get("on_fail", typing.Literal["stop", "skip"], "stop"),
+    )
+
+    emit = tuple(top.get("emit", list[typing.Literal[EMITS]], list(EMITS)))  # type: ignore[valid-type]
+
+    a = _Section(top.get("atc", dict, {}), "atc", file, ["soc_version", "batch_sizes", "precision_mode", "log",
+                                                        "extra_args"])
+    batch_sizes = tuple(a.get("batch_sizes", list[int], [1]))
+    if not batch_sizes or any(b <= 0 for b in batch_sizes):
+        raise UserError(f"{file}: atc.batch_sizes: expected positive integers, got {list(batch_sizes)}")
+    atc = AtcSpec(
+        soc_version=a.get("soc_version", str, "Ascend310P3"),
+        batch_sizes=batch_sizes,
+        precision_mode=a.get("precision_mode", typing.Literal[PRECISION_MODES] | None, None),  # type: ignore
+        log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
+        extra_args=tuple(a.get("extra_args", list[str], [])),
+    )
+    return Recipe(name, path, model, inp, tuple(passes), verify, emit, atc)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"recipe {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"recipe {path}: is a directory, expected a .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"recipe {path}: cannot be read ({e.__class__.__name__}: {e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"recipe {path}: invalid YAML{at}: {problem}") from None
+    return parse_recipe(data, path)

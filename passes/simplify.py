@@ -1,0 +1,61 @@
+"""``simplify``: onnxsim (constant folding, dead-code removal, shape simplification)."""
+from __future__ import annotations
+
+from dataclasses import field
+
+import onnx_graphsurgeon as gs
+
+from graphopt.errors import UserError
+from graphopt.ir import op_counts, replace_graph, to_graph, to_model
+from graphopt.pass_infra import Pass, PassResult, register_pass
+
+__all__ = ["Simplify"]
+
+
+@register_pass("simplify")
+class Simplify(Pass):
+    """Simplify the graph with onnxsim: fold constants and shape arithmetic, drop dead nodes.
+
+    ``fixed_input_shape`` pins the inputs' shapes first (``{name: [dims]}``), which lets onnxsim fold shape
+    computations a dynamic batch would keep; ``skip`` makes the pass a recorded no-op for models where onnxsim is
+    too slow; ``skip_optimizers`` names onnxoptimizer passes onnxsim must not run.
+    """
+
+    fixed_input_shape: dict[str, list[int]] | None = field(
+        default=None, metadata={"help": "pin input shapes, e.g. {image: [1, 3, 224, 224]}"})
+    skip: bool = field(default=False, metadata={"help": "record the pass but do not run onnxsim"})
+    skip_optimizers: list[str] = field(default_factory=list, metadata={"help": "onnxoptimizer passes to skip"})
+    skip_fuse_bn: bool = field(default=False, metadata={"help": "keep BatchNormalization unfused"})
+
+    def __post_init__(self) -> None:
+        for name, dims in (self.fixed_input_shape or {}).items():
+            if not dims or any(d <= 0 for d in dims):
+                raise ValueError(f"fixed_input_shape.{name}: expected positive dimensions, got {dims}")
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        if self.skip:
+            return PassResult(False, {"skipped": "skip: true"})
+        import onnxsim
+
+        if self.fixed_input_shape:
+            names = {t.name for t in graph.inputs}
+            for name in self.fixed_input_shape:
+                if name not in names:
+                    raise UserError(f"simplify: fixed_input_shape names {name!r}, not an input of the model "
+                                    f"(inputs: {', '.join(sorted(names))})")
+        model = to_model(graph)
+        before = op_counts(model)
+        nodes_before = len(model.graph.node)
+        simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=self.skip_fuse_bn,
+                                          overwrite_input_shapes=self.fixed_input_shape or None,
+                                          skipped_optimizers=self.skip_optimizers or None)
+        if not ok:
+            raise RuntimeError("onnxsim reported the simplified model as invalid")
+        after = op_counts(simplified)
+        changed = (before != after or nodes_before != len(simplified.graph.node)
+                   or simplified.graph.SerializeToString() != model.graph.SerializeToString())
+        if changed:
+            replace_graph(graph, to_graph(simplified))
+        removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
+        return PassResult(changed, {"nodes_before": nodes_before, "nodes_after": len(simplified.graph.node),
+                                    "removed": removed})
