@@ -18,6 +18,9 @@ import onnx_graphsurgeon as gs
 
 from .errors import UserError
 
+# onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
+gs.logger.G_LOGGER.colors = False
+
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
@@ -36,6 +39,8 @@ __all__ = [
     "set_tensors",
     "replace_uses",
     "ensure_shapes",
+    "structure_signature",
+    "constants_to_initializers",
 ]
 
 
@@ -214,3 +219,38 @@ def ensure_shapes(graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> None:
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Variable) and t.shape is None and name in known:
             t.shape, t.dtype = known[name].shape, known[name].dtype
+
+
+def structure_signature(model: onnx.ModelProto) -> bytes:
+    """The graph's computation without annotations (value_info, doc strings): nodes with their attributes, inputs,
+    outputs and the initializers' names, types and shapes. Equal signatures mean the same computation."""
+    import hashlib
+
+    h = hashlib.sha256()
+    g = model.graph
+    for node in g.node:
+        h.update(node.op_type.encode() + b"\0" + node.domain.encode() + b"\0")
+        h.update("\0".join(node.input).encode() + b"\1" + "\0".join(node.output).encode() + b"\1")
+        for attr in node.attribute:
+            h.update(attr.SerializeToString())
+    for init in g.initializer:
+        h.update(f"{init.name}:{init.data_type}:{list(init.dims)}".encode())
+    h.update(str([(i.name, i.type.SerializeToString()) for i in (*g.input, *g.output)]).encode())
+    return h.digest()
+
+
+def constants_to_initializers(graph: gs.Graph) -> int:
+    """Turn tensor-valued Constant nodes into initializers (what ATC and most tools expect). Returns the count."""
+    moved = 0
+    for node in list(graph.nodes):
+        if node.op != "Constant" or not node.outputs or node.outputs[0] in graph.outputs:
+            continue
+        value = node.attrs.get("value")
+        if not isinstance(value, gs.Constant):
+            continue
+        out = node.outputs[0]
+        const = gs.Constant(out.name, np.asarray(value.values))
+        node.outputs.clear()
+        replace_uses(out, const)
+        moved += 1
+    return moved

@@ -6,7 +6,7 @@ from dataclasses import field
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import UserError
-from graphopt.ir import op_counts, replace_graph, to_graph, to_model
+from graphopt.ir import constants_to_initializers, op_counts, replace_graph, structure_signature, to_graph, to_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["Simplify"]
@@ -51,11 +51,14 @@ class Simplify(Pass):
                                           skipped_optimizers=self.skip_optimizers or None)
         if not ok:
             raise RuntimeError("onnxsim reported the simplified model as invalid")
-        after = op_counts(simplified)
-        changed = (before != after or nodes_before != len(simplified.graph.node)
-                   or simplified.graph.SerializeToString() != model.graph.SerializeToString())
+        new = to_graph(simplified)
+        constants_to_initializers(new)  # onnxsim leaves folded values as Constant nodes
+        new.cleanup()
+        simplified = to_model(new)
+        changed = structure_signature(simplified) != structure_signature(model)
         if changed:
-            replace_graph(graph, to_graph(simplified))
+            replace_graph(graph, new)
+        after = op_counts(simplified)
         removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
         return PassResult(changed, {"nodes_before": nodes_before, "nodes_after": len(simplified.graph.node),
                                     "removed": removed})

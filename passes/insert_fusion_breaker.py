@@ -1,0 +1,159 @@
+"""``insert_fusion_breaker``: put an identity-valued op on one edge of an op-type path, so the compiler cannot
+fuse across it."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import field
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors
+from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.pattern import NoMatch, match_path_down, single_consumer
+
+__all__ = ["InsertFusionBreaker", "BREAKER_PREFIX", "is_breaker"]
+
+# Names of the nodes this pass creates start with this, so a reader of the graph can tell them apart.
+BREAKER_PREFIX = "fusion_breaker"
+
+# The constant operand that makes each op the identity: x ** 1 = x * 1 = x + 0 = x.
+_NEUTRAL = {"Pow": 1.0, "Mul": 1.0, "Add": 0.0}
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def is_breaker(node: gs.Node, op: str) -> bool:
+    """Whether ``node`` is an identity-valued ``op``: ``Identity(x)``, or ``Pow(x, 1)``, ``Mul(x, 1)``,
+    ``Add(x, 0)`` with a one-element constant as the second operand (as this pass writes them), whoever
+    inserted it."""
+    if node.op != op:
+        return False
+    if op == "Identity":
+        return True
+    if len(node.inputs) != 2 or const_value(node.inputs[0]) is not None:
+        return False
+    value = const_value(node.inputs[1])
+    return value is not None and value.size == 1 and float(value.reshape(())) == _NEUTRAL[op]
+
+
+def _describe_miss(start: gs.Node, path: list[str]) -> str:
+    """Where the path from ``start`` stops matching, without node names (so reasons aggregate into counts)."""
+    nodes = [start]
+    for op in path[1:]:
+        nxt = single_consumer(nodes[-1].outputs[0])
+        prefix = " -> ".join(path[: len(nodes)])
+        if isinstance(nxt, NoMatch):
+            return f"{prefix}: output has {len(nodes[-1].outputs[0].outputs)} consumers, expected 1"
+        if nxt.op != op:
+            return f"{prefix} -> {nxt.op}, expected {op}"
+        nodes.append(nxt)
+    return "matched"  # not reached: callers only ask about misses
+
+
+@register_pass("insert_fusion_breaker")
+class InsertFusionBreaker(Pass):
+    """On input ``input_index`` of the first node of every path ``path[0] -> path[1] -> ...`` (each edge with a
+    single consumer), insert an identity-valued op: ``x  ->  Pow(x, 1.0)`` (default), ``Mul(x, 1.0)``,
+    ``Add(x, 0.0)`` or ``Identity(x)``.
+
+    Maths: x ** 1 = x * 1 = x + 0 = x exactly in IEEE arithmetic (pow(x, 1) is exact, including for negative x,
+    +-inf and NaN; only Add turns -0.0 into +0.0), so the outputs do not change, bit for bit in onnxruntime. The
+    point is the compiler: ATC fuses op chains it recognises (the ShiftViT seed's GroupNorm tail
+    ``Mul -> Add -> GlobalAveragePool -> Flatten -> Gemm``) into kernels that lose precision; a node it does not
+    fold away breaks the chain. The seed's ``modify_onnx.py`` puts ``Pow(x, 1.0)`` on the Mul's first input:
+    ``path: [Mul, Add, GlobalAveragePool, Flatten, Gemm]``, ``input_index: 0``, ``op: Pow``.
+
+    The constant is a scalar of the edge's dtype (broadcasting a scalar leaves the shape alone). ``Identity`` is
+    offered for completeness, but graph simplifiers (onnxsim, onnxoptimizer, ATC itself) delete it, so it only
+    breaks a fusion if nothing runs after it; prefer Pow. Paths are counted in graph (topological) order, which
+    ``occurrence: first | last`` picks from.
+
+    Idempotent: an edge whose producer already is a breaker of the requested kind (any ``Pow(x, 1)`` for
+    ``op: Pow``, whoever inserted it) is counted as ``already_present`` and left alone. Edges that are
+    constants (constant folding would remove the breaker) or whose dtype is not floating are skipped, with the
+    reason in ``stats["skipped"]``.
+    """
+
+    path: list[str] = field(metadata={"help": "op types from the node whose input gets the breaker, downwards "
+                                              "along single-consumer edges, e.g. [Mul, Add, GlobalAveragePool, "
+                                              "Flatten, Gemm]"})
+    input_index: int = field(default=0, metadata={"help": "which input of the path's first node gets the breaker"})
+    op: Literal["Pow", "Mul", "Add", "Identity"] = field(
+        default="Pow", metadata={"help": "breaker: Pow(x, 1.0), Mul(x, 1.0), Add(x, 0.0) or Identity(x)"})
+    occurrence: Literal["all", "first", "last"] = field(
+        default="all", metadata={"help": "which matches of the path (in graph order) get a breaker"})
+
+    def __post_init__(self) -> None:
+        if not self.path or not all(isinstance(p, str) and p for p in self.path):
+            raise ValueError(f"path must be a non-empty list of op types, got {self.path!r}")
+        if self.input_index < 0:
+            raise ValueError(f"input_index must be >= 0, got {self.input_index}")
+        if self.op not in ("Pow", "Mul", "Add", "Identity"):
+            raise ValueError(f"op must be Pow, Mul, Add or Identity, got {self.op!r}")
+        if self.occurrence not in ("all", "first", "last"):
+            raise ValueError(f"occurrence must be all, first or last, got {self.occurrence!r}")
+
+    def _find(self, graph: gs.Graph) -> tuple[list[gs.Node], Counter[str]]:
+        matches, misses = [], Counter()
+        for node in graph.nodes:
+            if node.op != self.path[0]:
+                continue
+            # A breaker this pass made is never itself a path start (matters when path[0] is the breaker op).
+            if node.name.startswith(BREAKER_PREFIX) and is_breaker(node, self.op):
+                continue
+            if isinstance(match_path_down(node, self.path), NoMatch):
+                misses[_describe_miss(node, self.path)] += 1
+            else:
+                matches.append(node)
+        return matches, misses
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        matches, misses = self._find(graph)
+        if self.occurrence == "first":
+            chosen = matches[:1]
+        elif self.occurrence == "last":
+            chosen = matches[-1:]
+        else:
+            chosen = matches
+        skipped: Counter[str] = Counter()
+        todo: list[gs.Node] = []
+        for node in chosen:
+            if self.input_index >= len(node.inputs) or node.inputs[self.input_index].name == "":
+                skipped[f"{self.path[0]} has no input {self.input_index}"] += 1
+                continue
+            edge = node.inputs[self.input_index]
+            src = producer(edge)
+            if src is not None and is_breaker(src, self.op):
+                skipped["already_present"] += 1
+                continue
+            if const_value(edge) is not None:
+                skipped[f"input {self.input_index} is a constant (constant folding would remove a breaker)"] += 1
+                continue
+            todo.append(node)
+        if todo and self.op != "Identity":
+            ensure_shapes(graph, [n.inputs[self.input_index] for n in todo])
+        inserted = 0
+        for node in todo:
+            edge = node.inputs[self.input_index]
+            dtype = None if edge.dtype is None else np.dtype(edge.dtype)
+            if self.op != "Identity" and (dtype is None or dtype.type not in _FLOAT_DTYPES):
+                skipped[f"edge dtype {dtype} is not float16/32/64"] += 1
+                continue
+            name = make_name(graph, f"{BREAKER_PREFIX}_{self.op}_{node.name}")
+            out = gs.Variable(make_name(graph, f"{name}_out"), dtype=edge.dtype, shape=edge.shape)
+            inputs = [edge]
+            if self.op != "Identity":
+                inputs.append(gs.Constant(make_name(graph, f"{name}_const"),
+                                          np.array(_NEUTRAL[self.op], dtype=dtype)))
+            graph.nodes.append(gs.Node(self.op, name, {}, inputs, [out]))
+            new_inputs = list(node.inputs)
+            new_inputs[self.input_index] = out
+            set_tensors(node.inputs, new_inputs)
+            inserted += 1
+        already = skipped.pop("already_present", 0)
+        stats = {"matched": len(matches), "selected": len(chosen), "inserted": inserted, "already_present": already,
+                 "skipped": dict(skipped)}
+        if not matches:
+            stats["near_misses"] = dict(misses)
+        return PassResult(inserted > 0, stats)

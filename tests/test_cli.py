@@ -1,0 +1,110 @@
+"""The command line: exit codes 0 / 1 / 2, one-line errors without tracebacks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import onnx
+import pytest
+
+from graphopt.testing import model_from_text
+
+TINY = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 2, 3, 4] x) => (float[N, 2, 3, 4] y) {
+    m = Mul(x, x)
+    y = Softmax<axis=-1>(m)
+}"""
+
+
+def graphopt(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "graphopt", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    onnx.save(model_from_text(TINY), tmp_path / "tiny.onnx")
+    return tmp_path
+
+
+def write_recipe(path, passes):
+    path.write_text(textwrap.dedent(f"""
+        model: {{onnx: tiny.onnx}}
+        input: {{name: x, shape: [1, 2, 3, 4]}}
+        passes:
+        {textwrap.indent(passes, '        ').strip()}
+        """))
+    return path
+
+
+def error_line(proc):
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("graphopt: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_misspelt_pass_name_exits_2_with_one_line(tiny):
+    r = write_recipe(tiny / "bad.yaml", "- pass: simplfy\n")
+    proc = graphopt("apply", r, cwd=tiny)
+    assert proc.returncode == 2
+    assert error_line(proc) == (f"graphopt: error: {r}: passes[0].pass: unknown pass 'simplfy' "
+                                "(did you mean: simplify?)")
+
+
+def test_wrong_argument_type_exits_2_with_one_line(tiny):
+    r = write_recipe(tiny / "bad.yaml", "- pass: softmax_transpose\n  rank: four\n")
+    proc = graphopt("apply", r, cwd=tiny)
+    assert proc.returncode == 2
+    assert error_line(proc) == f"graphopt: error: {r}: passes[0].rank: expected int, got str 'four'"
+
+
+def test_apply_succeeds_and_prints_the_pass_table(tiny):
+    r = write_recipe(tiny / "ok.yaml", "- softmax_transpose\n")
+    proc = graphopt("apply", r, "-o", tiny / "out", cwd=tiny)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 1 | softmax_transpose | applied" in proc.stdout
+    assert (tiny / "out" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is not onnx", "not a readable ONNX model"),
+    (b"", "not an ONNX model"),
+])
+def test_corrupt_model_exits_2(tiny, content, message):
+    (tiny / "tiny.onnx").write_bytes(content)
+    r = write_recipe(tiny / "ok.yaml", "- softmax_transpose\n")
+    proc = graphopt("apply", r, "-o", tiny / "out", cwd=tiny)
+    assert proc.returncode == 2
+    assert message in error_line(proc)
+    assert not (tiny / "out").exists()
+
+
+def test_wrong_input_shape_exits_2(tiny):
+    r = tiny / "shape.yaml"
+    r.write_text("model: {onnx: tiny.onnx}\ninput: {name: x, shape: [1, 3, 224, 224]}\npasses: [softmax_transpose]\n")
+    proc = graphopt("apply", r, cwd=tiny)
+    assert proc.returncode == 2
+    assert "input.shape[1] is 3, the model fixes it to 2" in error_line(proc)
+
+
+def test_verify_command_exit_codes(tiny):
+    same = graphopt("verify", tiny / "tiny.onnx", tiny / "tiny.onnx")
+    assert same.returncode == 0 and "ok" in same.stdout
+    other = model_from_text(TINY.replace("axis=-1", "axis=2"))
+    onnx.save(other, tiny / "other.onnx")
+    diff = graphopt("verify", tiny / "tiny.onnx", tiny / "other.onnx")
+    assert diff.returncode == 1 and "OUTSIDE TOLERANCE" in diff.stdout
+    missing = graphopt("verify", tiny / "tiny.onnx", tiny / "absent.onnx")
+    assert missing.returncode == 2 and "model B" in error_line(missing)
+
+
+def test_passes_lists_every_pass_with_parameters():
+    proc = graphopt("passes")
+    assert proc.returncode == 0
+    assert "softmax_transpose:" in proc.stdout and "    axis: int (default -1)" in proc.stdout
+    assert "simplify:" in proc.stdout and "infer_shapes:" in proc.stdout

@@ -1,0 +1,70 @@
+"""simplify and infer_shapes: positive, negative, numerics, checker, idempotence."""
+from __future__ import annotations
+
+import pytest
+
+from graphopt.ir import op_counts
+from graphopt.pass_infra import get_pass
+from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
+
+Simplify = get_pass("simplify")
+InferShapes = get_pass("infer_shapes")
+
+FOLDABLE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 8] x) => (float[N, 8] y) {
+    two = Constant<value = float[1] {2.0}>()
+    three = Constant<value = float[1] {3.0}>()
+    six = Mul(two, three)
+    i = Identity(x)
+    y = Mul(i, six)
+}"""
+
+ALREADY_SIMPLE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 8] x) => (float[N, 8] y) {
+    y = Relu(x)
+}"""
+
+
+def test_simplify_folds_constants_and_identities():
+    out, result = assert_pass_verified(model_from_text(FOLDABLE), Simplify(), tolerance=STRICT_FP32, shape=[3, 8])
+    assert op_counts(out) == {"Mul": 1}
+    assert result.stats["nodes_before"] == 5 and result.stats["nodes_after"] == 1
+
+
+def test_simplify_leaves_a_simple_graph_alone():
+    assert_pass_unchanged(model_from_text(ALREADY_SIMPLE), Simplify())
+
+
+def test_simplify_skip_records_and_changes_nothing():
+    result = assert_pass_unchanged(model_from_text(FOLDABLE), Simplify(skip=True))
+    assert result.stats == {"skipped": "skip: true"}
+
+
+def test_simplify_fixed_input_shape():
+    out, _ = assert_pass_verified(model_from_text(FOLDABLE), Simplify(fixed_input_shape={"x": [2, 8]}),
+                                  shape=[2, 8])
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [2, 8]
+
+
+def test_simplify_fixed_input_shape_validation():
+    with pytest.raises(ValueError, match="positive"):
+        Simplify(fixed_input_shape={"x": [0, 8]})
+
+
+def test_infer_shapes_annotates_and_is_idempotent():
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 8] x) => (float[N, 8] y) {
+        a = Relu(x)
+        y = Sigmoid(a)
+    }""")
+    out, result = assert_pass_verified(model, InferShapes(), shape=[2, 8])
+    assert result.stats["shaped_tensors_after"] > result.stats["shaped_tensors_before"]
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in out.graph.value_info}
+    assert shapes["a"] == ["N", 8]
+
+
+def test_infer_shapes_leaves_a_fully_shaped_graph_alone():
+    assert_pass_unchanged(model_from_text(ALREADY_SIMPLE), InferShapes())

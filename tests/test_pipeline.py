@@ -1,0 +1,134 @@
+"""The pipeline: per-pass verification catches and names a pass that breaks numerics; on_fail: skip drops it;
+outputs are all-or-nothing; apply writes the run directory and report."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+from graphopt.apply import apply_recipe
+from graphopt.errors import PassError, VerificationFailed
+from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.recipe import load_recipe
+from graphopt.testing import model_from_text
+
+TINY = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 2, 3, 4] x) => (float[N, 5] y) {
+    m = Mul(x, x)
+    s = Softmax<axis=-1>(m)
+    shape = Constant<value = int64[2] {0, 24}>()
+    f = Reshape(s, shape)
+    w = Constant<value = float[24, 5] {""" + ", ".join(str((i % 7) / 7.0 - 0.4) for i in range(120)) + """}>()
+    y = MatMul(f, w)
+}"""
+
+
+@register_pass("test_break_softmax_axis")
+class BreakSoftmaxAxis(Pass):
+    """Test-only: a deliberately wrong pass that moves every Softmax to axis 2."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        n = 0
+        for node in graph.nodes:
+            if node.op == "Softmax":
+                node.attrs["axis"] = 2
+                n += 1
+        return PassResult(n > 0, {"broken": n})
+
+
+@register_pass("test_raise")
+class Raise(Pass):
+    """Test-only: a pass that crashes."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    onnx.save(model_from_text(TINY), tmp_path / "tiny.onnx")
+    return tmp_path
+
+
+def recipe(workdir, passes: str, extra: str = ""):
+    path = workdir / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""
+    name: tiny
+    model: {{onnx: tiny.onnx}}
+    input: {{name: x, shape: [2, 2, 3, 4]}}
+    passes:
+    {textwrap.indent(textwrap.dedent(passes), '    ').strip()}
+    verify: {{samples: 2, tolerance: {{max_abs: 1.0e-5, cosine: 0.99999}}}}
+    atc: {{batch_sizes: [1, 4]}}
+    """) + extra)
+    return load_recipe(path)
+
+
+def test_apply_writes_run_dir_and_report(workdir):
+    out = workdir / "run"
+    report = apply_recipe(recipe(workdir, "- simplify\n- pass: softmax_transpose\n"), out, progress=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["atc.sh", "model.onnx", "report.json", "report.md"]
+    data = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in data["passes"]] == ["simplify", "softmax_transpose"]
+    assert all(p["verify"]["passed"] for p in data["passes"])
+    assert data["ops_before"]["Softmax"] == 1 and data["ops_after"]["Transpose"] == 2
+    assert data["final_verify"]["passed"] and data["final_verify"]["max_abs"] <= 1e-5
+    assert report["recipe"]["name"] == "tiny"
+    md = (out / "report.md").read_text()
+    assert "| 2 | softmax_transpose | applied" in md
+    atc = (out / "atc.sh").read_text()
+    assert "--input_shape=x:4,2,3,4" in atc and "--output=tiny_bs1" in atc
+    onnx.checker.check_model(onnx.load(out / "model.onnx"))
+
+
+def test_broken_pass_is_caught_and_named(workdir):
+    out = workdir / "run"
+    r = recipe(workdir, "- simplify\n- test_break_softmax_axis\n- pass: softmax_transpose\n")
+    with pytest.raises(VerificationFailed) as e:
+        apply_recipe(r, out, progress=lambda m: None)
+    assert "pass test_break_softmax_axis (passes[1]) broke numerics: output 'y'" in str(e.value)
+    assert not out.exists(), "a failed run must not ship a model"
+
+
+def test_failed_run_keeps_previous_complete_result(workdir):
+    out = workdir / "run"
+    apply_recipe(recipe(workdir, "- simplify\n"), out, progress=lambda m: None)
+    before = (out / "model.onnx").read_bytes()
+    with pytest.raises(VerificationFailed):
+        apply_recipe(recipe(workdir, "- test_break_softmax_axis\n"), out, progress=lambda m: None)
+    assert (out / "model.onnx").read_bytes() == before
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".run")] == []
+
+
+def test_on_fail_skip_drops_the_pass_and_goes_on(workdir):
+    out = workdir / "run"
+    r = recipe(workdir, "- pass: test_break_softmax_axis\n  on_fail: skip\n- softmax_transpose\n")
+    report = apply_recipe(r, out, progress=lambda m: None)
+    statuses = [(p["name"], p["status"]) for p in report["passes"]]
+    assert statuses == [("test_break_softmax_axis", "skipped"), ("softmax_transpose", "applied")]
+    assert report["passes"][0]["verify"]["passed"] is False
+    model = onnx.load(out / "model.onnx")
+    axes = [a.i for n in model.graph.node if n.op_type == "Softmax" for a in n.attribute if a.name == "axis"]
+    assert axes == [1]  # the broken axis-2 edit was rolled back; softmax_transpose then applied
+
+
+def test_crashing_pass_names_itself_and_its_predecessors(workdir):
+    with pytest.raises(PassError, match=r"pass test_raise \(passes\[1\]\) raised RuntimeError: boom \(after simplify\)"):
+        apply_recipe(recipe(workdir, "- simplify\n- test_raise\n"), workdir / "run", progress=lambda m: None)
+
+
+def test_no_verify_runs_passes_without_comparison(workdir):
+    report = apply_recipe(recipe(workdir, "- test_break_softmax_axis\n"), workdir / "run", verify=False,
+                          progress=lambda m: None)
+    assert report["passes"][0]["verify"] is None and report["final_verify"] is None
+
+
+def test_input_model_is_never_modified(workdir):
+    src = workdir / "tiny.onnx"
+    before = src.read_bytes()
+    apply_recipe(recipe(workdir, "- simplify\n- softmax_transpose\n"), workdir / "run", progress=lambda m: None)
+    assert src.read_bytes() == before

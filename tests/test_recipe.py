@@ -1,0 +1,106 @@
+"""Recipe validation: every mistake is one line naming the file and YAML path, raised before anything runs."""
+from __future__ import annotations
+
+import textwrap
+
+import onnx
+import pytest
+
+from graphopt.errors import UserError
+from graphopt.recipe import load_recipe
+from graphopt.testing import model_from_text
+
+TINY = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 2, 3, 4] x) => (float[N, 2, 3, 4] y) {
+    m = Mul(x, x)
+    y = Softmax<axis=-1>(m)
+}"""
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model_from_text(TINY), path)
+    return path
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """
+model: {onnx: tiny.onnx}
+input: {name: x, shape: [1, 2, 3, 4]}
+"""
+
+
+def test_valid_recipe_parses(tmp_path, tiny_onnx):
+    r = load_recipe(write(tmp_path, BASE + """
+passes:
+  - pass: softmax_transpose
+    axis: -1
+    shape: [null, 2, 3, 4]
+  - simplify
+verify: {samples: 3, tolerance: {max_abs: 1.0e-5, cosine: 0.9999}}
+atc: {batch_sizes: [1, 8], soc_version: Ascend310P3}
+"""))
+    assert [p.name for p in r.passes] == ["softmax_transpose", "simplify"]
+    assert r.passes[0].args == {"axis": -1, "shape": [None, 2, 3, 4]}
+    assert r.verify.samples == 3 and r.verify.tolerance.max_abs == 1e-5 and r.verify.tolerance.top1_agreement == 1.0
+    assert r.model.onnx == tiny_onnx and r.atc.batch_sizes == (1, 8)
+    assert r.name == "r"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("passes:\n  - pass: softmax_transpos\n",
+     "r.yaml: passes[0].pass: unknown pass 'softmax_transpos' (did you mean: softmax_transpose?)"),
+    ("passes:\n  - simplify\n  - simplify\n  - pass: softmax_transpose\n    axis: last\n",
+     "r.yaml: passes[2].axis: expected int, got str 'last'"),
+    ("passes:\n  - pass: softmax_transpose\n    axes: -1\n",
+     "r.yaml: passes[0].axes: unknown argument of pass 'softmax_transpose' (did you mean: axis?)"),
+    ("passes:\n  - pass: softmax_transpose\n    axis: 9\n",
+     "r.yaml: passes[0]: axis 9 is out of range for rank 4"),
+    ("verify: {tolerance: {max_abs: small}}\n", "r.yaml: verify.tolerance.max_abs: expected float | null, got str"),
+    ("verify: {samples: 0}\n", "r.yaml: verify.samples: must be at least 1"),
+    ("verfy: {}\n", "r.yaml: verfy: unknown key (did you mean: verify?)"),
+    ("atc: {precision_mode: allow_mixed_precision}\n", "r.yaml: atc.precision_mode: expected 'force_fp16' |"),
+    ("atc: {batch_sizes: [0]}\n", "r.yaml: atc.batch_sizes: expected positive integers"),
+    ("verify: {data: nowhere.npy}\n", "r.yaml: verify.data: nowhere.npy: no such file"),
+    ("passes:\n  - pass: simplify\n    on_fail: ignore\n", "r.yaml: passes[0].on_fail: expected 'stop' | 'skip'"),
+])
+def test_mistakes_name_file_and_yaml_path(tmp_path, tiny_onnx, extra, message):
+    with pytest.raises(UserError) as e:
+        load_recipe(write(tmp_path, BASE + extra))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- just\n- a list\n", "top level: expected a mapping, got list"),
+    ("model: {onnx: missing.onnx}\ninput: {name: x, shape: [1]}\n", "model.onnx: missing.onnx: no such file"),
+    ("model: {exporter: lvvit}\ninput: {name: x, shape: [1]}\n", "unknown exporter 'lvvit' (did you mean: lvvit_s"),
+    ("model: {}\ninput: {name: x, shape: [1]}\n", "give exactly one of model.exporter or model.onnx"),
+    ("model: {onnx: tiny.onnx}\n", "input: required key is missing"),
+    ("model: {onnx: tiny.onnx}\ninput: {name: x, shape: [1, -3]}\n", "input.shape: expected positive dimensions"),
+    ("model: [unclosed\n", "invalid YAML at line 2"),
+])
+def test_structural_mistakes(tmp_path, tiny_onnx, text, message):
+    with pytest.raises(UserError) as e:
+        load_recipe(write(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_recipe(tmp_path / "absent.yaml")
+    with pytest.raises(UserError, match="is a directory"):
+        load_recipe(tmp_path)
+
+
+def test_yaml_is_loaded_safely(tmp_path, tiny_onnx):
+    # A python-object tag would run code under yaml.load; safe_load refuses it as invalid YAML.
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_recipe(write(tmp_path, "name: !!python/object/apply:os.system ['true']\n" + BASE))
