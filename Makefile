@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/graphopt apply recipes/lvvit.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -130,6 +130,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # neither torch zip nor pickle
+            raise UserError(f"checkpoint {path}: not a PyTorch checkpoint (unknown file format)") from None
         raise UserError(
             f"checkpoint {path}: holds pickled Python objects (e.g. a whole nn.Module), which graphopt will not "
             "unpickle. Convert it once, in a trusted environment, to a plain state dict: "

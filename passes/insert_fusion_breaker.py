@@ -154,6 +154,6 @@ class InsertFusionBreaker(Pass):
         already = skipped.pop("already_present", 0)
         stats = {"matched": len(matches), "selected": len(chosen), "inserted": inserted, "already_present": already,
                  "skipped": dict(skipped)}
-        if not matches:
+        if misses:
             stats["near_misses"] = dict(misses)
         return PassResult(inserted > 0, stats)

@@ -1,0 +1,64 @@
+"""The ATC hand-off: config files in exactly the formats ATC reads, and the commands."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from graphopt.atc import atc_commands, atc_script, config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.errors import UserError
+
+
+def test_ops_info_matches_the_vit_seed():
+    assert json.loads(ops_info_json({"black-list": {"to-add": ["LayerNormalization"]}})) == {
+        "black-list": {"to-add": ["LayerNorm"]}}
+
+
+def test_ops_info_maps_and_deduplicates_names():
+    text = ops_info_json({"black-list": {"to-add": ["Softmax", "SoftmaxV2"], "to-remove": []},
+                          "white-list": {"to-add": ["MatMul", "Gemm"], "to-remove": ["Conv"]}})
+    assert json.loads(text) == {"black-list": {"to-add": ["SoftmaxV2"]},
+                                "white-list": {"to-add": ["MatMulV2"], "to-remove": ["Conv2D"]}}
+
+
+def test_ops_info_refuses_a_gray_list():
+    with pytest.raises(UserError, match="'gray-list'"):
+        ops_info_json({"gray-list": {"to-add": ["Add"]}})
+
+
+def test_op_precision_ini_matches_the_twins_seed():
+    assert op_precision_ini({"Gelu": "high_performance"}) == "Gelu=high_performance\n"
+    assert op_precision_ini({"Softmax": "high_precision"}) == "SoftmaxV2=high_precision\n"
+
+
+def test_keep_dtype_cfg_one_entry_per_line():
+    assert keep_dtype_cfg(["/blocks.0/norm1/ReduceMean", "OpType::LayerNorm"]) == (
+        "/blocks.0/norm1/ReduceMean\nOpType::LayerNorm\n")
+
+
+def test_commands_carry_shapes_and_precision_flags():
+    configs = {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}, "op_precision": {"Gelu": "high_performance"}}
+    cmds = atc_commands(model="model.onnx", output_stem="vit", input_name="input", item_shape=(3, 224, 224),
+                        batch_sizes=(1, 8), soc_version="Ascend310P3", configs=configs)
+    assert cmds[1] == ["atc", "--framework=5", "--model=model.onnx", "--output=vit_bs8", "--input_format=NCHW",
+                       "--input_shape=input:8,3,224,224", "--soc_version=Ascend310P3", "--log=error",
+                       "--precision_mode=allow_mix_precision", "--modify_mixlist=ops_info.json",
+                       "--op_precision_mode=op_precision.ini"]
+    assert sorted(config_files(configs)) == ["op_precision.ini", "ops_info.json"]
+
+
+def test_mixlist_with_an_incompatible_precision_mode_is_refused():
+    with pytest.raises(UserError, match="only honours --modify_mixlist with allow_mix_precision"):
+        atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(1,),
+                     soc_version="Ascend310", precision_mode="force_fp16",
+                     configs={"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}})
+
+
+def test_script_is_valid_shell_with_one_command_per_batch():
+    cmds = atc_commands(model="model.onnx", output_stem="m", input_name="image", item_shape=(3, 224, 224),
+                        batch_sizes=(1, 16), soc_version="Ascend310")
+    script = atc_script(cmds)
+    assert script.startswith("#!/usr/bin/env bash\n")
+    lines = [l for l in script.splitlines() if l.startswith("atc ")]
+    assert [shlex.split(l) for l in lines] == cmds
