@@ -94,6 +94,7 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
     for k, (p, where, on_fail) in enumerate(passes, 1):
         label = f"[{k}/{len(passes)}] {p.name}"
         snapshot = graph.copy() if on_fail == "skip" else None  # shares weights: cheap
+        progress(f"{label} ...")
         t0 = time.perf_counter()
         try:
             result = p(graph)

@@ -7,9 +7,10 @@ from dataclasses import field
 from typing import Literal
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors
+from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors, to_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.pattern import NoMatch, match_path_down, single_consumer
 
@@ -51,6 +52,40 @@ def _describe_miss(start: gs.Node, path: list[str]) -> str:
     return "matched"  # not reached: callers only ask about misses
 
 
+def _fill_dtypes(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
+    """Give ``tensors`` that lack one their element type. Only types are needed here, so ONNX's own inference
+    (milliseconds) goes first; ``ensure_shapes`` (symbolic shapes: seconds, mostly importing onnxruntime.tools)
+    only when that leaves a type unknown."""
+    missing = [t for t in tensors if t.dtype is None]
+    if not missing:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(to_model(graph)).graph
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.value_info, *inferred.output)}
+        for t in missing:
+            if types.get(t.name):
+                t.dtype = onnx.helper.tensor_dtype_to_np_dtype(types[t.name])
+    except Exception:  # an op ONNX cannot type (a custom domain): the slower inference below may
+        pass
+    if any(t.dtype is None for t in missing):
+        ensure_shapes(graph, [t for t in missing if t.dtype is None])
+
+
+def _depths(graph: gs.Graph) -> dict[int, int]:
+    """id(node) -> longest chain of nodes from the graph inputs to it, breakers of any kind not counted, so that
+    inserting a breaker (and the pipeline's re-sort after it) does not change which match is first or last.
+    ``graph.nodes`` is in topological order (ONNX requires it; the pipeline re-sorts after each change)."""
+    tensor_depth: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    for node in graph.nodes:
+        d = max((tensor_depth.get(id(t), 0) for t in node.inputs), default=0)
+        d += 0 if any(is_breaker(node, op) for op in (*_NEUTRAL, "Identity")) else 1
+        depth[id(node)] = d
+        for t in node.outputs:
+            tensor_depth[id(t)] = d
+    return depth
+
+
 @register_pass("insert_fusion_breaker")
 class InsertFusionBreaker(Pass):
     """On input ``input_index`` of the first node of every path ``path[0] -> path[1] -> ...`` (each edge with a
@@ -66,8 +101,9 @@ class InsertFusionBreaker(Pass):
 
     The constant is a scalar of the edge's dtype (broadcasting a scalar leaves the shape alone). ``Identity`` is
     offered for completeness, but graph simplifiers (onnxsim, onnxoptimizer, ATC itself) delete it, so it only
-    breaks a fusion if nothing runs after it; prefer Pow. Paths are counted in graph (topological) order, which
-    ``occurrence: first | last`` picks from.
+    breaks a fusion if nothing runs after it; prefer Pow. ``occurrence: first | last`` picks the match nearest to
+    / farthest from the graph inputs (longest chain of nodes before the path, breakers not counted; ties by node
+    name), an order that inserting breakers does not change.
 
     Idempotent: an edge whose producer already is a breaker of the requested kind (any ``Pow(x, 1)`` for
     ``op: Pow``, whoever inserted it) is counted as ``already_present`` and left alone. Edges that are
@@ -82,7 +118,8 @@ class InsertFusionBreaker(Pass):
     op: Literal["Pow", "Mul", "Add", "Identity"] = field(
         default="Pow", metadata={"help": "breaker: Pow(x, 1.0), Mul(x, 1.0), Add(x, 0.0) or Identity(x)"})
     occurrence: Literal["all", "first", "last"] = field(
-        default="all", metadata={"help": "which matches of the path (in graph order) get a breaker"})
+        default="all", metadata={"help": "which matches get a breaker: all, or the one nearest to (first) / "
+                                         "farthest from (last) the graph inputs"})
 
     def __post_init__(self) -> None:
         if not self.path or not all(isinstance(p, str) and p for p in self.path):
@@ -110,6 +147,9 @@ class InsertFusionBreaker(Pass):
 
     def run(self, graph: gs.Graph) -> PassResult:
         matches, misses = self._find(graph)
+        if self.occurrence != "all" and len(matches) > 1:
+            depth = _depths(graph)
+            matches.sort(key=lambda n: (depth[id(n)], n.name))
         if self.occurrence == "first":
             chosen = matches[:1]
         elif self.occurrence == "last":
@@ -117,6 +157,7 @@ class InsertFusionBreaker(Pass):
         else:
             chosen = matches
         skipped: Counter[str] = Counter()
+        already = 0
         todo: list[gs.Node] = []
         for node in chosen:
             if self.input_index >= len(node.inputs) or node.inputs[self.input_index].name == "":
@@ -125,14 +166,14 @@ class InsertFusionBreaker(Pass):
             edge = node.inputs[self.input_index]
             src = producer(edge)
             if src is not None and is_breaker(src, self.op):
-                skipped["already_present"] += 1
+                already += 1
                 continue
             if const_value(edge) is not None:
                 skipped[f"input {self.input_index} is a constant (constant folding would remove a breaker)"] += 1
                 continue
             todo.append(node)
         if todo and self.op != "Identity":
-            ensure_shapes(graph, [n.inputs[self.input_index] for n in todo])
+            _fill_dtypes(graph, [n.inputs[self.input_index] for n in todo])
         inserted = 0
         for node in todo:
             edge = node.inputs[self.input_index]
@@ -151,7 +192,6 @@ class InsertFusionBreaker(Pass):
             new_inputs[self.input_index] = out
             set_tensors(node.inputs, new_inputs)
             inserted += 1
-        already = skipped.pop("already_present", 0)
         stats = {"matched": len(matches), "selected": len(chosen), "inserted": inserted, "already_present": already,
                  "skipped": dict(skipped)}
         if misses:

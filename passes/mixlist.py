@@ -64,7 +64,7 @@ class Mixlist(Pass):
         lists = {"keep_fp32": self.keep_fp32, "allow_fp16": self.allow_fp16,
                  "remove_from_black": self.remove_from_black, "remove_from_white": self.remove_from_white}
         for key, names in lists.items():
-            bad = [n for n in names if not isinstance(n, str) or not n.strip() or n != n.strip()]
+            bad = [n for n in names if not isinstance(n, str) or not n or any(c.isspace() for c in n)]
             if bad:
                 raise ValueError(f"{key}: op type names must be non-empty strings without spaces, got {bad[0]!r}")
         if not any(lists.values()):

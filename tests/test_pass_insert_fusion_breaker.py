@@ -93,18 +93,18 @@ def test_each_breaker_kind_is_exact_and_idempotent(shiftvit_tail, op, neutral):
     assert second.stats["already_present"] == 1 and second.stats["inserted"] == 0
 
 
-# Two GroupNorm-like tails, each Mul -> Add -> Relu; the first Mul's input is an intermediate (dtype unknown
-# until shape inference), the second's a graph input.
+# Two GroupNorm-like tails, each Mul -> Add -> Relu: the first on the graph input, the second deeper, on an
+# intermediate (whose dtype is unknown until shape inference).
 TWO_TAILS = """
 <ir_version: 8, opset_import: ["" : 13]>
-g (float[N, 4] x, float[N, 4] z) => (float[N, 4] y1, float[N, 4] y2) {
+g (float[N, 4] x) => (float[N, 4] y1, float[N, 4] y2) {
   w = Constant<value = float[4] {0.5, 1.5, -2.0, 3.0}>()
   b = Constant<value = float[4] {0.1, 0.2, 0.3, 0.4}>()
-  t = Sigmoid(x)
-  m1 = Mul(t, w)
+  m1 = Mul(x, w)
   a1 = Add(m1, b)
   y1 = Relu(a1)
-  m2 = Mul(z, w)
+  t = Sigmoid(x)
+  m2 = Mul(t, w)
   a2 = Add(m2, b)
   y2 = Relu(a2)
 }
@@ -128,12 +128,12 @@ def test_occurrence(occurrence, targets):
 
 
 def test_input_index_selects_the_edge():
-    model = model_from_text(TWO_TAILS.replace("m2 = Mul(z, w)", "m2 = Mul(w, z)"))
+    model = model_from_text(TWO_TAILS.replace("m2 = Mul(t, w)", "m2 = Mul(w, t)"))
     out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Mul", "Add", "Relu"], input_index=1,
                                                                   occurrence="last"),
                                        tolerance=EXACT, shape=[3, 4])
     (pow_,) = _node(out, "Pow")
-    assert pow_.input[0] == "z"
+    assert pow_.input[0] == "t"
     assert next(n for n in out.graph.node if n.output[0] == "m2").input == ["w", pow_.output[0]]
 
 
@@ -147,12 +147,12 @@ def test_no_matching_path_is_left_alone_with_reasons():
 
 
 def test_branching_edge_is_not_a_path():
-    model = model_from_text(TWO_TAILS.replace("y2 = Relu(a2)", "y2 = Add(a2, m2)"))
+    model = model_from_text(TWO_TAILS.replace("y1 = Relu(a1)", "y1 = Add(a1, m1)"))
     out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Mul", "Add", "Relu"]), tolerance=EXACT,
                                        shape=[3, 4])
     assert result.stats["matched"] == 1 and result.stats["inserted"] == 1
     assert result.stats["near_misses"] == {"Mul: output has 2 consumers, expected 1": 1}
-    assert _breaker_targets(out) == ["m1"]
+    assert _breaker_targets(out) == ["m2"]
 
 
 def test_constant_edge_is_skipped():
@@ -170,26 +170,28 @@ def test_missing_input_is_skipped():
 
 def test_seed_output_already_has_the_breaker():
     """A graph already edited by the seed's modify_onnx.py (Pow(x, 1.0) on the Mul) counts as done."""
-    model = model_from_text(TWO_TAILS.replace("m1 = Mul(t, w)", "one = Constant<value = float {1.0}>()\n"
-                                                                 "  p = Pow(t, one)\n  m1 = Mul(p, w)"))
+    model = model_from_text(TWO_TAILS.replace("m1 = Mul(x, w)", "one = Constant<value = float {1.0}>()\n"
+                                                                 "  p = Pow(x, one)\n  m1 = Mul(p, w)"))
     result = assert_pass_unchanged(model, InsertFusionBreaker(path=["Mul", "Add", "Relu"], occurrence="first"))
     assert result.stats["already_present"] == 1 and result.stats["inserted"] == 0
     # ... but a Pow with another exponent is not a breaker: that edge gets one
-    model = model_from_text(TWO_TAILS.replace("m1 = Mul(t, w)", "two = Constant<value = float {2.0}>()\n"
-                                                                 "  p = Pow(t, two)\n  m1 = Mul(p, w)"))
+    model = model_from_text(TWO_TAILS.replace("m1 = Mul(x, w)", "two = Constant<value = float {2.0}>()\n"
+                                                                 "  p = Pow(x, two)\n  m1 = Mul(p, w)"))
     out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Mul", "Add", "Relu"], occurrence="first"),
                                        tolerance=EXACT, shape=[3, 4])
     assert result.stats["inserted"] == 1 and len(_node(out, "Pow")) == 2
 
 
 def test_constant_dtype_follows_the_edge():
-    fp16 = TWO_TAILS.replace("float", "float16")
+    fp16 = (TWO_TAILS.replace("float[N", "float16[N")
+            .replace("w = Constant", "w32 = Constant").replace("b = Constant", "b32 = Constant")
+            .replace("  m1 = Mul", "  w = Cast<to = 10>(w32)\n  b = Cast<to = 10>(b32)\n  m1 = Mul"))
     model = model_from_text(fp16)
     out, result = run_pass(model, InsertFusionBreaker(path=["Mul", "Add", "Relu"]))
     assert result.changed and result.stats["inserted"] == 2
     onnx.checker.check_model(out, full_check=True)
-    for n in _node(out, "Pow"):
-        assert _const(out, n.input[1]).dtype == np.float16
+    pows = _node(out, "Pow")
+    assert len(pows) == 2 and all(_const(out, n.input[1]).dtype == np.float16 for n in pows)
 
 
 def test_integer_edge_is_skipped():
@@ -206,8 +208,8 @@ g (int64[N] x) => (int64[N] y) {
 
 
 def test_path_starting_with_the_breaker_op_does_not_grow():
-    model = model_from_text(TWO_TAILS.replace("m1 = Mul(t, w)", "two = Constant<value = float {2.0}>()\n"
-                                                                 "  m1 = Pow(t, two)"))
+    model = model_from_text(TWO_TAILS.replace("m1 = Mul(x, w)", "two = Constant<value = float {2.0}>()\n"
+                                                                 "  m1 = Pow(x, two)"))
     out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Pow", "Add"]), tolerance=EXACT,
                                        shape=[3, 4])
     assert result.stats["inserted"] == 1 and len(_node(out, "Pow")) == 2

@@ -56,7 +56,7 @@ atc: {batch_sizes: [1, 8], soc_version: Ascend310P3}
 
 @pytest.mark.parametrize("extra, message", [
     ("passes:\n  - pass: softmax_transpos\n",
-     "r.yaml: passes[0].pass: unknown pass 'softmax_transpos' (did you mean: softmax_transpose?)"),
+     "r.yaml: passes[0].pass: unknown pass 'softmax_transpos' (did you mean: softmax_transpose"),
     ("passes:\n  - simplify\n  - simplify\n  - pass: softmax_transpose\n    axis: last\n",
      "r.yaml: passes[2].axis: expected int, got str 'last'"),
     ("passes:\n  - pass: softmax_transpose\n    axes: -1\n",

@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side measurements with ratios (python -m benchmarks)."""
