@@ -42,6 +42,8 @@ class Exporter:
     ``build(**args)`` returns an ``nn.Module`` in eval mode with seeded random weights (the caller seeds torch).
     ``convert_checkpoint(state_dict) -> state_dict`` maps an upstream key layout onto the module; the default
     keeps keys as they are. ``input_size`` is (C, H, W) or a callable of the build arguments returning it.
+    ``cache_token(args) -> str | None`` names whatever else the export depends on that the cache key cannot see
+    (e.g. weights shipped inside a package that ``build`` loads); it is hashed into the key when not None.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Exporter:
     description: str = ""
     convert_checkpoint: Callable[[dict], dict] | None = None
     default_args: Mapping[str, Any] = field(default_factory=dict)
+    cache_token: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def size_for(self, args: Mapping[str, Any]) -> tuple[int, int, int]:
         size = self.input_size(args) if callable(self.input_size) else self.input_size
@@ -97,6 +100,16 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _source_digest(fn: Callable[..., Any]) -> str | None:
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(fn)
+    except TypeError:
+        return None
+    return _file_sha256(Path(path)) if path and Path(path).is_file() else None
+
+
 def _cache_key(exporter: Exporter, args: Mapping[str, Any], checkpoint: Path | None, opset: int,
                input_size: tuple[int, ...], seed: int) -> str:
     import onnx
@@ -114,7 +127,13 @@ def _cache_key(exporter: Exporter, args: Mapping[str, Any], checkpoint: Path | N
         "timm": timm.__version__,
         "onnx": onnx.__version__,
         "format": EXPORT_FORMAT_VERSION,
+        # The exporter's own source: editing a model definition invalidates its cached exports.
+        "source": _source_digest(exporter.build),
     }
+    if exporter.cache_token is not None:
+        token = exporter.cache_token({**exporter.default_args, **args})
+        if token is not None:  # only then: keys of exporters without a token stay as they were
+            payload["cache_token"] = token
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

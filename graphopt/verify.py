@@ -162,7 +162,10 @@ class Runner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         data = model if isinstance(model, bytes) else model.SerializeToString()
         try:
-            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
+            # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["Pad_Fusion"])
         except Exception as e:
             raise UserError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
         names = [i.name for i in self.session.get_inputs()]

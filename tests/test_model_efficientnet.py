@@ -1,0 +1,116 @@
+"""EfficientNet-Lite0 exporter: the packaged ImageNet weights are really loaded, the export matches PyTorch in
+onnxruntime, and the export cache key follows the packaged weights."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from graphopt.errors import UserError
+from graphopt.export import _apply_checkpoint, _cache_key, export_cached, get_exporter, load_checkpoint
+from graphopt.models import efficientnet_lite
+from graphopt.models.efficientnet_lite import packaged_weights_path
+
+SIZE = (3, 224, 224)
+NAME = "efficientnet_lite0"
+
+
+def _build(seed: int = 0, **args) -> torch.nn.Module:
+    torch.manual_seed(seed)  # export_cached builds with seed 0 too
+    return get_exporter(NAME).build(**args)
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> torch.nn.Module:
+    return _build()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    # Pixels in [0, 255] scaled as the model expects: (pixel - 127) / 128.
+    pixels = torch.randint(0, 256, (2, *SIZE), generator=torch.Generator().manual_seed(11)).float()
+    return (pixels - 127.0) / 128.0
+
+
+def test_packaged_weights_are_loaded(pretrained, x):
+    assert sum(p.numel() for p in pretrained.parameters()) == 4_652_008  # EfficientNet-Lite0: 4.65M
+    assert not pretrained.training
+    packaged = load_checkpoint(packaged_weights_path())
+    own = pretrained.state_dict()
+    assert set(own) == set(packaged)
+    assert all(torch.equal(own[k], packaged[k]) for k in own)
+
+    random_init = _build(pretrained=False)
+    with torch.no_grad():
+        real, rand = pretrained(x[:1]), random_init(x[:1])
+    assert real.shape == rand.shape == (1, 1000)
+    assert (real - rand).abs().max() > 1.0, "pretrained and random-init outputs should differ"
+
+
+def test_export_matches_torch(pretrained, x):
+    exporter = get_exporter(NAME)
+    assert (exporter.input_name, exporter.output_names, exporter.opset) == ("input", ("output",), 11)
+    path, _ = export_cached(NAME)
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    g = m.graph
+    assert [i.name for i in g.input] == ["input"]
+    assert [o.name for o in g.output] == ["output"]
+    for value in (g.input[0], g.output[0]):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        assert dim0.dim_param and not dim0.HasField("dim_value"), value.name  # dynamic batch
+    assert [d.dim_value for d in g.input[0].type.tensor_type.shape.dim[1:]] == list(SIZE)
+    assert {o.domain: o.version for o in m.opset_import}.get("", None) == 11
+    assert "Clip" in {n.op_type for n in g.node}  # ReLU6
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = pretrained(x).numpy()
+    assert got.shape == (2, 1000)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_user_checkpoint_overrides_packaged_weights(pretrained, x, tmp_path):
+    random_init = _build(seed=5, pretrained=False)
+    path = tmp_path / "mine.pth"
+    torch.save(random_init.state_dict(), path)
+    model = _build()
+    _apply_checkpoint(model, get_exporter(NAME), path)
+    with torch.no_grad():
+        assert torch.equal(model(x[:1]), random_init(x[:1]))
+
+
+def test_pretrained_needs_imagenet_head():
+    with pytest.raises(UserError, match="pretrained: false"):
+        _build(num_classes=10)
+    assert _build(num_classes=10, pretrained=False)(torch.zeros(1, *SIZE)).shape == (1, 10)
+
+
+def test_cache_key_follows_packaged_weights(tmp_path, monkeypatch):
+    exporter = get_exporter(NAME)
+
+    def key(args: dict) -> str:
+        return _cache_key(exporter, args, None, 11, SIZE, 0)
+
+    before = key({})
+    assert key({}) == before
+    digest = hashlib.sha256(packaged_weights_path().read_bytes()).hexdigest()
+    assert exporter.cache_token({}).endswith(f"sha256:{digest}")
+    # Random init does not depend on the weights file; it still depends on the model code's package version.
+    assert "sha256" not in exporter.cache_token({"pretrained": False})
+    assert key({"pretrained": False}) != before
+
+    changed = tmp_path / "efficientnet-lite0.pth"
+    state = load_checkpoint(packaged_weights_path())
+    state["_fc.bias"] = state["_fc.bias"] + 1.0
+    torch.save(state, changed)
+    monkeypatch.setattr(efficientnet_lite, "packaged_weights_path", lambda: changed)
+    assert key({}) != before
