@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-__all__ = ["BUILTIN_MODULES"]
+__all__: list[str] = []
 
-BUILTIN_MODULES = ("lvvit", "shiftvit", "timm_models", "efficientnet_lite")
-
-for _name in BUILTIN_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as e:  # a module of ours not written yet would be a bug: only skip missing files
-        if e.name != f"{__name__}.{_name}":
-            raise
+for _mod in pkgutil.iter_modules(__path__):
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
