@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .atc import atc_commands, atc_script, config_files
 from .errors import UserError
-from .ir import load_model
+from .ir import current_umask, load_model
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
@@ -67,6 +67,7 @@ def write_run_dir(outdir: Path, files: dict[str, bytes | str], executable: set[s
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished run dir gets the usual mode
         for name, data in files.items():
             (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
             if name in executable:
@@ -125,6 +126,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "ops_before": result.ops_before,
         "ops_after": result.ops_after,
         "configs": result.configs,
+        "name_map": result.name_map,  # output model tensor -> input model tensor (graphopt.name_map)
         "files": sorted(list(files) + ["report.json", "report.md"]),
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -22,6 +22,7 @@ from .errors import UserError
 gs.logger.G_LOGGER.colors = False
 
 __all__ = [
+    "current_umask",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_model",
@@ -44,12 +45,19 @@ __all__ = [
 ]
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a finished file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
