@@ -10,9 +10,13 @@ export, so a second run reuses it.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
+import inspect
 import io
 import json
 import os
+from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,6 +29,8 @@ __all__ = [
     "register_exporter",
     "get_exporter",
     "list_exporters",
+    "exporter_names",
+    "cache_key",
     "cache_dir",
     "export_cached",
     "load_checkpoint",
@@ -42,8 +48,6 @@ class Exporter:
     ``build(**args)`` returns an ``nn.Module`` in eval mode with seeded random weights (the caller seeds torch).
     ``convert_checkpoint(state_dict) -> state_dict`` maps an upstream key layout onto the module; the default
     keeps keys as they are. ``input_size`` is (C, H, W) or a callable of the build arguments returning it.
-    ``cache_token(args) -> str | None`` names whatever else the export depends on that the cache key cannot see
-    (e.g. weights shipped inside a package that ``build`` loads); it is hashed into the key when not None.
     """
 
     name: str
@@ -55,7 +59,6 @@ class Exporter:
     description: str = ""
     convert_checkpoint: Callable[[dict], dict] | None = None
     default_args: Mapping[str, Any] = field(default_factory=dict)
-    cache_token: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def size_for(self, args: Mapping[str, Any]) -> tuple[int, int, int]:
         size = self.input_size(args) if callable(self.input_size) else self.input_size
@@ -69,23 +72,29 @@ def register_exporter(exporter: Exporter) -> Exporter:
     return exporter
 
 
-def _load_builtin_exporters() -> None:
-    # models/ imports torch: only pay for it when an exporter is needed.
-    from . import models  # noqa: F401  (registers every built-in exporter)
+def _builtin() -> dict[str, tuple[str, tuple[str, ...]]]:
+    from .models import EXPORTERS  # a plain table: no model module (no torch) is imported
+
+    return EXPORTERS
+
+
+def exporter_names() -> list[str]:
+    """Every exporter name, built in or registered at run time, without importing any model module."""
+    return sorted(set(_builtin()) | set(_EXPORTERS))
 
 
 def get_exporter(name: str) -> Exporter:
-    _load_builtin_exporters()
+    if name not in _EXPORTERS and name in _builtin():
+        importlib.import_module(f"{__package__}.models.{_builtin()[name][0]}")
     if name not in _EXPORTERS:
         from .recipe import closest
 
-        raise UserError(f"unknown exporter {name!r}{closest(name, _EXPORTERS)}")
+        raise UserError(f"unknown exporter {name!r}{closest(name, exporter_names())}")
     return _EXPORTERS[name]
 
 
 def list_exporters() -> list[Exporter]:
-    _load_builtin_exporters()
-    return [_EXPORTERS[k] for k in sorted(_EXPORTERS)]
+    return [get_exporter(name) for name in exporter_names()]
 
 
 def cache_dir() -> Path:
@@ -100,40 +109,41 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _source_digest(fn: Callable[..., Any]) -> str | None:
-    import inspect
-
+def _dist_version(dist: str) -> str:
     try:
-        path = inspect.getsourcefile(fn)
-    except TypeError:
-        return None
-    return _file_sha256(Path(path)) if path and Path(path).is_file() else None
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
-def _cache_key(exporter: Exporter, args: Mapping[str, Any], checkpoint: Path | None, opset: int,
-               input_size: tuple[int, ...], seed: int) -> str:
-    import onnx
-    import timm
-    import torch
+def _module_source(name: str) -> tuple[str | None, tuple[str, ...]]:
+    """(sha256 of the exporter's module source, extra distributions), found without importing the module."""
+    if name in _builtin():
+        module, dists = _builtin()[name]
+        spec = importlib.util.find_spec(f"{__package__}.models.{module}")
+        path = spec.origin if spec else None
+    else:  # registered at run time (a user's or a test's exporter): its module is already imported
+        path, dists = inspect.getsourcefile(_EXPORTERS[name].build), ()
+    return (_file_sha256(Path(path)) if path and Path(path).is_file() else None), dists
 
+
+def cache_key(name: str, args: Mapping[str, Any], checkpoint: Path | None, opset: int | None,
+              input_size: tuple[int, ...] | None, seed: int) -> str:
+    """Hash of everything that changes an export; computed without importing torch or the model module, so a
+    cache hit costs milliseconds. ``opset`` / ``input_size`` None mean the exporter's defaults (which are in its
+    source, hashed here)."""
+    source, dists = _module_source(name)
     payload = {
-        "exporter": exporter.name,
+        "exporter": name,
+        "source": source,  # editing a model definition invalidates its cached exports
         "args": dict(sorted(args.items())),
         "checkpoint": _file_sha256(checkpoint) if checkpoint else None,
         "opset": opset,
-        "input_size": list(input_size),
+        "input_size": list(input_size) if input_size else None,
         "seed": seed,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "onnx": onnx.__version__,
+        "versions": {d: _dist_version(d) for d in ("torch", "torchvision", "timm", "onnx", *dists)},
         "format": EXPORT_FORMAT_VERSION,
-        # The exporter's own source: editing a model definition invalidates its cached exports.
-        "source": _source_digest(exporter.build),
     }
-    if exporter.cache_token is not None:
-        token = exporter.cache_token({**exporter.default_args, **args})
-        if token is not None:  # only then: keys of exporters without a token stay as they were
-            payload["cache_token"] = token
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -223,19 +233,21 @@ def export_cached(name: str, args: Mapping[str, Any] | None = None, checkpoint: 
                   opset: int | None = None, input_size: tuple[int, int, int] | None = None, seed: int = 0,
                   progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
     """Return (path of the exported ONNX in the cache, whether it came from the cache)."""
-    exporter = get_exporter(name)
+    if name not in exporter_names():
+        get_exporter(name)  # raises the "unknown exporter" error
     args = dict(args or {})
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"checkpoint {ckpt}: no such file")
-    opset = opset or exporter.opset
-    size = input_size or exporter.size_for({**exporter.default_args, **args})
-    key = _cache_key(exporter, args, ckpt, opset, size, seed)
-    path = cache_dir() / f"{exporter.name}-{key}.onnx"
+    key = cache_key(name, args, ckpt, opset, tuple(input_size) if input_size else None, seed)
+    path = cache_dir() / f"{name}-{key}.onnx"
     if path.is_file():
         if progress:
             progress(f"export: reusing cached {path}")
         return path, True
+    exporter = get_exporter(name)
+    opset = opset or exporter.opset
+    size = input_size or exporter.size_for({**exporter.default_args, **args})
     if progress:
         progress(f"export: building {exporter.name} and exporting ONNX (opset {opset}) ...")
     data = export_to_bytes(exporter, args, ckpt, opset, size, seed)

