@@ -36,6 +36,7 @@ __all__ = [
     "opset_of",
     "make_name",
     "infer_shapes",
+    "symbolic_shape_inference",
     "replace_graph",
     "set_tensors",
     "replace_uses",
@@ -113,6 +114,24 @@ def to_model(graph: gs.Graph) -> onnx.ModelProto:
     return model
 
 
+def symbolic_shape_inference():
+    """onnxruntime's ``SymbolicShapeInference`` class, loaded from its file: importing it as
+    ``onnxruntime.tools.symbolic_shape_infer`` runs ``onnxruntime/tools/__init__.py``, which imports torch when it
+    is installed (seconds, and about 700 MB of RSS)."""
+    import importlib.util
+    import sys
+
+    name = "_graphopt_symbolic_shape_infer"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime")
+        path = Path(list(spec.submodule_search_locations)[0]) / "tools" / "symbolic_shape_infer.py"
+        loaded = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].SymbolicShapeInference
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes for every tensor, symbolic dims (a dynamic batch) included.
 
@@ -121,9 +140,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     and a model that defeats both is returned unchanged (its shapes stay unknown).
     """
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        return symbolic_shape_inference().infer_shapes(model, auto_merge=True)
     except Exception:
         pass
     try:

@@ -41,11 +41,15 @@ class PassResult:
     """What a pass did. ``stats`` holds counters and reasons (e.g. ``{"rewritten": 16, "skipped": {...}}``);
     ``configs`` holds compiler configuration contributions, merged by the pipeline:
     ``op_precision`` {OpType: mode}, ``mixlist`` {"black-list": {"to-add": [...]}, ...}, ``precision_mode`` str,
-    ``keep_dtype`` [node names or OpType::TypeName]."""
+    ``keep_dtype`` [node names or OpType::TypeName]. ``renamed`` ({new tensor name: old name}) declares tensors
+    the pass renamed, or kept under their name with a different producer op, so ``graphopt diff`` and the name
+    map in ``report.json`` can trace them (``graphopt.name_map``); tensors keeping name and producer op type are
+    traced without it."""
 
     changed: bool
     stats: dict[str, Any] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import onnx
 
 from .errors import PassError, UserError, VerificationFailed
 from .ir import op_counts, to_graph, to_model
+from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass
 from .verify import Runner, compare_outputs
 
@@ -33,11 +34,12 @@ class PassRecord:
     verify: dict[str, Any] | None
     status: str  # "applied" | "unchanged" | "skipped"
     configs: dict[str, Any] = field(default_factory=dict)
+    name_map: dict[str, int] | None = None  # counts: kept, renamed, replaced, new (graphopt.name_map)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "where": self.where, "changed": self.changed, "status": self.status,
                 "stats": self.stats, "seconds": round(self.seconds, 4), "verify": self.verify,
-                "configs": self.configs}
+                "configs": self.configs, "name_map": self.name_map}
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PipelineResult:
     ops_after: dict[str, int]
     configs: dict[str, Any]
     final_verify: dict[str, Any] | None
+    name_map: dict[str, str] = field(default_factory=dict)  # output model tensor -> input model tensor
 
 
 def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
@@ -91,9 +94,13 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
     records: list[PassRecord] = []
     configs: dict[str, Any] = {}
     done: list[str] = []
+    traced = {name: name for name in tensor_producers(graph)}
     for k, (p, where, on_fail) in enumerate(passes, 1):
         label = f"[{k}/{len(passes)}] {p.name}"
         snapshot = graph.copy() if on_fail == "skip" else None  # shares weights: cheap
+        # The graph before the pass, for the layer-wise diff should the pass fail verification.
+        before = snapshot if snapshot is not None or not verify else graph.copy()
+        names_before = tensor_producers(graph)
         progress(f"{label} ...")
         t0 = time.perf_counter()
         try:
@@ -110,9 +117,12 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
             after = f" (after {', '.join(done)})" if done else ""
             raise PassError(f"pass {p.name} ({where}) raised {type(e).__name__}: {e}{after}") from e
         seconds = time.perf_counter() - t0
-        verdict = None
+        verdict = mapped = None
         if result.changed:
             graph.cleanup().toposort()
+            names_after = tensor_producers(graph)
+            pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
+            mapped = summarize(pass_map, names_before, names_after)
             after_model = to_model(graph)
             try:
                 onnx.checker.check_model(after_model)
@@ -127,18 +137,29 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
                 cmp = compare_outputs(prev, got, tolerance)
                 verdict = cmp.summary()
                 if not cmp.passed:
+                    from .diff import describe_divergence, first_divergence
+
+                    progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
+                    verdict["first_divergent"] = first_divergence(
+                        to_model(before), after_model, [{input_name or graph.inputs[0].name: x} for x in inputs],
+                        pass_map, tolerance)
+                    where_diverged = describe_divergence(verdict["first_divergent"])
                     if on_fail == "skip":
                         graph = snapshot
                         records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
-                        progress(f"{label}: FAILED verification, {cmp.describe()}; skipped (on_fail: skip)")
+                        progress(f"{label}: FAILED verification, {cmp.describe()}{where_diverged}; "
+                                 "skipped (on_fail: skip)")
                         continue
-                    raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}")
+                    raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}"
+                                             f"{where_diverged}")
                 prev = got
             del after_model
+            traced = compose(pass_map, traced)
+        del before
         merge_configs(configs, result.configs, f"pass {p.name} ({where})")
         status = "applied" if result.changed else "unchanged"
         records.append(PassRecord(p.name, where, result.changed, result.stats, seconds, verdict, status,
-                                  result.configs))
+                                  result.configs, mapped))
         done.append(p.name)
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
@@ -151,4 +172,4 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe()}")
-    return PipelineResult(final_model, records, ops_before, op_counts(final_model), configs, final)
+    return PipelineResult(final_model, records, ops_before, op_counts(final_model), configs, final, traced)

@@ -135,4 +135,8 @@ class SoftmaxTranspose(Pass):
         stats = {"rewritten": rewritten, "skipped": dict(skipped)}
         if fused:
             stats["transposes_fused"] = dict(fused)
-        return PassResult(rewritten > 0, stats)
+        # A softmax output keeps its name and its values, now produced by the Transpose back: tell the name map.
+        live = graph.tensors()
+        renamed = {t.outputs[0].name: t.outputs[0].name for t in inserted[1::2]
+                   if t.outputs and t.outputs[0].name in live}
+        return PassResult(rewritten > 0, stats, renamed=renamed)

@@ -1,0 +1,233 @@
+"""When numerics break: the name map traces tensors across passes, ``graphopt diff`` names the first divergent
+tensor (in memory-bounded batches), ``graphopt bisect`` names the pass that broke numerics and saves the smallest
+subgraph that reproduces the difference in onnxruntime on its own."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+
+from graphopt.apply import apply_recipe
+from graphopt.bisect import bisect_recipe
+from graphopt.cli import main
+from graphopt.diff import diff_models, seeded_feeds
+from graphopt.errors import VerificationFailed
+from graphopt.ir import const_value, make_name
+from graphopt.name_map import pass_name_map, summarize
+from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.recipe import Tolerance, load_recipe
+from graphopt.testing import model_from_text
+
+GRAPH = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 3, 4, 4] x) => (float[N, 5] y) {
+    scale = Constant<value = float[1] {0.5}>()
+    h = Mul(x, scale)
+    bias = Constant<value = float[4] {0.1, -0.2, 0.3, 0.0}>()
+    a = Add(h, bias)
+    r = Relu(a)
+    s = Softmax<axis=-1>(r)
+    shape = Constant<value = int64[2] {0, 48}>()
+    f = Reshape(s, shape)
+    w = Constant<value = float[48, 5] {""" + ", ".join(str((i % 9) / 9.0 - 0.4) for i in range(240)) + """}>()
+    y = MatMul(f, w)
+}"""
+
+TOL = Tolerance(max_abs=1e-5, max_rel=None, cosine=0.99999, top1_agreement=None)
+
+
+@register_pass("test_rebuild_add")
+class RebuildAdd(Pass):
+    """Test-only, correct: rebuilds every Add as a new node writing a new tensor, and declares the rename."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        renamed = {}
+        for node in [n for n in graph.nodes if n.op == "Add" and not n.outputs[0].name.endswith("_fused")]:
+            old = node.outputs[0]
+            new = gs.Variable(make_name(graph, f"{old.name}_fused"), dtype=old.dtype, shape=old.shape)
+            for consumer in list(old.outputs):
+                for i, t in enumerate(consumer.inputs):
+                    if t is old:
+                        consumer.inputs[i] = new
+            graph.nodes.append(gs.Node("Add", make_name(graph, f"{node.name}_fused"), {}, list(node.inputs), [new]))
+            node.outputs.clear()
+            renamed[new.name] = old.name
+        return PassResult(bool(renamed), {"rebuilt": len(renamed)}, renamed=renamed)
+
+
+@register_pass("test_nudge_bias")
+class NudgeBias(Pass):
+    """Test-only, deliberately wrong: adds 0.25 to the constant operand of every Add (a bad constant fold)."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        n = 0
+        for node in [n for n in graph.nodes if n.op == "Add"]:
+            for i, t in enumerate(node.inputs):
+                value = const_value(t)
+                if value is not None:
+                    node.inputs[i] = gs.Constant(make_name(graph, "bias_nudged"), (value + 0.25).astype(value.dtype))
+                    n += 1
+        return PassResult(n > 0, {"nudged": n})
+
+
+@register_pass("test_crash_for_bisect")
+class Crash(Pass):
+    """Test-only: a pass that raises."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    onnx.save(model_from_text(GRAPH), tmp_path / "tiny.onnx")
+    return tmp_path
+
+
+def recipe(workdir, passes: list[str], on_fail: str = "stop"):
+    path = workdir / "tiny.yaml"
+    body = "\n".join(f"  - pass: {p}" + (f"\n    on_fail: {on_fail}" if p == "test_nudge_bias" else "")
+                     for p in passes)
+    path.write_text(textwrap.dedent("""\
+    name: tiny
+    model: {onnx: tiny.onnx}
+    input: {name: x, shape: [2, 3, 4, 4]}
+    passes:
+    """) + body + "\nverify: {samples: 2, tolerance: {max_abs: 1.0e-5, cosine: 0.99999}}\n")
+    return load_recipe(path)
+
+
+GOOD = ["infer_shapes", "test_rebuild_add", "softmax_transpose"]
+BROKEN = ["infer_shapes", "test_rebuild_add", "test_nudge_bias", "softmax_transpose"]
+
+
+def _run(path, feed):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_name_map_traces_kept_renamed_and_output_tensors(workdir):
+    report = apply_recipe(recipe(workdir, GOOD), workdir / "run", progress=lambda m: None)
+    rebuild, softmax = report["passes"][1], report["passes"][2]
+    assert rebuild["name_map"] == {"kept": 10, "renamed": 1, "replaced": 0, "new": 0}
+    # softmax_transpose: y keeps its name (graph output), the softmax's output is now a new tensor.
+    assert softmax["name_map"]["new"] >= 2 and softmax["name_map"]["replaced"] == 1
+    data = json.loads((workdir / "run" / "report.json").read_text())
+    assert data["name_map"]["a_fused"] == "a" and data["name_map"]["y"] == "y" and data["name_map"]["r"] == "r"
+    assert "s" not in data["name_map"]
+    before = {"x": "", "h": "Mul", "a": "Add"}
+    after = {"x": "", "h": "Mul", "a": "Sub", "a2": "Add"}
+    mapping = pass_name_map(before, after, {"a2": "a", "gone": "h"})
+    assert mapping == {"x": "x", "h": "h", "a2": "a"}
+    assert summarize(mapping, before, after) == {"kept": 2, "renamed": 1, "replaced": 0, "new": 1}
+
+
+def test_pipeline_failure_names_the_first_divergent_tensor(workdir):
+    with pytest.raises(VerificationFailed) as e:
+        apply_recipe(recipe(workdir, BROKEN), workdir / "run", progress=lambda m: None)
+    msg = str(e.value)
+    assert "pass test_nudge_bias (passes[2]) broke numerics" in msg
+    assert "first divergent tensor 'a_fused' from Add node" in msg
+    report = apply_recipe(recipe(workdir, BROKEN, on_fail="skip"), workdir / "run", progress=lambda m: None)
+    first = report["passes"][2]["verify"]["first_divergent"]
+    assert report["passes"][2]["status"] == "skipped"
+    assert (first["name"], first["op"]) == ("a_fused", "Add") and first["max_abs"] == pytest.approx(0.25, rel=1e-3)
+
+
+@pytest.fixture
+def broken_run(workdir):
+    """The broken recipe applied without verification: its model.onnx and report.json (with the name map)."""
+    apply_recipe(recipe(workdir, BROKEN), workdir / "run", verify=False, progress=lambda m: None)
+    return workdir / "tiny.onnx", workdir / "run" / "model.onnx", workdir / "run" / "report.json"
+
+
+def test_diff_names_the_first_divergent_tensor_through_the_name_map(broken_run, tmp_path, capsys):
+    a, b, report = broken_run
+    png = tmp_path / "diff.png"
+    code = main(["diff", str(a), str(b), "--map", str(report), "--plot", str(png), "--max-abs", "1e-5",
+                 "--json", str(tmp_path / "diff.json")])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "first divergent tensor 'a_fused' ('a' in A) from Add node" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "diff.json").read_text())
+    assert data["first_divergent"]["name"] == "a_fused" and data["compared"] >= 4
+    assert [t["name"] for t in data["tensors"]][:2] == ["h", "a_fused"]
+    # Without the map the renamed tensor is not shared: the first divergence is seen one node later.
+    assert main(["diff", str(a), str(b), "--plot", "", "--max-abs", "1e-5"]) == 1
+    assert "first divergent tensor 'r' from Relu node" in capsys.readouterr().out
+    # A model against itself: nothing diverges.
+    assert main(["diff", str(a), str(a), "--plot", ""]) == 0
+
+
+def test_diff_in_tiny_memory_batches_gives_the_same_result(broken_run):
+    a, b, report = broken_run
+    name_map = json.loads(report.read_text())["name_map"]
+    feeds = seeded_feeds(onnx.load(str(a)), samples=2, seed=0)
+    whole = diff_models(a, b, feeds, tolerance=TOL, name_map=name_map)
+    tiny = diff_models(a, b, feeds, tolerance=TOL, name_map=name_map, budget_mb=1e-6)  # one tensor per batch
+    assert whole.batches == 1 and whole.sessions == 2
+    assert tiny.batches == len(tiny.tensors) > 3 and tiny.sessions == 2 * tiny.batches
+    assert tiny.tensors == whole.tensors
+    assert tiny.first.name == "a_fused"
+    first = diff_models(a, b, feeds, tolerance=TOL, name_map=name_map, budget_mb=1e-6, stop_at_first=True)
+    assert first.first == whole.first and first.stopped_early and first.batches < tiny.batches
+
+
+def test_bisect_names_the_pass_and_saves_a_subgraph_that_reproduces(workdir, capsys):
+    out = workdir / "bisect"
+    report = bisect_recipe(recipe(workdir, BROKEN), out, progress=lambda m: None)
+    r = report["responsible"]
+    assert (r["name"], r["where"], r["reason"]) == ("test_nudge_bias", "passes[2]", "broke numerics")
+    assert [p["status"] for p in report["passes"]] == ["applied", "applied", "responsible"]
+    assert report["first_divergent"]["name"] == "a_fused"
+    sub = report["subgraph"]
+    # The bias is a Constant node before the pass and an initializer after it.
+    assert sub["before"]["ops"] == ["Constant", "Add"] and sub["after"]["ops"] == ["Add"]
+    assert sub["before"]["inputs"] == sub["after"]["inputs"] == ["h"]
+    assert sub["check"]["reproduces"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(report["files"])
+    # On its own: only the saved files, fresh sessions.
+    outs = {}
+    for side in ("before", "after"):
+        model = onnx.load(str(out / f"{side}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert [n.op_type for n in model.graph.node if n.op_type != "Constant"] == ["Add"]
+        with np.load(out / f"{side}_inputs.npz") as data:
+            outs[side] = _run(out / f"{side}.onnx", {k: data[k] for k in data.files})
+    assert np.abs(outs["before"] - outs["after"]).max() == pytest.approx(0.25, rel=1e-4)
+    # The CLI: exit 1, names the pass.
+    assert main(["bisect", str(workdir / "tiny.yaml"), "-o", str(workdir / "b2")]) == 1
+    text = capsys.readouterr().out
+    assert "responsible: pass test_nudge_bias (passes[2]) broke numerics" in text
+    assert "reproduces on its own in onnxruntime: yes" in text
+
+
+def test_bisect_of_a_good_recipe_finds_nothing(workdir, capsys):
+    assert main(["bisect", str(recipe(workdir, GOOD).path), "-o", str(workdir / "b")]) == 0
+    assert "nothing to bisect" in capsys.readouterr().out
+    assert not (workdir / "b").exists()
+
+
+def test_bisect_names_a_crashing_pass(workdir):
+    report = bisect_recipe(recipe(workdir, ["test_rebuild_add", "test_crash_for_bisect", "softmax_transpose"]),
+                           workdir / "b", progress=lambda m: None)
+    assert report["responsible"] == {"reason": "raised", "detail": "RuntimeError: boom", "index": 2,
+                                     "name": "test_crash_for_bisect", "where": "passes[1]"}
+    assert report["files"] == ["bisect.json"] and (workdir / "b" / "bisect.json").is_file()
+
+
+def test_diff_bad_input_is_a_user_error(workdir, capsys):
+    a = str(workdir / "tiny.onnx")
+    assert main(["diff", a, str(workdir / "missing.onnx"), "--plot", ""]) == 2
+    assert "missing.onnx: no such file" in capsys.readouterr().err
+    (workdir / "bad.json").write_text("[1, 2]")
+    assert main(["diff", a, a, "--map", str(workdir / "bad.json"), "--plot", ""]) == 2
+    assert "--map" in capsys.readouterr().err
+    assert main(["diff", a, a, "--budget-mb", "0", "--plot", ""]) == 2
