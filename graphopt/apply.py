@@ -102,7 +102,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     del model
     files: dict[str, bytes | str] = {}
     if "model" in recipe.emit:
-        files["model.onnx"] = result.model.SerializeToString()
+        files["model.onnx"] = result.model_bytes
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:

@@ -5,6 +5,11 @@ After every pass that changed the graph, the runner cleans up and sorts the grap
 (``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two.
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
 ``on_fail: skip``, is dropped and the graph before it restored.
+
+A pass that measures rather than rewrites (``mixlist`` with ``mode: measured``) declares a ``calibration``
+attribute; the runner sets it to ``(inputs, input_name)``, the verification inputs (``inputs`` is None when
+verification is off), before running it. Passes never read files themselves. ``keep_dtype`` node names a pass asks
+for are checked against the final graph.
 """
 from __future__ import annotations
 
@@ -44,13 +49,17 @@ class PassRecord:
 
 @dataclass
 class PipelineResult:
-    model: onnx.ModelProto
+    model_bytes: bytes  # the output model, serialized (and checked) once
     records: list[PassRecord]
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     configs: dict[str, Any]
     final_verify: dict[str, Any] | None
     name_map: dict[str, str] = field(default_factory=dict)  # output model tensor -> input model tensor
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return onnx.load_from_string(self.model_bytes)
 
 
 def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
@@ -93,6 +102,7 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
     del model
     records: list[PassRecord] = []
     configs: dict[str, Any] = {}
+    current: bytes | None = None  # the serialized current graph, while it is up to date
     done: list[str] = []
     traced = {name: name for name in tensor_producers(graph)}
     for k, (p, where, on_fail) in enumerate(passes, 1):
@@ -101,15 +111,18 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         # The graph before the pass, for the layer-wise diff should the pass fail verification.
         before = snapshot if snapshot is not None or not verify else graph.copy()
         names_before = tensor_producers(graph)
+        current_before = current
         progress(f"{label} ...")
         t0 = time.perf_counter()
+        if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
+            p.calibration = (inputs, input_name)
         try:
             result = p(graph)
         except (UserError, VerificationFailed):
             raise
         except Exception as e:
             if snapshot is not None:
-                graph = snapshot
+                graph, current = snapshot, current_before
                 records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
                                           time.perf_counter() - t0, None, "skipped"))
                 progress(f"{label}: raised {type(e).__name__}: {e}; skipped (on_fail: skip)")
@@ -123,15 +136,18 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
             names_after = tensor_producers(graph)
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
             mapped = summarize(pass_map, names_before, names_after)
-            after_model = to_model(graph)
-            try:
-                onnx.checker.check_model(after_model)
-            except onnx.checker.ValidationError as e:
-                raise PassError(f"pass {p.name} ({where}) produced an invalid graph: "
-                                f"{str(e).strip().splitlines()[0]}") from None
+            current = None  # the serialized graph no longer matches
             if verify:
+                after_model = to_model(graph)
+                # Serialized once: the checker, onnxruntime and, if nothing changes after, the output file.
+                after_bytes = after_model.SerializeToString()
                 try:
-                    got = Runner(after_model, input_name).run(inputs)
+                    onnx.checker.check_model(after_bytes)
+                except onnx.checker.ValidationError as e:
+                    raise PassError(f"pass {p.name} ({where}) produced an invalid graph: "
+                                    f"{str(e).strip().splitlines()[0]}") from None
+                try:
+                    got = Runner(after_bytes, input_name).run(inputs)
                 except UserError as e:
                     raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
                 cmp = compare_outputs(prev, got, tolerance)
@@ -145,15 +161,15 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
                         pass_map, tolerance)
                     where_diverged = describe_divergence(verdict["first_divergent"])
                     if on_fail == "skip":
-                        graph = snapshot
+                        graph, current = snapshot, current_before
                         records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
                         progress(f"{label}: FAILED verification, {cmp.describe()}{where_diverged}; "
                                  "skipped (on_fail: skip)")
                         continue
                     raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}"
                                              f"{where_diverged}")
-                prev = got
-            del after_model
+                prev, current = got, after_bytes
+                del after_model, after_bytes
             traced = compose(pass_map, traced)
         del before
         merge_configs(configs, result.configs, f"pass {p.name} ({where})")
@@ -163,8 +179,18 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         done.append(p.name)
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
-    final_model = to_model(graph)
-    onnx.checker.check_model(final_model)
+    if current is None:
+        current = to_model(graph).SerializeToString()
+        try:
+            onnx.checker.check_model(current)
+        except onnx.checker.ValidationError as e:
+            raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
+                            f"after each pass, names the pass): {str(e).strip().splitlines()[0]}") from None
+    names = {n.name for n in graph.nodes}
+    stale = [e for e in configs.get("keep_dtype", []) if "::" not in e and e not in names]
+    if stale:
+        raise UserError(f"keep_dtype names node {stale[0]!r}, which is not in the final graph (a later pass renamed "
+                        "or removed it): move the pass asking for it after the passes that rewrite the graph")
     final = None
     if verify:
         cmp = compare_outputs(ref, prev, tolerance)
@@ -172,4 +198,4 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe()}")
-    return PipelineResult(final_model, records, ops_before, op_counts(final_model), configs, final, traced)
+    return PipelineResult(current, records, ops_before, op_counts(graph), configs, final, traced)
