@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 
 from .errors import GraphoptError, UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+# Modules that define further subcommands through an ``add_cli(subparsers)`` function.
+COMMAND_MODULES = ("data", "evaluate", "diff", "bisect")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cosine", type=float, default=0.99999)
     p.add_argument("--top1", type=float, default=1.0)
     p.set_defaults(func=_cmd_verify)
+    for name in COMMAND_MODULES:  # each adds its own subcommand(s)
+        importlib.import_module(f"{__package__}.{name}").add_cli(sub)
     return parser
 
 

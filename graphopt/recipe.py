@@ -19,8 +19,8 @@ import yaml
 from .errors import UserError
 from .pass_infra import Pass, all_passes, get_pass, pass_params, type_name
 
-__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "AtcSpec", "load_recipe",
-           "parse_recipe", "closest", "check_value", "build_pass"]
+__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "AtcSpec", "PreprocessSpec",
+           "load_recipe", "parse_recipe", "closest", "check_value", "build_pass"]
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                    "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
@@ -90,6 +90,28 @@ class AtcSpec:
     extra_args: tuple[str, ...] = ()
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How ``graphopt data`` turns an image into the model's input (the seed's preprocessing).
+
+    RGB pixels (0..255) -> resize (``(s,)``: shorter side to s, aspect kept; ``(h, w)``: exactly) -> center crop
+    ``(h, w)`` -> ``x * scale`` -> ``(x - mean) / std`` per channel -> float32 CHW. ``None`` resize / crop are
+    filled in when the recipe is parsed: crop = the input's H, W; resize = shorter side crop / 0.875 (256 for 224).
+    """
+
+    resize: tuple[int, ...] | None = None
+    crop: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    scale: float = 1 / 255
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -100,6 +122,7 @@ class Recipe:
     verify: VerifySpec
     emit: tuple[str, ...]
     atc: AtcSpec
+    preprocess: PreprocessSpec = PreprocessSpec()
 
     def build_passes(self) -> list[Pass]:
         return [build_pass(p) for p in self.passes]
@@ -201,7 +224,7 @@ def _resolve(base: Path | None, value: str | None, where: str, file: str, must_e
 def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     file = str(path) if path else "<recipe>"
     base = path.parent if path else None
-    top = _Section(data, "", file, ["name", "model", "input", "passes", "verify", "emit", "atc"])
+    top = _Section(data, "", file, ["name", "model", "input", "passes", "verify", "emit", "atc", "preprocess"])
     name = top.get("name", str, path.stem if path else "recipe")
 
     m = _Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])
@@ -210,9 +233,9 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     if (exporter is None) == (onnx_path is None):
         raise UserError(f"{file}: model: give exactly one of model.exporter or model.onnx")
     if exporter is not None:
-        from .export import list_exporters
+        from .export import exporter_names
 
-        names = [e.name for e in list_exporters()]
+        names = exporter_names()
         if exporter not in names:
             raise UserError(f"{file}: model.exporter: unknown exporter {exporter!r}{closest(exporter, names)}")
     model = ModelSpec(
@@ -295,7 +318,57 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
         extra_args=tuple(a.get("extra_args", list[str], [])),
     )
-    return Recipe(name, path, model, inp, tuple(passes), verify, emit, atc)
+    preprocess = _parse_preprocess(top.get("preprocess", dict, {}), inp.shape, file)
+    return Recipe(name, path, model, inp, tuple(passes), verify, emit, atc, preprocess)
+
+
+def _parse_preprocess(data: Any, shape: tuple[int, ...], file: str) -> PreprocessSpec:
+    """The ``preprocess:`` section; crop must give the input's H, W (the .bin files are the model's input)."""
+    s = _Section(data, "preprocess", file, [f.name for f in dataclasses.fields(PreprocessSpec)])
+
+    def size(key: str) -> tuple[int, ...] | None:
+        v = s.get(key, int | list[int] | None, None)
+        v = (v,) if isinstance(v, int) else v
+        if v is not None and (len(v) not in (1, 2) or any(d <= 0 for d in v)):
+            raise UserError(f"{file}: preprocess.{key}: expected a positive size or [height, width], got {v}")
+        return None if v is None else tuple(v)
+
+    hw = tuple(shape[-2:]) if len(shape) == 4 else None
+    crop = size("crop")
+    crop = (crop * 2 if crop and len(crop) == 1 else crop) or hw
+    if crop is not None and hw is not None and tuple(crop) != hw:
+        raise UserError(f"{file}: preprocess.crop: {list(crop)} differs from the input's height and width "
+                        f"{list(hw)} (input.shape {list(shape)})")
+    resize = size("resize")
+    if resize is None and crop is not None:  # ImageNet's 256 for 224; never smaller than the crop
+        resize = (max(int(min(crop) / 0.875), max(crop)),)
+    if resize is not None and crop is not None:
+        fits = crop[0] <= min(resize) and crop[1] <= min(resize) if len(resize) == 1 else \
+            crop[0] <= resize[0] and crop[1] <= resize[1]
+        if not fits:
+            raise UserError(f"{file}: preprocess.crop {list(crop)} is larger than the resized image "
+                            f"(preprocess.resize {list(resize)})")
+    channels = shape[1] if len(shape) == 4 else None
+
+    def per_channel(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        if key not in s.data:  # the ImageNet default; graphopt data checks it against the channels
+            return default
+        v = s.get(key, float | list[float])
+        v = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),)
+        if len(v) not in (1, channels or len(v)):
+            raise UserError(f"{file}: preprocess.{key}: expected 1 or {channels} values (one per channel), "
+                            f"got {len(v)}")
+        return v
+
+    mean = per_channel("mean", IMAGENET_MEAN)
+    std = per_channel("std", IMAGENET_STD)
+    if any(x <= 0 for x in std):
+        raise UserError(f"{file}: preprocess.std: must be positive, got {list(std)}")
+    scale = s.get("scale", float, 1 / 255)
+    if scale <= 0:
+        raise UserError(f"{file}: preprocess.scale: must be positive, got {scale}")
+    interpolation = s.get("interpolation", typing.Literal[INTERPOLATIONS], "bilinear")  # type: ignore[valid-type]
+    return PreprocessSpec(resize, crop, interpolation, mean, std, scale)
 
 
 def load_recipe(path: str | Path) -> Recipe:

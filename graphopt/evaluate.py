@@ -1,0 +1,447 @@
+"""``graphopt eval``: accuracy and throughput of a run directory, per batch size, as the seeds tabulate them.
+
+Per batch size: compile with ATC when ``atc`` is on PATH (the commands of ``atc.sh``), run ais_bench when it is
+installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs and a summary JSON in
+ais_bench's layout (see ``graphopt.backends``); then one postprocess reads either: top-1 / top-5 against the
+data folder's ``labels.txt``, and latency percentiles from the per-call times.
+
+Throughput is ``batch size x 1000 / median per-call latency (ms)``, over at least ``min_iterations`` timed calls
+and ``min_seconds`` of compute after ``warmup`` untimed calls. What a call includes is stated with the numbers:
+onnxruntime: ``session.run`` on a float32 batch already in memory (no file reading, preprocessing or output
+writing); ais_bench: its ``NPU_compute_time`` (device compute; no host-device copies). ais_bench's own figure,
+``1000 x batch / mean``, is kept as ``throughput_mean``.
+
+Writes ``OUT`` (default ``RUN_DIR/eval``): ``eval.json``, ``eval.md``, ``throughput.png`` and ``outputs/``
+(``bs<N>/<input stem>_0.<fmt>`` and ``bs<N>_summary.json`` per batch size).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .backends import (OUTPUT_FORMATS, AtcJob, OnnxRuntimeBackend, TimingOptions, ais_bench_argv, ais_bench_command,
+                       atc_jobs, collect_outputs, find_atc, input_files, latency_stats, run_ais_bench, run_atc)
+from .errors import UserError
+
+__all__ = ["EvalOptions", "evaluate", "accuracy", "eval_markdown", "compare_markdown", "plot_throughput",
+           "load_eval", "dry_run_lines", "add_cli", "DEFAULT_BATCH_SIZES"]
+
+DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
+EVAL_FILE = "eval.json"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    backend: str = "auto"  # auto | onnxruntime | ais_bench
+    outfmt: str = "BIN"
+    timing: TimingOptions = TimingOptions()
+    limit: int | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What ``graphopt apply`` left in a run directory that eval needs."""
+
+    path: Path
+    name: str
+    model: Path
+    input_name: str
+    item_shape: tuple[int, ...]
+    classes: int | None
+    fixed_batch: int | None  # the model's batch dimension when it is not dynamic
+
+
+def _load_run(run_dir: str | Path) -> _Run:
+    import onnx
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run directory {path}: no such folder (graphopt apply writes one)")
+    model = path / "model.onnx"
+    if not model.is_file():
+        raise UserError(f"run directory {path}: no model.onnx (the recipe's emit must include model)")
+    proto = onnx.load(str(model), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
+    report_path = path / "report.json"
+    name, input_name, shape = path.name, None, None
+    if report_path.is_file():
+        try:
+            report = json.loads(report_path.read_text())
+            name = report["recipe"]["name"]
+            input_name, shape = report["input"]["name"], report["input"]["shape"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{report_path}: not a graphopt report (recipe.name, input.name, input.shape)") from None
+    if input_name is None:
+        if not graph_inputs:
+            raise UserError(f"{model}: has no inputs")
+        inp = graph_inputs[0]
+        input_name = inp.name
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else None
+    batch_dim = next((i.type.tensor_type.shape.dim[0] for i in graph_inputs if i.name == input_name), None)
+    fixed_batch = batch_dim.dim_value if batch_dim is not None and batch_dim.HasField("dim_value") else None
+    return _Run(path, name, model, input_name, tuple(shape[1:]), classes, fixed_batch or None)
+
+
+def _check_data(data_dir: str | Path, run: _Run, limit: int | None) -> tuple[Path, list[Path], dict[str, int]]:
+    from .data import LABELS_FILE, META_FILE, read_labels_file
+
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise UserError(f"--data {data}: no such folder (graphopt data writes one)")
+    meta_path = data / META_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            shape = meta["settings"]["item_shape"]
+        except (ValueError, KeyError, TypeError):
+            shape = None
+        if shape is not None and tuple(shape) != run.item_shape:
+            raise UserError(f"--data {data}: items are {shape}, the model's input {run.input_name!r} takes "
+                            f"{list(run.item_shape)} (prepare the data with this run's recipe)")
+    files = input_files(data)
+    if not files:
+        raise UserError(f"--data {data}: no .bin or .npy files")
+    files = files[:limit] if limit else files
+    nbytes = int(np.prod(run.item_shape)) * 4
+    for f in files:
+        if f.suffix.lower() == ".bin" and f.stat().st_size != nbytes:
+            raise UserError(f"--data {f}: {f.stat().st_size} bytes, but one float32 item {list(run.item_shape)} "
+                            f"is {nbytes} (prepared for another model?)")
+    labels = read_labels_file(data / LABELS_FILE) if (data / LABELS_FILE).is_file() else {}
+    return data, files, labels
+
+
+def accuracy(rows: Mapping[str, np.ndarray], labels: Mapping[str, int], names: Sequence[str]) -> dict[str, Any]:
+    """Top-1 / top-5 over the inputs ``names`` that have a label; inputs without an output count as wrong."""
+    labelled = [n for n in names if n in labels]
+    missing = [n for n in labelled if n not in rows]
+    top1 = top5 = 0
+    for n in labelled:
+        if n not in rows:
+            continue
+        row = np.asarray(rows[n], dtype=np.float64)
+        label = labels[n]
+        top1 += int(row.argmax() == label)
+        k = min(5, row.size)
+        top5 += int(label in np.argpartition(-row, k - 1)[:k])
+    count = len(labelled)
+    return {"labelled": count, "evaluated": count - len(missing), "missing_outputs": len(missing),
+            "top1": top1 / count if count else None, "top5": top5 / count if count else None,
+            "top1_correct": top1, "top5_correct": top5}
+
+
+def _choose_backend(requested: str, log: Callable[[str], None]) -> tuple[str, list[str] | None, str | None]:
+    atc = find_atc()
+    ais = ais_bench_command()
+    if requested == "ais_bench" and ais is None:
+        raise UserError("--backend ais_bench: ais_bench is not installed (it comes with Huawei's CANN tools: "
+                        "`python3 -m ais_bench`; set GRAPHOPT_AIS_BENCH to its command if it is elsewhere)")
+    if requested == "onnxruntime":
+        return "onnxruntime", None, None
+    if requested == "auto" and ais is None:
+        missing = "atc and ais_bench are" if atc is None else "ais_bench is"
+        log(f"eval: {missing} not installed (Huawei CANN tools): running model.onnx with onnxruntime on the CPU "
+            "instead (`graphopt eval --dry-run` prints the commands it would run)")
+        return "onnxruntime", None, atc
+    return "ais_bench", ais, atc
+
+
+def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOptions,
+                  out: str | Path | None = None) -> list[str]:
+    """The ATC and ais_bench commands ``graphopt eval`` would run with the CANN tools installed."""
+    run_dir = Path(run_dir)
+    out_root = Path(out) if out else run_dir / "eval"
+    jobs = atc_jobs(run_dir, options.batch_sizes)
+    ais = ais_bench_command() or ["python3", "-m", "ais_bench"]
+    lines = [f"# in {run_dir}:"]
+    for job in jobs:
+        derived = "" if job.from_script else f"  # derived: atc.sh has no batch size {job.batch_size}"
+        lines.append(job.shell() + derived)
+    lines.append("# then, per batch size:")
+    for job in jobs:
+        argv = ais_bench_argv(ais, job.expected_om(run_dir), Path(data_dir), out_root / "outputs",
+                              f"bs{job.batch_size}", options.outfmt, job.batch_size, options.timing.warmup)
+        lines.append(" ".join(shlex.quote(a) for a in argv))
+    return lines
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = EvalOptions(),
+             out: str | Path | None = None, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Evaluate a run directory on a prepared data folder; writes and returns the result (see module docstring)."""
+    t_start = time.perf_counter()
+    if options.outfmt not in OUTPUT_FORMATS:
+        raise UserError(f"--outfmt {options.outfmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
+        raise UserError(f"--batch-sizes: expected positive integers, got {list(options.batch_sizes)}")
+    run = _load_run(run_dir)
+    data, files, labels = _check_data(data_dir, run, options.limit)
+    backend, ais, atc = _choose_backend(options.backend, log)
+    out_root = Path(out) if out else run.path / "eval"
+    outputs = out_root / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+
+    jobs: dict[int, AtcJob] = {}
+    atc_ran = False
+    if atc is not None and options.backend != "onnxruntime":
+        jobs = {j.batch_size: j for j in atc_jobs(run.path, options.batch_sizes)}
+        run_atc(run.path, list(jobs.values()), atc, log)
+        atc_ran = True
+    if backend == "ais_bench" and not jobs:
+        jobs = {j.batch_size: j for j in atc_jobs(run.path, options.batch_sizes)}
+        absent = [j for j in jobs.values() if j.om_path(run.path) is None]
+        if absent and options.backend == "ais_bench":
+            raise UserError(f"--backend ais_bench: no {absent[0].expected_om(run.path)} and atc is not on PATH to "
+                            f"compile it (run {run.path / 'atc.sh'} on a machine with CANN)")
+        if absent:
+            log(f"eval: ais_bench is installed but atc is not and {absent[0].expected_om(run.path).name} is missing: "
+                "running model.onnx with onnxruntime on the CPU instead")
+            backend = "onnxruntime"
+    fixed = run.fixed_batch
+    if backend == "onnxruntime" and fixed is not None:
+        wrong = [b for b in options.batch_sizes if b != fixed]
+        if wrong:
+            raise UserError(f"{run.model}: the input's batch dimension is fixed to {fixed}, so batch size {wrong[0]} "
+                            f"cannot run; evaluate with --batch-sizes {fixed} or keep the batch dynamic")
+
+    ort_backend = OnnxRuntimeBackend(run.model, run.input_name, options.threads) if backend == "onnxruntime" else None
+    device = ort_backend.describe() if ort_backend else {"backend": "ais_bench", "command": " ".join(ais or []),
+                                                         "device": "Ascend NPU"}
+    input_dir = data
+    if backend == "ais_bench" and options.limit:
+        input_dir = outputs / "inputs"  # ais_bench reads whole folders: link the first N files
+        shutil.rmtree(input_dir, ignore_errors=True)
+        input_dir.mkdir(parents=True)
+        for f in files:
+            (input_dir / f.name).symlink_to(f.resolve())
+    names = [f.name.split(".")[0] for f in files]
+    rows_out = []
+    for bs in options.batch_sizes:
+        dirname = f"bs{bs}"
+        shutil.rmtree(outputs / dirname, ignore_errors=True)
+        (outputs / f"{dirname}_summary.json").unlink(missing_ok=True)
+        if ort_backend is not None:
+            folder, summary = ort_backend.run(bs, files, run.item_shape, outputs, dirname, options.outfmt,
+                                              options.timing, input_dir=data)
+        else:
+            om = jobs[bs].om_path(run.path)
+            argv = ais_bench_argv(ais or [], om, input_dir, outputs, dirname, options.outfmt, bs,
+                                  options.timing.warmup)
+            log(f"eval: ais_bench: {' '.join(argv)}")
+            folder, summary = run_ais_bench(argv, outputs, dirname)
+        rows = collect_outputs(folder, summary, files, run.classes)
+        acc = accuracy(rows, labels, names)
+        times = summary.get("npu_compute_time_list") or []
+        if times:  # every call's time: exact percentiles
+            st = latency_stats(times)
+            lat = {"p50": st["p50"], "p90": st["p90"], "p99": st["percentile(99%)"], "mean": st["mean"]}
+            calls = st["count"]
+        else:  # only the printed summary: its median and 99th percentile
+            npu = summary.get("NPU_compute_time") or {}
+            lat = {"p50": npu.get("median"), "p90": None, "p99": npu.get("percentile(99%)"), "mean": npu.get("mean")}
+            calls = npu.get("count")
+        throughput = 1000.0 * bs / lat["p50"] if lat["p50"] else summary.get("throughput")
+        rows_out.append({"batch_size": bs, "throughput": throughput,
+                         "throughput_from": "median latency" if lat["p50"] else "the tool's own figure",
+                         "throughput_mean": summary.get("throughput"), "latency_ms": lat, "timed_calls": calls,
+                         "outputs": len(rows), **acc, "summary": str(outputs / f"{dirname}_summary.json")})
+        top1 = "-" if acc["top1"] is None else f"{acc['top1']:.4f}"
+        log(f"eval: batch size {bs}: {_num(throughput, '.1f')} img/s (p50 {_num(lat['p50'], '.2f')} ms over "
+            f"{calls} calls), top-1 {top1}, {len(rows)}/{len(files)} outputs")
+    if ort_backend is not None:
+        what = (f"onnxruntime session.run on the CPU (CPUExecutionProvider, {device['threads']}), float32 input "
+                "already in memory; excludes reading .bin files, preprocessing and writing outputs")
+    else:
+        what = "ais_bench NPU_compute_time: device compute only; excludes host-device copies and file I/O"
+    result = {
+        "run": str(run.path), "name": run.name, "model": str(run.model), "data": str(data),
+        "inputs": len(files), "labelled": sum(1 for n in names if n in labels),
+        "backend": backend, "device": device, "atc_compiled": atc_ran,
+        "throughput_definition": f"images/s = batch size x 1000 / median latency (ms) of one call; a call is {what}",
+        "timing": asdict(options.timing), "outfmt": options.outfmt,
+        "rows": rows_out, "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    (out_root / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    (out_root / "eval.md").write_text(eval_markdown(result))
+    plot_throughput([result], out_root / "throughput.png")
+    result["outdir"] = str(out_root)
+    return result
+
+
+def _num(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def eval_markdown(result: Mapping[str, Any]) -> str:
+    head = f"# {result['name']}: {result['backend']} on {result['device'].get('device')}\n\n"
+    lines = ["| batch size | throughput (img/s) | p50 (ms) | p90 (ms) | p99 (ms) | timed calls | top-1 | top-5 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lat = r["latency_ms"]
+        lines.append(f"| {r['batch_size']} | {_num(r['throughput'], '.1f')} | {_num(lat['p50'], '.2f')} | "
+                     f"{_num(lat['p90'], '.2f')} | {_num(lat['p99'], '.2f')} | {r['timed_calls'] or '-'} | "
+                     f"{_pct(r['top1'])} | {_pct(r['top5'])} |")
+    foot = (f"\n{result['inputs']} inputs ({result['labelled']} labelled) from {result['data']}. "
+            f"Throughput: {result['throughput_definition']}. Latency: per call (one batch).\n")
+    return head + "\n".join(lines) + "\n" + foot
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f} %"
+
+
+def load_eval(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir)
+    path = path if path.is_file() else (path / "eval" / EVAL_FILE if (path / "eval" / EVAL_FILE).is_file()
+                                        else path / EVAL_FILE)
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no eval results ({EVAL_FILE}); run `graphopt eval {run_dir} --data DIR` first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """Two evaluated runs side by side, per batch size, with B's throughput over A's."""
+    ra = {r["batch_size"]: r for r in a["rows"]}
+    rb = {r["batch_size"]: r for r in b["rows"]}
+    na, nb = a["name"], b["name"]
+    if na == nb:
+        na, nb = f"A ({a['run']})", f"B ({b['run']})"
+    lines = [f"| batch size | {na} img/s | {nb} img/s | B/A | {na} p50 ms | {nb} p50 ms | {na} top-1 | {nb} top-1 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for bs in sorted(set(ra) | set(rb)):
+        x, y = ra.get(bs), rb.get(bs)
+        tx = x["throughput"] if x else None
+        ty = y["throughput"] if y else None
+        ratio = f"{ty / tx:.2f}x" if tx and ty else "-"
+        lines.append(f"| {bs} | {_num(tx, '.1f')} | {_num(ty, '.1f')} | {ratio} | "
+                     f"{_num(x['latency_ms']['p50'] if x else None, '.2f')} | "
+                     f"{_num(y['latency_ms']['p50'] if y else None, '.2f')} | "
+                     f"{_pct(x['top1'] if x else None)} | {_pct(y['top1'] if y else None)} |")
+    notes = [f"A: {a['run']} ({a['backend']}, {a['inputs']} inputs); "
+             f"B: {b['run']} ({b['backend']}, {b['inputs']} inputs)"]
+    if a["data"] != b["data"]:
+        notes.append(f"note: different data ({a['data']} vs {b['data']})")
+    if a["backend"] != b["backend"]:
+        notes.append("note: different backends; throughputs measure different things")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plot_throughput(results: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Throughput against batch size (log2 axis), one line per result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    sizes: set[int] = set()
+    for res in results:
+        pts = [(r["batch_size"], r["throughput"]) for r in res["rows"] if r["throughput"]]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        sizes.update(xs)
+        ax.plot(xs, ys, marker="o", label=f"{res['name']} ({res['backend']})")
+        for x, y in pts:
+            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    if sizes:
+        ax.set_xticks(sorted(sizes))
+        ax.set_xticklabels([str(s) for s in sorted(sizes)])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s (batch / median latency)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    first = results[0] if results else {}
+    ax.set_title(f"throughput: {first.get('name', '')} on {first.get('device', {}).get('device', '')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--batch-sizes {text!r}: expected comma-separated integers, e.g. 1,4,8,16,32,64") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise UserError(f"--batch-sizes {text!r}: expected positive integers")
+    return sizes
+
+
+def _cmd_eval(args: Any) -> int:
+    options = EvalOptions(
+        batch_sizes=_batch_sizes(args.batch_sizes), backend=args.backend, outfmt=args.outfmt.upper(),
+        timing=TimingOptions(warmup=args.warmup, min_iterations=args.min_iterations, min_seconds=args.min_seconds,
+                             max_seconds=args.max_seconds),
+        limit=args.limit, threads=args.threads)
+    if args.warmup < 0 or args.min_iterations < 1 or args.min_seconds < 0 or (args.limit or 1) < 1:
+        raise UserError("--warmup >= 0, --min-iterations >= 1, --min-seconds >= 0 and --limit >= 1 are required")
+    if args.compare:
+        if args.run_dir:
+            raise UserError("give either RUN_DIR or --compare RUN_A RUN_B, not both")
+        if args.data:
+            for run in args.compare:
+                res = evaluate(run, args.data, options)
+                print(f"wrote {res['outdir']}/", file=sys.stderr)
+        a, b = (load_eval(r) for r in args.compare)
+        print(compare_markdown(a, b), end="")
+        return 0
+    if not args.run_dir:
+        raise UserError("eval: name a run directory (written by graphopt apply), or --compare RUN_A RUN_B")
+    if not args.data:
+        raise UserError("eval: --data DIR is required (graphopt data prepares it)")
+    if args.dry_run:
+        print("\n".join(dry_run_lines(args.run_dir, args.data, options, args.output)))
+        return 0
+    res = evaluate(args.run_dir, args.data, options, args.output)
+    print(eval_markdown(res), end="")
+    print(f"wrote {res['outdir']}/: eval.json, eval.md, throughput.png, outputs/")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help="accuracy (top-1/top-5) and throughput per batch size of a run "
+                                           "(ATC + ais_bench when installed, else onnxruntime)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory written by graphopt apply")
+    p.add_argument("--data", help="folder of .bin files + labels.txt (graphopt data)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="default %(default)s")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "ais_bench"], default="auto")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="two evaluated runs side by side (with --data: evaluate both first)")
+    p.add_argument("-o", "--output", help="results folder (default RUN_DIR/eval)")
+    p.add_argument("--outfmt", default="BIN", type=str.upper, choices=OUTPUT_FORMATS,
+                   help="output files, as ais_bench's --outfmt")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default %(default)s)")
+    p.add_argument("--min-iterations", type=int, default=20, help="timed calls at least (default %(default)s)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="timed compute at least (default %(default)s)")
+    p.add_argument("--max-seconds", type=float, default=120.0,
+                   help="stop timing a batch size after this wall time (default %(default)s)")
+    p.add_argument("--limit", type=int, help="only the first N inputs")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    p.add_argument("--dry-run", action="store_true", help="print the atc and ais_bench commands, run nothing")
+    p.set_defaults(func=_cmd_eval)
