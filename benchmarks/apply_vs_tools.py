@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=4, metavar=("TASK", "SRC", "OUT", "RECIPE"))
     parser.add_argument("--recipes", default="vit_b32,twins_pcpvt_s,shiftvit,lvvit")
     parser.add_argument("--latency-reps", type=int, default=10)
+    parser.add_argument("--latency", nargs=6, metavar=("NAIVE", "OPTIMIZED", "INPUT", "ITEM_SHAPE", "BATCH", "REPS"))
     args = parser.parse_args(argv)
+    if args.latency:
+        naive, optimized, name, item, batch, reps = args.latency
+        print(json.dumps(_latency(Path(naive), Path(optimized), name, [int(d) for d in item.split(",")], int(batch),
+                                  int(reps))))
+        return 0
     if args.child:
         _child(*args.child)
         return 0
@@ -123,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             optimized = Path(tmp) / f"{name}-graphopt" / "model.onnx"
             if optimized.is_file():
                 for bs in (1, 8):
-                    lat[bs] = _latency(src, optimized, recipe.input.name, item, bs, args.latency_reps)
+                    # In a child too: Linux children inherit the parent's peak RSS, so the parent stays small.
+                    lat[bs] = tuple(json.loads(subprocess.run(
+                        [sys.executable, "-m", "benchmarks.apply_vs_tools", "--latency", str(src), str(optimized),
+                         recipe.input.name, ",".join(map(str, item)), str(bs), str(args.latency_reps)],
+                        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]))
                     print(f"  latency bs{bs}: naive {lat[bs][0]:.1f} ms, graphopt {lat[bs][1]:.1f} ms", flush=True)
 
             def sec(task):
