@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .atc import atc_commands, atc_script, config_files
 from .errors import UserError
-from .ir import current_umask, load_model
+from .ir import current_umask, load_model, save_model, uses_external_data, write_error
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
@@ -62,26 +62,43 @@ def _check_input(model, recipe: Recipe, where: str) -> None:
             raise UserError(f"{where}: input.shape[{k}] is {want}, the model fixes it to {d.dim_value}")
 
 
-def write_run_dir(outdir: Path, files: dict[str, bytes | str], executable: set[str] = frozenset()) -> None:
+def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset()) -> None:
+    """Write ``files`` (name -> bytes, text, or a model: an ``onnx.ModelProto`` or graph, saved with external
+    data as ``<name>`` + ``<name>.data``) into a fresh folder that then replaces ``outdir`` as a whole. On any
+    failure (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a
+    previous ``outdir`` is left as it was."""
     outdir = Path(outdir)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    except OSError as e:
+        raise write_error(outdir, e) from None
+    old = None
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished run dir gets the usual mode
         for name, data in files.items():
-            (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+            if isinstance(data, (bytes, str)):
+                (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+            else:
+                save_model(data, tmp / name, external=True)
             if name in executable:
                 os.chmod(tmp / name, 0o755)
-        old = None
         if outdir.exists():
             old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
             os.replace(outdir, old)
         os.replace(tmp, outdir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not outdir.exists():
+            try:
+                os.rename(old, outdir)  # put the previous result back
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise write_error(outdir, e) from None
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
@@ -100,9 +117,17 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=recipe.input.name,
                                           tolerance=recipe.verify.tolerance, progress=progress)
     del model
-    files: dict[str, bytes | str] = {}
+    files: dict[str, Any] = {}
     if "model" in recipe.emit:
-        files["model.onnx"] = result.model_bytes
+        # External data when the model is large (result.model_bytes is None) or its source had it.
+        if result.model_bytes is None:
+            files["model.onnx"] = result.graph
+        elif uses_external_data(src):
+            import onnx
+
+            files["model.onnx"] = onnx.load_from_string(result.model_bytes)
+        else:
+            files["model.onnx"] = result.model_bytes
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:
@@ -112,6 +137,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
                             precision_mode=recipe.atc.precision_mode, configs=result.configs,
                             extra_args=recipe.atc.extra_args)
         files["atc.sh"] = atc_script(cmds)
+    data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str))]  # external data
     report = {
         "recipe": {"name": recipe.name, "path": str(recipe.path) if recipe.path else None},
         "source": {"kind": "export" if recipe.model.exporter else "onnx", "path": str(src), "cached": cached,
@@ -127,14 +153,14 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "ops_after": result.ops_after,
         "configs": result.configs,
         "name_map": result.name_map,  # output model tensor -> input model tensor (graphopt.name_map)
-        "files": sorted(list(files) + ["report.json", "report.md"]),
+        "files": sorted(list(files) + data_files + ["report.json", "report.md"]),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if "report" in recipe.emit:
         files["report.json"] = report_json(report)
         files["report.md"] = report_markdown(report)
     else:
-        report["files"] = sorted(files)
+        report["files"] = sorted(list(files) + data_files)
     write_run_dir(outdir, files, executable={"atc.sh"})
     report["outdir"] = str(outdir)
     return report

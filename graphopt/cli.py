@@ -12,7 +12,7 @@ from .errors import GraphoptError, UserError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
-COMMAND_MODULES = ("data", "evaluate", "diff", "bisect")
+COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

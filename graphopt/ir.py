@@ -2,7 +2,9 @@
 
 Loading checks what it reads and turns every failure into a one-line ``UserError``; saving is atomic (a temporary
 name in the destination folder, then ``os.replace``), so an interrupted or failed write never leaves a
-half-written model where a finished one is expected, and an input model is never modified in place.
+half-written model where a finished one is expected, and an input model is never modified in place. Models over
+``external_data_threshold()`` (or saved with ``external=True``) keep their weights in ONNX external data beside the
+model file; they are written tensor by tensor from memory, never as one protobuf message.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.message import EncodeError
 
 from .errors import UserError
 
@@ -22,13 +25,19 @@ from .errors import UserError
 gs.logger.G_LOGGER.colors = False
 
 __all__ = [
+    "EXTERNAL_DATA_THRESHOLD",
+    "external_data_threshold",
+    "constant_nbytes",
+    "uses_external_data",
     "current_umask",
+    "write_error",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_model",
     "save_model",
     "to_graph",
     "to_model",
+    "shape_model",
     "op_counts",
     "producer",
     "consumers",
@@ -52,24 +61,67 @@ def current_umask() -> int:
     return mask
 
 
+def write_error(path: str | Path, e: OSError) -> UserError:
+    """The one-line error for a failed write (disk full, permission denied, a file where a folder should be)."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and Path(e.filename).is_file() \
+            and Path(e.filename) != Path(path):
+        return UserError(f"cannot write {path}: {e.filename} is a file, not a folder")
+    return UserError(f"cannot write {path}: {e.strerror or type(e).__name__}"
+                     + (f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename. An
+    ``OSError`` (disk full, permission denied) becomes a ``UserError``; no partial file is left either way."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``."""
+    _rename_into_place([(_temp_file(path, write), path)])
+
+
+def _temp_file(path: Path, write) -> Path:
+    """``write(file)`` into a new temporary file beside ``path`` (synced); its path. Nothing is left on failure."""
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a finished file gets the usual mode
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; a finished file: the usual mode
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # KeyboardInterrupt included: no partial file is left behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(Path(tmp))
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
+        raise
+    return Path(tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _rename_into_place(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each finished temporary file to its destination; on failure remove the temporaries left."""
+    done = 0
+    try:
+        for tmp, dest in moves:
+            os.replace(tmp, dest)
+            done += 1
+    except BaseException as e:
+        for tmp, _ in moves[done:]:
+            _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise write_error(moves[done][1], e) from None
         raise
 
 
@@ -77,32 +129,270 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# Models whose weights (constant tensors) exceed this many bytes are saved with ONNX external data: the graph in
+# ``model.onnx``, the weights in ``model.onnx.data`` beside it. One protobuf message cannot exceed 2 GiB, and
+# going through a file also spares the copy ``SerializeToString`` would make. GRAPHOPT_EXTERNAL_DATA_THRESHOLD
+# overrides it (the tests lower it to run the large-model code on small models).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+# With external data, tensors smaller than this stay inline (as onnx.save_model's size_threshold).
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+_EXTERNAL_ALIGN = 4096  # offsets of external tensors: page-aligned, so onnxruntime can map them
+
+
+def external_data_threshold() -> int:
+    value = os.environ.get("GRAPHOPT_EXTERNAL_DATA_THRESHOLD")
+    if not value:
+        return EXTERNAL_DATA_THRESHOLD
+    try:
+        return int(float(value))
+    except ValueError:
+        raise UserError(f"GRAPHOPT_EXTERNAL_DATA_THRESHOLD={value!r}: expected a number of bytes") from None
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    if onnx.external_data_helper.uses_external_data(t):
+        length = {e.key: e.value for e in t.external_data}.get("length")
+        return int(length) if length and length.isdigit() else 0
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    return t.ByteSize()
+
+
+def constant_nbytes(obj: onnx.ModelProto | gs.Graph) -> int:
+    """Bytes of the weights: the initializers of a model, the constants of a graph (without loading lazy ones)."""
+    if isinstance(obj, onnx.ModelProto):
+        return sum(_tensor_nbytes(t) for t in obj.graph.initializer)
+    total = 0
+    for t in obj.tensors().values():
+        if isinstance(t, gs.Constant):
+            values = t._values  # noqa: SLF001 - reading .values would load a lazy constant
+            total += int(values.nbytes) if hasattr(values, "nbytes") else 0
+    return total
+
+
+def uses_external_data(path: str | Path) -> bool:
+    """Whether the ONNX file keeps (some of) its weights in external data files. Reads the graph only; a file
+    over the external-data threshold is reported as True without reading it (it gets external data anyway)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > external_data_threshold():
+            return True
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - load_model reports unreadable files
+        return False
+    return any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+
+
+def _read_error(what: str, path: Path, e: Exception) -> UserError:
+    if isinstance(e, PermissionError):
+        return UserError(f"{what} {path}: permission denied")
+    if isinstance(e, OSError) and e.strerror:
+        return UserError(f"{what} {path}: cannot be read ({e.strerror})")
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return UserError(f"{what} {path}: not a readable ONNX model ({first})")
+
+
+def _check_external_files(model: onnx.ModelProto, path: Path, what: str) -> None:
+    """Every external-data file the model names exists inside its folder (a clear message before onnx's own)."""
+    base = path.parent.resolve()
+    for t in model.graph.initializer:
+        if not onnx.external_data_helper.uses_external_data(t):
+            continue
+        location = {e.key: e.value for e in t.external_data}.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or base not in (target, *target.parents):
+            raise UserError(f"{what} {path}: tensor {t.name!r} names external data {location!r} outside the "
+                            "model's folder (locations must be relative)")
+        if not target.is_file():
+            raise UserError(f"{what} {path}: external data file {location!r} (tensor {t.name!r}) is missing; it "
+                            f"must be beside the model, in {path.parent}")
+
+
 def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
-    """Load and check an ONNX file; any problem becomes a one-line ``UserError`` naming the file."""
+    """Load and check an ONNX file; any problem becomes a one-line ``UserError`` naming the file.
+
+    External data (weights in files beside the model, locations relative to its folder) is loaded into the
+    returned model; such a model is checked from its file, before its weights are read, so the checker never
+    holds a copy of them."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} {path}: no such file")
     if path.is_dir():
         raise UserError(f"{what} {path}: is a directory, expected an .onnx file")
+    if not path.is_file():
+        raise UserError(f"{what} {path}: not a regular file, expected an .onnx file")
     try:
-        model = onnx.load(str(path))
-    except PermissionError:
-        raise UserError(f"{what} {path}: permission denied") from None
-    except Exception as e:  # protobuf DecodeError, missing external data, ...
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path}: not a readable ONNX model ({first})") from None
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, PermissionError, EIO ...
+        raise _read_error(what, path, e) from None
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
+    external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    if external:
+        _check_external_files(model, path, what)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path) if external else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{what} {path}: invalid ONNX model ({first})") from None
+    if external:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:  # noqa: BLE001 - a truncated or unreadable data file
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{what} {path}: cannot read its external data ({first})") from None
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    atomic_write_bytes(path, model.SerializeToString())
+def _copy_fields(src, dst, skip: Iterable[str] = ()) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst``, except ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:  # protobuf < 5.28
+            repeated = fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+class _ExternalData:
+    """Appends tensors' bytes to an open external-data file; ``stub`` returns the TensorProto pointing at them."""
+
+    def __init__(self, f, location: str):
+        self.f, self.location = f, location
+
+    def stub(self, name: str, data_type: int, dims, data: bytes) -> onnx.TensorProto:
+        offset = -self.f.tell() % _EXTERNAL_ALIGN + self.f.tell()
+        self.f.seek(offset)
+        self.f.write(data)
+        t = onnx.TensorProto(name=name, data_type=data_type, dims=list(dims))
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(len(data)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        return t
+
+
+def _proto_bytes(t: onnx.TensorProto) -> bytes | None:
+    """The little-endian bytes of a tensor held in memory (None: keep it inline, e.g. strings)."""
+    if t.data_type == onnx.TensorProto.STRING or onnx.external_data_helper.uses_external_data(t):
+        return None
+    if t.HasField("raw_data"):
+        return t.raw_data
+    try:
+        return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t)).raw_data
+    except Exception:  # noqa: BLE001 - an exotic dtype: stays inline
+        return None
+
+
+def _model_skeleton(model: onnx.ModelProto, ext: _ExternalData) -> onnx.ModelProto:
+    """``model`` with its large initializers written by ``ext`` and referenced as external data. ``model`` is not
+    modified and its weights are not copied in memory (one tensor at a time goes to the file)."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        data = _proto_bytes(t) if _tensor_nbytes(t) >= EXTERNAL_TENSOR_MIN_BYTES else None
+        if data is None:
+            light.graph.initializer.add().CopyFrom(t)
+        else:
+            light.graph.initializer.append(ext.stub(t.name, t.data_type, t.dims, data))
+        del data
+    return light
+
+
+def _graph_skeleton(graph: gs.Graph, ext: _ExternalData | None) -> onnx.ModelProto:
+    """``to_model(graph)`` with the large constants written by ``ext`` as external data: gs.export_onnx would copy
+    every weight into the new model; here each constant is swapped for a data-less stub while exporting. Without
+    ``ext`` the stubs hold no data at all (``shape_model``)."""
+    swapped: list[tuple[gs.Constant, object]] = []
+    try:
+        for c in graph.tensors().values():
+            if not isinstance(c, gs.Constant):
+                continue
+            values = c._values  # noqa: SLF001
+            if isinstance(values, gs.ir.tensor.SparseValues):
+                continue
+            if isinstance(values, gs.ir.tensor.LazyValues):
+                proto = values.tensor
+                if _tensor_nbytes(proto) < EXTERNAL_TENSOR_MIN_BYTES:
+                    continue
+                data = _proto_bytes(proto) if ext is not None else b""
+                dtype, dims = proto.data_type, proto.dims
+            else:
+                arr = np.asarray(values)
+                if arr.nbytes < EXTERNAL_TENSOR_MIN_BYTES or arr.dtype.kind not in "biufc":
+                    continue
+                try:
+                    dtype = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+                except Exception:  # noqa: BLE001
+                    continue
+                data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes() if ext else b""
+                dims = arr.shape
+            if data is None:
+                continue
+            stub = ext.stub(c.name, dtype, dims, data) if ext is not None else \
+                onnx.TensorProto(name=c.name, data_type=dtype, dims=list(dims))
+            del data
+            swapped.append((c, values))
+            c._values = gs.ir.tensor.LazyValues(stub)  # noqa: SLF001
+        return to_model(graph)
+    finally:
+        for c, values in swapped:
+            c._values = values  # noqa: SLF001
+
+
+def shape_model(graph: gs.Graph) -> onnx.ModelProto:
+    """``to_model(graph)`` for shape and type inference only. A graph over ``external_data_threshold()`` keeps its
+    constants of 1 KiB and more as data-less tensors (name, type, dims: all inference reads of them), so inferring
+    shapes never copies its weights; a smaller graph is exported whole. Not a model to run or save."""
+    if constant_nbytes(graph) <= external_data_threshold():
+        return to_model(graph)
+    return _graph_skeleton(graph, None)
+
+
+def save_model(model: onnx.ModelProto | gs.Graph, path: str | Path, *, external: bool | None = None) -> list[Path]:
+    """Write ``model`` (a ModelProto or an onnx-graphsurgeon graph) to ``path``; returns the files written.
+
+    With ``external`` (default: when the weights exceed ``external_data_threshold()``) the weights go to
+    ``<name>.data`` beside it as ONNX external data (location relative, so the pair can be moved together),
+    tensor by tensor from memory: never a second copy of them, never one protobuf message over 2 GiB. Atomic:
+    both files are written under temporary names and renamed at the end; an ``OSError`` (disk full, permission
+    denied) becomes a ``UserError`` and leaves no partial file."""
+    path = Path(path)
+    if external is None:
+        external = constant_nbytes(model) > external_data_threshold()
+    if not external:
+        if isinstance(model, gs.Graph):
+            model = to_model(model)
+        try:
+            data = model.SerializeToString()
+        except (ValueError, EncodeError) as e:  # over 2 GiB: only reachable with the threshold raised past it
+            raise UserError(f"cannot write {path}: {e}; lower GRAPHOPT_EXTERNAL_DATA_THRESHOLD") from None
+        atomic_write_bytes(path, data)
+        return [path]
+    data_path = path.with_name(f"{path.name}.data")
+    holder: list[onnx.ModelProto] = []
+
+    def write_data(f) -> None:
+        ext = _ExternalData(f, data_path.name)
+        light = _graph_skeleton(model, ext) if isinstance(model, gs.Graph) else _model_skeleton(model, ext)
+        holder.append(light)
+
+    data_tmp = _temp_file(data_path, write_data)
+    try:
+        skeleton = holder.pop().SerializeToString()
+        model_tmp = _temp_file(path, lambda f: f.write(skeleton))
+    except BaseException:
+        _unlink_quietly(data_tmp)
+        raise
+    _rename_into_place([(data_tmp, data_path), (model_tmp, path)])
+    return [path, data_path]
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -239,7 +529,7 @@ def ensure_shapes(graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> None:
     call this instead of requiring an ``infer_shapes`` pass before them."""
     if all(t.shape is not None for t in tensors):
         return
-    inferred = infer_shapes(to_model(graph))
+    inferred = infer_shapes(shape_model(graph))
     known = {t.name: t for t in to_graph(inferred).tensors().values()}
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Variable) and t.shape is None and name in known:

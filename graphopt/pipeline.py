@@ -13,15 +13,18 @@ for are checked against the final graph.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from .errors import PassError, UserError, VerificationFailed
-from .ir import op_counts, to_graph, to_model
+from .ir import constant_nbytes, external_data_threshold, op_counts, save_model, to_graph, to_model
 from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass
 from .verify import Runner, compare_outputs
@@ -49,17 +52,33 @@ class PassRecord:
 
 @dataclass
 class PipelineResult:
-    model_bytes: bytes  # the output model, serialized (and checked) once
+    model_bytes: bytes | None  # the output model, serialized (and checked) once; None for a large model:
     records: list[PassRecord]
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     configs: dict[str, Any]
     final_verify: dict[str, Any] | None
     name_map: dict[str, str] = field(default_factory=dict)  # output model tensor -> input model tensor
+    # A model over ``ir.external_data_threshold()`` is never serialized in memory: the output is this graph,
+    # which ``ir.save_model`` writes with external data.
+    graph: gs.Graph | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
+        if self.model_bytes is None:
+            return to_model(self.graph)
         return onnx.load_from_string(self.model_bytes)
+
+
+def _check_on_disk(model: onnx.ModelProto | gs.Graph, input_name: str | None,
+                   inputs: Sequence[np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """A large model: written with external data to a temporary folder (removed afterwards, Ctrl-C included),
+    checked and, given ``inputs``, run from there (onnxruntime loads the weights beside the file)."""
+    with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as d:
+        path = Path(d) / "model.onnx"
+        save_model(model, path, external=True)
+        onnx.checker.check_model(str(path))
+        return None if inputs is None else Runner(path, input_name).run(inputs)
 
 
 def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
@@ -93,12 +112,17 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
                  progress: Callable[[str], None] = _progress_noop) -> PipelineResult:
     """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given."""
     verify = inputs is not None
+    if tolerance is None:  # the recipe's defaults
+        from .recipe import Tolerance
+
+        tolerance = Tolerance()
     ops_before = op_counts(model)
     graph = to_graph(model)
+    large = constant_nbytes(model) > external_data_threshold()  # verified through files with external data
     ref = prev = None
     if verify:
         progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es) ...")
-        ref = prev = Runner(model, input_name).run(inputs)
+        ref = prev = _check_on_disk(model, input_name, inputs) if large else Runner(model, input_name).run(inputs)
     del model
     records: list[PassRecord] = []
     configs: dict[str, Any] = {}
@@ -132,22 +156,31 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         seconds = time.perf_counter() - t0
         verdict = mapped = None
         if result.changed:
-            graph.cleanup().toposort()
+            try:
+                graph.cleanup().toposort()
+            except Exception as e:  # noqa: BLE001 - a cycle, a dangling tensor: the pass broke the graph
+                raise PassError(f"pass {p.name} ({where}) left a graph that cannot be sorted: "
+                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}") from None
             names_after = tensor_producers(graph)
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
             mapped = summarize(pass_map, names_before, names_after)
             current = None  # the serialized graph no longer matches
             if verify:
-                after_model = to_model(graph)
+                after_model = None if large else to_model(graph)
                 # Serialized once: the checker, onnxruntime and, if nothing changes after, the output file.
-                after_bytes = after_model.SerializeToString()
+                after_bytes = None if large else after_model.SerializeToString()
                 try:
-                    onnx.checker.check_model(after_bytes)
+                    if large:
+                        got = _check_on_disk(graph, input_name, inputs)
+                    else:
+                        onnx.checker.check_model(after_bytes)
                 except onnx.checker.ValidationError as e:
                     raise PassError(f"pass {p.name} ({where}) produced an invalid graph: "
                                     f"{str(e).strip().splitlines()[0]}") from None
+                except UserError as e:
+                    raise PassError(f"pass {p.name} ({where}) produced a graph that cannot be run: {e}") from None
                 try:
-                    got = Runner(after_bytes, input_name).run(inputs)
+                    got = got if large else Runner(after_bytes, input_name).run(inputs)
                 except UserError as e:
                     raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
                 cmp = compare_outputs(prev, got, tolerance)
@@ -156,7 +189,8 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
                     from .diff import describe_divergence, first_divergence
 
                     progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
-                    verdict["first_divergent"] = first_divergence(
+                    verdict["first_divergent"] = {"error": "not run on a model over the external-data threshold"} \
+                        if large else first_divergence(
                         to_model(before), after_model, [{input_name or graph.inputs[0].name: x} for x in inputs],
                         pass_map, tolerance)
                     where_diverged = describe_divergence(verdict["first_divergent"])
@@ -172,14 +206,24 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
                 del after_model, after_bytes
             traced = compose(pass_map, traced)
         del before
-        merge_configs(configs, result.configs, f"pass {p.name} ({where})")
+        try:
+            merge_configs(configs, result.configs, f"pass {p.name} ({where})")
+        except (ValueError, TypeError, AttributeError) as e:  # a pass returning configs of the wrong shape
+            raise PassError(f"pass {p.name} ({where}) returned unusable compiler configs: {e}") from None
         status = "applied" if result.changed else "unchanged"
         records.append(PassRecord(p.name, where, result.changed, result.stats, seconds, verdict, status,
                                   result.configs, mapped))
         done.append(p.name)
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
-    if current is None:
+    if large:  # checked through a file after each changed pass when verifying; else once here
+        try:
+            if not verify and any(r.changed for r in records):
+                _check_on_disk(graph, input_name, None)
+        except onnx.checker.ValidationError as e:
+            raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
+                            f"after each pass, names the pass): {str(e).strip().splitlines()[0]}") from None
+    elif current is None:
         current = to_model(graph).SerializeToString()
         try:
             onnx.checker.check_model(current)
@@ -198,4 +242,5 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe()}")
-    return PipelineResult(current, records, ops_before, op_counts(graph), configs, final, traced)
+    return PipelineResult(current, records, ops_before, op_counts(graph), configs, final, traced,
+                          graph if large else None)

@@ -9,12 +9,14 @@ A comparison passes when every criterion the tolerance sets holds for every outp
 from __future__ import annotations
 
 import glob
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 
 from .errors import UserError
 
@@ -150,23 +152,78 @@ def load_input_data(path: Path, shape: Sequence[int], dtype: str = "float32", li
     return batches[:limit] if limit else batches
 
 
-class Runner:
-    """Runs an ONNX model in onnxruntime (CPU) on a list of input batches, one session per model."""
+# Op domains onnxruntime's CPU build implements; ops of any other domain make it refuse the model.
+ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                         "com.microsoft.experimental", "com.ms.internal.nhwc", "ai.onnx.preview.training"})
 
-    def __init__(self, model: onnx.ModelProto | bytes, input_name: str | None = None):
+
+def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
+    """``domain::Op`` of every node (subgraphs included) whose domain onnxruntime does not implement."""
+    try:
+        if isinstance(model, (str, Path)):
+            model = onnx.load(str(model), load_external_data=False)
+        elif isinstance(model, bytes):
+            model = onnx.load_from_string(model)
+    except Exception:  # noqa: BLE001 - only for a hint in an error message
+        return []
+    local = {f.domain for f in model.functions}
+    found: dict[str, None] = {}
+    todo = [model.graph]
+    while todo:
+        g = todo.pop()
+        for node in g.node:
+            if node.domain not in ORT_DOMAINS and node.domain not in local:
+                found[f"{node.domain}::{node.op_type}"] = None
+            for a in node.attribute:
+                todo.extend([a.g] if a.HasField("g") else a.graphs)
+    return list(found)
+
+
+def _session(model: str | bytes, opts):
+    import onnxruntime as ort
+
+    # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
+    # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], disabled_optimizers=["Pad_Fusion"])
+
+
+class Runner:
+    """Runs an ONNX model in onnxruntime (CPU) on a list of input batches, one session per model. ``model`` may
+    be a path, which onnxruntime loads with the external data beside it (how models over 2 GB are run)."""
+
+    def __init__(self, model: onnx.ModelProto | bytes | str | Path, input_name: str | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Basic optimisations only: the comparison should measure the graph as written, not ORT's fusions of it.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        data = model if isinstance(model, bytes) else model.SerializeToString()
         try:
-            # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
-            # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
-            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=["Pad_Fusion"])
+            if isinstance(model, (str, Path, bytes)):
+                self.session = _session(str(model) if isinstance(model, Path) else model, opts)
+            else:
+                try:
+                    data = model.SerializeToString()
+                except (ValueError, EncodeError):  # over 2 GiB: through a file with external data
+                    data = None
+                if data is not None:
+                    self.session = _session(data, opts)
+                else:
+                    from .ir import save_model
+
+                    with tempfile.TemporaryDirectory(prefix="graphopt-run-") as folder:
+                        path = Path(folder) / "model.onnx"
+                        save_model(model, path, external=True)
+                        self.session = _session(str(path), opts)
+        except UserError:
+            raise
         except Exception as e:
+            custom = _custom_ops(model)
+            if custom:
+                shown = ", ".join(custom[:4]) + (f" and {len(custom) - 4} more" if len(custom) > 4 else "")
+                raise UserError(f"onnxruntime cannot run the model's custom-domain ops ({shown}), so it cannot be "
+                                "verified: turn verification off (--no-verify, or verify: {enabled: false}) or "
+                                "use an onnxruntime build that registers them") from None
             raise UserError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
         names = [i.name for i in self.session.get_inputs()]
         self.input_name = input_name or names[0]

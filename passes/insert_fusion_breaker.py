@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors, to_model
+from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors, shape_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.pattern import NoMatch, match_path_down, single_consumer
 
@@ -60,7 +60,7 @@ def _fill_dtypes(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
     if not missing:
         return
     try:
-        inferred = onnx.shape_inference.infer_shapes(to_model(graph)).graph
+        inferred = onnx.shape_inference.infer_shapes(shape_model(graph)).graph
         types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.value_info, *inferred.output)}
         for t in missing:
             if types.get(t.name):

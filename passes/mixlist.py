@@ -1,14 +1,15 @@
-"""``mixlist``: a static mixed-precision list for ATC's ``--modify_mixlist`` (keep some op types in fp32, let
-others run in fp16)."""
+"""``mixlist``: the mixed-precision lists for ATC's ``--modify_mixlist`` (keep some op types in fp32, let others
+run in fp16), given by hand (``mode: static``) or measured on the fp16 emulation (``mode: measured``)."""
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.atc import ascend_op_type
+from graphopt.ir import to_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["Mixlist", "is_onnx_op_type"]
@@ -41,8 +42,18 @@ class Mixlist(Pass):
     so for such graphs name the Ascend op (``LayerNorm``), as the seed does. The same holds for ``Gelu`` below
     opset 20, which is also an ONNX name: use ``require_present: false`` to list it for a decomposed GELU.
 
-    ``mode`` is only ``static`` (lists given by hand); a measured mode, choosing the lists from per-op fp16 error,
-    is planned separately.
+    ``mode: measured`` chooses the lists itself (``graphopt.fp16_sensitivity``; the graph is still not touched):
+    ATC's fp16 modes are emulated in onnxruntime on the graph the pass receives, with the pipeline's verification
+    inputs as calibration data (the recipe's ``verify.data`` for real images; seeded random inputs otherwise, or
+    when verification is off, with a warning in ``stats["warnings"]``: random inputs understate sensitivity).
+    It measures each op type's fp16 error, searches the smallest set of op types (or, for plain nodes, node
+    names) to keep in fp32 so that top-1 agreement with fp32 stays >= ``target_top1`` and cosine >=
+    ``target_cosine`` on that data, and returns: ``mixlist`` (black-list to-add: the kept Ascend op types, with
+    ``precision_mode: allow_mix_precision``), ``keep_dtype`` (kept node names, checked against the graph) and
+    ``op_precision`` ``Gelu=high_performance`` when the tanh GELU still meets the target, else
+    ``high_precision``. A decomposed LayerNorm is measured and listed as one ``LayerNorm``. The measurement and
+    the predicted accuracy of the generated configs are in ``stats``. The hand-made lists are for ``static``
+    only.
     """
 
     keep_fp32: list[str] = field(default_factory=list, metadata={
@@ -53,20 +64,49 @@ class Mixlist(Pass):
         "help": "op types taken off ATC's built-in black list (back to gray)"})
     remove_from_white: list[str] = field(default_factory=list, metadata={
         "help": "op types taken off ATC's built-in white list (back to gray)"})
-    mode: Literal["static"] = field(default="static", metadata={
-        "help": "how the lists are chosen; only 'static' (as given) for now"})
+    mode: Literal["static", "measured"] = field(default="static", metadata={
+        "help": "'static': the lists as given; 'measured': chosen by measuring fp16 error on the fp16 emulation"})
     require_present: bool = field(default=True, metadata={
         "help": "drop (and report in stats.absent) ONNX op types in keep_fp32/allow_fp16 that the graph lacks"})
+    target_top1: float | None = field(default=1.0, metadata={
+        "help": "measured: top-1 agreement with fp32 to keep on the calibration data (null: not checked)"})
+    target_cosine: float | None = field(default=0.999, metadata={
+        "help": "measured: cosine similarity with fp32 to keep (null: not checked)"})
+    samples: int = field(default=16, metadata={
+        "help": "measured: calibration items used at most (seeded random ones when the pipeline has none)"})
+    seed: int = field(default=0, metadata={"help": "measured: seed of random calibration inputs"})
+    node_trials: int = field(default=24, metadata={
+        "help": "measured: units measured one by one to rank the worst nodes"})
+    reduce_accumulation: Literal["fp16", "fp32"] = field(default="fp16", metadata={
+        "help": "measured: fp16 ReduceMean/ReduceSum accumulate in fp16 (Ascend310) or fp32 (Ascend310P/910)"})
+    gelu_modes: bool = field(default=True, metadata={
+        "help": "measured: try Gelu=high_performance (tanh) and choose it when the target holds"})
+    # Set by the pipeline before run() (graphopt.pipeline): (verification inputs or None, input name).
+    calibration: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.mode != "static":
-            raise ValueError(f"mode must be 'static' (the only mode so far), got {self.mode!r}")
         lists = {"keep_fp32": self.keep_fp32, "allow_fp16": self.allow_fp16,
                  "remove_from_black": self.remove_from_black, "remove_from_white": self.remove_from_white}
         for key, names in lists.items():
             bad = [n for n in names if not isinstance(n, str) or not n or any(c.isspace() for c in n)]
             if bad:
                 raise ValueError(f"{key}: op type names must be non-empty strings without spaces, got {bad[0]!r}")
+        if self.mode == "measured":
+            given = [k for k, v in lists.items() if v]
+            if given:
+                raise ValueError(f"{given[0]} is a hand-made list: only mode 'static' takes one (mode 'measured' "
+                                 "chooses the black list itself)")
+            if self.target_top1 is None and self.target_cosine is None:
+                raise ValueError("mode measured: set target_top1, target_cosine or both")
+            for name in ("target_top1", "target_cosine"):
+                v = getattr(self, name)
+                if v is not None and not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{name} must be within [0, 1], got {v}")
+            if self.samples < 1 or self.node_trials < 0:
+                raise ValueError("samples must be >= 1 and node_trials >= 0")
+            return
+        if self.mode != "static":
+            raise ValueError(f"mode must be 'static' or 'measured', got {self.mode!r}")
         if not any(lists.values()):
             raise ValueError("give at least one of keep_fp32, allow_fp16, remove_from_black, remove_from_white")
         for a, b in (("keep_fp32", "allow_fp16"), ("keep_fp32", "remove_from_black"),
@@ -76,6 +116,8 @@ class Mixlist(Pass):
                 raise ValueError(f"{sorted(both)[0]} is in both {a} and {b}")
 
     def run(self, graph: gs.Graph) -> PassResult:
+        if self.mode == "measured":
+            return self._run_measured(graph)
         present = {n.op for n in graph.nodes}
         absent: list[str] = []
 
@@ -109,3 +151,52 @@ class Mixlist(Pass):
                                    else "set require_present: false"): 1 for n in absent}
         configs = {"mixlist": mixlist, "precision_mode": "allow_mix_precision"} if mixlist else {}
         return PassResult(False, stats, configs)
+
+    def _run_measured(self, graph: gs.Graph) -> PassResult:
+        import numpy as np
+
+        from graphopt.fp16_emulation import Fp16Emulator
+        from graphopt.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, rebatch
+        from graphopt.verify import make_inputs
+
+        inputs, input_name = self.calibration or (None, None)
+        model = to_model(graph)
+        emulator = Fp16Emulator(model, input_name, reduce_accumulation=self.reduce_accumulation)
+        inp = next(t for t in graph.inputs if t.name == emulator.input_name)
+        dims = list(inp.shape or [])
+        dynamic = bool(dims) and not isinstance(dims[0], int)
+        warnings: list[str] = []
+        if inputs:
+            items = np.concatenate(list(inputs))[: self.samples]
+            source = f"{len(items)} verification input(s) of the pipeline (real data when verify.data is set)"
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+            items = np.concatenate(make_inputs([1, *shape[1:]], self.samples, self.seed))
+            source = f"{self.samples} seeded random input(s) (seed {self.seed}; verification is off)"
+            warnings.append(RANDOM_INPUTS_WARNING)
+        batch = 8 if dynamic else (dims[0] if dims else 1)
+        result = analyse(emulator, rebatch([items.astype(np.float32)], batch),
+                         Target(self.target_top1, self.target_cosine), node_trials=self.node_trials,
+                         worst_nodes=3, gelu=self.gelu_modes, graph_node_names={n.name for n in graph.nodes})
+        warnings += result.get("warnings", [])
+
+        def brief(m: dict | None) -> dict | None:
+            if m is None:
+                return None
+            return {k: m[k] for k in ("cosine", "top1_agreement", "passed", "fp16_flop_share") if k in m}
+
+        search = result["search"]
+        stats = {
+            "mode": "measured", "calibration": source, "warnings": warnings, "units": result["units"],
+            "trials": result["trials"], "seconds": result["seconds"],
+            "force_fp16": brief(result["baselines"].get("force_fp16")),
+            "keep_types": search.get("keep_types", []), "keep_nodes": search.get("keep_nodes", []),
+            "gelu": (result.get("gelu") or {}).get("chosen"),
+            "predicted": {**(brief(result["predicted"]) or {}),
+                          "precision_mode": (result["predicted"] or {}).get("precision_mode")},
+            "sensitivity": {t["type"]: {"units": t["units"],
+                                        "only_fp16": brief(t["only_fp16"]), "all_but_fp16": brief(t["all_but_fp16"])}
+                            for t in result["types"]},
+            "emulation": emulator.stats,
+        }
+        return PassResult(False, stats, result["configs"])

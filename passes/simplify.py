@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from dataclasses import field
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import UserError
-from graphopt.ir import constants_to_initializers, op_counts, replace_graph, structure_signature, to_graph, to_model
+from graphopt.ir import (constant_nbytes, constants_to_initializers, op_counts, replace_graph, structure_signature,
+                         to_graph, to_model)
 from graphopt.pass_infra import Pass, PassResult, register_pass
 
-__all__ = ["Simplify"]
+__all__ = ["Simplify", "PROTOBUF_LIMIT"]
+
+PROTOBUF_LIMIT = 2 ** 31  # bytes in one serialized protobuf message, which onnxsim needs the model to be
 
 
 @register_pass("simplify")
@@ -35,14 +39,23 @@ class Simplify(Pass):
     def run(self, graph: gs.Graph) -> PassResult:
         if self.skip:
             return PassResult(False, {"skipped": "skip: true"})
+        if constant_nbytes(graph) >= PROTOBUF_LIMIT:
+            return PassResult(False, {"skipped": "model over 2 GiB: onnxsim works on one protobuf message, which "
+                                                 "cannot exceed 2 GiB"})
         import onnxsim
 
         if self.fixed_input_shape:
-            names = {t.name for t in graph.inputs}
-            for name in self.fixed_input_shape:
-                if name not in names:
+            inputs = {t.name: t for t in graph.inputs}
+            for name, dims in self.fixed_input_shape.items():
+                if name not in inputs:
                     raise UserError(f"simplify: fixed_input_shape names {name!r}, not an input of the model "
-                                    f"(inputs: {', '.join(sorted(names))})")
+                                    f"(inputs: {', '.join(sorted(inputs))})")
+                # A pinned shape the input cannot have makes a model onnxruntime rejects: say so here.
+                have = inputs[name].shape
+                if have is not None and (len(have) != len(dims) or any(
+                        isinstance(h, (int, np.integer)) and h >= 0 and h != d for h, d in zip(have, dims))):
+                    raise UserError(f"simplify: fixed_input_shape.{name} {list(dims)} does not fit the model's "
+                                    f"input {name!r} shaped {list(have)}")
         model = to_model(graph)
         before = op_counts(model)
         nodes_before = len(model.graph.node)

@@ -28,12 +28,20 @@ def compose_perms(first: list[int], second: list[int]) -> list[int]:
 def fuse_transpose_pair(graph: gs.Graph, outer: gs.Node) -> str | None:
     """If ``outer`` (a Transpose) reads the output of another Transpose that nothing else reads, compose the two
     into one, or bypass both when the composition is the identity. Returns "merged", "cancelled" or None."""
+    if not outer.inputs or not outer.outputs:  # already bypassed by an earlier fusion
+        return None
     inner = producer(outer.inputs[0])
     if inner is None or inner.op != "Transpose" or len(inner.outputs[0].outputs) != 1:
         return None
     if inner.outputs[0] in graph.outputs:
         return None
-    perm = compose_perms(list(inner.attrs["perm"]), list(outer.attrs["perm"]))
+    given = inner.attrs.get("perm", outer.attrs.get("perm"))
+    if given is None:
+        return None
+    rank = len(given)
+    # A Transpose without ``perm`` reverses the axes (ONNX's default).
+    first, second = (list(n.attrs.get("perm", reversed(range(rank)))) for n in (inner, outer))
+    perm = compose_perms(first, second)
     src = inner.inputs[0]
     if perm == list(range(len(perm))):
         out = outer.outputs[0]

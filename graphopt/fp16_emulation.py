@@ -1,0 +1,624 @@
+"""fp16 emulation of ATC's precision modes in onnxruntime, built once per model with a switch per unit.
+
+The emulation model (what "runs in fp16" means here):
+
+- A *unit* is what ATC compiles as one op: a single ONNX node, or a recognised pattern ATC fuses back into one op
+  (the opset < 17 decomposition of LayerNorm, ReduceMean -> Sub -> Pow -> ReduceMean -> Add -> Sqrt -> Div
+  [-> Mul -> Add], as ``LayerNorm``; any exported GELU, found by ``gelu_precision``'s matchers, as ``Gelu``).
+  Data-movement ops (Reshape, Transpose, Concat, Slice, Gather, ...) are exact in any dtype and are no units.
+- A unit in fp16 rounds every float input it takes from outside the unit (activations and weights) and every float
+  output of each of its nodes to fp16: ``Cast(fp16) -> Cast(fp32)``. Values beyond 65504 become inf, values below
+  6.1e-5 lose bits (subnormals), below 3e-8 flush to zero. Inside one node the arithmetic stays fp32: that is
+  faithful for Conv/MatMul/Gemm (the cube unit multiplies fp16 and accumulates in fp32) and for elementwise ops
+  (one rounding of the exact result), but optimistic for ops that accumulate in fp16 on the NPU.
+- Reductions accumulate in fp16 when ``reduce_accumulation="fp16"``: ReduceMean and GlobalAveragePool as CANN's TBE
+  ``reduce_mean_d`` does on Ascend310 in its high-performance mode (and wherever the fp32 sum is unsupported):
+  multiply by an fp16 ``1/N`` first, then sum, here as a pairwise tree whose every partial sum is rounded to fp16;
+  ReduceSum the same without the scaling (so its sum may overflow). With ``"fp32"`` (what the TBE kernels do on
+  Ascend310P/910) only their output is rounded. Softmax and LayerNormalization nodes are rounded at their inputs
+  and outputs only (their internal sums stay fp32).
+- GELU ``high_performance`` is the tanh approximation ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``,
+  computed (and rounded, when its unit runs in fp16) node by node; ``high_precision`` is the exported exact GELU.
+
+Switches: the emulated graph has two extra inputs, ``graphopt_fp16_units`` (bool, one per unit) and
+``graphopt_gelu_high_performance`` (bool scalar). Every rounding point is an ``If(switch)`` whose then-branch
+computes the fp16 value and whose else-branch passes the fp32 value on, so one onnxruntime session serves every
+precision assignment (a trial is one ``session.run`` with another switch vector, never a new conversion) and a
+unit switched off costs a copy, not a rounding. All switches off computes the fp32 model (to float rounding noise:
+weights reach their ops through the switches, so onnxruntime may pick other kernels).
+
+ATC's modes, as emulated (``Fp16Emulator.assignment``):
+
+- ``force_fp16``: every unit in fp16; ``must_keep_origin_dtype``: none;
+- ``allow_fp32_to_fp16``: cube ops (Conv, ConvTranspose, MatMul, Gemm) in fp16, vector ops keep fp32;
+- ``allow_mix_precision``: the white list (modelled as the cube ops, plus ``white-list.to-add``) runs fp16, the
+  black list (``black-list.to-add``) fp32, the gray rest follows its inputs: fp16 when any float input it reads
+  comes from an fp16 unit (through data-movement ops). ATC's built-in black and gray lists vary by CANN version
+  and are not modelled beyond this.
+- ``keep_dtype`` entries (node names or ``OpType::Type``) and explicit keeps stay fp32 in every mode.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .atc import ascend_op_type
+from .errors import UserError
+from .ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
+from .pattern import NoMatch
+
+__all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "UNITS_INPUT", "GELU_INPUT", "Unit",
+           "LayerNormMatch", "match_decomposed_layernorm", "unit_ascend_type", "Fp16Emulator", "round_fp16",
+           "gelu_exact", "gelu_tanh"]
+
+PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype")
+CUBE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# Exact in any dtype: they move or select values, so an fp16 value stays fp16 and an fp32 one fp32 through them.
+DATA_MOVEMENT_OPS = frozenset({
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather",
+    "GatherElements", "GatherND", "Identity", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout",
+    "Shape", "Size", "Constant", "ConstantOfShape", "Cast", "Where", "ScatterND", "ScatterElements", "Range",
+    "NonZero", "Equal", "Less", "Greater", "Not", "And", "Or"})
+REDUCE_OPS = frozenset({"ReduceMean", "GlobalAveragePool", "ReduceSum"})
+UNITS_INPUT = "graphopt_fp16_units"
+GELU_INPUT = "graphopt_gelu_high_performance"
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def round_fp16(x: np.ndarray) -> np.ndarray:
+    """fp32 -> fp16 -> fp32 (round to nearest even; overflow to inf), as the emulated graph rounds."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+
+
+def gelu_exact(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return (0.5 * x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0)))).astype(np.float32)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return (0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))).astype(np.float32)
+
+
+@dataclass
+class Unit:
+    """What ATC compiles as one op. ``kind`` is the ONNX op type, or ``LayerNorm`` / ``Gelu`` for a pattern ATC
+    fuses; ``ascend_type`` the name ATC's configs use; ``fused`` means ATC replaces the nodes by one op, so their
+    node names do not survive compilation (keep such units by op type, never by node name)."""
+
+    index: int
+    kind: str
+    ascend_type: str
+    nodes: list[str]
+    fused: bool = False
+    cube_flops: int = 0  # multiply-adds x 2 of a Conv/MatMul/Gemm, per batch item (symbolic dims count as 1)
+    elements: int = 0  # output elements per batch item
+    inputs: list[str] = field(default_factory=list)  # float non-constant tensors read from outside the unit
+    outputs: list[str] = field(default_factory=list)
+    gelu_exact: bool = False  # a GELU whose high_performance mode differs from it (erf form, Gelu approximate=none)
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "kind": self.kind, "ascend_type": self.ascend_type, "nodes": self.nodes,
+                "fused": self.fused, "cube_flops": self.cube_flops}
+
+
+@dataclass
+class LayerNormMatch:
+    x: gs.Tensor
+    y: gs.Tensor
+    nodes: list[gs.Node]
+
+
+def _is_float(t: gs.Tensor) -> bool:
+    """fp32 (the only dtype the emulation rounds); False when unknown."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values).dtype == np.float32
+    if t.dtype is None:
+        return False
+    if isinstance(t.dtype, int):
+        return t.dtype == onnx.TensorProto.FLOAT
+    try:
+        return np.dtype(t.dtype) == np.float32
+    except TypeError:
+        return False
+
+
+def _ints(shape) -> list[int] | None:
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+
+def _numel(shape, skip_batch: bool = True) -> int:
+    dims = _ints(shape)
+    if dims is None:
+        return 0
+    out = 1
+    for k, d in enumerate(dims):
+        if k == 0 and skip_batch:
+            continue
+        out *= max(d, 1)
+    return out
+
+
+def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
+    """Normalised reduction axes of a ReduceMean/ReduceSum/GlobalAveragePool; None when not constant."""
+    if node.op == "GlobalAveragePool":
+        return list(range(2, rank))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name:
+        value = const_value(node.inputs[1])
+        if value is None:
+            return None
+        axes = value.reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return []
+        return list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+def match_decomposed_layernorm(mean: gs.Node, outs: set[int]) -> LayerNormMatch | NoMatch:
+    """The opset < 17 export of LayerNorm around its first ReduceMean: ``d = x - mean(x)``,
+    ``y = d / sqrt(mean(d^2) + eps)`` (``d^2`` as ``Pow(d, 2)`` or ``d * d``), then optionally ``* gamma``
+    and ``+ beta`` (constants). Both means must reduce the same axes."""
+    if mean.op != "ReduceMean" or not mean.inputs:
+        return NoMatch("not a ReduceMean")
+    x = mean.inputs[0]
+    m = mean.outputs[0]
+    if id(m) in outs or len(m.outputs) != 1 or m.outputs[0].op != "Sub":
+        return NoMatch("mean(x) does not feed exactly one Sub")
+    sub = m.outputs[0]
+    if len(sub.inputs) != 2 or sub.inputs[0] is not x or sub.inputs[1] is not m:
+        return NoMatch("Sub is not x - mean(x)")
+    d = sub.outputs[0]
+    users = list(d.outputs)
+    if id(d) in outs or len(users) != 2:
+        return NoMatch(f"x - mean(x) has {len(users)} consumers, expected 2 (square and Div)")
+    square = next((u for u in users if (u.op == "Pow" and u.inputs[0] is d)
+                   or (u.op == "Mul" and len(u.inputs) == 2 and u.inputs[0] is d and u.inputs[1] is d)), None)
+    div = next((u for u in users if u.op == "Div" and u.inputs[0] is d), None)
+    if square is None or div is None:
+        return NoMatch("x - mean(x) is not squared and divided")
+    if square.op == "Pow":
+        exp = const_value(square.inputs[1])
+        if exp is None or exp.size != 1 or float(exp.reshape(())) != 2.0:
+            return NoMatch("Pow exponent is not 2")
+
+    def single(t: gs.Tensor, op: str, what: str) -> gs.Node | NoMatch:
+        if id(t) in outs or len(t.outputs) != 1 or t.outputs[0].op != op:
+            return NoMatch(f"{what} does not feed exactly one {op}")
+        return t.outputs[0]
+
+    var = single(square.outputs[0], "ReduceMean", "(x - mean)^2")
+    if isinstance(var, NoMatch):
+        return var
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is not None and _reduce_axes(var, rank) != _reduce_axes(mean, rank):
+        return NoMatch("the two means reduce different axes")
+    add = single(var.outputs[0], "Add", "variance")
+    if isinstance(add, NoMatch):
+        return add
+    eps = [const_value(t) for t in add.inputs]
+    if not any(e is not None and e.size == 1 for e in eps):
+        return NoMatch("variance + eps: eps is not a constant scalar")
+    sqrt = single(add.outputs[0], "Sqrt", "variance + eps")
+    if isinstance(sqrt, NoMatch):
+        return sqrt
+    if len(sqrt.outputs[0].outputs) != 1 or div.inputs[1] is not sqrt.outputs[0]:
+        return NoMatch("sqrt(variance + eps) does not divide x - mean(x)")
+    nodes = [mean, sub, square, var, add, sqrt, div]
+    y = div.outputs[0]
+    for op in ("Mul", "Add"):  # the affine part, when its operand is a constant
+        if id(y) in outs or len(y.outputs) != 1 or y.outputs[0].op != op:
+            break
+        nxt = y.outputs[0]
+        other = nxt.inputs[1] if nxt.inputs[0] is y else nxt.inputs[0]
+        if const_value(other) is None:
+            break
+        nodes.append(nxt)
+        y = nxt.outputs[0]
+    return LayerNormMatch(x, y, nodes)
+
+
+def unit_ascend_type(kind: str, node: gs.Node | None = None) -> str:
+    """Ascend op type of a unit: MatMul with an operand of rank > 2 is BatchMatMulV2, else ``atc``'s map."""
+    if kind == "MatMul" and node is not None:
+        ranks = [len(t.shape) for t in node.inputs if t.shape is not None]
+        if any(r > 2 for r in ranks):
+            return "BatchMatMulV2"
+    return ascend_op_type(kind)
+
+
+def _cube_flops(node: gs.Node) -> int:
+    out = node.outputs[0]
+    if node.op in ("Conv", "ConvTranspose"):
+        w = node.inputs[1].shape if len(node.inputs) > 1 else None
+        if w is None or out.shape is None:
+            return 0
+        kernel = _numel(w, skip_batch=True)  # Cin/groups x kh x kw
+        if node.op == "ConvTranspose":  # every input element meets Cout/groups x kh x kw weights
+            x = node.inputs[0].shape
+            return 2 * _numel(x) * kernel if x is not None else 0
+        return 2 * _numel(out.shape) * kernel
+    if node.op in ("MatMul", "Gemm"):
+        a = node.inputs[0].shape
+        if a is None or out.shape is None:
+            return 0
+        dims = _ints(a)
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            k = dims[0]
+        else:
+            k = dims[-1]
+        return 2 * _numel(out.shape, skip_batch=len(out.shape) > 1) * max(k, 1)
+    return 0
+
+
+class _Editor:
+    """Adds the emulation's nodes: fp16 rounding, and ``If(switch)`` selections whose then-branch computes the
+    fp16 value (so nothing of it runs while the switch is off) and whose else-branch passes the fp32 value on."""
+
+    def __init__(self, graph: gs.Graph):
+        self.g = graph
+        self.sink: list[gs.Node] = graph.nodes
+        self.rounded_consts: dict[int, gs.Constant] = {}
+        self.opset = int(graph.opset)
+
+    def var(self, base: str, dtype=np.float32) -> gs.Variable:
+        return gs.Variable(make_name(self.g, base), dtype=dtype)
+
+    def const(self, base: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(make_name(self.g, base), np.asarray(value))
+
+    def node(self, op: str, inputs: list, base: str, attrs: dict | None = None, dtype=np.float32) -> gs.Variable:
+        out = self.var(f"{base}_out", dtype)
+        self.sink.append(gs.Node(op, make_name(self.g, base), attrs or {}, inputs, [out]))
+        return out
+
+    def round(self, t: gs.Tensor) -> gs.Tensor:
+        """``t`` rounded to fp16 and back; a constant is rounded here, once."""
+        value = const_value(t)
+        if value is not None:
+            if id(t) not in self.rounded_consts:
+                self.rounded_consts[id(t)] = self.const(f"{t.name}_fp16", round_fp16(value))
+            return self.rounded_consts[id(t)]
+        h = self.node("Cast", [t], f"{t.name}_to_fp16", {"to": onnx.TensorProto.FLOAT16}, dtype=np.float16)
+        return self.node("Cast", [h], f"{t.name}_fp16", {"to": onnx.TensorProto.FLOAT})
+
+    def _branch(self, build, base: str) -> gs.Graph:
+        saved, self.sink = self.sink, []
+        try:
+            t = build()
+            if not self.sink or producer(t) is None or producer(t) not in self.sink:
+                t = self.node("Identity", [t], f"{base}_pass")
+            return gs.Graph(nodes=self.sink, outputs=[t], name=make_name(self.g, base), opset=self.g.opset)
+        finally:
+            self.sink = saved
+
+    def select(self, switch: gs.Tensor, on, off, base: str, out: gs.Variable | None = None) -> gs.Variable:
+        """``If(switch)``: ``on()`` builds the then-branch's value, ``off()`` the else-branch's."""
+        then_g = self._branch(on, f"{base}_on")
+        else_g = self._branch(off, f"{base}_off")
+        out = out if out is not None else self.var(f"{base}_sel")
+        self.sink.append(gs.Node("If", make_name(self.g, base), {"then_branch": then_g, "else_branch": else_g},
+                                 [switch], [out]))
+        return out
+
+    def tree_reduce(self, x16: gs.Tensor, shape: list[int], axes: list[int], mean: bool,
+                    like: gs.Tensor, base: str) -> gs.Tensor:
+        """fp16 reduction of ``x16`` (fp16 values): for a mean, ``x * fp16(1/N)`` first, as TBE's reduce_mean_d;
+        then a pairwise tree sum with every partial sum rounded to fp16; reshaped like ``like``."""
+        rank = len(shape)
+        kept = [i for i in range(rank) if i not in axes]
+        n = int(np.prod([shape[a] for a in axes])) if axes else 1
+        t = x16
+        if axes != list(range(rank - len(axes), rank)):
+            t = self.node("Transpose", [t], f"{base}_acc_perm", {"perm": kept + axes})
+        k = len(kept)
+        t = self.node("Reshape", [t, self.const(f"{base}_acc_shape", np.array([0] * k + [n], np.int64))],
+                      f"{base}_acc_flat")
+        if mean:
+            inv = self.const(f"{base}_acc_inv_n", round_fp16(np.array(1.0 / n, np.float32)))
+            t = self.round(self.node("Mul", [t, inv], f"{base}_acc_scale"))
+        p = 1 << max(n - 1, 0).bit_length()
+        if p != n:  # zeros add nothing to a sum
+            pads = np.array([0] * (k + 1) + [0] * k + [p - n], np.int64)
+            if self.opset >= 11:
+                t = self.node("Pad", [t, self.const(f"{base}_acc_pads", pads)], f"{base}_acc_pad")
+            else:
+                t = self.node("Pad", [t], f"{base}_acc_pad", {"pads": pads.tolist()})
+        ones = self.const(f"{base}_acc_pair", np.ones((2, 1), np.float32))
+        level = 0
+        while p > 1:
+            pairs = self.const(f"{base}_acc_pairs{level}", np.array([0] * k + [p // 2, 2], np.int64))
+            t = self.node("Reshape", [t, pairs], f"{base}_acc_pairs{level}")
+            t = self.round(self.node("MatMul", [t, ones], f"{base}_acc_sum{level}"))
+            p //= 2
+            level += 1
+        target = self.node("Shape", [like], f"{base}_acc_like", dtype=np.int64)
+        return self.node("Reshape", [t, target], f"{base}_acc_out")
+
+
+class Fp16Emulator:
+    """One emulated graph per model; ``run`` evaluates any per-unit fp16 assignment with the same session.
+
+    ``units`` lists the units in topological order. ``assignment(mode, ...)`` turns an ATC precision mode (and
+    mixlist / keep_dtype) into the boolean vector ``run`` takes (True: the unit runs in fp16).
+    """
+
+    def __init__(self, model: onnx.ModelProto, input_name: str | None = None, *,
+                 reduce_accumulation: str = "fp16"):
+        if reduce_accumulation not in ("fp16", "fp32"):
+            raise UserError(f"reduce_accumulation must be fp16 or fp32, got {reduce_accumulation!r}")
+        self.reduce_accumulation = reduce_accumulation
+        self.stats: dict[str, int] = {"unknown_dtype": 0, "reductions_fp16_accumulated": 0,
+                                      "reductions_rounded_only": 0, "gelu_units": 0, "layernorm_units": 0}
+        graph = to_graph(infer_shapes(model))
+        graph.toposort()
+        real_inputs = [t for t in graph.inputs]
+        if not real_inputs:
+            raise UserError("model has no inputs")
+        self.input_name = input_name or real_inputs[0].name
+        if self.input_name not in {t.name for t in real_inputs}:
+            raise UserError(f"model has no input {self.input_name!r} (inputs: "
+                            f"{', '.join(t.name for t in real_inputs)})")
+        self.output_names = [t.name for t in graph.outputs]
+        self.node_names = {n.name for n in graph.nodes if n.name}
+        self._flow: list[tuple[int | None, list[str], list[str]]] = []
+        self.units: list[Unit] = []
+        self._find_units(graph)
+        self._build(graph)
+        self.model = to_model(graph)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # Basic optimisations only, as graphopt.verify.Runner: measure the graph as written.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        try:
+            self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
+                                                providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["Pad_Fusion"])
+        except Exception as e:
+            raise UserError(f"onnxruntime cannot load the fp16-emulation graph: {str(e).splitlines()[0]}") from None
+        self.runs = 0
+
+    # -- units ------------------------------------------------------------------------------------------------
+    def _find_units(self, graph: gs.Graph) -> dict[int, int]:
+        """Group nodes into units (patterns first) and record the data flow; returns id(node) -> unit index."""
+        from .passes.gelu_precision import find_gelus
+
+        outs = {id(t) for t in graph.outputs}
+        # (kind, nodes, x, y, whether high_performance differs from it)
+        patterns: list[tuple[str, list[gs.Node], gs.Tensor | None, gs.Tensor | None, bool]] = []
+        gelus, gelu_nodes, _ = find_gelus(graph)
+        for m in gelus:
+            patterns.append(("Gelu", list(m.nodes), m.x, m.y, m.form == "erf"))
+        for n in gelu_nodes:
+            patterns.append(("Gelu", [n], n.inputs[0], n.outputs[0], n.attrs.get("approximate", "none") == "none"))
+        claimed = {id(n) for p in patterns for n in p[1]}
+        for n in graph.nodes:
+            if n.op == "ReduceMean" and id(n) not in claimed:
+                ln = match_decomposed_layernorm(n, outs)
+                if not isinstance(ln, NoMatch) and not any(id(x) in claimed for x in ln.nodes):
+                    patterns.append(("LayerNorm", ln.nodes, ln.x, ln.y, False))
+                    claimed.update(id(x) for x in ln.nodes)
+        self.stats["gelu_units"] = sum(1 for p in patterns if p[0] == "Gelu")
+        self.stats["layernorm_units"] = sum(1 for p in patterns if p[0] == "LayerNorm")
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        pattern_of = {id(n): k for k, p in enumerate(patterns) for n in p[1]}
+        made: dict[int, int] = {}  # pattern index -> unit index
+        member: dict[int, int] = {}
+        self._unit_nodes: list[list[gs.Node]] = []
+        self._gelu_io: dict[int, tuple[gs.Tensor, gs.Tensor]] = {}
+        for n in graph.nodes:  # topological order: units are numbered by their first node
+            k = pattern_of.get(id(n))
+            if k is not None:
+                if k not in made:
+                    kind, nodes, x, y, exact = patterns[k]
+                    made[k] = self._add_unit(kind, sorted(nodes, key=lambda v: order[id(v)]), True, exact)
+                    if kind == "Gelu":
+                        self._gelu_io[made[k]] = (x, y)
+                member[id(n)] = made[k]
+                continue
+            if any(not isinstance(t, gs.Constant) and t.dtype is None for t in n.outputs):
+                self.stats["unknown_dtype"] += 1
+            if n.op in DATA_MOVEMENT_OPS or not any(_is_float(t) for t in n.outputs) \
+                    or n.domain not in (None, "", "ai.onnx") or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
+                continue
+            member[id(n)] = self._add_unit(n.op, [n], False, False)
+        # The data flow in topological order (a unit where its first node is), for allow_mix_precision's gray ops.
+        seen: set[int] = set()
+        for n in graph.nodes:
+            u = member.get(id(n))
+            if u is None:
+                self._flow.append((None, [t.name for t in n.inputs], [t.name for t in n.outputs]))
+            elif u not in seen:
+                seen.add(u)
+                self._flow.append((u, self.units[u].inputs, self.units[u].outputs))
+        return member
+
+    def _add_unit(self, kind: str, nodes: list[gs.Node], fused: bool, gelu_exact: bool) -> int:
+        ids = {id(n) for n in nodes}
+        inputs: list[str] = []
+        outputs: list[str] = []
+        for n in nodes:
+            for t in n.inputs:
+                p = producer(t) if isinstance(t, gs.Variable) else None
+                if isinstance(t, gs.Variable) and _is_float(t) and (p is None or id(p) not in ids) \
+                        and const_value(t) is None and t.name not in inputs:
+                    inputs.append(t.name)
+            for t in n.outputs:
+                if any(id(c) not in ids for c in t.outputs) or not t.outputs:
+                    outputs.append(t.name)
+        ascend = "LayerNorm" if kind == "LayerNorm" else unit_ascend_type(kind, nodes[0])
+        unit = Unit(len(self.units), kind, ascend, [n.name for n in nodes], fused,
+                    sum(_cube_flops(n) for n in nodes if n.op in CUBE_OPS),
+                    _numel(nodes[-1].outputs[0].shape) if nodes[-1].outputs else 0, inputs, outputs, gelu_exact)
+        self.units.append(unit)
+        self._unit_nodes.append(list(nodes))
+        return unit.index
+
+    # -- the emulated graph -----------------------------------------------------------------------------------
+    def _build(self, graph: gs.Graph) -> None:
+        ed = _Editor(graph)
+        mask = gs.Variable(UNITS_INPUT, dtype=np.bool_, shape=[len(self.units)])
+        hp = gs.Variable(GELU_INPUT, dtype=np.bool_, shape=[])
+        graph.inputs.extend([mask, hp])
+
+        # GELU high_performance: the tanh form beside the exact one, selected by the global switch.
+        for u, (x, y) in self._gelu_io.items():
+            if self.units[u].gelu_exact:
+                self._unit_nodes[u].extend(self._add_gelu_tanh(ed, x, y, hp, f"unit{u}"))
+        for unit, nodes in zip(self.units, self._unit_nodes):
+            idx = ed.const(f"unit{unit.index}_index", np.array(unit.index, np.int64))
+            g = ed.node("Gather", [mask, idx], f"unit{unit.index}_fp16", {"axis": 0}, dtype=np.bool_)
+            internal = {id(t) for n in nodes for t in n.outputs}  # rounded already, by the node producing it
+            selected: dict[int, gs.Tensor] = {}
+            for node in list(nodes):
+                original = list(node.inputs)
+                for i, t in enumerate(original):
+                    value = const_value(t) if t is not None and t.name else None
+                    is_float = value.dtype == np.float32 if value is not None else (
+                        t is not None and bool(t.name) and _is_float(t))
+                    if not is_float or id(t) in internal:
+                        continue
+                    if id(t) not in selected:
+                        selected[id(t)] = ed.select(g, lambda t=t: ed.round(t), lambda t=t: t,
+                                                    f"unit{unit.index}_in")
+                    node.inputs[i] = selected[id(t)]
+                for k, y in enumerate(list(node.outputs)):
+                    if not _is_float(y):
+                        continue
+                    raw = ed.var(f"{y.name}_fp32")
+                    node.outputs[k] = raw
+                    ed.select(g, lambda node=node, raw=raw: self._fp16_output(ed, node, original, raw,
+                                                                              f"unit{unit.index}"),
+                              lambda raw=raw: raw, f"unit{unit.index}_out", out=y)
+        graph.toposort()
+
+    def _fp16_output(self, ed: _Editor, node: gs.Node, original: list, raw: gs.Tensor, base: str) -> gs.Tensor:
+        """The node's output as fp16 computes it (its inputs, read through their switches, are fp16 values)."""
+        if node.op in REDUCE_OPS:
+            shape = _ints(original[0].shape)
+            axes = _reduce_axes(node, len(shape)) if shape is not None else None
+            known = shape is not None and axes is not None and all(shape[a] > 0 for a in axes)
+            if self.reduce_accumulation == "fp16" and known and axes:
+                self.stats["reductions_fp16_accumulated"] += 1
+                return ed.tree_reduce(node.inputs[0], shape, axes, node.op != "ReduceSum", raw, base)
+            self.stats["reductions_rounded_only"] += 1
+        return ed.round(raw)
+
+    @staticmethod
+    def _add_gelu_tanh(ed: _Editor, x: gs.Tensor, y: gs.Tensor, hp: gs.Tensor, base: str) -> list[gs.Node]:
+        """Build the tanh GELU from the unit's input; its output becomes If(hp, tanh form, exact form)."""
+        start = len(ed.g.nodes)
+        c = lambda name, v: ed.const(f"{base}_gelu_{name}", np.array(v, np.float32))  # noqa: E731
+        x2 = ed.node("Mul", [x, x], f"{base}_gelu_x2")
+        x3 = ed.node("Mul", [x2, x], f"{base}_gelu_x3")
+        kx3 = ed.node("Mul", [x3, c("kappa", 0.044715)], f"{base}_gelu_kx3")
+        inner = ed.node("Add", [x, kx3], f"{base}_gelu_inner")
+        z = ed.node("Mul", [inner, c("beta", _SQRT_2_OVER_PI)], f"{base}_gelu_z")
+        th = ed.node("Tanh", [z], f"{base}_gelu_tanh")
+        one = ed.node("Add", [th, c("one", 1.0)], f"{base}_gelu_1p")
+        xh = ed.node("Mul", [x, one], f"{base}_gelu_xh")
+        ya = ed.node("Mul", [xh, c("half", 0.5)], f"{base}_gelu_approx")
+        added = list(ed.g.nodes[start:])
+        last = producer(y)
+        exact = ed.var(f"{y.name}_exact")
+        last.outputs[list(last.outputs).index(y)] = exact
+        ed.select(hp, lambda: ya, lambda: exact, f"{base}_gelu_mode", out=y)
+        return added
+
+    # -- assignments ------------------------------------------------------------------------------------------
+    def _matches(self, unit: Unit, name: str) -> bool:
+        return name in (unit.kind, unit.ascend_type) or ascend_op_type(name) == unit.ascend_type
+
+    def units_of(self, names: Iterable[str]) -> set[int]:
+        """Units whose op type (ONNX or Ascend name) is one of ``names``."""
+        names = list(names)
+        return {u.index for u in self.units if any(self._matches(u, n) for n in names)}
+
+    def keep_dtype_units(self, entries: Iterable[str]) -> set[int]:
+        """Units a ``keep_dtype.cfg`` keeps: ``OpType::Type`` entries by op type, others by node name."""
+        out: set[int] = set()
+        by_node = {name: u.index for u in self.units for name in u.nodes}
+        for e in entries:
+            if "::" in e:
+                out |= self.units_of([e.split("::", 1)[1]])
+            elif e in by_node:
+                out.add(by_node[e])
+            else:
+                raise UserError(f"keep_dtype: no node named {e!r} in the model")
+        return out
+
+    def assignment(self, mode: str = "force_fp16", *, mixlist: Mapping | None = None,
+                   keep_dtype: Sequence[str] = (), keep: Iterable[int] = ()) -> np.ndarray:
+        """Which units run in fp16 under an ATC precision mode (see the module docstring)."""
+        if mode not in PRECISION_MODES:
+            raise UserError(f"precision mode {mode!r}: emulated modes are {', '.join(PRECISION_MODES)}")
+        kept = set(keep) | self.keep_dtype_units(keep_dtype)
+        n = len(self.units)
+        if mode == "force_fp16":
+            fp16 = np.ones(n, bool)
+        elif mode == "must_keep_origin_dtype":
+            fp16 = np.zeros(n, bool)
+        elif mode == "allow_fp32_to_fp16":
+            fp16 = np.array([u.kind in CUBE_OPS for u in self.units], bool)
+        else:
+            mix = mixlist or {}
+            black_add = self.units_of(mix.get("black-list", {}).get("to-add", []))
+            white_add = self.units_of(mix.get("white-list", {}).get("to-add", []))
+            white_remove = self.units_of(mix.get("white-list", {}).get("to-remove", []))
+            white = ({u.index for u in self.units if u.kind in CUBE_OPS} - white_remove) | white_add
+            fp16 = np.zeros(n, bool)
+            is16: dict[str, bool] = {}
+            for u, ins, outs in self._flow:
+                if u is None:
+                    v = any(is16.get(t, False) for t in ins)
+                elif u in black_add or u in kept:
+                    v = False
+                elif u in white:
+                    v = True
+                else:  # gray: follows what it reads
+                    v = any(is16.get(t, False) for t in ins)
+                if u is not None:
+                    fp16[u] = v
+                for t in outs:
+                    is16[t] = v
+        for u in kept:
+            fp16[u] = False
+        return fp16
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, batches: Sequence[np.ndarray], fp16: np.ndarray | Sequence[bool] | None = None,
+            gelu_high_performance: bool = False) -> dict[str, np.ndarray]:
+        """Outputs over every batch (concatenated) with units ``fp16`` (default none) in fp16."""
+        mask = np.zeros(len(self.units), bool) if fp16 is None else np.asarray(fp16, bool)
+        if mask.shape != (len(self.units),):
+            raise ValueError(f"fp16 assignment has {mask.size} entries, the model has {len(self.units)} units")
+        outs: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
+        feed_extra = {UNITS_INPUT: mask, GELU_INPUT: np.array(bool(gelu_high_performance))}
+        for x in batches:
+            try:
+                res = self.session.run(self.output_names, {self.input_name: x, **feed_extra})
+            except Exception as e:
+                raise UserError(f"onnxruntime failed on the fp16-emulation graph with input shaped "
+                                f"{list(x.shape)}: {str(e).splitlines()[0]}") from None
+            for n, o in zip(self.output_names, res):
+                outs[n].append(np.asarray(o))
+        self.runs += 1
+        return {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in outs.items()}
+
+    def fp16_flop_share(self, fp16: np.ndarray) -> float | None:
+        """Share of the Conv/MatMul/Gemm FLOPs that run in fp16 under ``fp16``."""
+        total = sum(u.cube_flops for u in self.units)
+        if not total:
+            return None
+        return sum(u.cube_flops for u, f in zip(self.units, fp16) if f) / total

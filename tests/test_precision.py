@@ -1,0 +1,333 @@
+"""fp16 emulation, sensitivity search and generated precision configs (graphopt.fp16_emulation,
+graphopt.fp16_sensitivity, the mixlist pass's measured mode), on small synthetic graphs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from graphopt.atc import config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.cli import main
+from graphopt.fp16_emulation import Fp16Emulator, gelu_exact, gelu_tanh, round_fp16
+from graphopt.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, load_calibration
+from graphopt.passes.mixlist import Mixlist
+from graphopt.pipeline import run_pipeline
+from graphopt.recipe import Tolerance
+from graphopt.testing import assert_pass_unchanged, model_from_text
+
+UNCHANGED = Tolerance(max_abs=0.0, cosine=None, top1_agreement=None)
+
+OVERFLOW = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 4] x) => (float[N, 4] y, float[N, 4] z) {
+    k = Constant<value = float {1000.0}>()
+    [big] y = Mul(x, k)
+    [small] z = Relu(x)
+}"""
+
+
+def _rng_x(shape, scale=1.0, offset=0.0, seed=0):
+    return (offset + scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def test_overflow_in_fp16_exact_when_kept_fp32():
+    emu = Fp16Emulator(model_from_text(OVERFLOW))
+    assert sorted(u.kind for u in emu.units) == ["Mul", "Relu"]
+    x = np.full((2, 4), 100.0, np.float32)  # 100 * 1000 = 1e5 > 65504, the largest fp16
+    fp16 = emu.run([x], emu.assignment("force_fp16"))
+    assert np.isinf(fp16["y"]).all()
+    assert np.array_equal(fp16["z"], x)
+    kept = emu.run([x], emu.assignment("force_fp16", keep_dtype=["big"]))
+    assert np.array_equal(kept["y"], x * 1000)
+    fp32 = emu.run([x], emu.assignment("must_keep_origin_dtype"))
+    assert np.array_equal(fp32["y"], x * 1000)
+    # rounding: 1.0001 is not an fp16 value
+    y = emu.run([np.full((1, 4), 1.0001, np.float32)], emu.assignment("force_fp16"))["z"]
+    assert np.array_equal(y, round_fp16(np.full((1, 4), 1.0001)))
+
+
+def test_keep_set_honoured_in_every_mode():
+    emu = Fp16Emulator(model_from_text(OVERFLOW))
+
+    def fp16(mode, **kw):  # {unit kind: runs in fp16}
+        return {u.kind: bool(f) for u, f in zip(emu.units, emu.assignment(mode, **kw))}
+
+    relu = next(u.index for u in emu.units if u.kind == "Relu")
+    assert fp16("force_fp16") == {"Mul": True, "Relu": True}
+    assert fp16("force_fp16", keep_dtype=["big"]) == {"Mul": False, "Relu": True}
+    assert fp16("force_fp16", keep_dtype=["OpType::Mul"]) == {"Mul": False, "Relu": True}
+    assert fp16("force_fp16", keep=[relu]) == {"Mul": True, "Relu": False}
+    assert fp16("allow_fp32_to_fp16") == {"Mul": False, "Relu": False}  # no cube op: vector ops stay fp32
+    # allow_mix_precision: no white op feeds them, so the gray ops follow the fp32 input ...
+    assert fp16("allow_mix_precision") == {"Mul": False, "Relu": False}
+    # ... unless white-listed; black-list and keep_dtype win
+    white = {"white-list": {"to-add": ["Mul", "Relu"]}}
+    assert fp16("allow_mix_precision", mixlist=white) == {"Mul": True, "Relu": True}
+    black = {**white, "black-list": {"to-add": ["Mul"]}}
+    assert fp16("allow_mix_precision", mixlist=black) == {"Mul": False, "Relu": True}
+    assert fp16("allow_mix_precision", mixlist=white, keep_dtype=["small"]) == {"Mul": True, "Relu": False}
+    with pytest.raises(Exception, match="no node named 'nope'"):
+        emu.assignment("force_fp16", keep_dtype=["nope"])
+    x = np.full((1, 4), 100.0, np.float32)
+    out = emu.run([x], emu.assignment("allow_mix_precision", mixlist=black))
+    assert np.array_equal(out["y"], x * 1000) and np.isinf(emu.run([x], emu.assignment("force_fp16"))["y"]).all()
+
+
+GRAY_FOLLOW = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 4] x) => (float[N, 4] y) {
+    w = Constant<value = float[4, 4] {1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}>()
+    a = Relu(x)
+    h = MatMul(a, w)
+    t = Transpose<perm = [1, 0]>(h)
+    u = Transpose<perm = [1, 0]>(t)
+    y = Sigmoid(u)
+}"""
+
+
+def test_allow_mix_precision_gray_ops_follow_their_producer():
+    emu = Fp16Emulator(model_from_text(GRAY_FOLLOW))
+    assert [u.kind for u in emu.units] == ["Relu", "MatMul", "Sigmoid"]
+    # Relu reads the fp32 input (stays fp32), MatMul is white, Sigmoid follows it through the Transposes.
+    assert emu.assignment("allow_mix_precision").tolist() == [False, True, True]
+    assert emu.assignment("allow_mix_precision", mixlist={"black-list": {"to-add": ["MatMulV2"]}}
+                          ).tolist() == [False, False, False]
+    assert emu.fp16_flop_share(emu.assignment("allow_mix_precision")) == 1.0
+    assert emu.units[1].cube_flops == 2 * 4 * 4
+
+
+LONG_MEAN = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 4096] x) => (float[N, 1] y) {
+    y = ReduceMean<axes = [1]>(x)
+}"""
+
+
+def test_long_reducemean_loses_precision_in_fp16_not_in_fp32():
+    x = (1e-3 * (1 + np.random.default_rng(0).random((4, 4096)))).astype(np.float32)
+    exact = x.astype(np.float64).mean(1, keepdims=True)
+    acc16 = Fp16Emulator(model_from_text(LONG_MEAN), reduce_accumulation="fp16")
+    acc32 = Fp16Emulator(model_from_text(LONG_MEAN), reduce_accumulation="fp32")
+    assert acc16.stats["reductions_fp16_accumulated"] == 1 and acc32.stats["reductions_rounded_only"] == 1
+    err = {name: float(np.abs(e.run([x], np.array([on]))["y"] / exact - 1).max())
+           for name, e, on in (("fp16_acc", acc16, True), ("fp32_acc", acc32, True), ("kept", acc16, False))}
+    # x * fp16(1/4096) is subnormal in fp16; the pairwise partial sums round at every level.
+    assert err["fp16_acc"] > 5e-4
+    assert err["fp32_acc"] < 2.5e-4  # only the output rounded: half an fp16 ulp
+    assert err["kept"] < 1e-6
+
+
+GELU = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 64] x) => (float[N, 64] y) {
+    s = Constant<value = float {1.4142135}>()
+    one = Constant<value = float {1.0}>()
+    half = Constant<value = float {0.5}>()
+    d = Div(x, s)
+    e = Erf(d)
+    p = Add(e, one)
+    m = Mul(x, p)
+    y = Mul(m, half)
+}"""
+
+
+def test_gelu_is_one_unit_and_high_performance_is_the_tanh_form():
+    emu = Fp16Emulator(model_from_text(GELU))
+    assert [(u.kind, u.ascend_type, u.fused) for u in emu.units] == [("Gelu", "Gelu", True)]
+    x = _rng_x((2, 64), scale=3.0)
+    off = np.zeros(1, bool)
+    np.testing.assert_allclose(emu.run([x], off)["y"], gelu_exact(x), atol=1e-6)
+    hp = emu.run([x], off, gelu_high_performance=True)["y"]
+    np.testing.assert_allclose(hp, gelu_tanh(x), atol=1e-6)
+    assert np.abs(hp - gelu_exact(x)).max() > 1e-4  # the approximation is measurably different
+    hp16 = emu.run([x], np.ones(1, bool), gelu_high_performance=True)["y"]
+    assert np.array_equal(hp16, round_fp16(hp16)) and not np.array_equal(hp16, hp)
+
+
+def _layernorm_classifier() -> onnx.ModelProto:
+    """x -> decomposed LayerNorm (opset 11, as the ViT export) -> MatMul -> 10 logits."""
+    w = np.random.default_rng(1).standard_normal((64, 10)).astype(np.float32)
+    text = f"""
+<ir_version: 7, opset_import: ["" : 11]>
+g (float[N, 64] x) => (float[N, 10] y) {{
+    two = Constant<value = float {{2.0}}>()
+    eps = Constant<value = float {{1e-5}}>()
+    gamma = Constant<value = float[64] {{{', '.join(['1.0'] * 64)}}}>()
+    w = Constant<value = float[64, 10] {{{', '.join(f'{v:.6f}' for v in w.ravel())}}}>()
+    mean = ReduceMean<axes = [-1]>(x)
+    d = Sub(x, mean)
+    sq = Pow(d, two)
+    var = ReduceMean<axes = [-1]>(sq)
+    ve = Add(var, eps)
+    sd = Sqrt(ve)
+    n = Div(d, sd)
+    ln = Mul(n, gamma)
+    y = MatMul(ln, w)
+}}"""
+    return model_from_text(text)
+
+
+def test_search_puts_a_sensitive_layernorm_in_the_black_list():
+    emu = Fp16Emulator(_layernorm_classifier())
+    assert [u.ascend_type for u in emu.units] == ["LayerNorm", "MatMulV2"]
+    # a large offset with small variations: rounded to fp16 (ulp 0.5 at 1000), the normalised values are noise
+    x = _rng_x((16, 64), scale=0.05, offset=1000.0)
+    result = analyse(emu, [x], Target(top1=1.0, cosine=0.999))
+    assert not result["baselines"]["force_fp16"]["passed"]
+    assert result["search"]["keep_types"] == ["LayerNorm"]
+    assert result["configs"] == {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}},
+                                 "precision_mode": "allow_mix_precision"}
+    assert json.loads(ops_info_json(result["configs"]["mixlist"])) == {"black-list": {"to-add": ["LayerNorm"]}}
+    assert result["predicted"]["passed"] and result["predicted"]["fp16_flop_share"] == 1.0
+    types = {t["type"]: t for t in result["types"]}
+    assert types["LayerNorm"]["only_fp16"]["error"] > 100 * types["MatMulV2"]["only_fp16"]["error"]
+
+
+def _planted_mul_graph(all_muls_sensitive: bool) -> onnx.ModelProto:
+    """A classifier whose activations reach ~100: x1000 then x0.001 overflows fp16 in between. With
+    ``all_muls_sensitive`` False a third, harmless Mul (x2, exact) shares the op type (which, not being a
+    Conv/MatMul, is kept whole all the same)."""
+    rng = np.random.default_rng(2)
+    w1 = (10 * rng.standard_normal((16, 16))).astype(np.float32)
+    w2 = rng.standard_normal((16, 10)).astype(np.float32)
+    c = lambda a: ", ".join(f"{v:.6f}" for v in a.ravel())  # noqa: E731
+    head = "" if all_muls_sensitive else "    [scale] xs = Mul(x, two)\n"
+    src = "x" if all_muls_sensitive else "xs"
+    return model_from_text(f"""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 16] x) => (float[N, 10] y) {{
+    two = Constant<value = float {{2.0}}>()
+    big = Constant<value = float {{1000.0}}>()
+    small = Constant<value = float {{0.001}}>()
+    b = Constant<value = float[16] {{{c(np.zeros(16, np.float32) + 0.1)}}}>()
+    w1 = Constant<value = float[16, 16] {{{c(w1)}}}>()
+    w2 = Constant<value = float[16, 10] {{{c(w2)}}}>()
+{head}    h = MatMul({src}, w1)
+    hb = Add(h, b)
+    r = Relu(hb)
+    [up] u = Mul(r, big)
+    [down] v = Mul(u, small)
+    y = MatMul(v, w2)
+}}""")
+
+
+def test_search_finds_a_planted_sensitive_op_type():
+    emu = Fp16Emulator(_planted_mul_graph(all_muls_sensitive=True))
+    result = analyse(emu, [_rng_x((16, 16))], Target(top1=1.0, cosine=0.999))
+    assert not result["baselines"]["force_fp16"]["passed"]
+    assert result["search"]["keep_types"] == ["Mul"] and result["search"]["keep_nodes"] == []
+    assert result["configs"]["mixlist"] == {"black-list": {"to-add": ["Mul"]}}
+    assert result["predicted"]["passed"]
+    assert result["predicted"]["fp16_flop_share"] == 1.0  # both MatMuls stay fp16
+    worst = {w["nodes"][0] for w in result["worst_nodes"][:2]}
+    assert worst == {"up", "down"}
+    # every trial ran once: the cache serves repeats
+    assert result["session_runs"] == result["trials"] + result["references"]
+
+
+def _planted_matmul_graph() -> onnx.ModelProto:
+    """Four MatMuls; the middle two scale by ~1e4 and back by ~1e-4, overflowing fp16 in between."""
+    rng = np.random.default_rng(3)
+    ws = {"w1": rng.standard_normal((16, 16)), "w2": 2500 * rng.standard_normal((16, 16)),
+          "w3": 1e-4 * rng.standard_normal((16, 16)), "w4": rng.standard_normal((16, 10))}
+    consts = "".join(f"    {k} = Constant<value = float[{w.shape[0]}, {w.shape[1]}] "
+                     f"{{{', '.join(f'{v:.6g}' for v in w.ravel())}}}>()\n" for k, w in ws.items())
+    return model_from_text(f"""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 16] x) => (float[N, 10] y) {{
+{consts}    [first] a = MatMul(x, w1)
+    r = Relu(a)
+    [up] u = MatMul(r, w2)
+    [down] v = MatMul(u, w3)
+    [head] y = MatMul(v, w4)
+}}""")
+
+
+def test_search_narrows_a_kept_matmul_type_to_its_sensitive_nodes():
+    emu = Fp16Emulator(_planted_matmul_graph())
+    result = analyse(emu, [_rng_x((16, 16))], Target(top1=1.0, cosine=0.999), screen_items=8)
+    assert not result["baselines"]["force_fp16"]["passed"]
+    assert result["search"]["keep_types"] == []
+    assert sorted(result["search"]["keep_nodes"]) == ["down", "up"]
+    configs = result["configs"]
+    assert configs == {"keep_dtype": result["search"]["keep_nodes"]}  # force_fp16 (ATC's default) + keep_dtype
+    assert result["predicted"]["precision_mode"] == "force_fp16" and result["predicted"]["passed"]
+    assert 0.0 < result["predicted"]["fp16_flop_share"] < 1.0  # "first" and "head" still run in fp16
+    assert result["screen_items"] == 8
+    files = config_files(configs)
+    assert files == {"keep_dtype.cfg": "".join(f"{n}\n" for n in configs["keep_dtype"])}
+
+
+def test_config_writers_match_atc_formats():
+    assert ops_info_json({"black-list": {"to-add": ["LayerNorm", "MatMul"]}}) == (
+        '{\n    "black-list": {\n        "to-add": [\n            "LayerNorm",\n            "MatMulV2"\n'
+        '        ]\n    }\n}\n')
+    assert op_precision_ini({"Gelu": "high_performance"}) == "Gelu=high_performance\n"
+    assert keep_dtype_cfg(["up", "OpType::SoftmaxV2"]) == "up\nOpType::SoftmaxV2\n"
+    configs = {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}, "precision_mode": "allow_mix_precision",
+               "op_precision": {"Gelu": "high_precision"}, "keep_dtype": ["up"]}
+    assert config_files(configs) == {
+        "ops_info.json": '{\n    "black-list": {\n        "to-add": [\n            "LayerNorm"\n        ]\n    }\n}\n',
+        "op_precision.ini": "Gelu=high_precision\n", "keep_dtype.cfg": "up\n"}
+
+
+def test_mixlist_measured_mode_through_the_pipeline():
+    model = _planted_mul_graph(all_muls_sensitive=True)
+    inputs = [_rng_x((4, 16), seed=k) for k in range(4)]
+    res = run_pipeline(model, [(Mixlist(mode="measured"), "passes[0]", "stop")], inputs=inputs, input_name="x",
+                       tolerance=UNCHANGED)
+    rec = res.records[0]
+    assert rec.status == "unchanged" and not rec.changed
+    assert res.configs == {"mixlist": {"black-list": {"to-add": ["Mul"]}}, "precision_mode": "allow_mix_precision"}
+    assert rec.stats["keep_types"] == ["Mul"] and rec.stats["predicted"]["passed"]
+    assert rec.stats["force_fp16"]["passed"] is False and rec.stats["warnings"] == []
+    assert "16 verification input" in rec.stats["calibration"]
+    # without verification inputs: seeded random ones, with the warning
+    res = run_pipeline(model, [(Mixlist(mode="measured", samples=8), "passes[0]", "stop")], inputs=None,
+                       input_name="x")
+    assert RANDOM_INPUTS_WARNING in res.records[0].stats["warnings"]
+    # the pass itself leaves the graph alone
+    assert_pass_unchanged(model, Mixlist(mode="measured"))
+
+
+def test_mixlist_measured_parameters():
+    with pytest.raises(ValueError, match="only mode 'static'"):
+        Mixlist(mode="measured", keep_fp32=["LayerNorm"])
+    with pytest.raises(ValueError, match="target_cosine"):
+        Mixlist(mode="measured", target_cosine=1.5)
+    with pytest.raises(ValueError, match="set target_top1, target_cosine or both"):
+        Mixlist(mode="measured", target_top1=None, target_cosine=None)
+    assert Mixlist(mode="measured").calibration is None  # set by the pipeline, not a recipe key
+
+
+def test_calibration_random_warns_and_npy_loads(tmp_path):
+    cal = load_calibration(None, [1, 3, 4, 4], samples=5, batch=2)
+    assert cal.warning == RANDOM_INPUTS_WARNING and cal.items == 5 and [len(b) for b in cal.batches] == [2, 2, 1]
+    np.save(tmp_path / "x.npy", np.ones((3, 3, 4, 4), np.float32))
+    cal = load_calibration(tmp_path / "x.npy", [1, 3, 4, 4], samples=5, batch=8)
+    assert cal.warning is None and cal.items == 3
+    bins = tmp_path / "bins"  # the layout `graphopt data` writes: one float32 CHW item per .bin, labels.txt
+    bins.mkdir()
+    for k in range(3):
+        np.full((3, 4, 4), k, np.float32).tofile(bins / f"img_{k}.bin")
+    (bins / "labels.txt").write_text("img_0.bin 7\nimg_1.bin 8\nimg_2.bin 9\n")
+    cal = load_calibration(bins, [1, 3, 4, 4], samples=2, batch=8)
+    assert cal.items == 2 and cal.labels == [7, 8] and cal.batches[0][1].max() == 1
+
+
+def test_cli_writes_report_plot_and_configs(tmp_path, capsys):
+    path = tmp_path / "planted.onnx"
+    onnx.save(_planted_mul_graph(all_muls_sensitive=True), path)
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "8", "--node-trials", "4"])
+    assert code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["ops_info.json", "precision.json", "precision.md",
+                                                     "sensitivity.png"]
+    assert json.loads((out / "ops_info.json").read_text()) == {"black-list": {"to-add": ["Mul"]}}
+    report = json.loads((out / "precision.json").read_text())
+    assert report["calibration"]["warning"] == RANDOM_INPUTS_WARNING
+    assert "| Mul | 2 |" in (out / "precision.md").read_text()
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "configs:" in capsys.readouterr().out
