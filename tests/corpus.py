@@ -277,8 +277,9 @@ PASS_ARGS: dict[str, dict[str, Any]] = {
 def pass_configs(repo: Path) -> dict[str, list[dict[str, Any]]]:
     """label -> pass list (recipe entries): every registered pass alone, then each recipe's pass list (a recipe
     whose list equals an earlier one is folded into it)."""
+    import yaml
+
     from graphopt.pass_infra import all_passes, pass_params
-    from graphopt.recipe import load_recipe
 
     configs: dict[str, list[dict[str, Any]]] = {}
     for name, cls in all_passes().items():
@@ -288,8 +289,6 @@ def pass_configs(repo: Path) -> dict[str, list[dict[str, Any]]]:
         configs[name] = [{"pass": name, **args}]
     seen = {json.dumps(v, sort_keys=True) for v in configs.values()}
     for path in sorted((repo / "recipes").glob("*.yaml")):
-        import yaml
-
         entries = [e if isinstance(e, dict) else {"pass": e} for e in (yaml.safe_load(path.read_text()).get("passes")
                                                                        or [])]
         key = json.dumps(entries, sort_keys=True)

@@ -43,8 +43,8 @@ def _load(name: str) -> tuple[onnx.ModelProto, list[int], bool]:
 
 
 def _passes(entries: list[dict]) -> list:
-    specs = [PassSpec(e["pass"], {k: v for k, v in e.items() if k != "pass"}, "stop", f"passes[{i}]")
-             for i, e in enumerate(entries)]
+    specs = [PassSpec(e["pass"], {k: v for k, v in e.items() if k not in ("pass", "on_fail")},
+                      e.get("on_fail", "stop"), f"passes[{i}]") for i, e in enumerate(entries)]
     return [(build_pass(s), s.where, s.on_fail) for s in specs]
 
 
