@@ -27,7 +27,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from .errors import UserError
-from .ir import infer_shapes
+from .ir import copy_fields, infer_shapes
 from .name_map import model_producers, shared_tensors
 from .recipe import Tolerance
 from .verify import compare_outputs, make_inputs
@@ -126,22 +126,6 @@ def load_model_lean(path: str | Path, what: str = "model") -> onnx.ModelProto:
     return model
 
 
-def _copy_fields(src, dst, skip: Iterable[str] = ()) -> None:
-    skip = set(skip)
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        repeated = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; ``label`` before (since removed)
-        if repeated is None:
-            repeated = fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def _tensor_bytes(init: onnx.TensorProto, base_dir: Path | None) -> bytes | None:
     """The raw little-endian bytes of an initializer (None for string tensors, which stay inline)."""
     if init.data_type == onnx.TensorProto.STRING:
@@ -171,8 +155,8 @@ class StagedModel:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         light = onnx.ModelProto()
-        _copy_fields(model, light, skip=("graph",))
-        _copy_fields(model.graph, light.graph, skip=("initializer",))
+        copy_fields(model, light, skip=("graph",))
+        copy_fields(model.graph, light.graph, skip=("initializer",))
         init = None
         with open(self.folder / "weights.bin", "wb") as f:
             for init in model.graph.initializer:
@@ -234,7 +218,7 @@ class StagedModel:
             keep.add(k)
             stack.extend(node_inputs(g.node[k]))
         sub = onnx.ModelProto()
-        _copy_fields(self.model, sub, skip=("graph",))
+        copy_fields(self.model, sub, skip=("graph",))
         sub.graph.name = g.name or "graph"
         sub.graph.node.extend(g.node[k] for k in sorted(keep))
         sub.graph.initializer.extend(i for i in g.initializer if i.name in needed)
@@ -328,8 +312,8 @@ def _tensor_sizes(staged: StagedModel, feed: Mapping[str, np.ndarray]) -> dict[s
     """Bytes per sample of every tensor whose shape inference can fix, with the inputs pinned to the feed's.
     The staged weights become typed inputs for it: shape inference needs their shapes, not their values."""
     model = onnx.ModelProto()
-    _copy_fields(staged.model, model, skip=("graph",))
-    _copy_fields(staged.model.graph, model.graph, skip=("initializer",))
+    copy_fields(staged.model, model, skip=("graph",))
+    copy_fields(staged.model.graph, model.graph, skip=("initializer",))
     for init in staged.model.graph.initializer:
         if external_data_helper.uses_external_data(init):
             model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))

@@ -25,6 +25,7 @@ from .errors import UserError
 gs.logger.G_LOGGER.colors = False
 
 __all__ = [
+    "copy_fields",
     "EXTERNAL_DATA_THRESHOLD",
     "external_data_threshold",
     "constant_nbytes",
@@ -244,7 +245,7 @@ def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
     return model
 
 
-def _copy_fields(src, dst, skip: Iterable[str] = ()) -> None:
+def copy_fields(src, dst, skip: Iterable[str] = ()) -> None:
     """Copy the set fields of protobuf message ``src`` into ``dst``, except ``skip``."""
     for fd, value in src.ListFields():
         if fd.name in skip:
@@ -294,8 +295,8 @@ def _model_skeleton(model: onnx.ModelProto, ext: _ExternalData) -> onnx.ModelPro
     """``model`` with its large initializers written by ``ext`` and referenced as external data. ``model`` is not
     modified and its weights are not copied in memory (one tensor at a time goes to the file)."""
     light = onnx.ModelProto()
-    _copy_fields(model, light, skip=("graph",))
-    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    copy_fields(model, light, skip=("graph",))
+    copy_fields(model.graph, light.graph, skip=("initializer",))
     for t in model.graph.initializer:
         data = _proto_bytes(t) if _tensor_nbytes(t) >= EXTERNAL_TENSOR_MIN_BYTES else None
         if data is None:
