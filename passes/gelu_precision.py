@@ -73,6 +73,19 @@ def _split_const(node: gs.Node) -> tuple[gs.Tensor, np.ndarray] | None:
     return None
 
 
+def _match_plus_one(node: gs.Node, outs, form: str, what: str):
+    """The ``Add 1`` after ``erf(...)`` / ``tanh(...)``: (the Add node, (other input, constant)) or NoMatch."""
+    add = _private(node.outputs[0], outs, what)
+    if isinstance(add, NoMatch):
+        return add
+    split = _split_const(add)
+    if add.op != "Add" or split is None:
+        return NoMatch(f"{form}(...) feeds {add.op}, expected Add 1")
+    if not _close(split[1], 1.0):
+        return NoMatch(f"{form} form: {form}(...) + {_fmt(split[1])}, expected 1")
+    return add, split
+
+
 def _match_tail(one_plus: gs.Tensor, x: gs.Tensor, outs: set[int], form: str
                 ) -> tuple[list[gs.Node], list[np.ndarray], gs.Tensor] | NoMatch:
     """The ``0.5 * x * (1 + f)`` end of both forms, from the tensor ``1 + f``. Accepts ``(x * t) * 0.5``,
@@ -134,14 +147,10 @@ def match_erf_gelu(erf: gs.Node, outs: set[int]) -> GeluMatch | NoMatch:
         return NoMatch(f"erf form: x * {_fmt(c)}, expected 1/sqrt(2) = {1 / SQRT2:.6g}")
     if isinstance(used := _private(erf.inputs[0], outs, "x / sqrt(2)"), NoMatch):
         return used
-    add = _private(erf.outputs[0], outs, "erf(x / sqrt(2))")
-    if isinstance(add, NoMatch):
-        return add
-    split1 = _split_const(add)
-    if add.op != "Add" or split1 is None:
-        return NoMatch(f"erf(...) feeds {add.op}, expected Add 1")
-    if not _close(split1[1], 1.0):
-        return NoMatch(f"erf form: erf(...) + {_fmt(split1[1])}, expected 1")
+    plus_one = _match_plus_one(erf, outs, "erf", "erf(x / sqrt(2))")
+    if isinstance(plus_one, NoMatch):
+        return plus_one
+    add, split1 = plus_one
     tail = _match_tail(add.outputs[0], x, outs, "erf")
     if isinstance(tail, NoMatch):
         return tail
@@ -205,14 +214,10 @@ def match_tanh_gelu(tanh: gs.Node, outs: set[int]) -> GeluMatch | NoMatch:
         break
     else:
         return NoMatch("tanh form: Tanh argument is not sqrt(2/pi) * (x + 0.044715 * x^3)")
-    one = _private(tanh.outputs[0], outs, "tanh(...)")
-    if isinstance(one, NoMatch):
-        return one
-    split1 = _split_const(one)
-    if one.op != "Add" or split1 is None:
-        return NoMatch(f"tanh(...) feeds {one.op}, expected Add 1")
-    if not _close(split1[1], 1.0):
-        return NoMatch(f"tanh form: tanh(...) + {_fmt(split1[1])}, expected 1")
+    plus_one = _match_plus_one(tanh, outs, "tanh", "tanh(...)")
+    if isinstance(plus_one, NoMatch):
+        return plus_one
+    one, split1 = plus_one
     tail = _match_tail(one.outputs[0], x, outs, "tanh")
     if isinstance(tail, NoMatch):
         return tail
