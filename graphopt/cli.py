@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import GraphoptError, UserError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
@@ -73,13 +73,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     runner_a = Runner(a, args.input)
     runner_b = Runner(b, runner_a.input_name)
     inp = next(i for i in runner_a.session.get_inputs() if i.name == runner_a.input_name)
-    if args.shape:
-        try:
-            shape = [int(s) for s in args.shape.split(",")]
-        except ValueError:
-            raise UserError(f"--shape {args.shape!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
-    else:
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    shape = parse_shape(args.shape) or [d if isinstance(d, int) else 1 for d in inp.shape]
     inputs = make_inputs(shape, args.samples, args.seed)
     tol = Tolerance(max_abs=args.max_abs, max_rel=args.max_rel, cosine=args.cosine, top1_agreement=args.top1)
     cmp = compare_outputs(runner_a.run(inputs), runner_b.run(inputs), tol)
@@ -88,6 +82,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"{o.name}: max_abs {o.max_abs:.3e}  max_rel {o.max_rel:.3e}  cosine {o.cosine:.8f}  top1 {top1}  "
               f"{'ok' if o.passed else 'OUTSIDE TOLERANCE (' + ', '.join(o.failed_on) + ')'}")
     return 0 if cmp.passed else 1
+
+
+def parse_shape(text: str | None) -> list[int] | None:
+    """``--shape 1,3,224,224`` as a list (None when not given)."""
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--shape {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+
+
+def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
+    """The inputs and tolerances shared by the commands that compare two models (verify, diff)."""
+    p.add_argument("--input", help="input name (default: the first input)")
+    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as 1)")
+    p.add_argument("--samples", type=int, default=samples)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-abs", type=float, default=1e-4)
+    p.add_argument("--max-rel", type=float, default=None)
+    p.add_argument("--cosine", type=float, default=0.99999)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,13 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare two models on the same seeded inputs (exit 1 when outside tolerance)")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--input", help="input name (default: the first input)")
-    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as 1)")
-    p.add_argument("--samples", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-abs", type=float, default=1e-4)
-    p.add_argument("--max-rel", type=float, default=None)
-    p.add_argument("--cosine", type=float, default=0.99999)
+    add_comparison_arguments(p, samples=2)
     p.add_argument("--top1", type=float, default=1.0)
     p.set_defaults(func=_cmd_verify)
     for name in COMMAND_MODULES:  # each adds its own subcommand(s)

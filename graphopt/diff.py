@@ -551,17 +551,10 @@ def plot_diff(result: DiffResult, path: str | Path, title: str = "") -> None:
 # Command line
 
 
-def _parse_shape(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise UserError(f"--shape {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
-
-
 def _cmd_diff(args: argparse.Namespace) -> int:
     import sys
+
+    from .cli import parse_shape
 
     progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else _noop
     if args.budget_mb <= 0:
@@ -569,7 +562,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     # Only what is needed from each graph here; diff_models loads and stages one model at a time, so that a
     # large model's weights are never held twice.
     a = load_model_lean(args.a, "model A")
-    feeds = seeded_feeds(a, args.samples, args.seed, args.input, _parse_shape(args.shape))
+    feeds = seeded_feeds(a, args.samples, args.seed, args.input, parse_shape(args.shape))
     producers_a = model_producers(a)
     del a
     name_map = None
@@ -605,18 +598,13 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``graphopt diff``."""
+    from .cli import add_comparison_arguments
     p = subparsers.add_parser("diff", help="layer-wise diff of two models: the first shared tensor that diverges "
                                            "(exit 1 when one does)")
     p.add_argument("a", help="reference model (e.g. the recipe's input model)")
     p.add_argument("b", help="model to compare (e.g. runs/<name>/model.onnx)")
     p.add_argument("--map", help="report.json of the run that made B from A (its name_map traces renamed tensors)")
-    p.add_argument("--input", help="input name (default: the first input)")
-    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as 1)")
-    p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-abs", type=float, default=1e-4)
-    p.add_argument("--max-rel", type=float, default=None)
-    p.add_argument("--cosine", type=float, default=0.99999)
+    add_comparison_arguments(p, samples=1)
     p.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                    help=f"MiB of tensor values held per batch, both models together (default {DEFAULT_BUDGET_MB:g})")
     p.add_argument("--first", action="store_true", help="stop after the batch holding the first divergence")
