@@ -9,13 +9,7 @@ import pytest
 from graphopt.errors import UserError
 from graphopt.recipe import load_recipe
 from graphopt.testing import model_from_text
-
-TINY = """
-<ir_version: 8, opset_import: ["" : 13]>
-g (float[N, 2, 3, 4] x) => (float[N, 2, 3, 4] y) {
-    m = Mul(x, x)
-    y = Softmax<axis=-1>(m)
-}"""
+from graphs import TINY
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from graphopt.ir import load_model, save_model
 from graphopt.pass_infra import get_pass
 from graphopt.testing import compare_models, model_from_text
 from graphopt.verify import Runner, make_inputs
-
-TINY = """
-<ir_version: 8, opset_import: ["" : 13]>
-g (float[N, 2, 3, 4] x) => (float[N, 2, 3, 4] y) {
-    m = Mul(x, x)
-    y = Softmax<axis=-1>(m)
-}"""
+from graphs import TINY
 
 
 def weighted_model(n: int = 4, dim: int = 32) -> onnx.ModelProto:
