@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .atc import atc_commands, atc_script, config_files
 from .errors import UserError
-from .ir import current_umask, load_model, save_model, uses_external_data, write_error
+from .ir import constant_nbytes, current_umask, external_data_threshold, load_split, save_model, write_error
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
@@ -47,6 +47,7 @@ def verification_inputs(recipe: Recipe) -> list:
 
 
 def _check_input(model, recipe: Recipe, where: str) -> None:
+    """The recipe's input (name, rank, fixed dims) against the model's (a ModelProto or skeleton)."""
     inputs = {i.name: i for i in model.graph.input}
     inits = {i.name for i in model.graph.initializer}
     real = [n for n in inputs if n not in inits]
@@ -62,9 +63,11 @@ def _check_input(model, recipe: Recipe, where: str) -> None:
             raise UserError(f"{where}: input.shape[{k}] is {want}, the model fixes it to {d.dim_value}")
 
 
-def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset()) -> None:
-    """Write ``files`` (name -> bytes, text, or a model: an ``onnx.ModelProto`` or graph, saved with external
-    data as ``<name>`` + ``<name>.data``) into a fresh folder that then replaces ``outdir`` as a whole. On any
+def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset(),
+                  external_models: bool | None = None) -> None:
+    """Write ``files`` (name -> bytes, text, or a model: a graph, ``SplitModel`` or ``onnx.ModelProto``, saved by
+    ``ir.save_model``, with external data ``<name>.data`` when ``external_models`` says so or, for None, when it
+    is large) into a fresh folder that then replaces ``outdir`` as a whole. On any
     failure (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a
     previous ``outdir`` is left as it was."""
     outdir = Path(outdir)
@@ -80,7 +83,7 @@ def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = fr
             if isinstance(data, (bytes, str)):
                 (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
             else:
-                save_model(data, tmp / name, external=True)
+                save_model(data, tmp / name, external=external_models)
             if name in executable:
                 os.chmod(tmp / name, 0o755)
         if outdir.exists():
@@ -108,8 +111,9 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
     src, cached = source_model_path(recipe, progress)
     where = str(recipe.path or "recipe")
-    model = load_model(src, "model")
-    _check_input(model, recipe, where)
+    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.protoio)
+    _check_input(model.skeleton, recipe, where)
+    had_external = model.had_external_data
     do_verify = recipe.verify.enabled if verify is None else verify
     inputs = verification_inputs(recipe) if do_verify else None
     passes = [(p, spec.where, spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail)
@@ -119,15 +123,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     del model
     files: dict[str, Any] = {}
     if "model" in recipe.emit:
-        # External data when the model is large (result.model_bytes is None) or its source had it.
-        if result.model_bytes is None:
-            files["model.onnx"] = result.graph
-        elif uses_external_data(src):
-            import onnx
-
-            files["model.onnx"] = onnx.load_from_string(result.model_bytes)
-        else:
-            files["model.onnx"] = result.model_bytes
+        files["model.onnx"] = result.graph  # streamed from its arrays (ir.save_model)
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:
@@ -137,7 +133,9 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
                             precision_mode=recipe.atc.precision_mode, configs=result.configs,
                             extra_args=recipe.atc.extra_args)
         files["atc.sh"] = atc_script(cmds)
-    data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str))]  # external data
+    # External data when the source had it (the output stays a pair of files) or the model is large.
+    external = had_external or constant_nbytes(result.graph) > external_data_threshold()
+    data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str)) and external]
     report = {
         "recipe": {"name": recipe.name, "path": str(recipe.path) if recipe.path else None},
         "source": {"kind": "export" if recipe.model.exporter else "onnx", "path": str(src), "cached": cached,
@@ -161,6 +159,6 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         files["report.md"] = report_markdown(report)
     else:
         report["files"] = sorted(list(files) + data_files)
-    write_run_dir(outdir, files, executable={"atc.sh"})
+    write_run_dir(outdir, files, executable={"atc.sh"}, external_models=external)
     report["outdir"] = str(outdir)
     return report

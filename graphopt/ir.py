@@ -20,6 +20,8 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 
 from .errors import UserError
+from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, external_location, read_split,
+                      split_graph, write_inline)
 
 # onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
 gs.logger.G_LOGGER.colors = False
@@ -35,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "load_model",
+    "load_split",
     "save_model",
     "to_graph",
     "to_model",
@@ -136,7 +139,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 # overrides it (the tests lower it to run the large-model code on small models).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 # With external data, tensors smaller than this stay inline (as onnx.save_model's size_threshold).
-EXTERNAL_TENSOR_MIN_BYTES = 1024
+EXTERNAL_TENSOR_MIN_BYTES = WEIGHT_MIN_BYTES
 _EXTERNAL_ALIGN = 4096  # offsets of external tensors: page-aligned, so onnxruntime can map them
 
 
@@ -195,18 +198,18 @@ def _read_error(what: str, path: Path, e: Exception) -> UserError:
 
 def _check_external_files(model: onnx.ModelProto, path: Path, what: str) -> None:
     """Every external-data file the model names exists inside its folder (a clear message before onnx's own)."""
-    base = path.parent.resolve()
     for t in model.graph.initializer:
-        if not onnx.external_data_helper.uses_external_data(t):
-            continue
-        location = {e.key: e.value for e in t.external_data}.get("location", "")
-        target = (base / location).resolve()
-        if not location or Path(location).is_absolute() or base not in (target, *target.parents):
-            raise UserError(f"{what} {path}: tensor {t.name!r} names external data {location!r} outside the "
-                            "model's folder (locations must be relative)")
-        if not target.is_file():
-            raise UserError(f"{what} {path}: external data file {location!r} (tensor {t.name!r}) is missing; it "
-                            f"must be beside the model, in {path.parent}")
+        if onnx.external_data_helper.uses_external_data(t):
+            external_location(t, path.parent, f"{what} {path}")
+
+
+def _check_path(path: Path, what: str) -> None:
+    if not path.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a directory, expected an .onnx file")
+    if not path.is_file():
+        raise UserError(f"{what} {path}: not a regular file, expected an .onnx file")
 
 
 def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
@@ -216,12 +219,7 @@ def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
     returned model; such a model is checked from its file, before its weights are read, so the checker never
     holds a copy of them."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} {path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{what} {path}: is a directory, expected an .onnx file")
-    if not path.is_file():
-        raise UserError(f"{what} {path}: not a regular file, expected an .onnx file")
+    _check_path(path, what)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, PermissionError, EIO ...
@@ -245,20 +243,25 @@ def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
     return model
 
 
-def copy_fields(src, dst, skip: Iterable[str] = ()) -> None:
-    """Copy the set fields of protobuf message ``src`` into ``dst``, except ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        repeated = getattr(fd, "is_repeated", None)
-        if repeated is None:  # protobuf < 5.28
-            repeated = fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
+def load_split(path: str | Path, what: str = "model") -> SplitModel:
+    """``load_model`` as a ``SplitModel``: the weights read from the file (or its external data) straight into
+    arrays, held once; the skeleton checked with ``onnx.checker``. Same one-line errors as ``load_model``."""
+    path = Path(path)
+    _check_path(path, what)
+    try:
+        split = read_split(path, what)
+    except UserError:
+        raise
+    except Exception as e:  # protobuf DecodeError, a malformed wire format, PermissionError, EIO ...
+        raise _read_error(what, path, e) from None
+    if not split.skeleton.graph.node and not split.skeleton.graph.output:
+        raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
+    try:
+        check_split(split)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{what} {path}: invalid ONNX model ({first})") from None
+    return split
 
 
 class _ExternalData:
@@ -307,45 +310,16 @@ def _model_skeleton(model: onnx.ModelProto, ext: _ExternalData) -> onnx.ModelPro
     return light
 
 
-def _graph_skeleton(graph: gs.Graph, ext: _ExternalData | None) -> onnx.ModelProto:
-    """``to_model(graph)`` with the large constants written by ``ext`` as external data: gs.export_onnx would copy
-    every weight into the new model; here each constant is swapped for a data-less stub while exporting. Without
-    ``ext`` the stubs hold no data at all (``shape_model``)."""
-    swapped: list[tuple[gs.Constant, object]] = []
-    try:
-        for c in graph.tensors().values():
-            if not isinstance(c, gs.Constant):
-                continue
-            values = c._values  # noqa: SLF001
-            if isinstance(values, gs.ir.tensor.SparseValues):
-                continue
-            if isinstance(values, gs.ir.tensor.LazyValues):
-                proto = values.tensor
-                if _tensor_nbytes(proto) < EXTERNAL_TENSOR_MIN_BYTES:
-                    continue
-                data = _proto_bytes(proto) if ext is not None else b""
-                dtype, dims = proto.data_type, proto.dims
-            else:
-                arr = np.asarray(values)
-                if arr.nbytes < EXTERNAL_TENSOR_MIN_BYTES or arr.dtype.kind not in "biufc":
-                    continue
-                try:
-                    dtype = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-                except Exception:  # noqa: BLE001
-                    continue
-                data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes() if ext else b""
-                dims = arr.shape
-            if data is None:
-                continue
-            stub = ext.stub(c.name, dtype, dims, data) if ext is not None else \
-                onnx.TensorProto(name=c.name, data_type=dtype, dims=list(dims))
-            del data
-            swapped.append((c, values))
-            c._values = gs.ir.tensor.LazyValues(stub)  # noqa: SLF001
-        return to_model(graph)
-    finally:
-        for c, values in swapped:
-            c._values = values  # noqa: SLF001
+def _split_to_external(split: SplitModel, ext: _ExternalData) -> onnx.ModelProto:
+    """``split``'s skeleton with each weight written by ``ext`` (from its array, no copy) and referenced there."""
+    light = onnx.ModelProto()
+    light.CopyFrom(split.skeleton)
+    for t in light.graph.initializer:
+        arr = split.weights.get(t.name)
+        if arr is not None:
+            t.CopyFrom(ext.stub(t.name, t.data_type, t.dims, memoryview(np.ascontiguousarray(
+                arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")))
+    return light
 
 
 def shape_model(graph: gs.Graph) -> onnx.ModelProto:
@@ -354,26 +328,41 @@ def shape_model(graph: gs.Graph) -> onnx.ModelProto:
     shapes never copies its weights; a smaller graph is exported whole. Not a model to run or save."""
     if constant_nbytes(graph) <= external_data_threshold():
         return to_model(graph)
-    return _graph_skeleton(graph, None)
+    skeleton = split_graph(graph).skeleton
+    for t in skeleton.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            t.ClearField("external_data")
+            t.ClearField("data_location")
+    return skeleton
 
 
-def save_model(model: onnx.ModelProto | gs.Graph, path: str | Path, *, external: bool | None = None) -> list[Path]:
-    """Write ``model`` (a ModelProto or an onnx-graphsurgeon graph) to ``path``; returns the files written.
+def save_model(model: onnx.ModelProto | gs.Graph | SplitModel, path: str | Path, *,
+               external: bool | None = None) -> list[Path]:
+    """Write ``model`` (a ModelProto, an onnx-graphsurgeon graph or a ``SplitModel``) to ``path``; returns the
+    files written.
 
-    With ``external`` (default: when the weights exceed ``external_data_threshold()``) the weights go to
-    ``<name>.data`` beside it as ONNX external data (location relative, so the pair can be moved together),
-    tensor by tensor from memory: never a second copy of them, never one protobuf message over 2 GiB. Atomic:
-    both files are written under temporary names and renamed at the end; an ``OSError`` (disk full, permission
-    denied) becomes a ``UserError`` and leaves no partial file."""
+    A graph or ``SplitModel`` is streamed: the structure from its skeleton, each weight from its array
+    (``protoio.write_inline``), so saving never holds a second copy of the weights. With ``external`` (default:
+    when the weights exceed ``external_data_threshold()``) the weights go to ``<name>.data`` beside it as ONNX
+    external data (location relative, so the pair can be moved together): never one protobuf message over
+    2 GiB. Atomic: the files are written under temporary names and renamed at the end; an ``OSError`` (disk
+    full, permission denied) becomes a ``UserError`` and leaves no partial file."""
     path = Path(path)
+    if isinstance(model, gs.Graph):
+        model = split_graph(model)
     if external is None:
-        external = constant_nbytes(model) > external_data_threshold()
+        size = model.nbytes if isinstance(model, SplitModel) else constant_nbytes(model)
+        external = size > external_data_threshold()
     if not external:
-        if isinstance(model, gs.Graph):
-            model = to_model(model)
+        if isinstance(model, SplitModel):
+            try:
+                _atomic_write(path, lambda f: write_inline(f, model))
+            except ValueError as e:  # over 2 GiB: only reachable with the threshold raised past it
+                raise UserError(f"cannot write {path}: {e}; lower GRAPHOPT_EXTERNAL_DATA_THRESHOLD") from None
+            return [path]
         try:
             data = model.SerializeToString()
-        except (ValueError, EncodeError) as e:  # over 2 GiB: only reachable with the threshold raised past it
+        except (ValueError, EncodeError) as e:
             raise UserError(f"cannot write {path}: {e}; lower GRAPHOPT_EXTERNAL_DATA_THRESHOLD") from None
         atomic_write_bytes(path, data)
         return [path]
@@ -382,8 +371,7 @@ def save_model(model: onnx.ModelProto | gs.Graph, path: str | Path, *, external:
 
     def write_data(f) -> None:
         ext = _ExternalData(f, data_path.name)
-        light = _graph_skeleton(model, ext) if isinstance(model, gs.Graph) else _model_skeleton(model, ext)
-        holder.append(light)
+        holder.append(_split_to_external(model, ext) if isinstance(model, SplitModel) else _model_skeleton(model, ext))
 
     data_tmp = _temp_file(data_path, write_data)
     try:

@@ -3,6 +3,8 @@
 After every pass that changed the graph, the runner cleans up and sorts the graph, checks it with
 ``onnx.checker``, runs it in onnxruntime on the same inputs as the graph before the pass, and compares
 (``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two.
+The graph is never serialized with its weights: the checker reads its weightless skeleton and onnxruntime gets the
+weights' arrays as external initializers (``graphopt.protoio``), so verifying costs no copy of them.
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
 ``on_fail: skip``, is dropped and the graph before it restored.
 
@@ -13,10 +15,8 @@ for are checked against the final graph.
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +24,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import PassError, UserError, VerificationFailed
-from .ir import constant_nbytes, external_data_threshold, op_counts, save_model, to_graph, to_model
+from .ir import constant_nbytes, external_data_threshold, op_counts, to_model
+from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass
 from .verify import Runner, compare_outputs
@@ -52,33 +53,28 @@ class PassRecord:
 
 @dataclass
 class PipelineResult:
-    model_bytes: bytes | None  # the output model, serialized (and checked) once; None for a large model:
+    graph: gs.Graph  # the output model (``ir.save_model`` streams it to a file)
     records: list[PassRecord]
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     configs: dict[str, Any]
     final_verify: dict[str, Any] | None
     name_map: dict[str, str] = field(default_factory=dict)  # output model tensor -> input model tensor
-    # A model over ``ir.external_data_threshold()`` is never serialized in memory: the output is this graph,
-    # which ``ir.save_model`` writes with external data.
-    graph: gs.Graph | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
-        if self.model_bytes is None:
-            return to_model(self.graph)
-        return onnx.load_from_string(self.model_bytes)
+        return to_model(self.graph)
 
 
-def _check_on_disk(model: onnx.ModelProto | gs.Graph, input_name: str | None,
-                   inputs: Sequence[np.ndarray] | None) -> dict[str, np.ndarray] | None:
-    """A large model: written with external data to a temporary folder (removed afterwards, Ctrl-C included),
-    checked and, given ``inputs``, run from there (onnxruntime loads the weights beside the file)."""
-    with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as d:
-        path = Path(d) / "model.onnx"
-        save_model(model, path, external=True)
-        onnx.checker.check_model(str(path))
-        return None if inputs is None else Runner(path, input_name).run(inputs)
+def _check(split: SplitModel, who: str, done: Sequence[str]) -> None:
+    try:
+        check_split(split)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        if who:
+            raise PassError(f"{who} produced an invalid graph: {first}") from None
+        raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
+                        f"after each pass, names the pass): {first}") from None
 
 
 def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
@@ -107,7 +103,7 @@ def _progress_noop(msg: str) -> None:
     pass
 
 
-def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]], *,
+def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pass, str, str]], *,
                  inputs: Sequence[np.ndarray] | None, input_name: str | None, tolerance=None,
                  progress: Callable[[str], None] = _progress_noop) -> PipelineResult:
     """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given."""
@@ -116,17 +112,17 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         from .recipe import Tolerance
 
         tolerance = Tolerance()
-    ops_before = op_counts(model)
-    graph = to_graph(model)
-    large = constant_nbytes(model) > external_data_threshold()  # verified through files with external data
+    split = model if isinstance(model, SplitModel) else split_model(model)
+    del model
+    ops_before = op_counts(split.skeleton)
+    graph = graph_from_split(split)
     ref = prev = None
     if verify:
         progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es) ...")
-        ref = prev = _check_on_disk(model, input_name, inputs) if large else Runner(model, input_name).run(inputs)
-    del model
+        ref = prev = Runner(split, input_name).run(inputs)
+    del split
     records: list[PassRecord] = []
     configs: dict[str, Any] = {}
-    current: bytes | None = None  # the serialized current graph, while it is up to date
     done: list[str] = []
     traced = {name: name for name in tensor_producers(graph)}
     for k, (p, where, on_fail) in enumerate(passes, 1):
@@ -135,7 +131,6 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         # The graph before the pass, for the layer-wise diff should the pass fail verification.
         before = snapshot if snapshot is not None or not verify else graph.copy()
         names_before = tensor_producers(graph)
-        current_before = current
         progress(f"{label} ...")
         t0 = time.perf_counter()
         if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
@@ -146,7 +141,7 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
             raise
         except Exception as e:
             if snapshot is not None:
-                graph, current = snapshot, current_before
+                graph = snapshot
                 records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
                                           time.perf_counter() - t0, None, "skipped"))
                 progress(f"{label}: raised {type(e).__name__}: {e}; skipped (on_fail: skip)")
@@ -164,25 +159,14 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
             names_after = tensor_producers(graph)
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
             mapped = summarize(pass_map, names_before, names_after)
-            current = None  # the serialized graph no longer matches
             if verify:
-                after_model = None if large else to_model(graph)
-                # Serialized once: the checker, onnxruntime and, if nothing changes after, the output file.
-                after_bytes = None if large else after_model.SerializeToString()
+                after = split_graph(graph)  # the weights stay the graph's arrays
+                _check(after, f"pass {p.name} ({where})", done)
                 try:
-                    if large:
-                        got = _check_on_disk(graph, input_name, inputs)
-                    else:
-                        onnx.checker.check_model(after_bytes)
-                except onnx.checker.ValidationError as e:
-                    raise PassError(f"pass {p.name} ({where}) produced an invalid graph: "
-                                    f"{str(e).strip().splitlines()[0]}") from None
-                except UserError as e:
-                    raise PassError(f"pass {p.name} ({where}) produced a graph that cannot be run: {e}") from None
-                try:
-                    got = got if large else Runner(after_bytes, input_name).run(inputs)
+                    got = Runner(after, input_name).run(inputs)
                 except UserError as e:
                     raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
+                del after
                 cmp = compare_outputs(prev, got, tolerance)
                 verdict = cmp.summary()
                 if not cmp.passed:
@@ -190,20 +174,19 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
 
                     progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
                     verdict["first_divergent"] = {"error": "not run on a model over the external-data threshold"} \
-                        if large else first_divergence(
-                        to_model(before), after_model, [{input_name or graph.inputs[0].name: x} for x in inputs],
+                        if constant_nbytes(graph) > external_data_threshold() else first_divergence(
+                        to_model(before), to_model(graph), [{input_name or graph.inputs[0].name: x} for x in inputs],
                         pass_map, tolerance)
                     where_diverged = describe_divergence(verdict["first_divergent"])
                     if on_fail == "skip":
-                        graph, current = snapshot, current_before
+                        graph = snapshot
                         records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
                         progress(f"{label}: FAILED verification, {cmp.describe()}{where_diverged}; "
                                  "skipped (on_fail: skip)")
                         continue
                     raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}"
                                              f"{where_diverged}")
-                prev, current = got, after_bytes
-                del after_model, after_bytes
+                prev = got
             traced = compose(pass_map, traced)
         del before
         try:
@@ -216,20 +199,8 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         done.append(p.name)
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
-    if large:  # checked through a file after each changed pass when verifying; else once here
-        try:
-            if not verify and any(r.changed for r in records):
-                _check_on_disk(graph, input_name, None)
-        except onnx.checker.ValidationError as e:
-            raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
-                            f"after each pass, names the pass): {str(e).strip().splitlines()[0]}") from None
-    elif current is None:
-        current = to_model(graph).SerializeToString()
-        try:
-            onnx.checker.check_model(current)
-        except onnx.checker.ValidationError as e:
-            raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
-                            f"after each pass, names the pass): {str(e).strip().splitlines()[0]}") from None
+    if not verify and any(r.changed for r in records):  # verification checked after each pass; else once here
+        _check(split_graph(graph), "", done)
     names = {n.name for n in graph.nodes}
     stale = [e for e in configs.get("keep_dtype", []) if "::" not in e and e not in names]
     if stale:
@@ -242,5 +213,4 @@ def run_pipeline(model: onnx.ModelProto, passes: Sequence[tuple[Pass, str, str]]
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe()}")
-    return PipelineResult(current, records, ops_before, op_counts(graph), configs, final, traced,
-                          graph if large else None)
+    return PipelineResult(graph, records, ops_before, op_counts(graph), configs, final, traced)

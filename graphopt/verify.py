@@ -179,27 +179,36 @@ def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
     return list(found)
 
 
-def _session(model: str | bytes, opts):
+def _session(model, opts):
+    """A CPU session of a path, serialized bytes or a ``SplitModel`` (whose weights onnxruntime uses in place)."""
     import onnxruntime as ort
+
+    from .protoio import SplitModel, session
 
     # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
     # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], disabled_optimizers=["Pad_Fusion"])
+    kwargs = {"providers": ["CPUExecutionProvider"], "disabled_optimizers": ["Pad_Fusion"]}
+    if isinstance(model, SplitModel):
+        return session(model, opts, **kwargs)
+    return ort.InferenceSession(model, opts, **kwargs)
 
 
 class Runner:
     """Runs an ONNX model in onnxruntime (CPU) on a list of input batches, one session per model. ``model`` may
-    be a path, which onnxruntime loads with the external data beside it (how models over 2 GB are run)."""
+    be a path, which onnxruntime loads with the external data beside it, or a ``protoio.SplitModel``, whose
+    weights it uses without a copy (both run models over 2 GB)."""
 
-    def __init__(self, model: onnx.ModelProto | bytes | str | Path, input_name: str | None = None):
+    def __init__(self, model, input_name: str | None = None):
         import onnxruntime as ort
+
+        from .protoio import SplitModel
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Basic optimisations only: the comparison should measure the graph as written, not ORT's fusions of it.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
-            if isinstance(model, (str, Path, bytes)):
+            if isinstance(model, (str, Path, bytes, SplitModel)):
                 self.session = _session(str(model) if isinstance(model, Path) else model, opts)
             else:
                 try:
@@ -218,7 +227,7 @@ class Runner:
         except UserError:
             raise
         except Exception as e:
-            custom = _custom_ops(model)
+            custom = _custom_ops(model.skeleton if isinstance(model, SplitModel) else model)
             if custom:
                 shown = ", ".join(custom[:4]) + (f" and {len(custom) - 4} more" if len(custom) > 4 else "")
                 raise UserError(f"onnxruntime cannot run the model's custom-domain ops ({shown}), so it cannot be "

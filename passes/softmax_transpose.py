@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import field
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.ir import ensure_shapes, make_name, opset_of, producer, replace_uses, set_tensors

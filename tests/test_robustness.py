@@ -19,7 +19,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from graphopt import ir
+from graphopt import ir, protoio
 from graphopt.cli import main
 from graphopt.errors import UserError
 from graphopt.ir import load_model, save_model
@@ -152,7 +152,7 @@ def test_unreadable_model_permission_error(work, capsys, monkeypatch):
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(onnx, "load", denied)
+    monkeypatch.setattr(protoio, "open", denied, raising=False)  # the reader's open()
     code, _, err = cli(capsys, "apply", work / "recipe.yaml", "-o", work / "out")
     assert code == 2 and err == [f"graphopt: error: model {work / 'model.onnx'}: permission denied"]
     assert not (work / "out").exists()
@@ -162,7 +162,7 @@ def test_read_error_is_one_line(work, capsys, monkeypatch):
     def eio(path, *args, **kwargs):
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(onnx, "load", eio)
+    monkeypatch.setattr(protoio, "open", eio, raising=False)
     code, _, err = cli(capsys, "apply", work / "recipe.yaml", "-o", work / "out")
     assert code == 2 and err == [f"graphopt: error: model {work / 'model.onnx'}: cannot be read (Input/output error)"]
 
@@ -506,7 +506,7 @@ def test_external_data_round_trip(tmp_path, monkeypatch):
 
 def test_large_model_through_apply(external, capsys, monkeypatch):
     """Load, pass, verify and save a model over the (lowered) threshold: its weights are never copied into a
-    second model in memory, never serialized into one message, and onnxruntime reads them from files."""
+    second model in memory, never serialized into one message, and onnxruntime is handed the arrays."""
     import onnx_graphsurgeon as gs
 
     total = ir.constant_nbytes(weighted_model())
@@ -538,7 +538,7 @@ def test_large_model_through_apply(external, capsys, monkeypatch):
     assert "model.onnx.data" in out  # the "wrote ..." line lists it
     assert digest(external / "model.onnx", external / "model.onnx.data") == source
     assert exported and max(exported) < total / 4, exported  # every export was a data-less skeleton
-    assert sessions and all(issubclass(t, (str, Path)) for t in sessions), sessions  # ORT read from files
+    assert sessions and all(t is protoio.SplitModel for t in sessions), sessions  # ORT given the arrays
     run = external / "out"
     assert {"model.onnx", "model.onnx.data"} <= {p.name for p in run.iterdir()}
     result = load_model(run / "model.onnx")
