@@ -11,8 +11,8 @@ skeleton; the weights are never copied into a protobuf message:
 - ``write_inline`` streams a model file: the skeleton's fields in field-number order with each weight spliced in as
   the ``raw_data`` of its tensor, written from the array's memory. The bytes equal ``SerializeToString`` of the whole
   model (tested), without ever building it.
-- ``check_split`` runs ``onnx.checker`` on the skeleton; ``session`` hands the arrays to onnxruntime as external
-  initializers, which uses their memory instead of copying.
+- ``check_split`` runs ``onnx.checker`` on the skeleton; ``session`` feeds the arrays to onnxruntime as inputs,
+  which it reads in place.
 
 Protobuf wire format (https://protobuf.dev/programming-guides/encoding/): a message is a sequence of fields, each a
 varint key ``(number << 3) | wire_type`` and a value; wire type 2 values are a varint length and that many bytes.
@@ -399,10 +399,6 @@ def _split_message(msg, number: int, skip: tuple[str, ...] = ()) -> tuple[bytes,
     return lo.SerializeToString(), hi.SerializeToString()
 
 
-def _le_contiguous(arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-
-
 def write_inline(f: BinaryIO, split: SplitModel) -> int:
     """Write ``split`` as one ONNX file (weights inline as raw_data) to the open file ``f``; returns the bytes
     written. Each weight is written from its array; the output equals ``SerializeToString`` of the whole model."""
@@ -430,7 +426,7 @@ def write_inline(f: BinaryIO, split: SplitModel) -> int:
         f.write(_length_field(_GRAPH_INITIALIZER, size))
         f.write(head)
         if arr is not None:
-            f.write(memoryview(_le_contiguous(arr)).cast("B"))
+            f.write(memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B"))
         f.write(tail)
     f.write(g_tail)
     f.write(m_tail)
@@ -455,14 +451,23 @@ def check_split(split: SplitModel) -> None:
 
 
 def session(split: SplitModel, opts, **kwargs):
-    """An onnxruntime ``InferenceSession`` of ``split``: the skeleton plus the weights as external initializers,
-    whose memory onnxruntime uses as it is (``split.weights`` must outlive the session)."""
+    """An onnxruntime ``InferenceSession`` of ``split`` and the feeds it needs besides the model's own inputs.
+
+    The weights become graph inputs, fed with their arrays at every run, which onnxruntime reads where they are:
+    building the session copies none of them (handed over as initializers, even as external ones, onnxruntime
+    copies them all) and it runs the graph as written, with no weight folded or pre-packed. Returns
+    ``(session, feeds)``; pass ``{**inputs, **feeds}`` to ``session.run``."""
     import onnxruntime as ort
 
-    names = list(split.weights)
-    if names:
-        values = [ort.OrtValue.ortvalue_from_numpy(_le_contiguous(split.weights[n])) for n in names]
-        opts.add_external_initializers(names, values)
-    sess = ort.InferenceSession(split.skeleton.SerializeToString(), opts, **kwargs)
-    sess._graphopt_weights = values if names else []  # the OrtValues view the arrays: kept as long as the session
-    return sess
+    light = onnx.ModelProto()
+    copy_fields(split.skeleton, light, skip=("graph",))
+    copy_fields(split.skeleton.graph, light.graph, skip=("initializer",))
+    light.graph.initializer.extend(t for t in split.skeleton.graph.initializer if t.name not in split.weights)
+    feeds = {}
+    listed = {i.name for i in light.graph.input}  # IR < 4 lists initializers among the inputs already
+    for name, arr in split.weights.items():
+        feeds[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+        if name not in listed:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(feeds[name].dtype), arr.shape))
+    return ort.InferenceSession(light.SerializeToString(), opts, **kwargs), feeds

@@ -180,7 +180,8 @@ def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
 
 
 def _session(model, opts):
-    """A CPU session of a path, serialized bytes or a ``SplitModel`` (whose weights onnxruntime uses in place)."""
+    """A CPU session of a path, serialized bytes or a ``SplitModel``, and the feeds it needs besides the model's
+    inputs (a ``SplitModel``'s weights, which onnxruntime reads in place)."""
     import onnxruntime as ort
 
     from .protoio import SplitModel, session
@@ -190,7 +191,7 @@ def _session(model, opts):
     kwargs = {"providers": ["CPUExecutionProvider"], "disabled_optimizers": ["Pad_Fusion"]}
     if isinstance(model, SplitModel):
         return session(model, opts, **kwargs)
-    return ort.InferenceSession(model, opts, **kwargs)
+    return ort.InferenceSession(model, opts, **kwargs), {}
 
 
 class Runner:
@@ -209,21 +210,21 @@ class Runner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             if isinstance(model, (str, Path, bytes, SplitModel)):
-                self.session = _session(str(model) if isinstance(model, Path) else model, opts)
+                self.session, self.weights = _session(str(model) if isinstance(model, Path) else model, opts)
             else:
                 try:
                     data = model.SerializeToString()
                 except (ValueError, EncodeError):  # over 2 GiB: through a file with external data
                     data = None
                 if data is not None:
-                    self.session = _session(data, opts)
+                    self.session, self.weights = _session(data, opts)
                 else:
                     from .ir import save_model
 
                     with tempfile.TemporaryDirectory(prefix="graphopt-run-") as folder:
                         path = Path(folder) / "model.onnx"
                         save_model(model, path, external=True)
-                        self.session = _session(str(path), opts)
+                        self.session, self.weights = _session(str(path), opts)
         except UserError:
             raise
         except Exception as e:
@@ -234,7 +235,7 @@ class Runner:
                                 "verified: turn verification off (--no-verify, or verify: {enabled: false}) or "
                                 "use an onnxruntime build that registers them") from None
             raise UserError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
-        names = [i.name for i in self.session.get_inputs()]
+        names = [i.name for i in self.session.get_inputs() if i.name not in self.weights]
         self.input_name = input_name or names[0]
         if self.input_name not in names:
             raise UserError(f"model has no input {self.input_name!r} (inputs: {', '.join(names)})")
@@ -245,7 +246,7 @@ class Runner:
         per_output: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         for x in batches:
             try:
-                outs = self.session.run(self.output_names, {self.input_name: x})
+                outs = self.session.run(self.output_names, {self.input_name: x, **self.weights})
             except Exception as e:
                 raise UserError(f"onnxruntime failed on input {self.input_name!r} shaped {list(x.shape)}: "
                                 f"{str(e).splitlines()[0]}") from None

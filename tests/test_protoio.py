@@ -201,3 +201,25 @@ def test_over_two_gib_refused_before_writing():
     with pytest.raises(ValueError, match="over protobuf's 2 GiB limit"):
         protoio.write_inline(buf, split)
     assert buf.getvalue() == b""
+
+
+def test_session_feeds_the_weights_in_place_and_lists_only_the_model_inputs(saved):
+    model, path = saved
+    split = protoio.read_split(path)
+    runner = Runner(split)
+    assert runner.input_name == "x"
+    assert all(np.shares_memory(runner.weights[n], split.weights[n]) for n in split.weights)  # no copy
+    x = [np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)]
+    np.testing.assert_allclose(runner.run(x)["y"], Runner(model.SerializeToString()).run(x)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_session_of_a_model_listing_its_initializers_as_inputs(tmp_path):
+    """IR version 3 models list every initializer among the graph inputs too; they are fed once, not twice."""
+    model = mixed_model()
+    model.graph.input.extend(oh.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer)
+    model.ir_version = 3
+    path = tmp_path / "ir3.onnx"
+    path.write_bytes(model.SerializeToString())
+    runner = Runner(protoio.read_split(path))
+    assert runner.input_name == "x"
+    assert runner.run([np.ones((1, 32), np.float32)])["y"].shape == (1, 4)
