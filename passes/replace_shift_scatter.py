@@ -74,9 +74,10 @@ def simulate_scatter_chain(shape: Sequence[int],
             return NoMatch("index depth outside the buffer's rank")
         if tuple(updates.shape) != tuple(indices.shape[:-1]) + shape[q:]:
             return NoMatch("updates shape does not match the indices")
-        rows = indices.reshape(-1, q).astype(np.int64)
+        rows = indices.reshape(-1, q).astype(np.int64, copy=False)
         bounds = np.asarray(shape[:q], dtype=np.int64)
-        rows = np.where(rows < 0, rows + bounds, rows)
+        if (rows < 0).any():
+            rows = np.where(rows < 0, rows + bounds, rows)
         if ((rows < 0) | (rows >= bounds)).any():
             return NoMatch("indices out of range")
         prefix = int(np.prod(shape[:q]))
@@ -312,45 +313,51 @@ def _ancestors(chain: _Chain) -> tuple[list[gs.Node], str | None]:
 
 def _removable(graph: gs.Graph, chain: _Chain, ancestors: list[gs.Node]) -> bool:
     """Whether every ScatterND of the chain dies once the chain output is produced elsewhere: its outputs may only
-    feed nodes that die too (the chain's own index and shape arithmetic)."""
+    feed nodes that die too (the chain's own index and shape arithmetic). Deaths spread upwards from the last
+    ScatterND, each node visited once."""
     outputs = {id(t) for t in graph.outputs}
-    dead = {id(chain.scatters[-1])}
-    changed = True
-    while changed:
-        changed = False
-        for node in ancestors:
-            if id(node) in dead or not node.outputs:
+    inside = {id(n) for n in ancestors}
+    live_consumers = {id(n): {id(c) for t in n.outputs for c in t.outputs} for n in ancestors}
+    last = chain.scatters[-1]
+    dead = {id(last)}
+    todo = [last]
+    while todo:
+        node = todo.pop()
+        for t in node.inputs:
+            p = producer(t)
+            if p is None or id(p) not in inside or id(p) in dead:
                 continue
-            if any(id(t) in outputs for t in node.outputs):
-                continue
-            if all(id(c) in dead for t in node.outputs for c in t.outputs):
-                dead.add(id(node))
-                changed = True
+            live_consumers[id(p)].discard(id(node))
+            if not live_consumers[id(p)] and p.outputs and not any(id(o) in outputs for o in p.outputs):
+                dead.add(id(p))
+                todo.append(p)
     return all(id(n) in dead for n in chain.scatters)
 
 
 def _toposorted(nodes: list[gs.Node]) -> list[gs.Node]:
+    """``nodes`` ordered so that each comes after the ones among them it reads from (Kahn's algorithm)."""
     inside = {id(n) for n in nodes}
-    deps = {id(n): {id(p) for t in n.inputs if (p := producer(t)) is not None and id(p) in inside} for n in nodes}
-    done: set[int] = set()
-    order: list[gs.Node] = []
-    pending = list(nodes)
-    while pending:
-        rest = [n for n in pending if not deps[id(n)] <= done]
-        ready = [n for n in pending if deps[id(n)] <= done]
-        if not ready:
-            raise ValueError("cycle in extracted subgraph")
-        order += ready
-        done |= {id(n) for n in ready}
-        pending = rest
+    waiting: dict[int, int] = {}
+    readers: dict[int, list[gs.Node]] = {id(n): [] for n in nodes}
+    for n in nodes:
+        deps = {id(p) for t in n.inputs if (p := producer(t)) is not None and id(p) in inside}
+        waiting[id(n)] = len(deps)
+        for d in deps:
+            readers[d].append(n)
+    order = [n for n in nodes if not waiting[id(n)]]
+    for n in order:  # grows while it is walked
+        for r in readers[id(n)]:
+            waiting[id(r)] -= 1
+            if not waiting[id(r)]:
+                order.append(r)
+    if len(order) != len(nodes):
+        raise ValueError("cycle in extracted subgraph")
     return order
 
 
-def _session(graph: gs.Graph, nodes: list[gs.Node], src: gs.Tensor, dims: Sequence[int | str],
-             outputs: list[gs.Tensor], out_types: list[np.dtype]):
-    """An onnxruntime session for ``nodes`` (a piece of ``graph``) with ``src`` as its one input."""
-    import onnxruntime as ort
-
+def _probe_model(graph: gs.Graph, nodes: list[gs.Node], src: gs.Tensor, dims: Sequence[int | str],
+                 outputs: list[gs.Tensor], out_types: list[np.dtype]) -> onnx.ModelProto:
+    """``nodes`` (a piece of ``graph``) as a model with ``src`` as its one input, for onnxruntime."""
     sub = gs.Graph(nodes=_toposorted(nodes), inputs=[src], outputs=outputs, opset=graph.opset,
                    import_domains=graph.import_domains, name="replace_shift_scatter_probe")
     model = gs.export_onnx(sub, do_type_check=False)
@@ -364,6 +371,54 @@ def _session(graph: gs.Graph, nodes: list[gs.Node], src: gs.Tensor, dims: Sequen
     for t, dt in zip(outputs, out_types):
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(t.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)), None))
+    return model
+
+
+def _structure_key(model: onnx.ModelProto) -> bytes:
+    """``model`` serialized with its node and tensor names replaced by their order of appearance: two probe models
+    with the same key compute the same function of their input (same ops, attributes, constants and wiring).
+    A model with a subgraph keeps its names (a subgraph may read outer tensors by name), so it equals no other."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in model.graph.node for a in node.attribute):
+        return model.SerializeToString()
+    canon = onnx.ModelProto()
+    canon.CopyFrom(model)
+    g = canon.graph
+    names: dict[str, str] = {"": ""}  # "" marks an omitted optional input
+
+    def rename(name: str) -> str:
+        return names.setdefault(name, f"t{len(names)}")
+
+    for vi in g.input:
+        vi.name = rename(vi.name)
+    for init in g.initializer:
+        init.name = rename(init.name)
+    for k, node in enumerate(g.node):
+        node.name = f"n{k}"
+        node.input[:] = [rename(i) for i in node.input]
+        node.output[:] = [rename(o) for o in node.output]
+    for vi in g.output:
+        vi.name = rename(vi.name)
+    return canon.SerializeToString()
+
+
+def _probe_outputs(chain: _Chain, dtype: np.dtype) -> tuple[list[gs.Tensor], list[np.dtype]]:
+    """The tensors the map is read from (the ScatterNDs' computed indices and updates, then the chain output) and
+    their element types."""
+    wanted: list[gs.Tensor] = []
+    for node in chain.scatters:
+        for t in node.inputs[1:]:
+            if t is not chain.src and not isinstance(t, gs.Constant) and all(t is not w for w in wanted):
+                wanted.append(t)
+    wanted.append(chain.output)
+    types = [np.dtype(np.int64) if any(t is n.inputs[1] for n in chain.scatters) else dtype for t in wanted]
+    return wanted, types
+
+
+def _session(model: onnx.ModelProto):
+    """An onnxruntime session for a probe model: one thread, no graph optimizations."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
@@ -445,7 +500,9 @@ class ReplaceShiftScatter(Pass):
     as the same groups; the rewrite slices and pads axes >= 1 only, so it serves any batch size.
 
     Before rewriting, the replacement is run next to the original chain on random inputs at each probe batch
-    size and must match exactly. Left alone, with the reason in ``stats["skipped"]``: a buffer that is not
+    size and must match exactly. Chains whose extracted copies are the same model up to names (ShiftViT's blocks
+    of one stage: same ops, attributes, constants, wiring and source shape) are probed and checked once; the
+    others of the kind take that outcome. Left alone, with the reason in ``stats["skipped"]``: a buffer that is not
     zeros_like, updates read from another tensor or through value-changing ops, indices that depend on values or
     are not a shifted box, overlapping writes, channels never written, chain results used elsewhere, non-static
     non-batch dims.
@@ -471,8 +528,9 @@ class ReplaceShiftScatter(Pass):
             ensure_shapes(graph, [t for c in candidates for t in ([c.src] if c.src else c.src_candidates)])
         rewritten: list[dict[str, Any]] = []
         removed = 0
+        checked: dict[tuple[bytes, tuple[int, ...]], list[ShiftGroup] | NoMatch] = {}
         for chain in candidates:
-            outcome = self._rewrite(graph, chain)
+            outcome = self._rewrite(graph, chain, checked)
             if isinstance(outcome, NoMatch):
                 skipped[outcome.reason] += len(chain.scatters)
             else:
@@ -482,7 +540,11 @@ class ReplaceShiftScatter(Pass):
                  "skipped": dict(skipped)}
         return PassResult(bool(rewritten), stats)
 
-    def _rewrite(self, graph: gs.Graph, chain: _Chain) -> dict[str, Any] | NoMatch:
+    def _rewrite(self, graph: gs.Graph, chain: _Chain,
+                 checked: dict[tuple[bytes, tuple[int, ...]], list[ShiftGroup] | NoMatch]) -> dict[str, Any] | NoMatch:
+        """Check ``chain`` and rewrite it in ``graph``. ``checked`` holds the outcome (groups or reason) of every chain
+        derived and verified so far, by probe model and batch sizes: a chain whose probe model is the same function
+        of its source (ShiftViT's blocks of one stage) gets the same outcome without running onnxruntime again."""
         if chain.src is None:  # constant buffer: the deepest tensor on the updates' path shaped like it
             shaped = [t for t in chain.src_candidates if t.shape is not None
                       and tuple(t.shape) == chain.buffer_shape]
@@ -516,14 +578,23 @@ class ReplaceShiftScatter(Pass):
             return NoMatch("an intermediate chain result is used elsewhere")
         in_dims = ["batch" if dynamic else int(dims[0])] + [int(d) for d in dims[1:]]
 
-        groups = self._derive(graph, chain, ancestors, in_dims, batches, dtype)
-        if isinstance(groups, NoMatch):
-            return groups
-        nodes, out = _build_rewrite(graph, chain, groups, [src.shape[0], *dims[1:]])
-        reason = self._verify(graph, chain, ancestors + nodes, in_dims, batches, dtype, out)
-        if reason is not None:
-            _detach(nodes)
-            return reason
+        wanted, types = _probe_outputs(chain, dtype)
+        try:
+            probe = _probe_model(graph, ancestors, src, in_dims, wanted, types)
+        except Exception as e:  # noqa: BLE001 - anything that cannot be extracted is a reason to leave the chain alone
+            return NoMatch(f"onnxruntime cannot evaluate the chain ({type(e).__name__})")
+        key = (_structure_key(probe), tuple(batches))
+        known = checked.get(key)
+        if known is None:
+            outcome = self._derive_and_verify(graph, chain, probe, wanted, in_dims, batches, dtype)
+            checked[key] = outcome if isinstance(outcome, NoMatch) else outcome[0]
+        elif isinstance(known, NoMatch):
+            return known
+        else:  # the same function of its source as a chain whose rewrite was verified
+            outcome = (known, *_build_rewrite(graph, chain, known, dims))
+        if isinstance(outcome, NoMatch):
+            return outcome
+        groups, nodes, out = outcome
         y = chain.output
         chain.scatters[-1].outputs.clear()
         set_tensors(nodes[-1].outputs, [y])
@@ -532,21 +603,30 @@ class ReplaceShiftScatter(Pass):
         return {"output": y.name, "source": src.name, "scatters": len(chain.scatters),
                 "groups": [g.summary(full) for g in groups]}
 
-    def _derive(self, graph: gs.Graph, chain: _Chain, ancestors: list[gs.Node], in_dims: list, batches: list[int],
-                dtype: np.dtype) -> list[ShiftGroup] | NoMatch:
-        """Evaluate indices and updates with an element-position probe; read the map as channel groups."""
-        src = chain.src
-        wanted: list[gs.Tensor] = []
-        for node in chain.scatters:
-            for t in node.inputs[1:]:
-                if t is not src and not isinstance(t, gs.Constant) and all(t is not w for w in wanted):
-                    wanted.append(t)
-        wanted.append(chain.output)
-        types = [np.dtype(np.int64) if any(t is n.inputs[1] for n in chain.scatters) else dtype for t in wanted]
+    def _derive_and_verify(self, graph: gs.Graph, chain: _Chain, probe_model: onnx.ModelProto,
+                           wanted: list[gs.Tensor], in_dims: list, batches: list[int], dtype: np.dtype
+                           ) -> tuple[list[ShiftGroup], list[gs.Node], gs.Variable] | NoMatch:
+        """The groups read from ``probe_model`` (the chain with ``wanted`` as outputs), and the rewrite built from
+        them and checked against the chain; the rewrite's nodes are not yet in ``graph``."""
         try:
-            sess = _session(graph, ancestors, src, in_dims, wanted, types)
+            sess = _session(probe_model)
         except Exception as e:  # noqa: BLE001 - anything onnxruntime refuses is a reason to leave the chain alone
             return NoMatch(f"onnxruntime cannot evaluate the chain ({type(e).__name__})")
+        groups = self._derive(sess, chain, wanted, in_dims, batches, dtype)
+        if isinstance(groups, NoMatch):
+            return groups
+        nodes, out = _build_rewrite(graph, chain, groups, list(chain.src.shape))
+        reason = self._verify(graph, chain, sess, nodes, out, in_dims, batches, dtype)
+        if reason is not None:
+            _detach(nodes)
+            return reason
+        return groups, nodes, out
+
+    def _derive(self, sess, chain: _Chain, wanted: list[gs.Tensor], in_dims: list, batches: list[int],
+                dtype: np.dtype) -> list[ShiftGroup] | NoMatch:
+        """Evaluate indices and updates (``wanted``, the outputs of the chain's session ``sess``) with an
+        element-position probe; read the map as channel groups."""
+        src = chain.src
         result: list[ShiftGroup] | None = None
         for b in batches:
             shape = [b] + in_dims[1:]
@@ -584,19 +664,21 @@ class ReplaceShiftScatter(Pass):
         assert result is not None
         return result
 
-    def _verify(self, graph: gs.Graph, chain: _Chain, nodes: list[gs.Node], in_dims: list, batches: list[int],
-                dtype: np.dtype, out: gs.Tensor) -> NoMatch | None:
-        """The rewrite next to the original on random inputs: exact equality at every probe batch size."""
+    def _verify(self, graph: gs.Graph, chain: _Chain, chain_sess, nodes: list[gs.Node], out: gs.Tensor,
+                in_dims: list, batches: list[int], dtype: np.dtype) -> NoMatch | None:
+        """The rewrite (``nodes``, computing ``out``) against the chain (its session ``chain_sess``) on random
+        inputs: exact equality at every probe batch size."""
         rng = np.random.default_rng(0)
         try:
-            sess = _session(graph, nodes, chain.src, in_dims, [chain.output, out], [dtype, dtype])
+            sess = _session(_probe_model(graph, nodes, chain.src, in_dims, [out], [dtype]))
             for b in batches:
                 shape = [b] + in_dims[1:]
                 if dtype.kind == "f":
                     x = rng.standard_normal(shape).astype(dtype)
                 else:
                     x = rng.integers(-1000, 1000, size=shape).astype(dtype)
-                ref, got = sess.run([chain.output.name, out.name], {chain.src.name: x})
+                ref, = chain_sess.run([chain.output.name], {chain.src.name: x})
+                got, = sess.run([out.name], {chain.src.name: x})
                 if ref.shape != got.shape or not np.array_equal(ref, got):
                     return NoMatch("rewrite disagrees with the chain on a random probe")
         except Exception as e:  # noqa: BLE001

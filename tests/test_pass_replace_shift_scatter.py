@@ -362,17 +362,80 @@ def test_shiftvit_t_light_all_scatters_removed(shiftvit):
         assert chain["groups"] == expected_groups(channels, 12)
 
 
+def misread(where_from: np.ndarray) -> list[ShiftGroup]:
+    """``decompose_shift_map`` with the first group's "left by one" read as "copy", same window: a valid graph
+    with wrong values."""
+    groups = decompose_shift_map(where_from)
+    first = groups[0]
+    return [ShiftGroup(first.c0, first.c1, (0,) * len(first.offset), first.window)] + groups[1:]
+
+
 def test_wrong_mapping_is_caught_by_the_probe(monkeypatch):
     """The safety net: if the map were misread, the rewrite would disagree with the chain on the random probe,
     and the chain must stay as it is."""
     import graphopt.passes.replace_shift_scatter as rss
 
-    def misread(where_from):
-        groups = decompose_shift_map(where_from)
-        first = groups[0]  # "left by one" misread as "copy", same window: a valid graph with wrong values
-        return [ShiftGroup(first.c0, first.c1, (0,) * len(first.offset), first.window)] + groups[1:]
-
     monkeypatch.setattr(rss, "decompose_shift_map", misread)
     model = export(ShiftModule(8), (1, 16, 4, 5))
     result = assert_pass_unchanged(model, ReplaceShiftScatter())
     assert result.stats["skipped"] == {"rewrite disagrees with the chain on a random probe": SCATTERS_PER_SHIFT}
+
+
+# ---------------------------------------------------------------------------------------------- shared outcomes
+
+class StagedShifts(nn.Module):
+    """Shifts as a ShiftViT backbone has them: two alike in a row, one that differs only in a constant (n_div),
+    one that differs only in its input's shape (after a downsampling conv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mid = nn.Conv2d(32, 32, 1)
+        self.down = nn.Conv2d(32, 64, 2, stride=2)
+        self.shift, self.finer = ShiftModule(8), ShiftModule(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shift(self.mid(self.shift(x)))
+        x = self.finer(self.mid(x))
+        return self.shift(self.down(x))
+
+
+def count_sessions(monkeypatch) -> list[int]:
+    """Node counts of the probe models the pass opens onnxruntime sessions on, as it opens them."""
+    import graphopt.passes.replace_shift_scatter as rss
+
+    sizes: list[int] = []
+    real = rss._session
+
+    def counting(model: onnx.ModelProto):
+        sizes.append(len(model.graph.node))
+        return real(model)
+
+    monkeypatch.setattr(rss, "_session", counting)
+    return sizes
+
+
+def test_alike_chains_are_probed_once(monkeypatch):
+    sessions = count_sessions(monkeypatch)
+    model = export(StagedShifts(), (1, 32, 6, 6))
+    out, result = assert_pass_verified(model, ReplaceShiftScatter(), tolerance=EXACT, shape=[3, 32, 6, 6])
+    assert compare_models(model, out, shape=[1, 32, 6, 6], tolerance=EXACT).passed
+    stats = result.stats
+    assert stats["chains_rewritten"] == 4
+    assert stats["skipped"] == {}
+    assert [c["groups"] for c in stats["chains"]] == [expected_groups(32, 8)] * 2 + [expected_groups(32, 16),
+                                                                                      expected_groups(64, 8)]
+    # A session on each distinct chain and one on its rewrite: the second n_div=8 chain on 32 channels takes the
+    # first one's verified map; another constant or another input shape makes another chain.
+    assert len(sessions) == 6
+
+
+def test_alike_chains_share_a_refusal(monkeypatch):
+    import graphopt.passes.replace_shift_scatter as rss
+
+    sessions = count_sessions(monkeypatch)
+    monkeypatch.setattr(rss, "decompose_shift_map", misread)
+    model = export(nn.Sequential(ShiftModule(8), ShiftModule(8)), (1, 16, 4, 5))
+    result = assert_pass_unchanged(model, ReplaceShiftScatter())
+    assert result.stats["skipped"] == {"rewrite disagrees with the chain on a random probe": 2 * SCATTERS_PER_SHIFT}
+    assert len(sessions) == 2  # the first chain and its rewrite
