@@ -21,7 +21,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import UserError
 from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, external_location, read_split,
-                      split_graph, write_inline)
+                      split_graph, weights_as_inputs, write_inline)
 
 # onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
 gs.logger.G_LOGGER.colors = False
@@ -54,6 +54,7 @@ __all__ = [
     "set_tensors",
     "replace_uses",
     "ensure_shapes",
+    "inferred_types",
     "structure_signature",
     "constants_to_initializers",
 ]
@@ -323,17 +324,10 @@ def _split_to_external(split: SplitModel, ext: _ExternalData) -> onnx.ModelProto
 
 
 def shape_model(graph: gs.Graph) -> onnx.ModelProto:
-    """``to_model(graph)`` for shape and type inference only. A graph over ``external_data_threshold()`` keeps its
-    constants of 1 KiB and more as data-less tensors (name, type, dims: all inference reads of them), so inferring
-    shapes never copies its weights; a smaller graph is exported whole. Not a model to run or save."""
-    if constant_nbytes(graph) <= external_data_threshold():
-        return to_model(graph)
-    skeleton = split_graph(graph).skeleton
-    for t in skeleton.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            t.ClearField("external_data")
-            t.ClearField("data_location")
-    return skeleton
+    """``graph`` as a model for shape and type inference only: its weights (constants of 1 KiB and more) are graph
+    inputs of their type and shape (``protoio.weights_as_inputs``), so inferring shapes never copies them. Not a
+    model to run or save."""
+    return weights_as_inputs(split_graph(graph))
 
 
 def save_model(model: onnx.ModelProto | gs.Graph | SplitModel, path: str | Path, *,
@@ -513,16 +507,25 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
                 consumer.inputs[i] = new
 
 
+def inferred_types(graph: gs.Graph) -> dict[str, tuple[list | None, object]]:
+    """Shape and type inference (``infer_shapes``) on ``graph``'s ``shape_model``: name -> (shape, dtype) of every
+    tensor it typed, read from the inferred value infos (shape None when only the type is known)."""
+    from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+
+    g = infer_shapes(shape_model(graph)).graph
+    return {vi.name: (get_onnx_tensor_shape(vi), get_onnx_tensor_dtype(vi))
+            for vi in (*g.input, *g.output, *g.value_info) if vi.type.HasField("tensor_type")}
+
+
 def ensure_shapes(graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> None:
     """Run shape inference (in place) when any of ``tensors`` has no shape yet; passes that match on shapes
     call this instead of requiring an ``infer_shapes`` pass before them."""
     if all(t.shape is not None for t in tensors):
         return
-    inferred = infer_shapes(shape_model(graph))
-    known = {t.name: t for t in to_graph(inferred).tensors().values()}
+    known = inferred_types(graph)
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Variable) and t.shape is None and name in known:
-            t.shape, t.dtype = known[name].shape, known[name].dtype
+            t.shape, t.dtype = known[name]
 
 
 def structure_signature(model: onnx.ModelProto) -> bytes:

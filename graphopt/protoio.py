@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
-           "graph_from_split", "write_inline", "check_split", "session", "encoded_size", "copy_fields",
+           "graph_from_split", "write_inline", "check_split", "session", "encoded_size", "copy_fields", "weights_as_inputs",
            "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
@@ -450,24 +450,29 @@ def check_split(split: SplitModel) -> None:
     onnx.checker.check_model(light)
 
 
-def session(split: SplitModel, opts, **kwargs):
-    """An onnxruntime ``InferenceSession`` of ``split`` and the feeds it needs besides the model's own inputs.
-
-    The weights become graph inputs, fed with their arrays at every run, which onnxruntime reads where they are:
-    building the session copies none of them (handed over as initializers, even as external ones, onnxruntime
-    copies them all) and it runs the graph as written, with no weight folded or pre-packed. Returns
-    ``(session, feeds)``; pass ``{**inputs, **feeds}`` to ``session.run``."""
-    import onnxruntime as ort
-
+def weights_as_inputs(split: SplitModel) -> onnx.ModelProto:
+    """The skeleton with each weight turned into a graph input of its type and shape: a complete, valid model
+    without any weight data, for onnxruntime (fed the arrays) and for shape inference (weights' values never decide
+    a shape; shape arithmetic reads small constants, which stay initializers)."""
     light = onnx.ModelProto()
     copy_fields(split.skeleton, light, skip=("graph",))
     copy_fields(split.skeleton.graph, light.graph, skip=("initializer",))
     light.graph.initializer.extend(t for t in split.skeleton.graph.initializer if t.name not in split.weights)
-    feeds = {}
     listed = {i.name for i in light.graph.input}  # IR < 4 lists initializers among the inputs already
-    for name, arr in split.weights.items():
-        feeds[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
-        if name not in listed:
-            light.graph.input.append(onnx.helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(feeds[name].dtype), arr.shape))
-    return ort.InferenceSession(light.SerializeToString(), opts, **kwargs), feeds
+    for t in split.skeleton.graph.initializer:
+        if t.name in split.weights and t.name not in listed:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+def session(split: SplitModel, opts, **kwargs):
+    """An onnxruntime ``InferenceSession`` of ``split`` and the feeds it needs besides the model's own inputs.
+
+    The weights become graph inputs (``weights_as_inputs``), fed with their arrays at every run, which
+    onnxruntime reads where they are: building the session copies none of them (handed over as initializers, even
+    as external ones, onnxruntime copies them all) and it runs the graph as written, with no weight folded or
+    pre-packed. Returns ``(session, feeds)``; pass ``{**inputs, **feeds}`` to ``session.run``."""
+    import onnxruntime as ort
+
+    feeds = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=")) for name, arr in split.weights.items()}
+    return ort.InferenceSession(weights_as_inputs(split).SerializeToString(), opts, **kwargs), feeds

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import infer_shapes, shape_model, to_graph
+from graphopt.ir import inferred_types
 from graphopt.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["InferShapes"]
@@ -23,12 +23,12 @@ class InferShapes(Pass):
 
     def run(self, graph: gs.Graph) -> PassResult:
         before = _known(graph)
-        # Shapes copied onto the graph's own tensors (the graph is not replaced by the inferred copy): a large
-        # model's weights are neither copied nor swapped for shape_model's data-less stand-ins.
-        inferred = to_graph(infer_shapes(shape_model(graph))).tensors()
+        # Shapes copied onto the graph's own tensors (the graph is not replaced by the inferred copy, whose
+        # weights are data-less stand-ins).
+        inferred = inferred_types(graph)
         for name, t in graph.tensors().items():
-            new = inferred.get(name)
-            if isinstance(t, gs.Variable) and isinstance(new, gs.Variable) and new.shape is not None:
-                t.shape, t.dtype = new.shape, new.dtype if new.dtype is not None else t.dtype
+            shape, dtype = inferred.get(name, (None, None))
+            if isinstance(t, gs.Variable) and shape is not None:
+                t.shape, t.dtype = shape, dtype if dtype is not None else t.dtype
         after = _known(graph)
         return PassResult(after > before, {"shaped_tensors_before": before, "shaped_tensors_after": after})
