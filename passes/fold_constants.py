@@ -7,7 +7,7 @@ from dataclasses import field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, replace_uses
+from graphopt.ir import const_value, ensure_shapes, replace_uses
 from graphopt.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["FoldConstants", "remove_noops"]
@@ -66,17 +66,30 @@ class FoldConstants(Pass):
     Folding evaluates constant subgraphs with onnxruntime (onnx-graphsurgeon's ``fold_constants``); with
     ``fold_shapes`` it also folds shape arithmetic (Shape -> Gather -> Unsqueeze -> Concat) wherever the shapes
     involved are static, so a fixed-shape model loses its shape subgraphs while a dynamic batch keeps the parts
-    that depend on it. No-ops removed: Identity, Cast to the dtype it already has, Reshape to the shape it already
+    that depend on it; with ``infer_shapes`` (default) shapes are inferred first (onnxruntime's symbolic inference,
+    symbolic dims kept), which is what lets shape arithmetic deep in the graph fold. No-ops removed: Identity, Cast to the dtype it already has, Reshape to the shape it already
     has, Squeeze/Unsqueeze of no axes. Exact: folded values are what the nodes would compute. A fast alternative to
     ``simplify`` (onnxsim) for the common cases.
     """
 
     fold_shapes: bool = field(default=True, metadata={"help": "also fold Shape-based arithmetic with static shapes"})
+    infer_shapes: bool = field(default=True, metadata={
+        "help": "infer shapes first (symbolic dims kept), so shape arithmetic on static dims folds everywhere"})
     remove_noops: bool = field(default=True, metadata={"help": "bypass Identity / same-dtype Cast / same-shape Reshape"})
 
     def run(self, graph: gs.Graph) -> PassResult:
+        import onnxruntime as ort
+
         nodes_before = len(graph.nodes)
-        graph.fold_constants(fold_shapes=self.fold_shapes, error_ok=True)
+        if self.fold_shapes and self.infer_shapes:
+            ensure_shapes(graph, [t for t in graph.tensors().values() if isinstance(t, gs.Variable)])
+        # onnx-graphsurgeon folds through onnxruntime sessions whose optimizer warnings would reach the user
+        # (onnxruntime has no getter for the level: back to its default, warnings, afterwards).
+        ort.set_default_logger_severity(3)
+        try:
+            graph.fold_constants(fold_shapes=self.fold_shapes, error_ok=True)
+        finally:
+            ort.set_default_logger_severity(2)
         graph.cleanup()
         folded = nodes_before - len(graph.nodes)
         removed = remove_noops(graph) if self.remove_noops else Counter()

@@ -1,9 +1,12 @@
 """fold_constants: positive (constants, shapes, no-ops), negative, numerics, checker, idempotence."""
 from __future__ import annotations
 
+import onnx
+
 from graphopt.ir import op_counts
 from graphopt.pass_infra import get_pass
-from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
+from graphopt.testing import (STRICT_FP32, assert_pass_unchanged, assert_pass_verified, compare_models,
+                              model_from_text)
 
 FoldConstants = get_pass("fold_constants")
 
@@ -76,3 +79,36 @@ def test_graph_output_identity_keeps_its_name():
         y = Identity(r)
     }""")
     assert_pass_unchanged(model, FoldConstants())
+
+
+DEEP_SHAPE_ARITHMETIC = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 4] x) => (float[N, 12] y) {
+        h = Relu(x)
+        s = Shape(h)
+        i1 = Constant<value = int64[1] {1}>()
+        d1 = Gather<axis = 0>(s, i1)
+        i2 = Constant<value = int64[1] {2}>()
+        d2 = Gather<axis = 0>(s, i2)
+        prod = Mul(d1, d2)
+        minus1 = Constant<value = int64[1] {-1}>()
+        target = Concat<axis = 0>(minus1, prod)
+        y = Reshape(h, target)
+    }"""
+
+
+def test_inferred_shapes_let_deep_shape_arithmetic_fold():
+    """Shape(h) of an intermediate tensor: its static dims (3, 4) are only known after shape inference; the
+    dynamic batch stays symbolic, so the folded target is [-1, 12] and the model keeps serving any batch."""
+    model = model_from_text(DEEP_SHAPE_ARITHMETIC)
+    out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
+    assert op_counts(out) == {"Relu": 1, "Reshape": 1}
+    target = next(t for t in out.graph.initializer if t.name == out.graph.node[1].input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [-1, 12]
+    assert compare_models(model, out, shape=[7, 3, 4]).passed  # another batch size than the verification's
+
+
+def test_without_shape_inference_deep_shape_arithmetic_stays():
+    model = model_from_text(DEEP_SHAPE_ARITHMETIC)
+    out, _ = assert_pass_verified(model, FoldConstants(infer_shapes=False), shape=[5, 3, 4])
+    assert op_counts(out)["Shape"] == 1
