@@ -49,7 +49,19 @@ def _child(task: str, src: str, out: str, recipe: str) -> None:
 
         onnx.save(onnxslim.slim(onnx.load(src)), out)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (``ru_maxrss`` carries the peak of the process
+    that forked it, here the runner's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(task: str, src: Path, out: Path, recipe: Path) -> dict | None:
