@@ -20,8 +20,8 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 
 from .errors import UserError
-from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, external_location, read_split,
-                      split_graph, weights_as_inputs, write_inline)
+from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, external_location, little_endian,
+                      read_split, split_graph, weights_as_inputs, write_inline)
 
 # onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
 gs.logger.G_LOGGER.colors = False
@@ -139,8 +139,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 # going through a file also spares the copy ``SerializeToString`` would make. GRAPHOPT_EXTERNAL_DATA_THRESHOLD
 # overrides it (the tests lower it to run the large-model code on small models).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
-# With external data, tensors smaller than this stay inline (as onnx.save_model's size_threshold).
-EXTERNAL_TENSOR_MIN_BYTES = WEIGHT_MIN_BYTES
 _EXTERNAL_ALIGN = 4096  # offsets of external tensors: page-aligned, so onnxruntime can map them
 
 
@@ -213,6 +211,17 @@ def _check_path(path: Path, what: str) -> None:
         raise UserError(f"{what} {path}: not a regular file, expected an .onnx file")
 
 
+def _validate(model: onnx.ModelProto, path: Path, what: str, check) -> None:
+    """What every loaded model must pass: a graph at all, then ``check()`` (``onnx.checker``); one-line errors."""
+    if not model.graph.node and not model.graph.output:
+        raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
+    try:
+        check()
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{what} {path}: invalid ONNX model ({first})") from None
+
+
 def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
     """Load and check an ONNX file; any problem becomes a one-line ``UserError`` naming the file.
 
@@ -225,16 +234,10 @@ def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError, PermissionError, EIO ...
         raise _read_error(what, path, e) from None
-    if not model.graph.node and not model.graph.output:
-        raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
     external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
         _check_external_files(model, path, what)
-    try:
-        onnx.checker.check_model(str(path) if external else model)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{what} {path}: invalid ONNX model ({first})") from None
+    _validate(model, path, what, lambda: onnx.checker.check_model(str(path) if external else model))
     if external:
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -255,13 +258,7 @@ def load_split(path: str | Path, what: str = "model") -> SplitModel:
         raise
     except Exception as e:  # protobuf DecodeError, a malformed wire format, PermissionError, EIO ...
         raise _read_error(what, path, e) from None
-    if not split.skeleton.graph.node and not split.skeleton.graph.output:
-        raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
-    try:
-        check_split(split)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{what} {path}: invalid ONNX model ({first})") from None
+    _validate(split.skeleton, path, what, lambda: check_split(split))
     return split
 
 
@@ -302,7 +299,7 @@ def _model_skeleton(model: onnx.ModelProto, ext: _ExternalData) -> onnx.ModelPro
     copy_fields(model, light, skip=("graph",))
     copy_fields(model.graph, light.graph, skip=("initializer",))
     for t in model.graph.initializer:
-        data = _proto_bytes(t) if _tensor_nbytes(t) >= EXTERNAL_TENSOR_MIN_BYTES else None
+        data = _proto_bytes(t) if _tensor_nbytes(t) >= WEIGHT_MIN_BYTES else None
         if data is None:
             light.graph.initializer.add().CopyFrom(t)
         else:
@@ -318,8 +315,7 @@ def _split_to_external(split: SplitModel, ext: _ExternalData) -> onnx.ModelProto
     for t in light.graph.initializer:
         arr = split.weights.get(t.name)
         if arr is not None:
-            t.CopyFrom(ext.stub(t.name, t.data_type, t.dims, memoryview(np.ascontiguousarray(
-                arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")))
+            t.CopyFrom(ext.stub(t.name, t.data_type, t.dims, memoryview(little_endian(arr)).cast("B")))
     return light
 
 

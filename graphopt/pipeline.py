@@ -3,8 +3,8 @@
 After every pass that changed the graph, the runner cleans up and sorts the graph, checks it with
 ``onnx.checker``, runs it in onnxruntime on the same inputs as the graph before the pass, and compares
 (``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two.
-The graph is never serialized with its weights: the checker reads its weightless skeleton and onnxruntime gets the
-weights' arrays as external initializers (``graphopt.protoio``), so verifying costs no copy of them.
+The graph is never serialized with its weights: the checker reads its weightless skeleton and onnxruntime is fed the
+weights' arrays as graph inputs (``graphopt.protoio``), so verifying costs no copy of them.
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
 ``on_fail: skip``, is dropped and the graph before it restored.
 
@@ -66,15 +66,12 @@ class PipelineResult:
         return to_model(self.graph)
 
 
-def _check(split: SplitModel, who: str, done: Sequence[str]) -> None:
+def _check(split: SplitModel, who: str, note: str = "") -> None:
+    """``onnx.checker`` on ``split``; a failure is a ``PassError`` blaming ``who``."""
     try:
         check_split(split)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0]
-        if who:
-            raise PassError(f"{who} produced an invalid graph: {first}") from None
-        raise PassError(f"passes {', '.join(done)} produced an invalid graph (verification, which checks "
-                        f"after each pass, names the pass): {first}") from None
+        raise PassError(f"{who} produced an invalid graph{note}: {str(e).strip().splitlines()[0]}") from None
 
 
 def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
@@ -161,7 +158,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
             mapped = summarize(pass_map, names_before, names_after)
             if verify:
                 after = split_graph(graph)  # the weights stay the graph's arrays
-                _check(after, f"pass {p.name} ({where})", done)
+                _check(after, f"pass {p.name} ({where})")
                 try:
                     got = Runner(after, input_name).run(inputs)
                 except UserError as e:
@@ -200,7 +197,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
     if not verify and any(r.changed for r in records):  # verification checked after each pass; else once here
-        _check(split_graph(graph), "", done)
+        _check(split_graph(graph), f"passes {', '.join(done)}",
+               " (verification, which checks after each pass, names the pass)")
     names = {n.name for n in graph.nodes}
     stale = [e for e in configs.get("keep_dtype", []) if "::" not in e and e not in names]
     if stale:

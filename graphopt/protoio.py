@@ -34,6 +34,7 @@ from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
            "graph_from_split", "write_inline", "check_split", "session", "encoded_size", "copy_fields", "weights_as_inputs",
+           "little_endian",
            "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
@@ -165,6 +166,23 @@ def _plain_dtype(t: onnx.TensorProto) -> np.dtype | None:
     return None if code is None else np.dtype(code)
 
 
+def _read_weight(t: onnx.TensorProto, f: BinaryIO, offset: int, length: int | None) -> np.ndarray | None:
+    """``t``'s data, ``length`` bytes at ``offset`` in ``f`` (None: as many as its dims need), read straight into an
+    array of its type and dims; None when it is not one (an exotic type, a length that does not match the dims)."""
+    dtype = _plain_dtype(t)
+    count = int(np.prod(t.dims, dtype=np.int64))
+    if dtype is None or (length is not None and length != count * dtype.itemsize):
+        return None
+    arr = np.empty(count, dtype=dtype)
+    _read_into(f, offset, arr)
+    return arr.reshape(tuple(t.dims))
+
+
+def little_endian(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as ONNX stores tensor data: C-contiguous, little-endian (``arr`` itself when it already is)."""
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+
+
 def _read_into(f: BinaryIO, offset: int, arr: np.ndarray) -> None:
     f.seek(offset)
     view = memoryview(arr).cast("B")
@@ -264,17 +282,14 @@ def read_split(path: str | Path, what: str = "model") -> SplitModel:
             if where is None:
                 continue
             offset, length = where
-            dtype = _plain_dtype(t)
-            count = int(np.prod(t.dims, dtype=np.int64))
-            if dtype is None or count * dtype.itemsize != length or t.data_location == onnx.TensorProto.EXTERNAL:
+            arr = None if t.data_location == onnx.TensorProto.EXTERNAL else _read_weight(t, f, offset, length)
+            if arr is None:
                 # Not representable as a plain array (an exotic type, a size that does not match the dims):
                 # kept inline, for the checker to judge as it would the original.
                 f.seek(offset)
                 t.raw_data = f.read(length)
                 continue
-            arr = np.empty(count, dtype=dtype)
-            _read_into(f, offset, arr)
-            weights[t.name] = arr.reshape(tuple(t.dims))
+            weights[t.name] = arr
             _stub(t)
     had_external = False
     for t in skeleton.graph.initializer:
@@ -282,22 +297,19 @@ def read_split(path: str | Path, what: str = "model") -> SplitModel:
             continue
         had_external = True
         target, offset, length = external_location(t, path.parent, f"{what} {path}")
-        dtype = _plain_dtype(t)
-        count = int(np.prod(t.dims, dtype=np.int64))
         with open(target, "rb") as df:
-            if dtype is None or (length is not None and length != count * dtype.itemsize):
+            try:
+                arr = _read_weight(t, df, offset, length)
+            except ValueError as e:
+                raise UserError(f"{what} {path}: cannot read its external data ({target.name}: {e})") from None
+            if arr is None:  # kept inline, as above
                 df.seek(offset)
                 blob = df.read(length if length is not None else -1)
                 t.ClearField("external_data")
                 t.ClearField("data_location")
                 t.raw_data = blob
                 continue
-            arr = np.empty(count, dtype=dtype)
-            try:
-                _read_into(df, offset, arr)
-            except ValueError as e:
-                raise UserError(f"{what} {path}: cannot read its external data ({target.name}: {e})") from None
-        weights[t.name] = arr.reshape(tuple(t.dims))
+        weights[t.name] = arr
         _stub(t)
     return SplitModel(skeleton, weights, had_external)
 
@@ -426,7 +438,7 @@ def write_inline(f: BinaryIO, split: SplitModel) -> int:
         f.write(_length_field(_GRAPH_INITIALIZER, size))
         f.write(head)
         if arr is not None:
-            f.write(memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B"))
+            f.write(memoryview(little_endian(arr)).cast("B"))
         f.write(tail)
     f.write(g_tail)
     f.write(m_tail)

@@ -9,7 +9,6 @@ A comparison passes when every criterion the tolerance sets holds for every outp
 from __future__ import annotations
 
 import glob
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -197,12 +196,12 @@ def _session(model, opts):
 class Runner:
     """Runs an ONNX model in onnxruntime (CPU) on a list of input batches, one session per model. ``model`` may
     be a path, which onnxruntime loads with the external data beside it, or a ``protoio.SplitModel``, whose
-    weights it uses without a copy (both run models over 2 GB)."""
+    weights it reads without a copy (how models over 2 GB run; a ModelProto that large is split first)."""
 
     def __init__(self, model, input_name: str | None = None):
         import onnxruntime as ort
 
-        from .protoio import SplitModel
+        from .protoio import SplitModel, split_model
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -214,17 +213,9 @@ class Runner:
             else:
                 try:
                     data = model.SerializeToString()
-                except (ValueError, EncodeError):  # over 2 GiB: through a file with external data
-                    data = None
-                if data is not None:
-                    self.session, self.weights = _session(data, opts)
-                else:
-                    from .ir import save_model
-
-                    with tempfile.TemporaryDirectory(prefix="graphopt-run-") as folder:
-                        path = Path(folder) / "model.onnx"
-                        save_model(model, path, external=True)
-                        self.session, self.weights = _session(str(path), opts)
+                except (ValueError, EncodeError):  # over 2 GiB: the weights fed from arrays instead
+                    data = split_model(model)
+                self.session, self.weights = _session(data, opts)
         except UserError:
             raise
         except Exception as e:
