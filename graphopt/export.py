@@ -27,6 +27,7 @@ from .ir import atomic_write_bytes
 __all__ = [
     "Exporter",
     "register_exporter",
+    "square_image",
     "get_exporter",
     "list_exporters",
     "exporter_names",
@@ -63,6 +64,16 @@ class Exporter:
     def size_for(self, args: Mapping[str, Any]) -> tuple[int, int, int]:
         size = self.input_size(args) if callable(self.input_size) else self.input_size
         return tuple(int(s) for s in size)  # type: ignore[return-value]
+
+
+def square_image(default: int):
+    """An ``Exporter.input_size`` for an RGB model taking ``img_size`` x ``img_size`` (``default`` when the args
+    do not say)."""
+    def input_size(args) -> tuple[int, int, int]:
+        size = int(args.get("img_size", default))
+        return (3, size, size)
+
+    return input_size
 
 
 def register_exporter(exporter: Exporter) -> Exporter:

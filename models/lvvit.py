@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphopt.export import Exporter, register_exporter
+from graphopt.export import Exporter, register_exporter, square_image
 
 __all__ = ["LVViT", "build_lvvit_s"]
 
@@ -165,7 +165,7 @@ register_exporter(Exporter(
     input_name="image",
     output_names=("features",),
     opset=13,
-    input_size=lambda args: (3, int(args.get("img_size", 224)), int(args.get("img_size", 224))),
+    input_size=square_image(224),
     description="LV-ViT-S (TokenLabeling), our definition, upstream key layout",
     convert_checkpoint=None,  # keys already match upstream's state dict
     default_args={},

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphopt.export import Exporter, register_exporter
+from graphopt.export import Exporter, register_exporter, square_image
 
 __all__ = [
     "shift_feat",
@@ -245,7 +245,7 @@ register_exporter(Exporter(
     input_name="input",
     output_names=("output",),
     opset=12,
-    input_size=lambda args: (3, int(args.get("img_size", 224)), int(args.get("img_size", 224))),
+    input_size=square_image(224),
     description="ShiftViT Shift-T/light (SPACH), upstream in-place shift, upstream key layout",
     convert_checkpoint=None,
     default_args={},

@@ -27,12 +27,12 @@ result (by about 1 % of the logits' range on a random-init model); compare this 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
 from graphopt.errors import UserError
-from graphopt.export import Exporter, register_exporter
+from graphopt.export import Exporter, register_exporter, square_image
 
 __all__ = [
     "create_timm_model",
@@ -51,11 +51,6 @@ def create_timm_model(name: str, **kwargs: Any) -> nn.Module:
     with timm.layers.set_layer_config(exportable=True):
         model = timm.create_model(name, pretrained=False, **kwargs)
     return model.eval()
-
-
-def _square(args: Mapping[str, Any], default: int) -> tuple[int, int, int]:
-    size = int(args.get("img_size", default))
-    return (3, size, size)
 
 
 def build_vit_b32(num_classes: int = 1000, img_size: int = 224) -> nn.Module:
@@ -139,7 +134,7 @@ register_exporter(Exporter(
     input_name="input",
     output_names=("output",),
     opset=11,
-    input_size=lambda args: _square(args, 224),
+    input_size=square_image(224),
     description="ViT-B/32 (timm vit_base_patch32_224), timm key layout",
     convert_checkpoint=None,
     default_args={},
@@ -151,7 +146,7 @@ register_exporter(Exporter(
     input_name="input",
     output_names=("output",),
     opset=11,
-    input_size=lambda args: _square(args, 224),
+    input_size=square_image(224),
     description="Twins-PCPVT-S (timm twins_pcpvt_small); upstream pcpvt_small_v0 keys load as they are",
     convert_checkpoint=None,  # upstream's key layout is timm's (see the module docstring)
     default_args={},
@@ -163,7 +158,7 @@ register_exporter(Exporter(
     input_name="image",
     output_names=("output",),
     opset=11,
-    input_size=lambda args: _square(args, 128),
+    input_size=square_image(128),
     description="BiT-M-R50x1 (timm resnetv2_50x1_bit), 10 classes, 128 px; timm or upstream big_transfer keys",
     convert_checkpoint=convert_bit_checkpoint,
     default_args={},
