@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import onnx.helper as oh
 
 from graphopt.export import cache_dir
 from graphopt.ir import atomic_write_bytes
+from graphs import torch_onnx
 
 __all__ = ["ZooModel", "ZOO", "CORPUS_FORMAT", "export_zoo_model", "custom_models", "pass_configs", "PASS_ARGS",
            "CUSTOM_DOMAIN"]
@@ -140,12 +139,8 @@ def export_zoo_model(spec: ZooModel) -> Path:
         axes = {"input": {0: "batch"}, "output": {0: "batch"}}
     elif spec.batch == "dynamic_hw":
         axes = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}}
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=spec.opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, torch_onnx(model, (dummy,), opset=spec.opset, inputs=("input",), outputs=("output",),
+                                        batch=None, dynamic_axes=axes))
     return path
 
 

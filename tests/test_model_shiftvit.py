@@ -1,9 +1,6 @@
 """ShiftViT Shift-T/light: upstream key layout, the upstream in-place shift, and its ONNX export (ScatterND)."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +9,7 @@ import torch.nn.functional as F
 
 from graphopt.export import export_to_bytes, get_exporter, load_checkpoint
 from graphopt.models.shiftvit import ShiftModule, build_shiftvit_t_light, shift_feat
+from graphs import torch_onnx
 
 # 12 blocks x 5 slice assignments (left, right, up, down, rest) in the upstream shift.
 SCATTERS_PER_SHIFT = 5
@@ -110,15 +108,11 @@ def test_shift_feat_directions():
 
 @pytest.mark.parametrize("n_div", [8, 12, 16])
 def test_shift_module_exports_scatternd(n_div):
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(ShiftModule(n_div), (torch.randn(1, 48, 6, 6),), buf, dynamo=False, opset_version=12,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    data = torch_onnx(ShiftModule(n_div), (torch.randn(1, 48, 6, 6),), opset=12, batch="b")
+    ops = [n.op_type for n in onnx.load_from_string(data).graph.node]
     assert ops.count("ScatterND") == SCATTERS_PER_SHIFT
     x = torch.randn(2, 48, 6, 6)
-    np.testing.assert_array_equal(_ort_run(buf.getvalue(), x.numpy()), shift_feat(x, n_div).numpy())
+    np.testing.assert_array_equal(_ort_run(data, x.numpy()), shift_feat(x, n_div).numpy())
 
 
 def test_export(exported):

@@ -27,17 +27,22 @@ def test_folds_constant_arithmetic_and_removes_noops():
     assert result.stats["noops_removed"] == {"Identity": 1, "Cast to the same dtype": 1}
 
 
-def test_folds_static_shape_arithmetic():
-    model = model_from_text("""
+def batch_shape_arithmetic(batch: str):
+    """y = Reshape(x, [x.shape[0], 12]) for x shaped (batch, 3, 4), the target computed from Shape(x)."""
+    return model_from_text(f"""
     <ir_version: 8, opset_import: ["" : 13]>
-    g (float[2, 3, 4] x) => (float[2, 12] y) {
+    g (float[{batch}, 3, 4] x) => (float[{batch}, 12] y) {{
         s = Shape(x)
-        i0 = Constant<value = int64[1] {0}>()
+        i0 = Constant<value = int64[1] {{0}}>()
         d0 = Gather<axis = 0>(s, i0)
-        rest = Constant<value = int64[1] {12}>()
+        rest = Constant<value = int64[1] {{12}}>()
         target = Concat<axis = 0>(d0, rest)
         y = Reshape(x, target)
-    }""")
+    }}""")
+
+
+def test_folds_static_shape_arithmetic():
+    model = batch_shape_arithmetic("2")
     out, result = assert_pass_verified(model, FoldConstants(), shape=[2, 3, 4])
     assert op_counts(out) == {"Reshape": 1}
 
@@ -56,16 +61,7 @@ def test_same_shape_reshape_is_dropped():
 
 
 def test_dynamic_batch_shape_arithmetic_is_kept():
-    model = model_from_text("""
-    <ir_version: 8, opset_import: ["" : 13]>
-    g (float[N, 3, 4] x) => (float[N, 12] y) {
-        s = Shape(x)
-        i0 = Constant<value = int64[1] {0}>()
-        d0 = Gather<axis = 0>(s, i0)
-        rest = Constant<value = int64[1] {12}>()
-        target = Concat<axis = 0>(d0, rest)
-        y = Reshape(x, target)
-    }""")
+    model = batch_shape_arithmetic("N")
     out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
     # Only the Constant nodes became initializers: the batch-dependent arithmetic stays.
     assert op_counts(out) == {"Concat": 1, "Gather": 1, "Reshape": 1, "Shape": 1}

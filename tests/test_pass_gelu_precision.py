@@ -1,9 +1,6 @@
 """gelu_precision: GELU in its erf, tanh and Gelu-node forms; fusion at opset 20; the ATC Gelu precision mode."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +13,7 @@ from graphopt.pipeline import run_pipeline
 from graphopt.recipe import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified, model_from_text, run_pass
 from graphopt.verify import make_inputs
+from graphs import torch_onnx
 
 # A fused Gelu against the decomposed form of the same approximation: the same function, rounding apart
 # (values are O(1); fp32 erf/tanh kernels differ by a few ulp).
@@ -25,12 +23,7 @@ SAME_FORM = Tolerance(max_abs=1e-5, max_rel=None, cosine=0.9999999, top1_agreeme
 def _torch_gelu(approximate: str, opset: int) -> onnx.ModelProto:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.GELU(approximate=approximate)).eval()
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 8),), buf, dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(torch_onnx(model, (torch.randn(1, 8),), opset=opset))
 
 
 def _with_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -94,12 +87,8 @@ def test_fused_gelu_matches_torch():
     """Beyond like-for-like: the fused opset-20 graph computes torch's GELU."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 8), nn.GELU()).eval()
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 8),), buf, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    out, _ = run_pass(_with_opset(onnx.load_from_string(buf.getvalue()), 20), GeluPrecision(fuse=True))
+    exported = onnx.load_from_string(torch_onnx(net, (torch.randn(1, 8),), opset=17))
+    out, _ = run_pass(_with_opset(exported, 20), GeluPrecision(fuse=True))
     import onnxruntime as ort
 
     x = make_inputs([16, 8], 1, seed=1)[0]

@@ -1,9 +1,6 @@
 """insert_fusion_breaker: the ShiftViT seed's Pow(x, 1.0) before the GroupNorm -> pool -> head tail."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +11,7 @@ from torch import nn
 from graphopt.recipe import Tolerance, parse_recipe
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified, model_from_text, run_pass
 from graphopt.passes.insert_fusion_breaker import BREAKER_PREFIX, InsertFusionBreaker
+from graphs import torch_onnx
 
 SEED_TAIL = ["Mul", "Add", "GlobalAveragePool", "Flatten", "Gemm"]
 # x ** 1, x * 1, x + 0 and Identity are exact: outputs must match bit for bit.
@@ -42,13 +40,8 @@ def shiftvit_tail() -> onnx.ModelProto:
     with torch.no_grad():  # non-trivial affine parameters
         model.norm.weight.uniform_(0.5, 1.5)
         model.norm.bias.uniform_(-0.5, 0.5)
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 16, 6, 6),), buf, dynamo=False, opset_version=12,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(torch_onnx(model, (torch.randn(1, 16, 6, 6),), opset=12, inputs=("input",),
+                                            outputs=("output",), batch="batch"))
 
 
 def _node(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:

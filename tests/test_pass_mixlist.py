@@ -1,9 +1,7 @@
 """mixlist: ATC's --modify_mixlist lists (the ViT seed's ops_info.json) as a pass that never edits the graph."""
 from __future__ import annotations
 
-import io
 import json
-import warnings
 
 import onnx
 import pytest
@@ -17,6 +15,7 @@ from graphopt.pipeline import run_pipeline
 from graphopt.recipe import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified
 from graphopt.verify import make_inputs
+from graphs import torch_onnx
 
 VIT_SEED_OPS_INFO = {"black-list": {"to-add": ["LayerNorm"]}}
 UNCHANGED = Tolerance(max_abs=0.0, cosine=None, top1_agreement=None)
@@ -27,12 +26,7 @@ def _layernorm_model(opset: int) -> onnx.ModelProto:
     (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Softmax(-1)).eval()
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 8),), buf, dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(torch_onnx(model, (torch.randn(1, 8),), opset=opset))
 
 
 @pytest.fixture(scope="module")

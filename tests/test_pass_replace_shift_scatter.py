@@ -6,9 +6,6 @@ ScatterNDs that the pass must leave exactly as they are; and the whole Shift-T/l
 """
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -23,6 +20,7 @@ from graphopt.pattern import NoMatch
 from graphopt.recipe import Tolerance
 from graphopt.testing import (assert_pass_unchanged, assert_pass_verified, compare_models, model_from_text,
                               run_pass)
+from graphs import torch_onnx
 
 # The rewrite copies elements: anything but bit-exact equality is a bug.
 EXACT = Tolerance(max_abs=0.0, max_rel=None, cosine=None, top1_agreement=None)
@@ -33,12 +31,7 @@ def export(module: nn.Module, shape: tuple[int, ...], n_inputs: int = 1) -> onnx
     """TorchScript export as the ShiftViT exporter does it: opset 12, dynamic batch on every input and the output."""
     names = [f"x{i}" if n_inputs > 1 else "x" for i in range(n_inputs)]
     args = tuple(torch.randn(*shape) for _ in range(n_inputs))
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(module.eval(), args, buf, dynamo=False, opset_version=12, input_names=names,
-                          output_names=["y"], dynamic_axes={**{n: {0: "batch"} for n in names}, "y": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(torch_onnx(module.eval(), args, opset=12, inputs=names, batch="batch"))
 
 
 class ConvShiftConv(nn.Module):
