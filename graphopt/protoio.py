@@ -33,9 +33,8 @@ import onnx_graphsurgeon as gs
 from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
-           "graph_from_split", "write_inline", "check_split", "session", "encoded_size", "copy_fields", "weights_as_inputs",
-           "little_endian",
-           "external_location"]
+           "graph_from_split", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
+           "little_endian", "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
 # size_threshold for external data).
@@ -47,7 +46,7 @@ MEMORY_LOCATION = "graphopt:memory"
 # Field numbers (onnx/onnx.proto).
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
-_TENSOR_DATA_TYPE, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 2, 9, 13, 14
+_TENSOR_RAW_DATA = 9
 
 # ONNX element types held as arrays: those numpy represents natively (raw_data is little-endian).
 _PLAIN_DTYPES = {
@@ -118,7 +117,7 @@ def _length_field(number: int, length: int) -> bytes:
     return _encode_varint((number << 3) | 2) + _encode_varint(length)
 
 
-def encoded_size(number: int, length: int) -> int:
+def _encoded_size(number: int, length: int) -> int:
     """Bytes a length-delimited field of ``length`` payload bytes takes."""
     return len(_length_field(number, length)) + length
 
@@ -425,9 +424,9 @@ def write_inline(f: BinaryIO, split: SplitModel) -> int:
             entries.append((t.SerializeToString(), None, b""))
     g_head, g_tail = _split_message(graph, _GRAPH_INITIALIZER)
     entry_sizes = [len(h) + (a.nbytes if a is not None else 0) + len(t) for h, a, t in entries]
-    graph_size = len(g_head) + sum(encoded_size(_GRAPH_INITIALIZER, n) for n in entry_sizes) + len(g_tail)
+    graph_size = len(g_head) + sum(_encoded_size(_GRAPH_INITIALIZER, n) for n in entry_sizes) + len(g_tail)
     m_head, m_tail = _split_message(split.skeleton, _MODEL_GRAPH)
-    total = len(m_head) + encoded_size(_MODEL_GRAPH, graph_size) + len(m_tail)
+    total = len(m_head) + _encoded_size(_MODEL_GRAPH, graph_size) + len(m_tail)
     if total >= 2 ** 31:
         raise ValueError(f"the model is {total / 2 ** 30:.2f} GiB: over protobuf's 2 GiB limit for one message "
                          "(save it with external data)")
@@ -486,5 +485,6 @@ def session(split: SplitModel, opts, **kwargs):
     pre-packed. Returns ``(session, feeds)``; pass ``{**inputs, **feeds}`` to ``session.run``."""
     import onnxruntime as ort
 
-    feeds = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=")) for name, arr in split.weights.items()}
+    feeds = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
+             for name, arr in split.weights.items()}
     return ort.InferenceSession(weights_as_inputs(split).SerializeToString(), opts, **kwargs), feeds
