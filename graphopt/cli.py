@@ -64,12 +64,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .ir import load_model
+    from .ir import load_split
     from .recipe import Tolerance
     from .verify import Runner, compare_outputs, make_inputs
 
-    a = load_model(args.a, "model A")
-    b = load_model(args.b, "model B")
+    # Held once each, as arrays onnxruntime reads in place (graphopt.protoio): two large models fit in memory.
+    a = load_split(args.a, "model A")
+    b = load_split(args.b, "model B")
     runner_a = Runner(a, args.input)
     runner_b = Runner(b, runner_a.input_name)
     inp = next(i for i in runner_a.session.get_inputs() if i.name == runner_a.input_name)
