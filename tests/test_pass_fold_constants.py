@@ -62,9 +62,73 @@ def test_same_shape_reshape_is_dropped():
 
 def test_dynamic_batch_shape_arithmetic_is_kept():
     model = batch_shape_arithmetic("N")
-    out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
+    out, result = assert_pass_verified(model, FoldConstants(reshape_targets=False), shape=[5, 3, 4])
     # Only the Constant nodes became initializers: the batch-dependent arithmetic stays.
     assert op_counts(out) == {"Concat": 1, "Gather": 1, "Reshape": 1, "Shape": 1}
+
+
+def _target(model) -> list[int]:
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape")
+    return onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == reshape.input[1])).tolist()
+
+
+def test_dynamic_batch_reshape_target_becomes_constant_with_0():
+    """Reshape(x, [Shape(x)[0], 12]): the batch is x's own dim 0, so the target is [0, 12] and the model still
+    serves every batch size."""
+    model = batch_shape_arithmetic("N")
+    out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
+    assert op_counts(out) == {"Reshape": 1}
+    assert _target(out) == [0, 12]
+    assert result.stats["reshape_targets"] == {"constant": 1, "left": {}}
+    for batch in (1, 7):
+        assert compare_models(model, out, shape=[batch, 3, 4]).passed
+
+
+BATCH_AT_ANOTHER_POSITION = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 4] x) => (float[N, 12] y) {
+        t = Transpose<perm = [1, 0, 2]>(x)
+        s = Shape(x)
+        i0 = Constant<value = int64[1] {0}>()
+        d0 = Gather<axis = 0>(s, i0)
+        rest = Constant<value = int64[1] {-1}>()
+        target = Concat<axis = 0>(d0, rest)
+        y = Reshape(t, target)
+    }"""
+
+
+def test_batch_at_another_position_stays():
+    """t = (3, N, 4) reshaped to [N, -1]: the batch is t's dim 1, not its dim 0, so 0 would be wrong there."""
+    model = model_from_text(BATCH_AT_ANOTHER_POSITION)
+    out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
+    assert result.stats["reshape_targets"] == {
+        "constant": 0, "left": {"a dynamic dim that is not the input's at the same position": 1}}
+    # Only the Constant nodes became initializers: the target is still computed from x's shape.
+    assert op_counts(out) == {"Concat": 1, "Gather": 1, "Reshape": 1, "Shape": 1, "Transpose": 1}
+
+
+def test_slice_of_shape_and_allowzero():
+    """Shape -> Slice (the flatten of a patch embedding) is read too; with allowzero=1 a 0 would mean an empty
+    dim, so such a Reshape keeps its computed target."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 14]>
+    g (float[N, 8, 2, 2] x) => (float[N, 8, 4] y, float[N, 8, 4] y2) {
+        s = Shape(x)
+        b = Constant<value = int64[1] {0}>()
+        e = Constant<value = int64[1] {2}>()
+        head = Slice(s, b, e)
+        tail = Constant<value = int64[1] {4}>()
+        target = Concat<axis = 0>(head, tail)
+        y = Reshape(x, target)
+        y2 = Reshape<allowzero = 1>(x, target)
+    }"""
+    model = model_from_text(text)
+    out, result = assert_pass_verified(model, FoldConstants(), shape=[3, 8, 2, 2])
+    assert result.stats["reshape_targets"] == {"constant": 1, "left": {"allowzero=1: 0 would mean a zero dim": 1}}
+    first = next(n for n in out.graph.node if n.op_type == "Reshape" and not n.attribute)
+    assert onnx.numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == first.input[1])).tolist() \
+        == [0, 8, 4]
+    assert compare_models(model, out, shape=[6, 8, 2, 2]).passed
 
 
 def test_graph_output_identity_keeps_its_name():
