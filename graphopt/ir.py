@@ -405,17 +405,39 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes for every tensor, symbolic dims (a dynamic batch) included.
 
     onnxruntime's symbolic shape inference first: ONNX's own loses every shape after a dynamic-batch
-    ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. ONNX's inference is the fallback,
-    and a model that defeats both is returned unchanged (its shapes stay unknown).
+    ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. Where it stops (an op it does not
+    know), ONNX's inference completes what it can from its partial result, and a model that defeats both is
+    returned unchanged (its shapes stay unknown). Nothing is written to disk.
     """
+    inferred = _symbolic_infer(model)
+    complete = inferred is not None and inferred[1]
+    if complete:
+        return inferred[0]
+    start = model if inferred is None else inferred[0]
     try:
-        return symbolic_shape_inference().infer_shapes(model, auto_merge=True)
+        return onnx.shape_inference.infer_shapes(start, data_prop=True)
     except Exception:
-        pass
+        return start
+
+
+def _symbolic_infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool] | None:
+    """onnxruntime's symbolic inference as (model with value infos, complete?), None when it fails outright.
+
+    Its ``infer_shapes`` entry point saves ``sym_shape_infer_temp.onnx`` into the working directory and raises
+    when some shape stays unknown (a custom op), throwing away everything it did infer; these are the steps of
+    that entry point without the save, keeping a partial result for ONNX's inference to complete."""
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 7:
+        return None  # it supports opset 7 and later
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inference = symbolic_shape_inference()(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
+        inference._preprocess(model)
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_, bool(complete)
     except Exception:
-        return model
+        return None
 
 
 def op_counts(graph_or_model: gs.Graph | onnx.ModelProto) -> dict[str, int]:

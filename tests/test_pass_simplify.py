@@ -68,3 +68,25 @@ def test_infer_shapes_annotates_and_is_idempotent():
 
 def test_infer_shapes_leaves_a_fully_shaped_graph_alone():
     assert_pass_unchanged(model_from_text(ALREADY_SIMPLE), InferShapes())
+
+
+def test_infer_shapes_keeps_what_it_inferred_before_an_unknown_op_and_writes_nothing(tmp_path, monkeypatch):
+    """onnxruntime's inference entry point saves sym_shape_infer_temp.onnx into the working directory and drops
+    its partial result when an op stops it; graphopt keeps the shapes before and beside that op, writes nothing."""
+    from graphopt.ir import infer_shapes
+
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13, "custom" : 1]>
+    g (float[N, 8] x) => (float y, float[N, 8] z) {
+        a = Transpose<perm = [1, 0]>(x)
+        b = custom.MyOp(a)
+        y = Relu(b)
+        z = Sigmoid(x)
+    }""")
+    monkeypatch.chdir(tmp_path)
+    out = infer_shapes(model)
+    assert list(tmp_path.iterdir()) == []
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in (*out.graph.value_info, *out.graph.output) if v.type.tensor_type.HasField("shape")}
+    assert shapes["a"] == [8, "N"] and shapes["z"] == ["N", 8]
+    assert "b" not in shapes  # MyOp's output: no inference knows it
