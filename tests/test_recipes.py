@@ -50,6 +50,18 @@ def check_twins(out: Path, report: dict) -> None:
     assert "--op_precision_mode=op_precision.ini" in (out / "atc.sh").read_text()
     gelu = next(p for p in report["passes"] if p["name"] == "gelu_precision")
     assert sum(gelu["stats"]["found"].values()) > 0
+    _assert_shape_arithmetic_gone(out, report)
+
+
+def _assert_shape_arithmetic_gone(out: Path, report: dict) -> None:
+    """fold_constants left no Shape op, every Reshape target constant, and the batch dynamic."""
+    model = onnx.load(out / "model.onnx")
+    assert report["ops_before"]["Shape"] > 0 and "Shape" not in report["ops_after"]
+    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    reshapes = [n for n in model.graph.node if n.op_type == "Reshape"]
+    assert reshapes and all(n.input[1] in consts for n in reshapes)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 
 def check_shiftvit(out: Path, report: dict) -> None:
@@ -64,6 +76,7 @@ def check_shiftvit(out: Path, report: dict) -> None:
         path.insert(0, producer[path[0].input[0]])
     assert [n.op_type for n in path] == ["Mul", "Add", "GlobalAveragePool", "Flatten", "Gemm"]
     assert producer[path[0].input[0]].op_type == "Pow"
+    _assert_shape_arithmetic_gone(out, report)
 
 
 def check_bit(out: Path, report: dict) -> None:
