@@ -2,6 +2,7 @@
 
     python -m benchmarks            # all
     python -m benchmarks shift_latency eval_overhead
+    python -m benchmarks --compare OLD NEW   # two runs' numbers side by side (commits or folders)
 
 Each benchmark is a module ``benchmarks/<name>.py`` runnable on its own (``python -m benchmarks.<name>``) that
 measures the things it compares side by side in one run and prints a table with the ratios. This runner writes
@@ -29,6 +30,19 @@ def _commit() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--compare"]:
+        if len(argv) != 3:
+            print("usage: python -m benchmarks --compare OLD NEW  (bench-results/<commit> folders or commits)",
+                  file=sys.stderr)
+            return 2
+        from ._compare import CompareError, compare
+
+        try:
+            print(compare(argv[1], argv[2], HERE.parent / "bench-results"), end="")
+        except CompareError as e:
+            print(e, file=sys.stderr)
+            return 2
+        return 0
     names = argv or sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if not m.name.startswith("_"))
     out = HERE.parent / "bench-results" / _commit()
     out.mkdir(parents=True, exist_ok=True)
