@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from graphopt.apply import source_model_path
     from graphopt.recipe import load_recipe
 
-    rows, results = [], []
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes.split(","):
             recipe_path = ROOT / "recipes" / f"{name}.yaml"

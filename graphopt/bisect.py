@@ -29,7 +29,7 @@ import onnx
 from onnx import helper
 
 from .apply import source_model_path, verification_inputs, write_run_dir
-from .diff import (DEFAULT_BUDGET_MB, StagedModel, TensorDiff, diff_models, node_inputs, plot_diff,
+from .diff import (DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, node_inputs, plot_diff,
                    tensor_tolerance)
 from .errors import UserError
 from .ir import load_model, to_graph, to_model
@@ -109,8 +109,7 @@ def _run_once(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray
 
 
 def minimal_pair(a: onnx.ModelProto, b: onnx.ModelProto, first: TensorDiff, shared: Mapping[str, str],
-                 feeds: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance,
-                 workdir: str | Path | None = None) -> dict[str, Any]:
+                 feeds: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance) -> dict[str, Any]:
     """The before- (A) and after- (B) subgraphs computing ``first`` from the nearest tensors A and B share
     (``shared``: {B name: A name}, constants excluded), with inputs for the sample that shows the largest error.
     Returns {"before": model, "before_inputs": {...}, "after": ..., "after_inputs": ..., "info": {...}}."""
@@ -127,8 +126,7 @@ def minimal_pair(a: onnx.ModelProto, b: onnx.ModelProto, first: TensorDiff, shar
     graph_inputs = set(feeds[0])
     fetch = sorted({*(n for n in source_b.values() if n not in graph_inputs),
                     *(n for n in bound_a if n not in graph_inputs), first.name_a})
-    with tempfile.TemporaryDirectory(prefix="graphopt-bisect-", dir=workdir) as tmp:
-        values = StagedModel(a, Path(tmp), "model before the pass").run(fetch, feeds)
+    values = SubgraphRunner(a, "model before the pass").run(fetch, feeds)
 
     def value(name: str, k: int) -> np.ndarray:
         return feeds[k][name] if name in graph_inputs else values[name][k]

@@ -68,9 +68,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .recipe import Tolerance
     from .verify import Runner, compare_outputs, make_inputs
 
-    # Held once each, as arrays onnxruntime reads in place (graphopt.protoio): two large models fit in memory.
+    # Held once each, as arrays onnxruntime reads in place (graphopt.protoio), and the weights B shares with A
+    # held once for both: two large models fit in memory.
     a = load_split(args.a, "model A")
-    b = load_split(args.b, "model B")
+    b = load_split(args.b, "model B", reuse=a.weights)
     runner_a = Runner(a, args.input)
     runner_b = Runner(b, runner_a.input_name)
     inp = next(i for i in runner_a.session.get_inputs() if i.name == runner_a.input_name)

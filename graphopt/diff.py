@@ -9,38 +9,36 @@ to look at.
 
 Memory stays bounded however large the model. Marking every tensor as an output at once (what Polygraphy does)
 holds every activation in memory, and rewriting a large model's protobuf for each run copies its weights. Instead
-each model's weights are written once to a file beside a weight-less copy of its graph; each run then loads a
-session from a small graph that computes only one batch of tensors (a byte budget, from shape inference), pruned
-to the nodes and weights those tensors need, and one session at a time is alive.
+each model is read once as a weightless graph plus its weights as arrays (``graphopt.protoio``); each run is a
+session of a small graph that computes only one batch of tensors (a byte budget, from shape inference), pruned
+to the nodes and weights those tensors need, with the weights fed as inputs that onnxruntime reads in place. One
+session at a time is alive and nothing is written to disk.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper, numpy_helper
+from onnx import helper
 
 from .errors import UserError
-from .ir import copy_fields, infer_shapes
+from .ir import copy_fields, infer_shapes, load_split
 from .name_map import model_producers, shared_tensors
+from .protoio import SplitModel, split_model, weights_as_inputs
+from .protoio import session as protoio_session
 from .recipe import Tolerance
 from .verify import compare_outputs, make_inputs
 
-__all__ = ["TensorDiff", "DiffResult", "StagedModel", "diff_models", "first_divergence", "describe_divergence",
-           "load_name_map", "seeded_feeds", "plot_diff", "load_model_lean", "tensor_tolerance", "add_cli",
+__all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
+           "load_name_map", "seeded_feeds", "plot_diff", "tensor_tolerance", "add_cli",
            "DEFAULT_BUDGET_MB"]
 
 DEFAULT_BUDGET_MB = 64.0
-# Initializers at most this large stay in the weight-less graph: shape inference reads them (Reshape targets).
-_INLINE_BYTES = 4096
-# External data aligned to 64 KiB can be memory-mapped by onnxruntime.
-_ALIGN = 1 << 16
 
 
 def _noop(msg: str) -> None:
@@ -105,104 +103,48 @@ def tensor_tolerance(tol: Tolerance) -> Tolerance:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Staging: weights to a file, the graph without them in memory
+# A model held once, run on any set of its tensors
 
 
-def load_model_lean(path: str | Path, what: str = "model") -> onnx.ModelProto:
-    """Load an ONNX file without ``onnx.checker`` (which would hold three more copies of a large model's weights)
-    and without its external data (staging reads that tensor by tensor). Problems become one-line UserErrors;
-    onnxruntime rejects an invalid graph when the first session is made."""
-    path = Path(path)
-    if not path.is_file():
-        problem = "is a directory, expected an .onnx file" if path.is_dir() else "no such file"
-        raise UserError(f"{what} {path}: {problem}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path}: not a readable ONNX model ({first})") from None
-    if not model.graph.node and not model.graph.output:
-        raise UserError(f"{what} {path}: not an ONNX model (empty graph)")
-    return model
+def _as_split(model: onnx.ModelProto | SplitModel | str | Path, what: str,
+              reuse: Mapping[str, np.ndarray] | None = None) -> SplitModel:
+    if isinstance(model, SplitModel):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return split_model(model)
+    return load_split(model, what, reuse)
 
 
-def _tensor_bytes(init: onnx.TensorProto, base_dir: Path | None) -> bytes | None:
-    """The raw little-endian bytes of an initializer (None for string tensors, which stay inline)."""
-    if init.data_type == onnx.TensorProto.STRING:
-        return None
-    if external_data_helper.uses_external_data(init):
-        if base_dir is None:
-            raise UserError(f"initializer {init.name!r} uses external data but the model has no folder")
-        t = onnx.TensorProto()
-        t.CopyFrom(init)
-        external_data_helper.load_external_data_for_tensor(t, str(base_dir))
-        return t.raw_data
-    if init.HasField("raw_data"):
-        return init.raw_data
-    return numpy_helper.to_array(init).tobytes()
+class SubgraphRunner:
+    """A model held once (``protoio.SplitModel``: a weightless skeleton plus its weights as arrays) whose
+    ``run(names, feeds)`` computes any set of its tensors in a session of the graph pruned to them; the weights
+    are fed as inputs, which onnxruntime reads in place, so no session copies them and nothing goes to disk."""
 
-
-class StagedModel:
-    """A model whose large weights live in ``folder/weights.bin`` and whose graph, without them, stays in memory.
-    ``run(names, feeds)`` computes any set of its tensors in a session made from a pruned copy of that graph."""
-
-    def __init__(self, model: onnx.ModelProto | str | Path, folder: Path, what: str = "model"):
-        base_dir = None
-        if not isinstance(model, onnx.ModelProto):
-            base_dir = Path(model).parent
-            model = load_model_lean(model, what)
+    def __init__(self, model: onnx.ModelProto | SplitModel | str | Path, what: str = "model",
+                 reuse: Mapping[str, np.ndarray] | None = None):
         self.what = what
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        light = onnx.ModelProto()
-        copy_fields(model, light, skip=("graph",))
-        copy_fields(model.graph, light.graph, skip=("initializer",))
-        init = None
-        with open(self.folder / "weights.bin", "wb") as f:
-            for init in model.graph.initializer:
-                raw = None if _approx_bytes(init) <= _INLINE_BYTES else _tensor_bytes(init, base_dir)
-                if raw is None:
-                    inline = light.graph.initializer.add()
-                    inline.CopyFrom(init)
-                    if external_data_helper.uses_external_data(inline):
-                        inline.raw_data = _tensor_bytes(init, base_dir)
-                        del inline.external_data[:]
-                        inline.data_location = onnx.TensorProto.DEFAULT
-                    continue
-                offset = -f.tell() % _ALIGN + f.tell()
-                f.seek(offset)
-                f.write(raw)
-                ext = light.graph.initializer.add()
-                ext.name, ext.data_type = init.name, init.data_type
-                ext.dims.extend(init.dims)
-                ext.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(len(raw)))):
-                    entry = ext.external_data.add()
-                    entry.key, entry.value = k, v
-                del raw
-        self.model = light
-        g = light.graph
+        self.split = _as_split(model, what, reuse)
+        self.model = self.split.skeleton
+        g = self.model.graph
         self.inits = {i.name for i in g.initializer}
         self.inputs = [i for i in g.input if i.name not in self.inits]
         self.input_names = [i.name for i in self.inputs]
         self.outputs = [o.name for o in g.output]
-        self.producers = model_producers(light)
+        self.producers = model_producers(self.model)
         self.node_of: dict[str, int] = {}
         for k, node in enumerate(g.node):
             for name in node.output:
                 if name:
                     self.node_of[name] = k
         self.sessions = 0
-        del model, init  # a submessage keeps its whole message's memory alive
-        release_memory()
 
     def node(self, tensor: str) -> onnx.NodeProto | None:
         k = self.node_of.get(tensor)
         return None if k is None else self.model.graph.node[k]
 
-    def pruned(self, outputs: Sequence[str]) -> onnx.ModelProto:
-        """The graph computing ``outputs``: only the nodes and initializers they need, every input kept (the
-        feeds name them all)."""
+    def pruned(self, outputs: Sequence[str]) -> SplitModel:
+        """The graph computing ``outputs``: only the nodes and weights they need, every input kept (the feeds
+        name them all)."""
         g = self.model.graph
         keep: set[int] = set()
         needed: set[str] = set()
@@ -229,58 +171,33 @@ class StagedModel:
                 sub.graph.output.append(typed[name])
             else:
                 sub.graph.output.add().name = name  # onnxruntime infers the type
-        return sub
+        return SplitModel(sub, {n: w for n, w in self.split.weights.items() if n in needed})
 
     def run(self, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
         """The values of ``names`` for each feed (a list per name, one array per feed)."""
         import onnxruntime as ort
 
-        path = self.folder / "run.onnx"
-        path.write_bytes(self.pruned(names).SerializeToString())
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as graphopt.verify.Runner
         try:
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session, weights = protoio_session(self.pruned(names), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise UserError(f"{self.what}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
         self.sessions += 1
-        wanted = {i.name for i in session.get_inputs()}
+        wanted = {i.name for i in session.get_inputs()} - set(weights)
         values: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for feed in feeds:
             missing = wanted - set(feed)
             if missing:
                 raise UserError(f"{self.what}: no value for input(s) {', '.join(sorted(missing))}")
             try:
-                outs = session.run(list(names), {k: v for k, v in feed.items() if k in wanted})
+                outs = session.run(list(names), {**{k: v for k, v in feed.items() if k in wanted}, **weights})
             except Exception as e:
                 raise UserError(f"{self.what}: onnxruntime failed: {str(e).splitlines()[0]}") from None
             for n, v in zip(names, outs):
                 values[n].append(np.asarray(v))
-        del session
-        release_memory()
         return values
-
-
-def release_memory() -> None:
-    """Hand freed memory back to the OS. After a large model's protobuf is freed, glibc keeps most of it in its
-    heap, where it would count towards the peak again when onnxruntime allocates elsewhere."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
-def _approx_bytes(init: onnx.TensorProto) -> int:
-    if init.HasField("raw_data"):
-        return len(init.raw_data)
-    if external_data_helper.uses_external_data(init):
-        return _ALIGN  # staged however small: it is read from its file
-    return int(np.prod(init.dims, dtype=np.int64)) * 4
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
@@ -308,17 +225,10 @@ def _elem_size(elem_type: int) -> int:
         return 4
 
 
-def _tensor_sizes(staged: StagedModel, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+def _tensor_sizes(runner: SubgraphRunner, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Bytes per sample of every tensor whose shape inference can fix, with the inputs pinned to the feed's.
-    The staged weights become typed inputs for it: shape inference needs their shapes, not their values."""
-    model = onnx.ModelProto()
-    copy_fields(staged.model, model, skip=("graph",))
-    copy_fields(staged.model.graph, model.graph, skip=("initializer",))
-    for init in staged.model.graph.initializer:
-        if external_data_helper.uses_external_data(init):
-            model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        else:
-            model.graph.initializer.append(init)
+    The weights are typed inputs for it: shape inference needs their shapes, not their values."""
+    model = weights_as_inputs(runner.split)
     for inp in model.graph.input:
         if inp.name in feed:
             dims = inp.type.tensor_type.shape.dim
@@ -341,7 +251,7 @@ def _tensor_sizes(staged: StagedModel, feed: Mapping[str, np.ndarray]) -> dict[s
 # The diff
 
 
-def _comparable_pairs(a: StagedModel, b: StagedModel, name_map: Mapping[str, str] | None) -> dict[str, str]:
+def _comparable_pairs(a: SubgraphRunner, b: SubgraphRunner, name_map: Mapping[str, str] | None) -> dict[str, str]:
     pairs = shared_tensors(a.producers, b.producers, name_map, set(a.outputs) & set(b.outputs))
     # Graph inputs are fed identically; Constant outputs are weights, not computed values.
     return {nb: na for nb, na in pairs.items()
@@ -363,66 +273,63 @@ def _next_batch(order: Sequence[tuple[str, str]], start: int, size_a: Mapping[st
     return batch
 
 
-def diff_models(a: onnx.ModelProto | str | Path, b: onnx.ModelProto | str | Path,
+def diff_models(a: onnx.ModelProto | SplitModel | str | Path, b: onnx.ModelProto | SplitModel | str | Path,
                 feeds: Sequence[Mapping[str, np.ndarray]], *, tolerance: Tolerance,
                 name_map: Mapping[str, str] | None = None, budget_mb: float = DEFAULT_BUDGET_MB,
-                stop_at_first: bool = False, progress: Callable[[str], None] = _noop,
-                workdir: str | Path | None = None) -> DiffResult:
+                stop_at_first: bool = False, progress: Callable[[str], None] = _noop) -> DiffResult:
     """Compare every tensor A and B share (``name_map``: {B name: A name}; default: same name and producer op
     type) on ``feeds`` (one dict of input arrays per sample). At most ``budget_mb`` MiB of tensor values per batch
     (A's and B's together); ``stop_at_first`` stops after the batch holding the first divergence. Intermediate
-    tensors are judged with ``tensor_tolerance(tolerance)``."""
+    tensors are judged with ``tensor_tolerance(tolerance)``. A model given as a path is read once, its weights
+    held as arrays (a ``SplitModel`` is used as it is, sharing its arrays)."""
     if not feeds:
         raise UserError("diff: no inputs to run the models on")
     tol = tensor_tolerance(tolerance)
     budget = max(1, int(budget_mb * (1 << 20)))
-    with tempfile.TemporaryDirectory(prefix="graphopt-diff-", dir=workdir) as tmp:
-        progress("diff: staging model A's weights ...")
-        sa = StagedModel(a, Path(tmp) / "a", "model A")
-        del a
-        progress("diff: staging model B's weights ...")
-        sb = StagedModel(b, Path(tmp) / "b", "model B")
-        del b
-        for name in sa.input_names:
-            if name not in feeds[0]:
-                raise UserError(f"diff: model A has input {name!r} the feeds do not give")
-        pairs = _comparable_pairs(sa, sb, name_map)
-        order = sorted(pairs.items(), key=lambda p: (sb.node_of[p[0]], p[0]))
-        size_a = _tensor_sizes(sa, feeds[0])
-        size_b = _tensor_sizes(sb, feeds[0])
-        # An unknown size is taken as the largest known one, or seen so far (shape inference can miss tensors
-        # behind dynamic reshapes, e.g. in opset-11 exports).
-        known = [*size_a.values(), *size_b.values()]
-        guess = max(known) if known else 1 << 20
-        result = DiffResult([], len(pairs), budget_bytes=budget)
-        skipped: dict[str, int] = {}
-        done = 0
-        while done < len(order):
-            batch = _next_batch(order, done, size_a, size_b, guess, len(feeds), budget)
-            done += len(batch)
-            progress(f"diff: batch {result.batches + 1}: {len(batch)} tensor(s), {done}/{len(order)}")
-            va = sa.run([na for _, na in batch], feeds)
-            vb = sb.run([nb for nb, _ in batch], feeds)
-            result.batches += 1
-            guess = max(guess, *(v[0].nbytes for v in (*va.values(), *vb.values())))
-            for nb, na in batch:
-                xa, xb = va.pop(na), vb.pop(nb)
-                reason = _incomparable(xa, xb)
-                if reason:
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    continue
-                # One row per sample: the cosine is over each sample's whole tensor.
-                cmp = compare_outputs({nb: np.stack(xa)}, {nb: np.stack(xb)}, tol).outputs[0]
-                node = sb.node(nb)
-                result.tensors.append(TensorDiff(nb, na, node.op_type, node.name or f"#{sb.node_of[nb]}",
-                                                 sb.node_of[nb], tuple(int(d) for d in xb[0].shape), cmp.max_abs,
-                                                 cmp.max_rel, cmp.cosine, cmp.passed, cmp.failed_on))
-            del va, vb
-            if stop_at_first and result.first is not None:
-                result.stopped_early = done < len(order)
-                break
-        result.skipped = skipped
-        result.sessions = sa.sessions + sb.sessions
+    progress("diff: reading model A ...")
+    sa = SubgraphRunner(a, "model A")
+    progress("diff: reading model B ...")
+    sb = SubgraphRunner(b, "model B", reuse=sa.split.weights)  # a file: the weights equal to A's are A's
+    for name in sa.input_names:
+        if name not in feeds[0]:
+            raise UserError(f"diff: model A has input {name!r} the feeds do not give")
+    pairs = _comparable_pairs(sa, sb, name_map)
+    order = sorted(pairs.items(), key=lambda p: (sb.node_of[p[0]], p[0]))
+    size_a = _tensor_sizes(sa, feeds[0])
+    size_b = _tensor_sizes(sb, feeds[0])
+    # An unknown size is taken as the largest known one, or seen so far (shape inference can miss tensors
+    # behind dynamic reshapes, e.g. in opset-11 exports).
+    known = [*size_a.values(), *size_b.values()]
+    guess = max(known) if known else 1 << 20
+    result = DiffResult([], len(pairs), budget_bytes=budget)
+    skipped: dict[str, int] = {}
+    done = 0
+    while done < len(order):
+        batch = _next_batch(order, done, size_a, size_b, guess, len(feeds), budget)
+        done += len(batch)
+        progress(f"diff: batch {result.batches + 1}: {len(batch)} tensor(s), {done}/{len(order)}")
+        va = sa.run([na for _, na in batch], feeds)
+        vb = sb.run([nb for nb, _ in batch], feeds)
+        result.batches += 1
+        guess = max(guess, *(v[0].nbytes for v in (*va.values(), *vb.values())))
+        for nb, na in batch:
+            xa, xb = va.pop(na), vb.pop(nb)
+            reason = _incomparable(xa, xb)
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            # One row per sample: the cosine is over each sample's whole tensor.
+            cmp = compare_outputs({nb: np.stack(xa)}, {nb: np.stack(xb)}, tol).outputs[0]
+            node = sb.node(nb)
+            result.tensors.append(TensorDiff(nb, na, node.op_type, node.name or f"#{sb.node_of[nb]}",
+                                             sb.node_of[nb], tuple(int(d) for d in xb[0].shape), cmp.max_abs,
+                                             cmp.max_rel, cmp.cosine, cmp.passed, cmp.failed_on))
+        del va, vb
+        if stop_at_first and result.first is not None:
+            result.stopped_early = done < len(order)
+            break
+    result.skipped = skipped
+    result.sessions = sa.sessions + sb.sessions
     return result
 
 
@@ -434,7 +341,7 @@ def _incomparable(xa: list[np.ndarray], xb: list[np.ndarray]) -> str | None:
     return None
 
 
-def first_divergence(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
+def first_divergence(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitModel, feeds: Sequence[Mapping[str, np.ndarray]],
                      name_map: Mapping[str, str] | None, tolerance: Tolerance) -> dict[str, Any] | None:
     """For the pipeline, when a pass fails verification: the first divergent tensor as a dict (``error`` set
     instead when the diff itself could not run, so it never hides the verification failure)."""
@@ -559,20 +466,15 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else _noop
     if args.budget_mb <= 0:
         raise UserError(f"--budget-mb {args.budget_mb}: expected a positive size")
-    # Only what is needed from each graph here; diff_models loads and stages one model at a time, so that a
-    # large model's weights are never held twice.
-    a = load_model_lean(args.a, "model A")
-    feeds = seeded_feeds(a, args.samples, args.seed, args.input, parse_shape(args.shape))
-    producers_a = model_producers(a)
-    del a
-    name_map = None
-    if args.map:
-        b = load_model_lean(args.b, "model B")
-        producers_b = model_producers(b)
-        del b
-        name_map = load_name_map(args.map, producers_a, producers_b)
+    # Each model read once, its weights held as arrays that every session reads in place; B's weights that equal
+    # A's are A's arrays.
+    a = load_split(args.a, "model A")
+    b = load_split(args.b, "model B", reuse=a.weights)
+    feeds = seeded_feeds(a.skeleton, args.samples, args.seed, args.input, parse_shape(args.shape))
+    name_map = load_name_map(args.map, model_producers(a.skeleton), model_producers(b.skeleton)) if args.map \
+        else None
     tol = Tolerance(max_abs=args.max_abs, max_rel=args.max_rel, cosine=args.cosine, top1_agreement=None)
-    result = diff_models(args.a, args.b, feeds, tolerance=tol, name_map=name_map, budget_mb=args.budget_mb,
+    result = diff_models(a, b, feeds, tolerance=tol, name_map=name_map, budget_mb=args.budget_mb,
                          stop_at_first=args.first, progress=progress)
     print(f"compared {len(result.tensors)} of {result.shared} shared tensors in {result.batches} batch(es) "
           f"({result.sessions} onnxruntime sessions, budget {args.budget_mb:g} MiB)"

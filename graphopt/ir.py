@@ -12,7 +12,7 @@ import collections
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -247,13 +247,14 @@ def load_model(path: str | Path, what: str = "model") -> onnx.ModelProto:
     return model
 
 
-def load_split(path: str | Path, what: str = "model") -> SplitModel:
+def load_split(path: str | Path, what: str = "model", reuse: Mapping[str, np.ndarray] | None = None) -> SplitModel:
     """``load_model`` as a ``SplitModel``: the weights read from the file (or its external data) straight into
-    arrays, held once; the skeleton checked with ``onnx.checker``. Same one-line errors as ``load_model``."""
+    arrays, held once; the skeleton checked with ``onnx.checker``. Same one-line errors as ``load_model``.
+    ``reuse``: another model's weights, shared where byte-identical (``protoio.read_split``)."""
     path = Path(path)
     _check_path(path, what)
     try:
-        split = read_split(path, what)
+        split = read_split(path, what, reuse)
     except UserError:
         raise
     except Exception as e:  # protobuf DecodeError, a malformed wire format, PermissionError, EIO ...

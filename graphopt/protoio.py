@@ -24,7 +24,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -165,13 +165,19 @@ def _plain_dtype(t: onnx.TensorProto) -> np.dtype | None:
     return None if code is None else np.dtype(code)
 
 
-def _read_weight(t: onnx.TensorProto, f: BinaryIO, offset: int, length: int | None) -> np.ndarray | None:
+def _read_weight(t: onnx.TensorProto, f: BinaryIO, offset: int, length: int | None,
+                 same_as: np.ndarray | None = None) -> np.ndarray | None:
     """``t``'s data, ``length`` bytes at ``offset`` in ``f`` (None: as many as its dims need), read straight into an
-    array of its type and dims; None when it is not one (an exotic type, a length that does not match the dims)."""
+    array of its type and dims; None when it is not one (an exotic type, a length that does not match the dims).
+    ``same_as`` itself when it holds exactly these bytes as this type and shape (compared chunk by chunk, never
+    allocating the tensor)."""
     dtype = _plain_dtype(t)
     count = int(np.prod(t.dims, dtype=np.int64))
     if dtype is None or (length is not None and length != count * dtype.itemsize):
         return None
+    if (same_as is not None and same_as.dtype == dtype and same_as.shape == tuple(t.dims)
+            and same_as.flags.c_contiguous and _file_holds(f, offset, memoryview(same_as).cast("B"))):
+        return same_as
     arr = np.empty(count, dtype=dtype)
     _read_into(f, offset, arr)
     return arr.reshape(tuple(t.dims))
@@ -180,6 +186,19 @@ def _read_weight(t: onnx.TensorProto, f: BinaryIO, offset: int, length: int | No
 def little_endian(arr: np.ndarray) -> np.ndarray:
     """``arr`` as ONNX stores tensor data: C-contiguous, little-endian (``arr`` itself when it already is)."""
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+
+
+def _file_holds(f: BinaryIO, offset: int, expected: memoryview, chunk: int = 1 << 22) -> bool:
+    """Whether ``f`` holds the bytes ``expected`` at ``offset``."""
+    f.seek(offset)
+    buf = bytearray(min(chunk, len(expected)))
+    got = 0
+    while got < len(expected):
+        n = f.readinto(memoryview(buf)[:min(chunk, len(expected) - got)])
+        if not n or memoryview(buf)[:n] != expected[got:got + n]:
+            return False
+        got += n
+    return True
 
 
 def _read_into(f: BinaryIO, offset: int, arr: np.ndarray) -> None:
@@ -259,10 +278,15 @@ def external_location(t: onnx.TensorProto, folder: Path, what: str) -> tuple[Pat
     return target, offset, length
 
 
-def read_split(path: str | Path, what: str = "model") -> SplitModel:
+def read_split(path: str | Path, what: str = "model", reuse: Mapping[str, np.ndarray] | None = None) -> SplitModel:
     """Read an ONNX file as a ``SplitModel``. Raises ``ValueError``/``OSError``/protobuf errors on an unreadable
-    file (``ir.load_split`` turns them into one-line messages) and ``UserError`` for bad external data."""
+    file (``ir.load_split`` turns them into one-line messages) and ``UserError`` for bad external data.
+
+    ``reuse`` (another model's weights, by name): a weight whose bytes, type and shape equal ``reuse[name]`` is
+    that array rather than a copy, so two versions of one model (a recipe's input and output) hold the weights
+    they have in common once."""
     path = Path(path)
+    reuse = reuse or {}
     weights: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         scanned = _scan(f)
@@ -281,7 +305,8 @@ def read_split(path: str | Path, what: str = "model") -> SplitModel:
             if where is None:
                 continue
             offset, length = where
-            arr = None if t.data_location == onnx.TensorProto.EXTERNAL else _read_weight(t, f, offset, length)
+            arr = None if t.data_location == onnx.TensorProto.EXTERNAL \
+                else _read_weight(t, f, offset, length, reuse.get(t.name))
             if arr is None:
                 # Not representable as a plain array (an exotic type, a size that does not match the dims):
                 # kept inline, for the checker to judge as it would the original.
@@ -298,7 +323,7 @@ def read_split(path: str | Path, what: str = "model") -> SplitModel:
         target, offset, length = external_location(t, path.parent, f"{what} {path}")
         with open(target, "rb") as df:
             try:
-                arr = _read_weight(t, df, offset, length)
+                arr = _read_weight(t, df, offset, length, reuse.get(t.name))
             except ValueError as e:
                 raise UserError(f"{what} {path}: cannot read its external data ({target.name}: {e})") from None
             if arr is None:  # kept inline, as above

@@ -181,6 +181,50 @@ def test_diff_in_tiny_memory_batches_gives_the_same_result(broken_run):
     assert first.first == whole.first and first.stopped_early and first.batches < tiny.batches
 
 
+def _two_layer(w2_nudge: float) -> onnx.ModelProto:
+    """x -> MatMul(w1) -> Relu -> MatMul(w2): weights of 16 KiB, held as arrays and fed to onnxruntime in place."""
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((64, 64)).astype(np.float32)
+    w2 = rng.standard_normal((64, 64)).astype(np.float32)
+    w2[5, 7] += w2_nudge
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), onnx.helper.make_node("Relu", ["h"], ["r"]),
+         onnx.helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")], "two_layer",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_diff_of_large_and_external_weights_shares_the_equal_ones(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from graphopt.diff import SubgraphRunner
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where any temporary file would go
+    a, b = tmp_path / "a.onnx", tmp_path / "b" / "b.onnx"
+    onnx.save(_two_layer(0.0), a)
+    b.parent.mkdir()
+    onnx.save(_two_layer(0.5), b, save_as_external_data=True, location="b.data", size_threshold=1024)
+    assert main(["diff", str(a), str(b), "--plot", "", "--shape", "2,64"]) == 1
+    out = capsys.readouterr().out
+    assert "first divergent tensor 'y' from MatMul node 'mm2'" in out and "compared 3 of 3" in out
+    ra = SubgraphRunner(a, "model A")
+    rb = SubgraphRunner(b, "model B", reuse=ra.split.weights)
+    assert rb.split.weights["w1"] is ra.split.weights["w1"] and rb.split.weights["w2"] is not ra.split.weights["w2"]
+    assert list(scratch.iterdir()) == []  # nothing staged on disk
+
+
+def test_pipeline_locates_the_divergence_above_the_external_data_threshold(workdir, monkeypatch):
+    """Over the threshold the pipeline diffs the graphs' shared weight arrays (it used to skip the diff)."""
+    monkeypatch.setenv("GRAPHOPT_EXTERNAL_DATA_THRESHOLD", "1")
+    report = apply_recipe(recipe(workdir, BROKEN, on_fail="skip"), workdir / "run", progress=lambda m: None)
+    first = report["passes"][2]["verify"]["first_divergent"]
+    assert (first["name"], first["op"]) == ("a_fused", "Add")
+
+
 def test_bisect_names_the_pass_and_saves_a_subgraph_that_reproduces(workdir, capsys):
     out = workdir / "bisect"
     report = bisect_recipe(recipe(workdir, BROKEN), out, progress=lambda m: None)

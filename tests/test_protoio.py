@@ -109,6 +109,37 @@ def test_external_data_is_read_into_arrays(saved, tmp_path):
     assert _written(split) == model.SerializeToString()
 
 
+@pytest.mark.parametrize("external", [False, True])
+def test_reuse_shares_only_byte_identical_weights(saved, tmp_path, external):
+    """B read with reuse=A's weights: a weight equal to A's (bytes, type, shape) is A's array; one that differs
+    in a single element, or only in shape, is B's own, with B's values."""
+    model, path = saved
+    a = protoio.read_split(path)
+    b_model = onnx.ModelProto()
+    b_model.CopyFrom(model)
+    for t in b_model.graph.initializer:
+        if t.name == "w16":  # its last element changed
+            arr = onnx.numpy_helper.to_array(t).copy()
+            arr[-1, -1] += 1
+            t.CopyFrom(onnx.numpy_helper.from_array(arr, "w16"))
+    folder = tmp_path / f"b{int(external)}"
+    folder.mkdir()
+    onnx.save_model(b_model, folder / "b.onnx", save_as_external_data=external, location="b.data",
+                    size_threshold=1024)
+    reuse = {**a.weights, "idx": a.weights["idx"].reshape(10, 20)}  # same bytes, other shape
+    b = protoio.read_split(folder / "b.onnx", reuse=reuse)
+    assert b.weights["w"] is a.weights["w"]
+    assert b.weights["w16"] is not a.weights["w16"]
+    assert b.weights["idx"] is not reuse["idx"] and b.weights["idx"].shape == (200,)
+    for t in model.graph.initializer:
+        if t.name in ("w", "idx"):
+            assert np.array_equal(b.weights[t.name], onnx.numpy_helper.to_array(t))
+    assert b.weights["w16"][-1, -1] == a.weights["w16"][-1, -1] + 1
+    assert protoio._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdef"), chunk=3)
+    assert not protoio._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdeX"), chunk=3)
+    assert not protoio._file_holds(io.BytesIO(b"abc"), 2, memoryview(b"cd"), chunk=3)  # the file ends first
+
+
 def test_missing_external_data_is_a_one_line_error(saved, tmp_path):
     model, _ = saved
     ext = tmp_path / "ext"
