@@ -26,14 +26,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .apply import source_model_path, verification_inputs, write_run_dir
 from .diff import (DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, node_inputs, plot_diff,
                    tensor_tolerance)
 from .errors import UserError
-from .ir import load_model, to_graph, to_model
+from .ir import load_split
 from .name_map import compose, pass_name_map, tensor_producers
+from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .recipe import Recipe, Tolerance
 from .verify import Runner, compare_outputs
 
@@ -75,8 +76,11 @@ def _upstream(model: onnx.ModelProto, target: str, is_boundary: Callable[[str], 
     return sorted(nodes), boundary
 
 
-def _subgraph(model: onnx.ModelProto, nodes: Sequence[int], inputs: Mapping[str, np.ndarray], output: str,
+def _subgraph(split: SplitModel, nodes: Sequence[int], inputs: Mapping[str, np.ndarray], output: str,
               output_value: np.ndarray, label: str) -> onnx.ModelProto:
+    """A standalone model: the ``nodes`` of ``split`` with the weights they read (only those), ``inputs`` as its
+    inputs and ``output`` as its output."""
+    model = split.skeleton
     g = model.graph
     sub = onnx.ModelProto()
     for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
@@ -88,7 +92,10 @@ def _subgraph(model: onnx.ModelProto, nodes: Sequence[int], inputs: Mapping[str,
     chosen = [g.node[k] for k in nodes]
     sub.graph.node.extend(chosen)
     read = {name for n in chosen for name in node_inputs(n)}
-    sub.graph.initializer.extend(i for i in g.initializer if i.name in read and i.name not in inputs)
+    for init in g.initializer:
+        if init.name in read and init.name not in inputs:
+            weight = split.weights.get(init.name)
+            sub.graph.initializer.append(init if weight is None else numpy_helper.from_array(weight, init.name))
     for name, value in inputs.items():
         sub.graph.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
                                                              list(value.shape)))
@@ -108,18 +115,21 @@ def _run_once(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray
     return np.asarray(session.run(None, dict(feed))[0])
 
 
-def minimal_pair(a: onnx.ModelProto, b: onnx.ModelProto, first: TensorDiff, shared: Mapping[str, str],
+def minimal_pair(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitModel, first: TensorDiff,
+                 shared: Mapping[str, str],
                  feeds: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance) -> dict[str, Any]:
     """The before- (A) and after- (B) subgraphs computing ``first`` from the nearest tensors A and B share
     (``shared``: {B name: A name}, constants excluded), with inputs for the sample that shows the largest error.
     Returns {"before": model, "before_inputs": {...}, "after": ..., "after_inputs": ..., "info": {...}}."""
-    producers_a = {n: node.op_type for node in a.graph.node for n in node.output}
-    producers_b = {n: node.op_type for node in b.graph.node for n in node.output}
+    a = a if isinstance(a, SplitModel) else split_model(a)
+    b = b if isinstance(b, SplitModel) else split_model(b)
+    producers_a = {n: node.op_type for node in a.skeleton.graph.node for n in node.output}
+    producers_b = {n: node.op_type for node in b.skeleton.graph.node for n in node.output}
     shared = {nb: na for nb, na in shared.items()
               if producers_b.get(nb, "") != "Constant" and producers_a.get(na, "") != "Constant"}
     shared_a = set(shared.values())
-    nodes_b, bound_b = _upstream(b, first.name, lambda n: n in shared)
-    nodes_a, bound_a = _upstream(a, first.name_a, lambda n: n in shared_a)
+    nodes_b, bound_b = _upstream(b.skeleton, first.name, lambda n: n in shared)
+    nodes_a, bound_a = _upstream(a.skeleton, first.name_a, lambda n: n in shared_a)
     # Every boundary value comes from A (the graph before): where B reads a shared tensor, it reads A's copy of
     # it, which agrees with B's up to the first divergence, so both subgraphs start from identical inputs.
     source_b = {nb: shared.get(nb, nb) for nb in bound_b}
@@ -234,20 +244,20 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / f"{recipe.name}-bisect"
     src, _ = source_model_path(recipe, progress)
-    original = load_model(src, "model")
+    original = load_split(src, "model")  # weights held once, shared by every graph below
     tolerance = recipe.verify.tolerance
     inputs = verification_inputs(recipe)
     input_name = recipe.input.name
     feeds = [{input_name: x} for x in inputs]
     progress(f"bisect: reference outputs of the input model on {len(inputs)} batch(es) ...")
     ref = Runner(original, input_name).run(inputs)
-    graph = to_graph(original)
+    graph = graph_from_split(original)
     traced = {n: n for n in tensor_producers(graph)}
     specs = recipe.passes
     passes = recipe.build_passes()
     rows: list[dict[str, Any]] = []
     responsible = None
-    before_graph = after_model = pass_map = None
+    before_graph = after = pass_map = None
     for k, (p, spec) in enumerate(zip(passes, specs), 1):
         on_fail = spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail
         label = f"[{k}/{len(passes)}] {p.name}"
@@ -274,10 +284,10 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
             graph.cleanup().toposort()
             names_after = tensor_producers(graph)
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
-            after_model = to_model(graph)
+            after = split_graph(graph)
             try:
-                onnx.checker.check_model(after_model)
-                got = Runner(after_model, input_name).run(inputs)
+                check_split(after)
+                got = Runner(after, input_name).run(inputs)
             except onnx.checker.ValidationError as e:
                 responsible = {"reason": "invalid graph", "detail": str(e).strip().splitlines()[0]}
             except UserError as e:
@@ -312,15 +322,15 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
         return report
 
     progress(f"bisect: layer-wise diff of the graph before {responsible['name']} against the graph after it ...")
-    a = to_model(before_graph)
-    result = diff_models(a, after_model, feeds, tolerance=tolerance, name_map=pass_map, budget_mb=budget_mb,
+    a = split_graph(before_graph)
+    result = diff_models(a, after, feeds, tolerance=tolerance, name_map=pass_map, budget_mb=budget_mb,
                          progress=progress)
     report["compared_with"] = "the graph before the pass"
     if result.first is None:
         # The pass only tipped a drift over the edge: no tensor diverges across it alone.
         progress("bisect: no tensor diverges across that pass alone; diffing against the input model ...")
         a = original
-        result = diff_models(a, after_model, feeds, tolerance=tolerance, name_map=compose(pass_map, traced),
+        result = diff_models(a, after, feeds, tolerance=tolerance, name_map=compose(pass_map, traced),
                              budget_mb=budget_mb, progress=progress)
         report["compared_with"] = "the input model"
     # The subgraph's inputs are cut at compared tensors: shared, computed, and of one shape in both graphs.
@@ -336,7 +346,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     if first is not None:
         report["first_divergent"] = asdict(first)
         progress(f"bisect: first divergent {first.describe()}; cutting the smallest subgraph ...")
-        pair = minimal_pair(a, after_model, first, shared, feeds, tolerance)
+        pair = minimal_pair(a, after, first, shared, feeds, tolerance)
         for side in ("before", "after"):
             files[f"{side}.onnx"] = pair[side].SerializeToString()
             files[f"{side}_inputs.npz"] = _npz(pair[f"{side}_inputs"])

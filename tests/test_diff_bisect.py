@@ -75,6 +75,19 @@ class NudgeBias(Pass):
         return PassResult(n > 0, {"nudged": n})
 
 
+@register_pass("test_nudge_weight")
+class NudgeWeight(Pass):
+    """Test-only, deliberately wrong: adds 0.5 to one element of the weight of the MatMul named mm2 (a copy: the
+    input graph's arrays are shared)."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        node = next(n for n in graph.nodes if n.name == "mm2")
+        value = const_value(node.inputs[1]).copy()
+        value[5, 7] += 0.5
+        node.inputs[1] = gs.Constant(make_name(graph, "w2_nudged"), value)
+        return PassResult(True, {"nudged": 1})
+
+
 @register_pass("test_crash_for_bisect")
 class Crash(Pass):
     """Test-only: a pass that raises."""
@@ -252,6 +265,28 @@ def test_bisect_names_the_pass_and_saves_a_subgraph_that_reproduces(workdir, cap
     text = capsys.readouterr().out
     assert "responsible: pass test_nudge_bias (passes[2]) broke numerics" in text
     assert "reproduces on its own in onnxruntime: yes" in text
+
+
+def test_bisect_cuts_a_subgraph_with_its_large_weights(tmp_path):
+    """Weights held as arrays are written into the saved subgraphs (only the ones they read)."""
+    onnx.save(_two_layer(0.0), tmp_path / "two.onnx")
+    path = tmp_path / "two.yaml"
+    path.write_text(textwrap.dedent("""\
+    name: two
+    model: {onnx: two.onnx}
+    input: {name: x, shape: [2, 64]}
+    passes: [test_nudge_weight]
+    verify: {samples: 2, tolerance: {max_abs: 1.0e-5, cosine: 0.99999}}
+    """))
+    report = bisect_recipe(load_recipe(path), tmp_path / "b", progress=lambda m: None)
+    assert report["responsible"]["name"] == "test_nudge_weight" and report["first_divergent"]["name"] == "y"
+    assert report["subgraph"]["check"]["reproduces"]
+    before, after = (onnx.load(str(tmp_path / "b" / f"{side}.onnx")) for side in ("before", "after"))
+    assert [i.name for i in before.graph.initializer] == ["w2"]
+    w2 = onnx.numpy_helper.to_array(before.graph.initializer[0])
+    w2_after = onnx.numpy_helper.to_array(after.graph.initializer[0])
+    assert np.array_equal(w2, onnx.numpy_helper.to_array(_two_layer(0.0).graph.initializer[1]))
+    assert w2_after[5, 7] == pytest.approx(w2[5, 7] + 0.5) and w2_after[0, 0] == w2[0, 0]
 
 
 def test_bisect_of_a_good_recipe_finds_nothing(workdir, capsys):
