@@ -1,8 +1,10 @@
 """graphopt apply against onnxslim and onnxsim on the same exported files, with the load + save floor.
 
-    python -m benchmarks.apply_vs_tools [--recipes vit_b32,twins_pcpvt_s,shiftvit,lvvit] [--latency-reps 10]
+    python -m benchmarks.apply_vs_tools [--recipes vit_b32,twins_pcpvt_s,shiftvit,lvvit] [--repeat 3]
+                                        [--latency-reps 20]
 
-Each measurement runs in its own child process (fresh interpreter, so peak RSS is that task's alone):
+Each measurement runs in its own child process (fresh interpreter, so peak RSS is that task's alone), ``--repeat``
+times round robin across the tasks; the median time (and the largest peak RSS) is reported:
 - floor: onnx.load + onnx.save of the exported file;
 - graphopt apply --no-verify, and graphopt apply with verification on;
 - onnxsim.simplify + save; onnxslim.slim + save (each skipped with a note when not installed: both are
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=4, metavar=("TASK", "SRC", "OUT", "RECIPE"))
     parser.add_argument("--recipes", default="vit_b32,twins_pcpvt_s,shiftvit,lvvit")
-    parser.add_argument("--latency-reps", type=int, default=10)
+    parser.add_argument("--latency-reps", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each task (round robin across tasks); the median time is reported")
     parser.add_argument("--latency", nargs=6, metavar=("NAIVE", "OPTIMIZED", "INPUT", "ITEM_SHAPE", "BATCH", "REPS"))
     args = parser.parse_args(argv)
     if args.latency:
@@ -123,19 +127,35 @@ def main(argv: list[str] | None = None) -> int:
             src, _ = source_model_path(recipe, progress=lambda m: None)
             size_mb = src.stat().st_size / 1e6
             print(f"{name}: {src} ({size_mb:.0f} MB)", flush=True)
-            m = {}
+            tasks = []
             for task in ("floor", "graphopt", "graphopt_verify", "onnxsim", "onnxslim"):
-                out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in ("floor", "onnxsim", "onnxslim") else "")
-                out.parent.mkdir(parents=True, exist_ok=True)
                 if task in ("onnxsim", "onnxslim"):
                     try:
                         __import__(task)
                     except ImportError:
                         print(f"  {task}: not installed (pip install {task}); skipped", flush=True)
                         continue
-                m[task] = _measure(task, src, out, recipe_path)
-                if m[task]:
-                    print(f"  {task}: {m[task]['seconds']:.2f} s, peak RSS {m[task]['peak_rss_mb']:.0f} MB", flush=True)
+                tasks.append(task)
+            runs: dict[str, list[dict]] = {t: [] for t in tasks}
+            for _ in range(args.repeat):  # round robin: a slow spell of the host hits every task alike
+                for task in tasks:
+                    out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in ("floor", "onnxsim", "onnxslim")
+                                                          else "")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    r = _measure(task, src, out, recipe_path)
+                    if r:
+                        runs[task].append(r)
+            m = {}
+            for task in tasks:
+                if not runs[task]:
+                    m[task] = None
+                    continue
+                times = [r["seconds"] for r in runs[task]]
+                m[task] = {"seconds": statistics.median(times),
+                           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[task])}
+                spread = f" (median of {len(times)}: {min(times):.2f}-{max(times):.2f})" if len(times) > 1 else ""
+                print(f"  {task}: {m[task]['seconds']:.2f} s{spread}, peak RSS {m[task]['peak_rss_mb']:.0f} MB",
+                      flush=True)
             item = list(recipe.input.shape[1:])
             lat = {}
             optimized = Path(tmp) / f"{name}-graphopt" / "model.onnx"
