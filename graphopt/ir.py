@@ -526,22 +526,23 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
                 consumer.inputs[i] = new
 
 
-def inferred_types(graph: gs.Graph) -> dict[str, tuple[list | None, object]]:
-    """Shape and type inference (``infer_shapes``) on ``graph``'s ``shape_model``: name -> (shape, dtype) of every
-    tensor it typed, read from the inferred value infos (shape None when only the type is known)."""
+def inferred_types(graph: gs.Graph, model: onnx.ModelProto | None = None) -> dict[str, tuple[list | None, object]]:
+    """Shape and type inference (``infer_shapes``) on ``graph``'s ``shape_model`` (or on ``model``, a lighter
+    stand-in a pass built for it): name -> (shape, dtype) of every tensor it typed, read from the inferred value
+    infos (shape None when only the type is known)."""
     from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
-    g = infer_shapes(shape_model(graph)).graph
+    g = infer_shapes(shape_model(graph) if model is None else model).graph
     return {vi.name: (get_onnx_tensor_shape(vi), get_onnx_tensor_dtype(vi))
             for vi in (*g.input, *g.output, *g.value_info) if vi.type.HasField("tensor_type")}
 
 
-def ensure_shapes(graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> None:
+def ensure_shapes(graph: gs.Graph, tensors: Iterable[gs.Tensor], model: onnx.ModelProto | None = None) -> None:
     """Run shape inference (in place) when any of ``tensors`` has no shape yet; passes that match on shapes
-    call this instead of requiring an ``infer_shapes`` pass before them."""
+    call this instead of requiring an ``infer_shapes`` pass before them. ``model``: see ``inferred_types``."""
     if all(t.shape is not None for t in tensors):
         return
-    known = inferred_types(graph)
+    known = inferred_types(graph, model)
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Variable) and t.shape is None and name in known:
             t.shape, t.dtype = known[name]

@@ -355,6 +355,24 @@ def test_shiftvit_t_light_all_scatters_removed(shiftvit):
         assert chain["groups"] == expected_groups(channels, 12)
 
 
+def test_shape_proxy_gives_the_full_inference_shapes_outside_the_chains(shiftvit):
+    """The proxy model (each chain's last ScatterND -> Cast of its source, dead index arithmetic dropped) types
+    every tensor it keeps as inference over the whole graph does, chain sources included, from far fewer nodes."""
+    from graphopt.ir import inferred_types, to_graph
+    from graphopt.passes.replace_shift_scatter import _find_chains, _match_structure, shape_proxy
+
+    graph = to_graph(shiftvit)
+    chains = [c for c in _find_chains(graph) if _match_structure(c) is None]
+    assert len(chains) == 12 and all(c.src is not None for c in chains)
+    proxy = shape_proxy(graph, chains)
+    assert len(proxy.graph.node) < len(shiftvit.graph.node) / 3
+    fast, full = inferred_types(graph, proxy), inferred_types(graph)
+    assert all(fast[c.src.name][0] is not None for c in chains)
+    shared = set(fast) & set(full)
+    assert len(shared) > 300  # every tensor the proxy keeps: block inputs, norms, MLPs, the head
+    assert {n: fast[n] for n in shared} == {n: full[n] for n in shared}
+
+
 def misread(where_from: np.ndarray) -> list[ShiftGroup]:
     """``decompose_shift_map`` with the first group's "left by one" read as "copy", same window: a valid graph
     with wrong values."""
