@@ -117,6 +117,9 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     if verify:
         progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es) ...")
         ref = prev = Runner(split, input_name).run(inputs)
+    # The graph as the last verified pass left it, as a SplitModel sharing the graph's weight arrays: what a pass
+    # that fails is diffed against and what on_fail: skip goes back to, kept without copying the graph.
+    last = split if verify else None
     del split
     records: list[PassRecord] = []
     configs: dict[str, Any] = {}
@@ -124,9 +127,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     traced = {name: name for name in tensor_producers(graph)}
     for k, (p, where, on_fail) in enumerate(passes, 1):
         label = f"[{k}/{len(passes)}] {p.name}"
-        snapshot = graph.copy() if on_fail == "skip" else None  # shares weights: cheap
-        # The graph before the pass, for the layer-wise diff should the pass fail verification.
-        before = snapshot if snapshot is not None or not verify else graph.copy()
+        before = last if verify else split_graph(graph) if on_fail == "skip" else None
         names_before = tensor_producers(graph)
         progress(f"{label} ...")
         t0 = time.perf_counter()
@@ -137,8 +138,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         except (UserError, VerificationFailed):
             raise
         except Exception as e:
-            if snapshot is not None:
-                graph = snapshot
+            if on_fail == "skip":
+                graph = graph_from_split(before)
                 records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
                                           time.perf_counter() - t0, None, "skipped"))
                 progress(f"{label}: raised {type(e).__name__}: {e}; skipped (on_fail: skip)")
@@ -163,7 +164,6 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                     got = Runner(after, input_name).run(inputs)
                 except UserError as e:
                     raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
-                del after
                 cmp = compare_outputs(prev, got, tolerance)
                 verdict = cmp.summary()
                 if not cmp.passed:
@@ -171,18 +171,19 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
 
                     progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
                     verdict["first_divergent"] = first_divergence(  # both share the graphs' weight arrays
-                        split_graph(before), split_graph(graph),
+                        before, after,
                         [{input_name or graph.inputs[0].name: x} for x in inputs], pass_map, tolerance)
                     where_diverged = describe_divergence(verdict["first_divergent"])
                     if on_fail == "skip":
-                        graph = snapshot
+                        graph = graph_from_split(before)
                         records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
                         progress(f"{label}: FAILED verification, {cmp.describe()}{where_diverged}; "
                                  "skipped (on_fail: skip)")
                         continue
                     raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}"
                                              f"{where_diverged}")
-                prev = got
+                prev, last = got, after
+                del after
             traced = compose(pass_map, traced)
         del before
         try:
