@@ -119,7 +119,8 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     passes = [(p, spec.where, spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail)
               for p, spec in zip(recipe.build_passes(), recipe.passes)]
     result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=recipe.input.name,
-                                          tolerance=recipe.verify.tolerance, progress=progress)
+                                          tolerance=recipe.verify.tolerance, progress=progress,
+                                          real_data=recipe.verify.data is not None)
     del model
     files: dict[str, Any] = {}
     if "model" in recipe.emit:

@@ -102,8 +102,10 @@ def _progress_noop(msg: str) -> None:
 
 def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pass, str, str]], *,
                  inputs: Sequence[np.ndarray] | None, input_name: str | None, tolerance=None,
-                 progress: Callable[[str], None] = _progress_noop) -> PipelineResult:
-    """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given."""
+                 progress: Callable[[str], None] = _progress_noop, real_data: bool = False) -> PipelineResult:
+    """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given.
+    ``real_data``: ``inputs`` are real data (a recipe's ``verify.data``), not seeded random arrays; measuring
+    passes, which calibrate on them, warn otherwise."""
     verify = inputs is not None
     if tolerance is None:  # the recipe's defaults
         from .recipe import Tolerance
@@ -132,7 +134,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         progress(f"{label} ...")
         t0 = time.perf_counter()
         if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
-            p.calibration = (inputs, input_name)
+            p.calibration = (inputs, input_name, real_data)
         try:
             result = p(graph)
         except (UserError, VerificationFailed):

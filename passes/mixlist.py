@@ -159,7 +159,7 @@ class Mixlist(Pass):
         from graphopt.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, rebatch
         from graphopt.verify import make_inputs
 
-        inputs, input_name = self.calibration or (None, None)
+        inputs, input_name, real_data = self.calibration or (None, None, False)
         model = to_model(graph)
         emulator = Fp16Emulator(model, input_name, reduce_accumulation=self.reduce_accumulation)
         inp = next(t for t in graph.inputs if t.name == emulator.input_name)
@@ -168,7 +168,10 @@ class Mixlist(Pass):
         warnings: list[str] = []
         if inputs:
             items = np.concatenate(list(inputs))[: self.samples]
-            source = f"{len(items)} verification input(s) of the pipeline (real data when verify.data is set)"
+            source = f"{len(items)} verification input(s) of the pipeline (" \
+                + ("real data: verify.data)" if real_data else "seeded random: the recipe sets no verify.data)")
+            if not real_data:
+                warnings.append(RANDOM_INPUTS_WARNING)
         else:
             shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
             items = np.concatenate(make_inputs([1, *shape[1:]], self.samples, self.seed))

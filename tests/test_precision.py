@@ -277,13 +277,18 @@ def test_mixlist_measured_mode_through_the_pipeline():
     model = _planted_mul_graph(all_muls_sensitive=True)
     inputs = [_rng_x((4, 16), seed=k) for k in range(4)]
     res = run_pipeline(model, [(Mixlist(mode="measured"), "passes[0]", "stop")], inputs=inputs, input_name="x",
-                       tolerance=UNCHANGED)
+                       tolerance=UNCHANGED, real_data=True)
     rec = res.records[0]
     assert rec.status == "unchanged" and not rec.changed
     assert res.configs == {"mixlist": {"black-list": {"to-add": ["Mul"]}}, "precision_mode": "allow_mix_precision"}
     assert rec.stats["keep_types"] == ["Mul"] and rec.stats["predicted"]["passed"]
     assert rec.stats["force_fp16"]["passed"] is False and rec.stats["warnings"] == []
-    assert "16 verification input" in rec.stats["calibration"]
+    assert "16 verification input" in rec.stats["calibration"] and "real data" in rec.stats["calibration"]
+    # the same inputs when they are the pipeline's seeded random ones (no verify.data): the warning
+    res = run_pipeline(model, [(Mixlist(mode="measured"), "passes[0]", "stop")], inputs=inputs, input_name="x",
+                       tolerance=UNCHANGED)
+    assert res.records[0].stats["warnings"] == [RANDOM_INPUTS_WARNING]
+    assert "seeded random" in res.records[0].stats["calibration"]
     # without verification inputs: seeded random ones, with the warning
     res = run_pipeline(model, [(Mixlist(mode="measured", samples=8), "passes[0]", "stop")], inputs=None,
                        input_name="x")
