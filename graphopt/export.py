@@ -15,14 +15,13 @@ import importlib.util
 import inspect
 import io
 import json
-import os
 from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import UserError
-from .ir import atomic_write_bytes
+from .ir import atomic_write_bytes, cache_dir
 
 __all__ = [
     "Exporter",
@@ -106,10 +105,6 @@ def get_exporter(name: str) -> Exporter:
 
 def list_exporters() -> list[Exporter]:
     return [get_exporter(name) for name in exporter_names()]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRAPHOPT_CACHE") or Path.home() / ".cache" / "graphopt")
 
 
 def _file_sha256(path: Path) -> str:

@@ -402,14 +402,69 @@ def symbolic_shape_inference():
     return sys.modules[name].SymbolicShapeInference
 
 
+def cache_dir() -> Path:
+    """graphopt's cache: ``$GRAPHOPT_CACHE``, default ``~/.cache/graphopt`` (exports, inferred shapes)."""
+    return Path(os.environ.get("GRAPHOPT_CACHE") or Path.home() / ".cache" / "graphopt")
+
+
+# Inferred shapes are kept for models up to this size (the serialized model is the key's input), at most
+# _SHAPE_CACHE_ENTRIES of them, the least recently used dropped first. The key also covers this file's source
+# (the inference code) and the onnx / onnxruntime versions.
+_SHAPE_CACHE_MAX_BYTES = 64 << 20
+_SHAPE_CACHE_ENTRIES = 256
+
+
+def _shape_cache_path(data: bytes) -> Path | None:
+    if os.environ.get("GRAPHOPT_SHAPE_CACHE", "1") == "0":
+        return None
+    import hashlib
+
+    import onnxruntime
+
+    h = hashlib.sha256(f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(data)
+    return cache_dir() / "shapes" / f"{h.hexdigest()[:32]}.onnx"
+
+
+def _shape_cache_store(path: Path, model: onnx.ModelProto) -> None:
+    """Best effort: a cache that cannot be written (read-only home, full disk) only costs the next run time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, model.SerializeToString())
+        entries = sorted(path.parent.glob("*.onnx"), key=lambda e: e.stat().st_mtime)
+        for old in entries[:-_SHAPE_CACHE_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except (OSError, UserError):
+        pass
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes for every tensor, symbolic dims (a dynamic batch) included.
+    """Shapes for every tensor, symbolic dims (a dynamic batch) included; results for models up to 64 MiB are
+    cached under ``cache_dir()/shapes`` by a hash of the model's bytes and the onnx / onnxruntime versions
+    (``GRAPHOPT_SHAPE_CACHE=0`` turns that off), so a recipe applied again skips the inference.
 
     onnxruntime's symbolic shape inference first: ONNX's own loses every shape after a dynamic-batch
     ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. Where it stops (an op it does not
     know), ONNX's inference completes what it can from its partial result, and a model that defeats both is
     returned unchanged (its shapes stay unknown). Nothing is written to disk.
     """
+    data = model.SerializeToString() if model.ByteSize() <= _SHAPE_CACHE_MAX_BYTES else None
+    cached = None if data is None else _shape_cache_path(data)
+    if cached is not None and cached.is_file():
+        try:
+            out = onnx.load_from_string(cached.read_bytes())
+            os.utime(cached)  # recently used
+            return out
+        except Exception:  # noqa: BLE001 - a damaged entry is inferred again and replaced
+            pass
+    out = _infer_uncached(model)
+    if cached is not None:
+        _shape_cache_store(cached, out)
+    return out
+
+
+def _infer_uncached(model: onnx.ModelProto) -> onnx.ModelProto:
     inferred = _symbolic_infer(model)
     complete = inferred is not None and inferred[1]
     if complete:
