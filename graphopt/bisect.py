@@ -36,7 +36,7 @@ from .ir import load_split
 from .name_map import compose, pass_name_map, tensor_producers
 from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .recipe import Recipe, Tolerance
-from .verify import Runner, compare_outputs
+from .verify import Runner, compare_outputs, comparison_session
 
 __all__ = ["bisect_recipe", "minimal_pair", "check_reproduces", "add_cli"]
 
@@ -105,13 +105,7 @@ def _subgraph(split: SplitModel, nodes: Sequence[int], inputs: Mapping[str, np.n
 
 
 def _run_once(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    session, _ = comparison_session(str(model) if isinstance(model, (str, Path)) else model.SerializeToString())
     return np.asarray(session.run(None, dict(feed))[0])
 
 
@@ -209,7 +203,8 @@ import onnxruntime as ort
 def run(side):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(f"{side}.onnx", opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(f"{side}.onnx", opts, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=["Pad_Fusion"])  # as graphopt's comparisons
     with np.load(f"{side}_inputs.npz") as data:
         return session.run(None, {k: data[k] for k in data.files})[0].astype(np.float64)
 

@@ -30,9 +30,8 @@ from .errors import UserError
 from .ir import copy_fields, infer_shapes, load_split
 from .name_map import model_producers, shared_tensors
 from .protoio import SplitModel, split_model, weights_as_inputs
-from .protoio import session as protoio_session
 from .recipe import Tolerance
-from .verify import compare_outputs, make_inputs
+from .verify import compare_outputs, comparison_session, make_inputs
 
 __all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
            "load_name_map", "seeded_feeds", "plot_diff", "tensor_tolerance", "add_cli",
@@ -175,13 +174,8 @@ class SubgraphRunner:
 
     def run(self, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
         """The values of ``names`` for each feed (a list per name, one array per feed)."""
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as graphopt.verify.Runner
         try:
-            session, weights = protoio_session(self.pruned(names), opts, providers=["CPUExecutionProvider"])
+            session, weights = comparison_session(self.pruned(names))
         except Exception as e:
             raise UserError(f"{self.what}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
         self.sessions += 1

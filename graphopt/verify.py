@@ -178,13 +178,18 @@ def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
     return list(found)
 
 
-def _session(model, opts):
-    """A CPU session of a path, serialized bytes or a ``SplitModel``, and the feeds it needs besides the model's
-    inputs (a ``SplitModel``'s weights, which onnxruntime reads in place)."""
+def comparison_session(model):
+    """The onnxruntime session every numeric comparison runs in (verification, diff, bisect): CPU, basic graph
+    optimisations only (the comparison should measure the graph as written, not ORT's fusions of it), quiet. Of a
+    path, serialized bytes or a ``SplitModel``; returns it and the feeds it needs besides the model's inputs (a
+    ``SplitModel``'s weights, which onnxruntime reads in place)."""
     import onnxruntime as ort
 
     from .protoio import SplitModel, session
 
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
     # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
     kwargs = {"providers": ["CPUExecutionProvider"], "disabled_optimizers": ["Pad_Fusion"]}
@@ -199,23 +204,17 @@ class Runner:
     weights it reads without a copy (how models over 2 GB run; a ModelProto that large is split first)."""
 
     def __init__(self, model, input_name: str | None = None):
-        import onnxruntime as ort
-
         from .protoio import SplitModel, split_model
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # Basic optimisations only: the comparison should measure the graph as written, not ORT's fusions of it.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             if isinstance(model, (str, Path, bytes, SplitModel)):
-                self.session, self.weights = _session(str(model) if isinstance(model, Path) else model, opts)
+                self.session, self.weights = comparison_session(str(model) if isinstance(model, Path) else model)
             else:
                 try:
                     data = model.SerializeToString()
                 except (ValueError, EncodeError):  # over 2 GiB: the weights fed from arrays instead
                     data = split_model(model)
-                self.session, self.weights = _session(data, opts)
+                self.session, self.weights = comparison_session(data)
         except UserError:
             raise
         except Exception as e:
