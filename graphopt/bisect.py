@@ -29,10 +29,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .apply import source_model_path, verification_inputs, write_run_dir
-from .diff import (DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, node_inputs, plot_diff,
-                   tensor_tolerance)
+from .diff import DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, plot_diff, tensor_tolerance
 from .errors import UserError
-from .ir import load_split
+from .ir import load_split, node_inputs
 from .name_map import compose, pass_name_map, tensor_producers
 from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .recipe import Recipe, Tolerance

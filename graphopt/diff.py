@@ -27,7 +27,7 @@ import onnx
 from onnx import helper
 
 from .errors import UserError
-from .ir import copy_fields, infer_shapes, load_split
+from .ir import copy_fields, infer_shapes, load_split, node_inputs
 from .name_map import model_producers, shared_tensors
 from .protoio import SplitModel, split_model, weights_as_inputs
 from .recipe import Tolerance
@@ -192,20 +192,6 @@ class SubgraphRunner:
             for n, v in zip(names, outs):
                 values[n].append(np.asarray(v))
         return values
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """A node's inputs, plus the outer-scope names its subgraphs (If/Loop/Scan bodies) read."""
-    names = [n for n in node.input if n]
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            inner = {i.name for i in g.input} | {i.name for i in g.initializer}
-            for n in g.node:
-                inner.update(n.output)
-            for n in g.node:
-                names.extend(x for x in node_inputs(n) if x not in inner)
-    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ __all__ = [
     "ensure_shapes",
     "inferred_types",
     "structure_signature",
+    "node_inputs",
     "constants_to_initializers",
 ]
 
@@ -494,6 +495,20 @@ def _symbolic_infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool] | No
         return inference.out_mp_, bool(complete)
     except Exception:
         return None
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs, plus the outer-scope names its subgraphs (If/Loop/Scan bodies) read."""
+    names = [n for n in node.input if n]
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            inner = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for n in g.node:
+                inner.update(n.output)
+            for n in g.node:
+                names.extend(x for x in node_inputs(n) if x not in inner)
+    return names
 
 
 def op_counts(graph_or_model: gs.Graph | onnx.ModelProto) -> dict[str, int]:

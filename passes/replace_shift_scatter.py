@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors, shape_model
+from graphopt.ir import (const_value, ensure_shapes, make_name, node_inputs, producer, set_tensors,
+                         shape_model)
 from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.pattern import NoMatch
 
@@ -237,8 +238,6 @@ def shape_proxy(graph: gs.Graph, chains: list[_Chain]) -> onnx.ModelProto:
     shape (the buffer is ``zeros_like(source)``), so shape inference over this model gives every tensor outside the
     chains the shape and type it has in ``graph``, without the index arithmetic feeding the scatters: most of a
     ShiftViT graph, and most of its inference time."""
-    from graphopt.diff import node_inputs
-
     model = shape_model(graph)
     stand_in = {c.output.name: c for c in chains if c.src is not None and c.buffer_dtype is not None}
     nodes = list(model.graph.node)
