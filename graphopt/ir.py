@@ -9,6 +9,7 @@ model file; they are written tensor by tensor from memory, never as one protobuf
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -415,15 +416,21 @@ _SHAPE_CACHE_MAX_BYTES = 64 << 20
 _SHAPE_CACHE_ENTRIES = 256
 
 
+@functools.lru_cache(maxsize=1)
+def _shape_cache_salt() -> bytes:
+    """What besides the model decides inferred shapes: the onnx / onnxruntime versions and this file (the
+    inference code). Read once per process."""
+    import onnxruntime
+
+    return f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode() + Path(__file__).read_bytes()
+
+
 def _shape_cache_path(data: bytes) -> Path | None:
     if os.environ.get("GRAPHOPT_SHAPE_CACHE", "1") == "0":
         return None
     import hashlib
 
-    import onnxruntime
-
-    h = hashlib.sha256(f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode())
-    h.update(Path(__file__).read_bytes())
+    h = hashlib.sha256(_shape_cache_salt())
     h.update(data)
     return cache_dir() / "shapes" / f"{h.hexdigest()[:32]}.onnx"
 
@@ -442,8 +449,8 @@ def _shape_cache_store(path: Path, model: onnx.ModelProto) -> None:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shapes for every tensor, symbolic dims (a dynamic batch) included; results for models up to 64 MiB are
-    cached under ``cache_dir()/shapes`` by a hash of the model's bytes and the onnx / onnxruntime versions
-    (``GRAPHOPT_SHAPE_CACHE=0`` turns that off), so a recipe applied again skips the inference.
+    cached under ``cache_dir()/shapes`` by a hash of the model's bytes, the inference code and the onnx /
+    onnxruntime versions (``GRAPHOPT_SHAPE_CACHE=0`` turns that off), so a recipe applied again skips the inference.
 
     onnxruntime's symbolic shape inference first: ONNX's own loses every shape after a dynamic-batch
     ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. Where it stops (an op it does not
