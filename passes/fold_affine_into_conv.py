@@ -76,10 +76,10 @@ class FoldAffineIntoConv(Pass):
         outputs = {t.name for t in graph.outputs}
         for conv in [n for n in graph.nodes if n.op == "Conv"]:
             weight = const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-            bias = const_value(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2].name else None
             if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
                 continue
             has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2].name)
+            bias = const_value(conv.inputs[2]) if has_bias else None
             groups = int(conv.attrs.get("group", 1))
             per_group = weight.shape[1]
             channels = groups * per_group
