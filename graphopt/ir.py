@@ -418,11 +418,12 @@ _SHAPE_CACHE_ENTRIES = 256
 
 @functools.lru_cache(maxsize=1)
 def _shape_cache_salt() -> bytes:
-    """What besides the model decides inferred shapes: the onnx / onnxruntime versions and this file (the
-    inference code). Read once per process."""
+    """What besides the model decides inferred shapes: the onnx / onnxruntime versions and the inference code
+    (this file and ``shape_probe.py``). Read once per process."""
     import onnxruntime
 
-    return f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode() + Path(__file__).read_bytes()
+    return (f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode() + Path(__file__).read_bytes()
+            + (Path(__file__).parent / "shape_probe.py").read_bytes())
 
 
 def _shape_cache_path(data: bytes) -> Path | None:
@@ -452,10 +453,12 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     cached under ``cache_dir()/shapes`` by a hash of the model's bytes, the inference code and the onnx /
     onnxruntime versions (``GRAPHOPT_SHAPE_CACHE=0`` turns that off), so a recipe applied again skips the inference.
 
-    onnxruntime's symbolic shape inference first: ONNX's own loses every shape after a dynamic-batch
-    ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. Where it stops (an op it does not
-    know), ONNX's inference completes what it can from its partial result, and a model that defeats both is
-    returned unchanged (its shapes stay unknown). Nothing is written to disk.
+    Probing first (``shape_probe``): ONNX's C++ inference at two concrete sizes of the symbolic dims, with the
+    shape arithmetic evaluated; milliseconds, used when it shapes every tensor. Otherwise onnxruntime's symbolic
+    shape inference (it imports sympy: about a second): ONNX's own inference alone loses every shape after a
+    dynamic-batch ``Expand``/``Reshape`` (the cls-token concat of a ViT), which it resolves. Where it stops (an op
+    it does not know), ONNX's inference completes what it can from its partial result, and a model that defeats
+    all of them is returned unchanged (its shapes stay unknown). Nothing is written to disk.
     """
     data = model.SerializeToString() if model.ByteSize() <= _SHAPE_CACHE_MAX_BYTES else None
     cached = None if data is None else _shape_cache_path(data)
@@ -473,6 +476,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer_uncached(model: onnx.ModelProto) -> onnx.ModelProto:
+    from .shape_probe import probe_infer
+
+    probed = probe_infer(model)
+    if probed is not None:
+        return probed
     inferred = _symbolic_infer(model)
     complete = inferred is not None and inferred[1]
     if complete:

@@ -1,0 +1,117 @@
+"""Shape inference by probing (``graphopt.shape_probe``): ONNX's inference at two concrete sizes of the symbolic
+dims. It must agree with onnxruntime's symbolic inference wherever that one knows a shape, name the dims that
+follow a symbol, and give up (None: the caller falls back on symbolic inference) rather than guess."""
+from __future__ import annotations
+
+import onnx
+import pytest
+from corpus import ZOO, export_zoo_model
+
+from graphopt import ir, shape_probe
+from graphopt.shape_probe import probe_infer
+from graphopt.testing import model_from_text
+
+
+def _shapes(model) -> dict[str, tuple[list, int]]:
+    g = model.graph
+    return {v.name: ([d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim],
+                     v.type.tensor_type.elem_type) for v in (*g.value_info, *g.output)}
+
+
+# A ViT's cls token at opset 11, as torch exports `cls.expand(B, -1, -1)` and `x.reshape(B, N, -1)`: the Expand
+# target goes through Equal/Where (which ONNX's own inference does not evaluate), the Reshape target through
+# Shape/Gather/Concat.
+CLS_TOKEN = """
+<ir_version: 7, opset_import: ["" : 11]>
+g (float[N, 4, 8] x, float[1, 1, 8] cls) => (float[N, 5, 8] y, float[M, 8] flat) {
+    s = Shape(x)
+    i0 = Constant<value = int64 {0}>()
+    b = Gather<axis = 0>(s, i0)
+    bu = Unsqueeze<axes = [0]>(b)
+    minus = Constant<value = int64[2] {-1, -1}>()
+    target = Concat<axis = 0>(bu, minus)
+    ones = Constant<value = int64[3] {1, 1, 1}>()
+    neg = Constant<value = int64[3] {-1, -1, -1}>()
+    is_neg = Equal(target, neg)
+    expand_to = Where(is_neg, ones, target)
+    c = Expand(cls, expand_to)
+    y = Concat<axis = 1>(c, x)
+    minus1 = Constant<value = int64[1] {-1}>()
+    eight = Constant<value = int64[1] {8}>()
+    flat_to = Concat<axis = 0>(minus1, eight)
+    flat = Reshape(x, flat_to)
+}"""
+
+
+def test_cls_token_expand_and_reshape_keep_the_batch_symbol():
+    shapes = _shapes(probe_infer(model_from_text(CLS_TOKEN)))
+    assert shapes["c"] == (["N", 1, 8], 1)
+    assert shapes["y"] == (["N", 5, 8], 1)
+    assert shapes["flat"] == (["4*N", 8], 1)  # a multiple of the symbol is named as one
+    assert shapes["target"] == ([3], 7)
+    # ONNX's own inference, without probing, loses the Expand (what the probe is for).
+    plain = _shapes(onnx.shape_inference.infer_shapes(model_from_text(CLS_TOKEN), data_prop=True))
+    assert "c" not in plain or "N" not in plain["c"][0]
+
+
+DYNAMIC_HW = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 3, H, W] x) => (float[N, 3, 1, 1] y) {
+    a = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(x)
+    b = Relu(a)
+    c = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(b)
+    y = GlobalAveragePool(c)
+}"""
+
+
+def test_downsampled_dims_stay_symbolic_and_equal_dims_share_a_name():
+    shapes = _shapes(probe_infer(model_from_text(DYNAMIC_HW)))
+    n, ch, h, w = shapes["a"][0]
+    assert (n, ch) == ("N", 3) and isinstance(h, str) and isinstance(w, str) and h != w
+    assert shapes["b"][0] == shapes["a"][0]  # the same dims: the same names
+    assert all(isinstance(d, str) for d in shapes["c"][0][2:]) and shapes["c"][0][2:] != [h, w]
+    assert shapes["y"][0] == ["N", 3, 1, 1]  # static whatever the size
+
+
+@pytest.mark.parametrize("text, why", [
+    ("""<ir_version: 8, opset_import: ["" : 13, "custom" : 1]>
+        g (float[N, 8] x) => (float[N, 8] y) { a = custom.Mystery(x)  y = Relu(a) }""", "a custom op"),
+    ("""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 3] x) => (float[4, M] y) { t = Constant<value = int64[2] {4, -1}>()  y = Reshape(x, t) }""",
+     "a reshape the probe sizes do not divide"),
+    ("""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 8] x, bool c) => (float[N, 8] y) {
+            y = If(c) <then_branch = t () => (float[N, 8] a) { a = Relu(x) },
+                       else_branch = e () => (float[N, 8] b) { b = Sigmoid(x) }>
+        }""", "a subgraph"),
+])
+def test_what_it_cannot_shape_falls_back(text, why):
+    model = onnx.parser.parse_model(text)
+    assert probe_infer(model) is None, why
+
+
+@pytest.mark.parametrize("name", [m.name for m in ZOO])
+def test_agrees_with_symbolic_inference_on_the_zoo(name, monkeypatch):
+    """Every tensor the fallback (onnxruntime's symbolic inference) shapes gets the same type and static dims from probing,
+    and its batch dims stay the batch; probing shapes every model of the zoo (none falls back)."""
+    spec = next(m for m in ZOO if m.name == name)
+    model = ir.shape_model(ir.to_graph(ir.load_model(export_zoo_model(spec))))
+    probed = probe_infer(model)
+    assert probed is not None
+    monkeypatch.setattr(shape_probe, "probe_infer", lambda m: None)
+    symbolic = ir._infer_uncached(model)  # onnxruntime's symbolic inference, completed by ONNX's
+    p, s = _shapes(probed), _shapes(symbolic)
+    compared = 0
+    for tensor, (dims, dtype) in s.items():
+        if not dims and tensor not in p:
+            continue  # symbolic inference typed nothing here either
+        assert tensor in p, tensor
+        pdims, pdtype = p[tensor]
+        assert pdtype == dtype and len(pdims) == len(dims), (tensor, dims, pdims)
+        for sd, pd in zip(dims, pdims):
+            if isinstance(sd, int):
+                assert pd == sd, (tensor, dims, pdims)
+            elif sd == "batch":
+                assert pd == "batch", (tensor, dims, pdims)
+        compared += 1
+    assert compared >= 0.9 * len([o for n in model.graph.node for o in n.output])
