@@ -54,8 +54,8 @@ def _describe_miss(start: gs.Node, path: list[str]) -> str:
 
 def _fill_dtypes(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
     """Give ``tensors`` that lack one their element type. Only types are needed here, so ONNX's own inference
-    (milliseconds) goes first; ``ensure_shapes`` (symbolic shapes: seconds, mostly importing onnxruntime.tools)
-    only when that leaves a type unknown."""
+    (one C++ call) goes first; ``ensure_shapes`` (shapes too, with its fallbacks) only when that leaves a type
+    unknown."""
     missing = [t for t in tensors if t.dtype is None]
     if not missing:
         return
