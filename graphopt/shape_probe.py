@@ -1,22 +1,23 @@
 """Shape inference by probing: ONNX's own (C++) inference at concrete sizes for the symbolic input dims.
 
-onnxruntime's symbolic shape inference (``ir.infer_shapes``'s general path) imports sympy, which alone costs about
+onnxruntime's symbolic shape inference (``ir.infer_shapes``'s fallback) imports sympy, which alone costs about
 0.9 s, and then runs in Python (0.5 s on ViT-B/32). ONNX's C++ inference takes milliseconds, but with a symbolic
-batch it loses every shape behind a computed ``Reshape`` target (``x.reshape(B, N, -1)``) or a computed
-``Expand`` (the cls token of a ViT). Here the symbolic input dims get concrete values, and ONNX's inference runs:
+batch it loses every shape behind a computed ``Reshape`` target (``x.reshape(B, N, -1)``) or a computed ``Expand``
+(the cls token of a ViT), and before opset 13 it does not follow shape arithmetic at all. Here the symbolic input
+dims get concrete sizes, and then:
 
-- on the model converted to ``PROBE_OPSET`` (when older), where ONNX propagates the values of shape arithmetic
-  (``Shape``, ``Gather``, ``Concat``, ``Slice``, ``Unsqueeze``, ...: its data propagation starts at opset 13);
-- then, for as long as some node's output shape stays unknown, ``_values`` evaluates the small integer tensors
-  that ONNX's data propagation does not follow (``Equal``, ``Where``, ``ConstantOfShape``, ``Range``, ...) with
-  numpy, each such tensor read by a node still unknown becomes a constant, and inference runs again.
+1. ONNX's inference runs on the whole model (with its data propagation, which covers opset 13 and later);
+2. one pass over the nodes in order completes what it left unknown: each such node gets ONNX's per-node inference
+   (``infer_node_outputs``) given the values of its inputs, and every small integer, boolean or float result of
+   shape arithmetic (``Shape``, ``Gather``, ``Concat``, ``Equal``, ``Where``, ``ConstantOfShape``, ``Range``, a
+   rounding through float, ...) is evaluated with numpy (``_evaluate``).
 
-It runs twice, with different sizes for each symbol (distinct primes). A dim equal in both runs is static; a dim
-``k * size`` in both is ``k*name`` (``name`` for k = 1); any other differing dim is a fresh symbol. The result is
-used only when it is complete: every node's outputs typed and shaped in both runs, no subgraphs. Anything else
-(a custom op, an op ONNX cannot infer, a model whose shapes need a particular size) returns None and the caller
-falls back on symbolic inference. tests/test_shape_probe.py checks the result against the symbolic inference on
-every exported model of the test corpus.
+It runs twice, with different sizes for each symbol (primes, far apart). A dim equal in both runs is static; a dim
+``k * size`` in both is ``k*name`` (``name`` for k = 1); any other differing dim is a fresh symbol, one per pair of
+sizes. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
+both runs, and there is no subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need
+particular sizes) returns None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks
+the result against that fallback on every model of the test zoo.
 """
 from __future__ import annotations
 
