@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -96,7 +97,7 @@ def _temp_file(path: Path, write) -> Path:
     except OSError as e:
         raise write_error(path, e) from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _WritebackFile(io.FileIO(fd, "w")) as f:
             os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; a finished file: the usual mode
             write(f)
             f.flush()
@@ -108,6 +109,51 @@ def _temp_file(path: Path, write) -> Path:
             raise write_error(path, e) from None
         raise
     return Path(tmp)
+
+
+# While a large file is written, the kernel is asked to start writing each chunk of this size to disk (Linux
+# sync_file_range), so the closing fsync waits for the last chunk only instead of the whole file: ViT-B/32's
+# 353 MB output, 0.26 s of fsync down to 0.12 s.
+_WRITEBACK_CHUNK = 32 << 20
+
+
+class _WritebackFile(io.BufferedWriter):
+    """A buffered file that starts the writeback of every ``_WRITEBACK_CHUNK`` bytes written."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__(raw)
+        self._started = 0  # the file's bytes before this offset are being written back
+
+    def write(self, data) -> int:
+        n = super().write(data)
+        end = self.tell()
+        if end - self._started >= _WRITEBACK_CHUNK:
+            self.flush()
+            _start_writeback(self.fileno(), self._started, end - self._started)
+            self._started = end
+        return n
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range():
+    """libc's ``sync_file_range`` (Linux), None where there is none: the writeback then starts at fsync."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``nbytes`` at ``offset`` to disk, without waiting (advisory: a failure
+    only leaves the work to fsync)."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 def _unlink_quietly(path: Path) -> None:
