@@ -124,7 +124,8 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     del model
     files: dict[str, Any] = {}
     if "model" in recipe.emit:
-        files["model.onnx"] = result.graph  # streamed from its arrays (ir.save_model)
+        # streamed from its arrays (ir.save_model), from the run's last checked split when it made one
+        files["model.onnx"] = result.split if result.split is not None else result.graph
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:

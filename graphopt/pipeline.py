@@ -60,10 +60,44 @@ class PipelineResult:
     configs: dict[str, Any]
     final_verify: dict[str, Any] | None
     name_map: dict[str, str] = field(default_factory=dict)  # output model tensor -> input model tensor
+    # ``graph`` as the SplitModel the run last checked, sharing its weight arrays (None when it made none): what
+    # ``ir.save_model`` writes without splitting the graph again.
+    split: SplitModel | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
         return to_model(self.graph)
+
+
+def _fingerprint(graph: gs.Graph) -> int:
+    """A hash of what ``graph`` computes as the objects hold it: nodes (op, domain, attributes, the identities of
+    their input and output tensors), tensor names, constants' arrays (by identity: a pass that changes a weight
+    replaces its array or writes into it, and the latter is not seen) and dtypes, graph inputs and outputs. Not
+    the shapes and dtypes inferred for computed tensors: annotations that passes fill in.
+    Used to hold a pass to its word when it reports no change."""
+    def attr(v):
+        if isinstance(v, (gs.Constant, gs.Graph, np.ndarray)):
+            return id(v)
+        if isinstance(v, (list, tuple)):
+            return tuple(attr(x) for x in v)
+        return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
+
+    seen: dict[int, tuple] = {}
+
+    def tensor(t) -> int:
+        if id(t) not in seen:
+            if isinstance(t, gs.Constant):  # ``values`` loads lazy values once: the array's identity is stable after
+                seen[id(t)] = (t.name, id(t.values), t.export_dtype)
+            else:  # its shape and dtype are annotations (passes infer them), not what is computed
+                seen[id(t)] = (t.name,)
+        return id(t)
+
+    parts = [tuple(map(tensor, graph.inputs)), tuple(map(tensor, graph.outputs))]
+    for node in graph.nodes:
+        parts.append((node.op, node.domain, node.name, tuple(map(tensor, node.inputs)),
+                      tuple(map(tensor, node.outputs)),
+                      tuple((k, attr(v)) for k, v in node.attrs.items())))
+    return hash((tuple(parts), tuple(seen.items())))
 
 
 def _check(split: SplitModel, who: str, note: str = "") -> None:
@@ -131,6 +165,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         label = f"[{k}/{len(passes)}] {p.name}"
         before = last if verify else split_graph(graph) if on_fail == "skip" else None
         names_before = tensor_producers(graph)
+        print_before = _fingerprint(graph)
         progress(f"{label} ...")
         t0 = time.perf_counter()
         if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
@@ -150,6 +185,9 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
             raise PassError(f"pass {p.name} ({where}) raised {type(e).__name__}: {e}{after}") from e
         seconds = time.perf_counter() - t0
         verdict = mapped = None
+        if not result.changed and _fingerprint(graph) != print_before:
+            raise PassError(f"pass {p.name} ({where}) reported no change but modified the graph: its result would "
+                            "skip verification (a pass returns PassResult(changed=True, ...) when it edits)")
         if result.changed:
             try:
                 graph.cleanup().toposort()
@@ -199,8 +237,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         shown = "" if verdict is None else f", max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}"
         progress(f"{label}: {status} in {seconds:.2f}s{shown}")
     if not verify and any(r.changed for r in records):  # verification checked after each pass; else once here
-        _check(split_graph(graph), f"passes {', '.join(done)}",
-               " (verification, which checks after each pass, names the pass)")
+        last = split_graph(graph)
+        _check(last, f"passes {', '.join(done)}", " (verification, which checks after each pass, names the pass)")
     names = {n.name for n in graph.nodes}
     stale = [e for e in configs.get("keep_dtype", []) if "::" not in e and e not in names]
     if stale:
@@ -213,4 +251,4 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe()}")
-    return PipelineResult(graph, records, ops_before, op_counts(graph), configs, final, traced)
+    return PipelineResult(graph, records, ops_before, op_counts(graph), configs, final, traced, last)

@@ -440,6 +440,8 @@ def test_custom_domain_model_through_the_cli(work, capsys):
     ("cycle", "left a graph that cannot be sorted"),
     ("configs", "returned unusable compiler configs"),
     ("invalid", "produced an invalid graph"),
+    ("unreported", "reported no change but modified the graph"),
+    ("unreported_attribute", "reported no change but modified the graph"),
 ])
 def test_a_misbehaving_pass_is_a_pass_error(misbehaviour, message, monkeypatch):
     """Whatever a (third-party) pass does to the graph, the pipeline names it; it never writes the result."""
@@ -453,6 +455,12 @@ def test_a_misbehaving_pass_is_a_pass_error(misbehaviour, message, monkeypatch):
             mul.inputs[1] = softmax.outputs[0]
         elif misbehaviour == "invalid":
             mul.op = "NoSuchOp"
+        elif misbehaviour == "unreported":  # an edit its result does not report: it would skip verification
+            mul.op = "Add"
+            return PassResult(False, {})
+        elif misbehaviour == "unreported_attribute":
+            softmax.attrs["axis"] = 1
+            return PassResult(False, {})
         return PassResult(True, {}, {"bogus": 1} if misbehaviour == "configs" else {})
 
     monkeypatch.setattr(get_pass("softmax_transpose"), "run", run)
