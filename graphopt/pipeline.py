@@ -2,7 +2,8 @@
 
 After every pass that changed the graph, the runner cleans up and sorts the graph, checks it with
 ``onnx.checker``, runs it in onnxruntime on the same inputs as the graph before the pass, and compares
-(``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two.
+(``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two;
+the input model's outputs are computed in a background thread beside the first pass.
 The graph is never serialized with its weights: the checker reads its weightless skeleton and onnxruntime is fed the
 weights' arrays as graph inputs (``graphopt.protoio``), so verifying costs no copy of them.
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
@@ -15,6 +16,7 @@ for are checked against the final graph.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -67,6 +69,34 @@ class PipelineResult:
     @property
     def model(self) -> onnx.ModelProto:
         return to_model(self.graph)
+
+
+class _Background:
+    """``fn(*args)`` run in a daemon thread (a Ctrl-C does not wait for it); ``result()`` waits and returns its value
+    or raises its exception."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._outcome: tuple[bool, Any] | None = None
+
+        def target() -> None:
+            try:
+                self._outcome = (True, fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
+                self._outcome = (False, e)
+
+        self._thread = threading.Thread(target=target, name="graphopt-reference", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
+def _outputs(model: SplitModel, input_name: str | None, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return Runner(model, input_name).run(inputs)
 
 
 def _fingerprint(graph: gs.Graph) -> int:
@@ -149,10 +179,12 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     del model
     ops_before = op_counts(split.skeleton)
     graph = graph_from_split(split)
-    ref = prev = None
+    ref = prev = reference = None
     if verify:
-        progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es) ...")
-        ref = prev = Runner(split, input_name).run(inputs)
+        # Built and run beside the first pass (onnxruntime releases the GIL): a large export's session takes
+        # seconds (ShiftViT's 7021 nodes: 2 s), and nothing needs the outputs before that pass is checked.
+        progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es), beside the first pass")
+        reference = _Background(_outputs, split, input_name, inputs)
     # The graph as the last verified pass left it, as a SplitModel sharing the graph's weight arrays: what a pass
     # that fails is diffed against and what on_fail: skip goes back to, kept without copying the graph.
     last = split if verify else None
@@ -175,6 +207,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         except (UserError, VerificationFailed):
             raise
         except Exception as e:
+            if reference is not None:
+                reference.result()  # a model onnxruntime cannot run says so first: verification was impossible
             if on_fail == "skip":
                 graph = graph_from_split(before)
                 records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
@@ -198,6 +232,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
             mapped = summarize(pass_map, names_before, names_after)
             if verify:
+                if prev is None:
+                    ref = prev = reference.result()
                 after = split_graph(graph)  # the weights stay the graph's arrays
                 _check(after, f"pass {p.name} ({where})")
                 try:
@@ -246,6 +282,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                         "or removed it): move the pass asking for it after the passes that rewrite the graph")
     final = None
     if verify:
+        if prev is None:  # no pass changed the graph
+            ref = prev = reference.result()
         cmp = compare_outputs(ref, prev, tolerance)
         final = cmp.summary()
         if not cmp.passed:
