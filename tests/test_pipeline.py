@@ -132,3 +132,33 @@ def test_input_model_is_never_modified(workdir):
     before = src.read_bytes()
     apply_recipe(recipe(workdir, "- simplify\n- softmax_transpose\n"), workdir / "run", progress=lambda m: None)
     assert src.read_bytes() == before
+
+
+def test_reference_outputs_computed_beside_the_first_pass(workdir, monkeypatch):
+    """The input model's outputs come from a background thread while the first pass runs; a model onnxruntime
+    cannot run says so (not the first pass's own failure); a run where no pass changes anything still compares
+    the output with them."""
+    import threading
+
+    import graphopt.pipeline as pipeline
+    from graphopt.errors import UserError
+
+    threads = []
+    real = pipeline._outputs
+
+    def outputs(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "_outputs", outputs)
+    report = apply_recipe(recipe(workdir, "- softmax_transpose\n"), workdir / "run", progress=lambda m: None)
+    assert threads == ["graphopt-reference"] and report["passes"][0]["verify"]["passed"]
+    report = apply_recipe(recipe(workdir, "- gelu_precision\n"), workdir / "run", progress=lambda m: None)
+    assert report["passes"][0]["status"] == "unchanged" and report["final_verify"]["passed"]
+
+    def cannot_run(*args):
+        raise UserError("onnxruntime cannot load the model: test")
+
+    monkeypatch.setattr(pipeline, "_outputs", cannot_run)
+    with pytest.raises(UserError, match="cannot load the model: test"):
+        apply_recipe(recipe(workdir, "- test_raise\n"), workdir / "run", progress=lambda m: None)
