@@ -11,8 +11,9 @@ times round robin across the tasks; the median time (and the largest peak RSS) i
   priming run, as when a recipe is applied again);
 - onnxsim.simplify + save; onnxslim.slim + save (each skipped with a note when not installed: both are
   benchmark-only tools, `pip install onnxslim`).
-Then onnxruntime latency of the naive export against graphopt's output at batch 1 and 8, interleaved: the
-table's speed-up is the ratio of medians; the RESULT lines add the ratio of the fastest runs.
+Then onnxruntime latency of the naive export against graphopt's output at batch 1 and 8, interleaved, each timed
+run after a 0.1 s pause (so the other session's spinning worker threads are idle): the table's speed-up is the
+ratio of medians; the RESULT lines add the ratio of the fastest runs.
 Prints a markdown table with ratios and `RESULT {json}` lines for `python -m benchmarks`.
 """
 from __future__ import annotations
@@ -89,22 +90,17 @@ def _latency(naive: Path, optimized: Path, input_name: str, item_shape: list[int
     import numpy as np
     import onnxruntime as ort
 
+    from benchmarks._timing import interleaved
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (naive, optimized)]
+    sessions = {name: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                for name, p in (("naive", naive), ("optimized", optimized))}
     x = np.random.default_rng(0).standard_normal((batch, *item_shape)).astype(np.float32)
-    times: list[list[float]] = [[], []]
-    for s in sessions:  # warm-up
-        for _ in range(2):
-            s.run(None, {input_name: x})
-    for rep in range(reps):
-        order = (0, 1) if rep % 2 == 0 else (1, 0)  # alternate so drift hits both alike
-        for i in order:
-            t0 = time.perf_counter()
-            sessions[i].run(None, {input_name: x})
-            times[i].append(time.perf_counter() - t0)
-    return (statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, min(times[0]) * 1e3,
-            min(times[1]) * 1e3)
+    times = interleaved(sessions, {name: {input_name: x} for name in sessions}, reps)
+    naive_t, opt_t = times["naive"], times["optimized"]
+    return (statistics.median(naive_t) * 1e3, statistics.median(opt_t) * 1e3, min(naive_t) * 1e3,
+            min(opt_t) * 1e3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import onnx
 
+from benchmarks._timing import interleaved
+
 __all__ = ["build_variants", "measure", "main"]
 
 
@@ -61,20 +63,10 @@ def _session(model: onnx.ModelProto, threads: int):
 
 
 def measure(sessions: dict, batch: int, reps: int, warmup: int, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per run for each session, warm-up first, then ``reps`` interleaved rounds."""
+    """Seconds per run for each session, warm-up first, then ``reps`` interleaved rounds (``_timing``)."""
     x = np.random.default_rng(seed).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    names = list(sessions)
-    feeds = {n: {sessions[n].get_inputs()[0].name: x} for n in names}
-    for n in names:
-        for _ in range(warmup):
-            sessions[n].run(None, feeds[n])
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            sessions[n].run(None, feeds[n])
-            times[n].append(time.perf_counter() - t0)
-    return times
+    feeds = {n: {s.get_inputs()[0].name: x} for n, s in sessions.items()}
+    return interleaved(sessions, feeds, reps, warmup)
 
 
 def _output_drift(sessions: dict) -> dict[str, float]:

@@ -1,0 +1,28 @@
+"""The latency benchmarks' interleaved timing (benchmarks/_timing.py): warm-up, rotated order, a pause before every
+timed run."""
+from __future__ import annotations
+
+from benchmarks import _timing
+
+
+class FakeSession:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def run(self, outputs, feed):
+        assert feed == {"x": self.name}
+        self.log.append(self.name)
+
+
+def test_interleaved_warms_up_rotates_and_pauses_before_each_timed_run(monkeypatch):
+    log: list[str] = []
+    monkeypatch.setattr(_timing.time, "sleep", lambda s: log.append(f"sleep {s}"))
+    sessions = {n: FakeSession(n, log) for n in ("a", "b", "c")}
+    times = _timing.interleaved(sessions, {n: {"x": n} for n in sessions}, reps=3, warmup=2)
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]
+    pause = f"sleep {_timing.PAUSE_S}"
+    assert log[6:] == [pause, "a", pause, "b", pause, "c",
+                       pause, "b", pause, "c", pause, "a",
+                       pause, "c", pause, "a", pause, "b"]
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0 for ts in times.values() for t in ts)
