@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .protoio import WEIGHT_MIN_BYTES, copy_fields
+
 __all__ = ["probe_infer"]
 
 # The concrete sizes given to the i-th symbolic input dim: _FIRST[i] in the first run, _SECOND[i] in the second.
@@ -35,9 +37,9 @@ __all__ = ["probe_infer"]
 _FIRST = (97, 101, 103, 107, 109, 113, 127, 131)
 _SECOND = (227, 229, 233, 239, 241, 251, 257, 263)
 _MAX_VALUE_ELEMENTS = 1024  # shape arithmetic is small; larger tensors are not evaluated
+_INTEGER_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
 # Shape arithmetic: integers and booleans, and the floats of a rounding (Cast, Div, Floor, Cast back).
-_VALUE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT,
-                onnx.TensorProto.DOUBLE)
+_VALUE_TYPES = (*_INTEGER_TYPES, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
 
 
 def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -58,14 +60,33 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 symbols.setdefault(d.dim_param, len(symbols))
     if len(symbols) > len(_FIRST):
         return None
+    light = _weightless(model)
     runs = []
     for run in range(2 if symbols else 1):
         sizes = {name: (_FIRST, _SECOND)[run][i] for name, i in symbols.items()}
-        shapes = _concrete(model, sizes)
+        shapes = _concrete(light, sizes)
         if shapes is None:
             return None
         runs.append((sizes, shapes))
     return _merged(model, runs)
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each initializer of 1 KiB or more (or in external data) made a typed graph input: inference
+    needs its type and shape, not its bytes, and the probe copies the model per run. Integer tensors small enough
+    to be shape arithmetic stay."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, skip=("graph",))
+    copy_fields(model.graph, out.graph, skip=("initializer",))
+    listed = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        arithmetic = init.data_type in _INTEGER_TYPES and math.prod(init.dims) <= _MAX_VALUE_ELEMENTS
+        if not arithmetic and (init.external_data or init.ByteSize() >= WEIGHT_MIN_BYTES):
+            if init.name not in listed:
+                out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            out.graph.initializer.add().CopyFrom(init)
+    return out
 
 
 Known = dict[str, tuple[int, tuple[int, ...]]]  # tensor -> (element type, dims), for the completely typed

@@ -115,3 +115,27 @@ def test_agrees_with_symbolic_inference_on_the_zoo(name, monkeypatch):
                 assert pd == "batch", (tensor, dims, pdims)
         compared += 1
     assert compared >= 0.9 * len([o for n in model.graph.node for o in n.output])
+
+
+def test_weights_are_typed_inputs_while_probing_and_kept_in_the_result():
+    """Probing copies the model per run: its large weights go in as typed inputs, never copied; integer tensors
+    small enough to be shape arithmetic stay constants; the result is the whole model, weights included."""
+    import numpy as np
+
+    from graphopt.shape_probe import _weightless
+
+    w = onnx.numpy_helper.from_array(np.ones((64, 32), np.float32), "w")
+    target = onnx.numpy_helper.from_array(np.array([-1, 4, 8], np.int64), "target")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["h"]), onnx.helper.make_node("Reshape", ["h", "target"], ["y"])],
+        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [w, target])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    light = _weightless(model)
+    assert [i.name for i in light.graph.initializer] == ["target"]
+    assert [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in light.graph.input][1:] == \
+        [("w", [64, 32])]
+    probed = probe_infer(model)
+    assert _shapes(probed)["y"] == (["N", 4, 8], 1) and _shapes(probed)["h"] == (["N", 32], 1)
+    assert [i.name for i in probed.graph.initializer] == ["w", "target"]
+    assert probed.graph.initializer[0].raw_data == w.raw_data
