@@ -6,12 +6,14 @@
 
 Each benchmark is a module ``benchmarks/<name>.py`` runnable on its own (``python -m benchmarks.<name>``) that
 measures the things it compares side by side in one run and prints a table with the ratios. This runner writes
-``bench-results/<commit>/<name>.txt``, a ``summary.md`` and a ``summary.json`` (wall time and exit code of each,
+``bench-results/<commit>/<name>.txt`` (and any figure a benchmark draws, there too: ``GRAPHOPT_BENCH_OUT``), a
+``summary.md`` and a ``summary.json`` (wall time and exit code of each,
 plus any ``RESULT {json}`` line a benchmark prints), so results from two commits can be compared.
 """
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -51,7 +53,8 @@ def main(argv: list[str]) -> int:
         print(f"== benchmarks.{name}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=HERE.parent, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "GRAPHOPT_BENCH_OUT": str(out)})  # where figures go
         seconds = time.perf_counter() - t0
         print(proc.stdout, flush=True)
         (out / f"{name}.txt").write_text(proc.stdout)

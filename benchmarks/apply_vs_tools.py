@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each task (round robin across tasks); the median time is reported")
     parser.add_argument("--latency", nargs=6, metavar=("NAIVE", "OPTIMIZED", "INPUT", "ITEM_SHAPE", "BATCH", "REPS"))
+    bench_out = os.environ.get("GRAPHOPT_BENCH_OUT")  # set by `python -m benchmarks`: its results folder
+    parser.add_argument("--plot", default=str(Path(bench_out) / "apply_vs_tools.png") if bench_out else None,
+                        help="PNG of time and peak RSS per tool and recipe (default: none when run alone)")
     args = parser.parse_args(argv)
     if args.latency:
         naive, optimized, name, item, batch, reps = args.latency
@@ -214,7 +217,44 @@ def main(argv: list[str] | None = None) -> int:
               f"{f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | {f(r.get('speedup_bs8'))} |")
     print("\nTargets (issue 8): ViT-B/32 graphopt/onnxslim <= 0.2, /floor <= 2, RSS/size <= 3, verify/off <= 2; "
           "ShiftViT ORT speedup bs1 >= 1.7.")
+    if args.plot and results:
+        plot(results, Path(args.plot))
+        print(f"wrote {args.plot}")
     return 0
+
+
+# The tools in the plot, in order, with their labels.
+_TOOLS = (("floor", "onnx load + save"), ("graphopt", "graphopt"), ("graphopt_verify", "graphopt + verify"),
+          ("graphopt_warm", "graphopt warm"), ("onnxsim", "onnxsim"), ("onnxslim", "onnxslim"))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Grouped bars per recipe: wall time of each tool, and its peak RSS over the model file's size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = [r["recipe"] for r in results]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(_TOOLS)
+    for k, (tool, label) in enumerate(_TOOLS):
+        xs = [i + (k - (len(_TOOLS) - 1) / 2) * width for i in range(len(recipes))]
+        seconds = [r.get(f"{tool}_s") or 0.0 for r in results]
+        rss = [(r.get(f"{tool}_rss_mb") or 0.0) * 1.048576 / r["model_mb"] for r in results]
+        ax_t.bar(xs, seconds, width, label=label)
+        ax_m.bar(xs, rss, width, label=label)
+    for ax, title in ((ax_t, "wall time (s), median"), (ax_m, "peak RSS / model file size")):
+        ax.set_xticks(range(len(recipes)), recipes)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    target = ax_m.axhline(3.0, color="k", linestyle=":", linewidth=1, label="issue 8's target on ViT-B/32: 3x")
+    ax_m.legend(handles=[target], fontsize=8)
+    ax_t.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The latency benchmarks' interleaved timing (benchmarks/_timing.py): warm-up, rotated order, a pause before every
-timed run."""
+"""Benchmark helpers: the latency benchmarks' interleaved timing (benchmarks/_timing.py: warm-up, rotated order, a
+pause before every timed run) and apply_vs_tools' plot."""
 from __future__ import annotations
 
 from benchmarks import _timing
@@ -26,3 +26,14 @@ def test_interleaved_warms_up_rotates_and_pauses_before_each_timed_run(monkeypat
                        pause, "c", pause, "a", pause, "b"]
     assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(t >= 0 for ts in times.values() for t in ts)
+
+
+def test_apply_vs_tools_plot_draws_every_recipe_even_with_a_tool_missing(tmp_path):
+    from benchmarks.apply_vs_tools import plot
+
+    rows = [{"recipe": "a", "model_mb": 100.0, "floor_s": 1.0, "graphopt_s": 0.8, "graphopt_verify_s": 1.2,
+             "graphopt_warm_s": 0.7, "onnxsim_s": 4.0, "onnxslim_s": None, "floor_rss_mb": 300, "graphopt_rss_mb": 130},
+            {"recipe": "b", "model_mb": 50.0, "floor_s": 0.5, "graphopt_s": 1.5}]
+    out = tmp_path / "figs" / "apply_vs_tools.png"
+    plot(rows, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
