@@ -224,8 +224,11 @@ def _reshape(node, args):
 
 
 def _div(node, args):
+    """ONNX's Div: integer division truncates toward zero (numpy's ``//`` floors)."""
     a, b = args
-    return (a // b).astype(np.result_type(a, b)) if a.dtype.kind in "iu" else a / b
+    if a.dtype.kind not in "iu":
+        return a / b
+    return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(np.result_type(a, b))
 
 
 def _constant_of_shape(node, args):

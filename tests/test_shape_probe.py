@@ -139,3 +139,27 @@ def test_weights_are_typed_inputs_while_probing_and_kept_in_the_result():
     assert _shapes(probed)["y"] == (["N", 4, 8], 1) and _shapes(probed)["h"] == (["N", 32], 1)
     assert [i.name for i in probed.graph.initializer] == ["w", "target"]
     assert probed.graph.initializer[0].raw_data == w.raw_data
+
+
+def test_shape_arithmetic_is_evaluated_as_onnx_defines_it():
+    """The evaluator against onnxruntime on the ops where numpy's defaults differ: integer Div truncates toward
+    zero, Mod follows the divisor's sign (fmod=0) or the dividend's (fmod=1), Gather takes negative indices."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from graphopt.shape_probe import _evaluate
+
+    a = np.array([-7, 7, -8, 9], np.int64)
+    b = np.array([2, -2, 3, 4], np.int64)
+    cases = [("Div", {}), ("Mod", {"fmod": 0}), ("Mod", {"fmod": 1})]
+    for op, attrs in cases:
+        node = onnx.helper.make_node(op, ["a", "b"], ["y"], **attrs)
+        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, [4])
+                                                     for n in "ab"],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [4])])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+        expected, = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"a": a, "b": b})
+        assert np.array_equal(_evaluate(node, {"a": a, "b": b}, {}), expected), (op, attrs)
+    gather = onnx.helper.make_node("Gather", ["s", "i"], ["g"], axis=0)
+    assert _evaluate(gather, {"s": np.array([5, 6, 7]), "i": np.array(-1)}, {}) == 7
