@@ -21,6 +21,7 @@ the result against that fallback on every model of the test zoo.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -231,6 +232,16 @@ def _div(node, args):
     return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(np.result_type(a, b))
 
 
+def _reduce_prod(node, args):
+    axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes")  # an input from opset 18
+    keep = bool(_attr(node, "keepdims", 1))
+    if axes is None or len(axes) == 0:
+        if _attr(node, "noop_with_empty_axes", 0):
+            return args[0]
+        return np.prod(args[0], keepdims=keep)
+    return np.prod(args[0], axis=tuple(int(x) for x in axes), keepdims=keep)
+
+
 def _constant_of_shape(node, args):
     value = _attr(node, "value")
     fill = numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
@@ -256,8 +267,8 @@ _OPS = {
     "Greater": lambda n, a: np.greater(a[0], a[1]),
     "Not": lambda n, a: np.logical_not(a[0]),
     "Where": lambda n, a: np.where(a[0], a[1], a[2]),
-    "Min": lambda n, a: np.minimum.reduce(a),
-    "Max": lambda n, a: np.maximum.reduce(a),
+    "Min": lambda n, a: functools.reduce(np.minimum, a),
+    "Max": lambda n, a: functools.reduce(np.maximum, a),
     "Abs": lambda n, a: np.abs(a[0]),
     "Mod": lambda n, a: (np.fmod if _attr(n, "fmod", 0) else np.mod)(a[0], a[1]),
     "Floor": lambda n, a: np.floor(a[0]),
@@ -265,7 +276,7 @@ _OPS = {
     "Sqrt": lambda n, a: np.sqrt(a[0]),
     "Pow": lambda n, a: np.power(a[0], a[1]).astype(a[0].dtype),
     "Neg": lambda n, a: np.negative(a[0]),
-    "ReduceProd": lambda n, a: np.prod(a[0], axis=None, keepdims=bool(_attr(n, "keepdims", 1))),
+    "ReduceProd": _reduce_prod,
     "Range": lambda n, a: np.arange(a[0], a[1], a[2], dtype=np.result_type(a[0], a[1], a[2])),
     "ConstantOfShape": _constant_of_shape,
     "Expand": lambda n, a: a[0] * np.ones(tuple(int(d) for d in a[1]), dtype=a[0].dtype),

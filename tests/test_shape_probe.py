@@ -163,3 +163,8 @@ def test_shape_arithmetic_is_evaluated_as_onnx_defines_it():
         assert np.array_equal(_evaluate(node, {"a": a, "b": b}, {}), expected), (op, attrs)
     gather = onnx.helper.make_node("Gather", ["s", "i"], ["g"], axis=0)
     assert _evaluate(gather, {"s": np.array([5, 6, 7]), "i": np.array(-1)}, {}) == 7
+    m = np.array([[2, 3], [4, 5]], np.int64)
+    prod = onnx.helper.make_node("ReduceProd", ["m"], ["p"], axes=[1], keepdims=0)
+    assert _evaluate(prod, {"m": m}, {}).tolist() == [6, 20]
+    smallest = onnx.helper.make_node("Min", ["x", "y"], ["z"])  # broadcast, as ONNX's variadic Min does
+    assert _evaluate(smallest, {"x": np.array([3, 9]), "y": np.array(4)}, {}).tolist() == [3, 4]
