@@ -84,6 +84,11 @@ def _measure(task: str, src: Path, out: Path, recipe: Path) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _rss_over_size(rss_mib: float, size_mb: float) -> float:
+    """Peak RSS (MiB, as VmHWM reports it) over a file size in MB (10^6 bytes)."""
+    return rss_mib * 1.048576 / size_mb
+
+
 def _latency(naive: Path, optimized: Path, input_name: str, item_shape: list[int], batch: int,
              reps: int) -> tuple[float, float, float, float]:
     """Milliseconds per run: (naive median, optimized median, naive fastest, optimized fastest)."""
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 "warm_over_onnxslim": ratio(sec("graphopt_warm"), sec("onnxslim")),
                 "graphopt_over_onnxsim": ratio(sec("graphopt"), sec("onnxsim")),
                 "verify_over_noverify": ratio(sec("graphopt_verify"), sec("graphopt")),
-                "rss_over_model_size": ratio(m["graphopt"]["peak_rss_mb"] * 1.048576, size_mb) if m.get("graphopt") else None,
+                "rss_over_model_size": _rss_over_size(m["graphopt"]["peak_rss_mb"], size_mb) if m.get("graphopt")
+                else None,
                 **{f"speedup_bs{bs}": round(v[0] / v[1], 3) for bs, v in lat.items()},
                 # Noise only ever adds time: the fastest runs' ratio is the speed-up a quiet host shows.
                 **{f"speedup_bs{bs}_fastest": round(v[2] / v[3], 3) for bs, v in lat.items()},
@@ -241,7 +247,7 @@ def plot(results: list[dict], path: Path) -> None:
     for k, (tool, label) in enumerate(_TOOLS):
         xs = [i + (k - (len(_TOOLS) - 1) / 2) * width for i in range(len(recipes))]
         seconds = [r.get(f"{tool}_s") or 0.0 for r in results]
-        rss = [(r.get(f"{tool}_rss_mb") or 0.0) * 1.048576 / r["model_mb"] for r in results]
+        rss = [_rss_over_size(r.get(f"{tool}_rss_mb") or 0.0, r["model_mb"]) for r in results]
         ax_t.bar(xs, seconds, width, label=label)
         ax_m.bar(xs, rss, width, label=label)
     for ax, title in ((ax_t, "wall time (s), median"), (ax_m, "peak RSS / model file size")):

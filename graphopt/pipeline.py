@@ -197,7 +197,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         label = f"[{k}/{len(passes)}] {p.name}"
         before = last if verify else split_graph(graph) if on_fail == "skip" else None
         names_before = tensor_producers(graph)
-        print_before = _fingerprint(graph)
+        fingerprint_before = _fingerprint(graph)
         progress(f"{label} ...")
         t0 = time.perf_counter()
         if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
@@ -219,7 +219,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
             raise PassError(f"pass {p.name} ({where}) raised {type(e).__name__}: {e}{after}") from e
         seconds = time.perf_counter() - t0
         verdict = mapped = None
-        if not result.changed and _fingerprint(graph) != print_before:
+        if not result.changed and _fingerprint(graph) != fingerprint_before:
             raise PassError(f"pass {p.name} ({where}) reported no change but modified the graph: its result would "
                             "skip verification (a pass returns PassResult(changed=True, ...) when it edits)")
         if result.changed:

@@ -147,11 +147,12 @@ class FoldConstants(Pass):
     ``fold_shapes`` it also folds shape arithmetic (Shape -> Gather -> Unsqueeze -> Concat) wherever the shapes
     involved are static, so a fixed-shape model loses its shape subgraphs while a dynamic batch keeps the parts
     that depend on it; with ``infer_shapes`` (default) shapes are inferred first (``ir.infer_shapes``: probing,
-    else onnxruntime's symbolic inference; symbolic dims kept), which is what lets shape arithmetic deep in the graph fold. No-ops removed: Identity, Cast
-    to the dtype it already has, Reshape to the shape it already has, Squeeze/Unsqueeze of no axes. Exact: folded
-    values are what the nodes would compute. With ``reshape_targets`` a Reshape target that stays computed only
-    because of a dynamic batch becomes a constant with 0 for the batch (Reshape's "copy this dim"), as onnxslim does
-    and onnxsim does not. A fast alternative to ``simplify`` (onnxsim) for the common cases.
+    else onnxruntime's symbolic inference; symbolic dims kept), which is what lets shape arithmetic deep in the
+    graph fold. No-ops removed: Identity, Cast to the dtype it already has, Reshape to the shape it already has,
+    Squeeze/Unsqueeze of no axes. Exact: folded values are what the nodes would compute. With ``reshape_targets`` a
+    Reshape target that stays computed only because of a dynamic batch becomes a constant with 0 for the batch
+    (Reshape's "copy this dim"), as onnxslim does and onnxsim does not. A fast alternative to ``simplify``
+    (onnxsim) for the common cases.
     """
 
     fold_shapes: bool = field(default=True, metadata={"help": "also fold Shape-based arithmetic with static shapes"})

@@ -579,10 +579,11 @@ class ReplaceShiftScatter(Pass):
 
     def _rewrite(self, graph: gs.Graph, chain: _Chain,
                  checked: dict[tuple[bytes, tuple[int, ...]], list[ShiftGroup] | NoMatch],
-                 removed: set[int]) -> dict[str, Any] | NoMatch:
-        """Check ``chain`` and rewrite it in ``graph``; the nodes it detaches are added to ``removed`` (ids). ``checked`` holds the outcome (groups or reason) of every chain
-        derived and verified so far, by probe model and batch sizes: a chain whose probe model is the same function
-        of its source (ShiftViT's blocks of one stage) gets the same outcome without running onnxruntime again."""
+                 detached: set[int]) -> dict[str, Any] | NoMatch:
+        """Check ``chain`` and rewrite it in ``graph``; the nodes it detaches are added to ``detached`` (ids).
+        ``checked`` holds the outcome (groups or reason) of every chain derived and verified so far, by probe model
+        and batch sizes: a chain whose probe model is the same function of its source (ShiftViT's blocks of one
+        stage) gets the same outcome without running onnxruntime again."""
         if chain.src is None:  # constant buffer: the deepest tensor on the updates' path shaped like it
             shaped = [t for t in chain.src_candidates if t.shape is not None
                       and tuple(t.shape) == chain.buffer_shape]
@@ -634,17 +635,17 @@ class ReplaceShiftScatter(Pass):
         if isinstance(outcome, NoMatch):
             return outcome
         groups, nodes, out = outcome
-        y = chain.output
-        chain.scatters[-1].outputs.clear()
-        set_tensors(nodes[-1].outputs, [y])
-        graph.nodes.extend(nodes)
-        # The chain's nodes, detached here rather than left to the pipeline's cleanup, which formats a log line for
-        # every node it removes (ShiftViT: 7000 nodes, 0.2 s); run() drops them from the node list.
+        y = chain.output  # read before the last ScatterND, which produces it, is detached
+        # The chain's nodes (its last ScatterND among them) are detached here rather than left to the pipeline's
+        # cleanup, which formats a log line for every node it removes (ShiftViT: 7000 nodes, 0.2 s); run() drops
+        # them from the node list.
         for node in ancestors:
             if id(node) in dying:
                 node.inputs.clear()
                 node.outputs.clear()
-        removed.update(dying)
+        detached.update(dying)
+        set_tensors(nodes[-1].outputs, [y])
+        graph.nodes.extend(nodes)
         full = [int(d) if isinstance(d, (int, np.integer)) else d for d in dims]
         return {"output": y.name, "source": src.name, "scatters": len(chain.scatters),
                 "groups": [g.summary(full) for g in groups]}

@@ -92,8 +92,8 @@ def test_what_it_cannot_shape_falls_back(text, why):
 
 @pytest.mark.parametrize("name", [m.name for m in ZOO])
 def test_agrees_with_symbolic_inference_on_the_zoo(name, monkeypatch):
-    """Every tensor the fallback (onnxruntime's symbolic inference) shapes gets the same type and static dims from probing,
-    and its batch dims stay the batch; probing shapes every model of the zoo (none falls back)."""
+    """Every tensor the fallback (onnxruntime's symbolic inference) shapes gets the same type and static dims from
+    probing, and its batch dims stay the batch; probing shapes every model of the zoo (none falls back)."""
     spec = next(m for m in ZOO if m.name == name)
     model = ir.shape_model(ir.to_graph(ir.load_model(export_zoo_model(spec))))
     probed = probe_infer(model)
