@@ -4,7 +4,10 @@ For each output, over all samples: ``max_abs`` = max |a - b|; ``max_rel`` = max 
 ``floor = 1e-3 * max|a|`` (so values near zero, where relative error is meaningless, do not dominate);
 ``cosine`` = the smallest per-sample cosine similarity of the flattened outputs; ``top1_agreement`` = share of
 rows whose argmax agrees, for outputs shaped (N, classes) with more than one class (None otherwise).
-A comparison passes when every criterion the tolerance sets holds for every output.
+A comparison passes when every criterion the tolerance sets holds for every output. An output that is missing from
+the compared outputs, or differs from the reference in shape or dtype, fails whatever the tolerance (``failed_on``
+``missing``, ``shape`` or ``dtype``): the compared model computes something else, which is a failed comparison,
+not a bad input.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import UserError
 
-__all__ = ["OutputDiff", "Comparison", "compare_outputs", "Runner", "make_inputs", "load_input_data"]
+__all__ = ["OutputDiff", "Comparison", "Outputs", "compare_outputs", "Runner", "make_inputs", "load_input_data"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,32 @@ class OutputDiff:
     top1_agreement: float | None
     passed: bool
     failed_on: tuple[str, ...] = ()
+    # For a structural mismatch (failed_on "missing", "shape" or "dtype"): what the compared model gave and what
+    # the reference gave, as shown to people (a shape per sample when the outputs came from a ``Runner``).
+    got: str | None = None
+    expected: str | None = None
+
+    def describe_mismatch(self, reference: str = "the reference") -> str | None:
+        """``output 'y' has shape [3] per sample, the reference gave [2]`` (None when shapes and dtypes match)."""
+        if "missing" in self.failed_on:
+            return f"output {self.name!r} is missing ({reference} gave it; the outputs now: {self.got})"
+        if "shape" in self.failed_on:
+            return f"output {self.name!r} has shape {self.got}, {reference} gave {self.expected}"
+        if "dtype" in self.failed_on:
+            return f"output {self.name!r} has dtype {self.got}, {reference} gave {self.expected}"
+        return None
+
+
+_MISMATCH = ("missing", "shape", "dtype")
+
+
+class Outputs(dict):
+    """Output name -> the outputs of every batch concatenated (what ``Runner.run`` returns), remembering each
+    batch's own shape: a comparison reports shapes per sample, not the concatenation's."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch_shapes: Mapping[str, Sequence[tuple[int, ...]]]):
+        super().__init__(arrays)
+        self.batch_shapes = {k: [tuple(s) for s in v] for k, v in batch_shapes.items()}
 
 
 @dataclass(frozen=True)
@@ -43,9 +72,11 @@ class Comparison:
 
     @property
     def worst(self) -> OutputDiff:
-        """The failing output (or, when all pass, the one with the largest absolute error)."""
+        """The failing output (a missing or reshaped one first; when all pass, the one with the largest absolute
+        error)."""
         failing = [o for o in self.outputs if not o.passed]
-        return max(failing or self.outputs, key=lambda o: (len(o.failed_on), o.max_abs))
+        return max(failing or self.outputs,
+                   key=lambda o: (any(f in _MISMATCH for f in o.failed_on), len(o.failed_on), o.max_abs))
 
     def summary(self) -> dict:
         """Worst values over all outputs, in the shape ``report.json`` uses."""
@@ -59,8 +90,12 @@ class Comparison:
             "outputs": [asdict(o) for o in self.outputs],
         }
 
-    def describe(self) -> str:
+    def describe(self, reference: str = "the reference") -> str:
+        """The worst output in one line; ``reference`` names what the outputs were compared with."""
         w = self.worst
+        mismatch = w.describe_mismatch(reference)
+        if mismatch:
+            return mismatch
         top1 = "n/a" if w.top1_agreement is None else f"{w.top1_agreement:.4f}"
         return (f"output {w.name!r}: max_abs={w.max_abs:.3g} max_rel={w.max_rel:.3g} cosine={w.cosine:.8f} "
                 f"top1_agreement={top1}" + (f" (outside tolerance on {', '.join(w.failed_on)})" if w.failed_on else ""))
@@ -79,12 +114,23 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def compare_outputs(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], tolerance) -> Comparison:
     """Compare two dicts of outputs (same names; arrays with the batch first) against ``tolerance``."""
     diffs = []
+    ref_shapes, got_shapes = getattr(ref, "batch_shapes", {}), getattr(got, "batch_shapes", {})
     for name, a in ref.items():
         if name not in got:
-            raise UserError(f"output {name!r} is missing from the compared model (it has {sorted(got)})")
+            diffs.append(_mismatch(name, "missing", ", ".join(map(repr, got)) or "none", None))
+            continue
         b = got[name]
+        per_batch_a, per_batch_b = ref_shapes.get(name), got_shapes.get(name)
+        differ = next(((x, y) for x, y in zip(per_batch_a or (), per_batch_b or ()) if x != y), None)
+        if differ is not None:  # Runner outputs: the first batch that differs, shaped as the model computes it
+            diffs.append(_mismatch(name, "shape", f"{list(differ[1])} per sample", f"{list(differ[0])}"))
+            continue
         if a.shape != b.shape:
-            raise UserError(f"output {name!r}: shape {list(b.shape)} differs from the reference {list(a.shape)}")
+            diffs.append(_mismatch(name, "shape", f"{list(b.shape)}", f"{list(a.shape)}"))
+            continue
+        if a.dtype != b.dtype:
+            diffs.append(_mismatch(name, "dtype", str(b.dtype), str(a.dtype)))
+            continue
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         finite = np.isfinite(a64) & np.isfinite(b64)
         same_nonfinite = (~finite) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
@@ -110,6 +156,11 @@ def compare_outputs(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
             failed.append("top1_agreement")
         diffs.append(OutputDiff(name, max_abs, max_rel, cosine, top1, not failed, tuple(failed)))
     return Comparison(tuple(diffs))
+
+
+def _mismatch(name: str, kind: str, got: str, expected: str | None) -> OutputDiff:
+    """A failing diff for outputs that cannot be compared value by value: every error metric at its worst."""
+    return OutputDiff(name, float("inf"), float("inf"), 0.0, None, False, (kind,), got, expected)
 
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -231,8 +282,8 @@ class Runner:
             raise UserError(f"model has no input {self.input_name!r} (inputs: {', '.join(names)})")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, batches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs of every batch, concatenated along the batch axis."""
+    def run(self, batches: Sequence[np.ndarray]) -> Outputs:
+        """Outputs of every batch, concatenated along the batch axis (scalars stacked), with each batch's shape."""
         per_output: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         for x in batches:
             try:
@@ -242,4 +293,5 @@ class Runner:
                                 f"{str(e).splitlines()[0]}") from None
             for n, o in zip(self.output_names, outs):
                 per_output[n].append(np.asarray(o))
-        return {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in per_output.items()}
+        return Outputs({n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in per_output.items()},
+                       {n: [o.shape for o in v] for n, v in per_output.items()})
