@@ -160,6 +160,11 @@ def merge_configs(into: dict[str, Any], new: dict[str, Any], who: str) -> None:
             raise ValueError(f"{who}: unknown config contribution {key!r}")
 
 
+# What a pass's outputs are compared with, as its failure message names it ("output 'y' has shape [3] per sample,
+# the graph before it gave [2]").
+BEFORE = "the graph before it"
+
+
 def _progress_noop(msg: str) -> None:
     pass
 
@@ -253,10 +258,10 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                     if on_fail == "skip":
                         graph = graph_from_split(before)
                         records.append(PassRecord(p.name, where, True, result.stats, seconds, verdict, "skipped"))
-                        progress(f"{label}: FAILED verification, {cmp.describe()}{where_diverged}; "
+                        progress(f"{label}: FAILED verification, {cmp.describe(BEFORE)}{where_diverged}; "
                                  "skipped (on_fail: skip)")
                         continue
-                    raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe()}"
+                    raise VerificationFailed(f"pass {p.name} ({where}) broke numerics: {cmp.describe(BEFORE)}"
                                              f"{where_diverged}")
                 prev, last = got, after
                 del after
@@ -288,5 +293,5 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         final = cmp.summary()
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(done)} together drift beyond tolerance from the input "
-                                     f"model: {cmp.describe()}")
+                                     f"model: {cmp.describe('the input model')}")
     return PipelineResult(graph, records, ops_before, op_counts(graph), configs, final, traced, last)

@@ -162,3 +162,65 @@ def test_reference_outputs_computed_beside_the_first_pass(workdir, monkeypatch):
     monkeypatch.setattr(pipeline, "_outputs", cannot_run)
     with pytest.raises(UserError, match="cannot load the model: test"):
         apply_recipe(recipe(workdir, "- test_raise\n"), workdir / "run", progress=lambda m: None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A broken last pass, and passes that change an output's shape or drop it: each is the pass's failure (exit 1,
+# naming it), never blamed on the input
+
+
+def test_broken_last_pass_is_named_with_its_first_divergent_tensor(workdir):
+    """The last pass's own check must fire: the final whole-model check would also fail, but it names no pass."""
+    r = recipe(workdir, "- simplify\n- test_break_softmax_axis\n")
+    with pytest.raises(VerificationFailed) as e:
+        apply_recipe(r, workdir / "run", progress=lambda m: None)
+    message = str(e.value)
+    assert message.startswith("pass test_break_softmax_axis (passes[1]) broke numerics: output 'y': max_abs="), message
+    # TINY's Softmax writes 's': the first tensor whose values differ after the axis moved
+    assert "; first divergent tensor 's' from Softmax node" in message, message
+    assert "together drift" not in message
+
+
+@register_pass("test_widen_output")
+class WidenOutput(Pass):
+    """Test-only: appends a zero column to the graph output (its per-sample shape changes from [2, 5] to [2, 6])."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        import numpy as np
+
+        y = graph.outputs[0]
+        inner = gs.Variable("y_inner", dtype=y.dtype)
+        producer = next(n for n in graph.nodes if y in n.outputs)
+        producer.outputs = [inner]
+        zeros = gs.Constant("zero_column", np.zeros((2, 1), np.float32))
+        graph.nodes.append(gs.Node("Concat", inputs=[inner, zeros], outputs=[y], attrs={"axis": 1}))
+        y.shape = [2, 6]
+        return PassResult(True, {})
+
+
+@register_pass("test_rename_output")
+class RenameOutput(Pass):
+    """Test-only: renames the graph output 'y' (the model's interface loses it)."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        graph.outputs[0].name = "renamed"
+        return PassResult(True, {})
+
+
+@pytest.mark.parametrize("bad_pass, message", [
+    ("test_widen_output", "pass test_widen_output (passes[1]) broke numerics: output 'y' has shape [2, 6] per "
+                          "sample, the graph before it gave [2, 5]"),
+    ("test_rename_output", "pass test_rename_output (passes[1]) broke numerics: output 'y' is missing (the graph "
+                           "before it gave it; the outputs now: 'renamed')"),
+])
+def test_changed_or_missing_output_is_the_pass_failure_through_the_cli(workdir, capsys, bad_pass, message):
+    from graphopt.cli import main
+
+    recipe(workdir, f"- simplify\n- {bad_pass}\n")  # writes tiny.yaml
+    code = main(["apply", str(workdir / "tiny.yaml"), "-o", str(workdir / "run")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("graphopt: error: ")]
+    assert code == 1, err
+    assert len(errors) == 1 and errors[0].startswith(f"graphopt: error: {message}"), errors
+    assert not (workdir / "run").exists()
