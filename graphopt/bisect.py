@@ -299,7 +299,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
                     graph = before_graph
                     progress(f"{label}: outside tolerance; dropped (on_fail: skip), as apply would")
                     continue
-                responsible = {"reason": "broke numerics", "detail": cmp.describe()}
+                responsible = {"reason": "broke numerics", "detail": cmp.describe("the input model")}
         row["status"] = "responsible"
         responsible.update({"index": k, "name": p.name, "where": spec.where})
         progress(f"{label}: {responsible['reason']}: {responsible['detail']}")

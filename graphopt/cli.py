@@ -80,6 +80,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     tol = Tolerance(max_abs=args.max_abs, max_rel=args.max_rel, cosine=args.cosine, top1_agreement=args.top1)
     cmp = compare_outputs(runner_a.run(inputs), runner_b.run(inputs), tol)
     for o in cmp.outputs:
+        mismatch = o.describe_mismatch("model A")
+        if mismatch:  # missing, or another shape or dtype: no values to compare
+            print(f"{mismatch}: OUTSIDE TOLERANCE ({', '.join(o.failed_on)})")
+            continue
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.4f}"
         print(f"{o.name}: max_abs {o.max_abs:.3e}  max_rel {o.max_rel:.3e}  cosine {o.cosine:.8f}  top1 {top1}  "
               f"{'ok' if o.passed else 'OUTSIDE TOLERANCE (' + ', '.join(o.failed_on) + ')'}")

@@ -135,3 +135,20 @@ def test_shape_change_of_runner_outputs_is_shown_per_sample():
     ref2 = Outputs({**ref, "w": np.asarray([[1.0, 0.0]], np.float32)}, {**ref.batch_shapes, "w": [(1, 2)]})
     got2 = Outputs({**got, "w": np.asarray([[0.0, 9.0]], np.float32)}, {**got.batch_shapes, "w": [(1, 2)]})
     assert compare_outputs(ref2, got2, ALL).worst.name == "y"
+
+
+def test_cli_verify_of_models_with_different_output_shapes_exits_1(tmp_path, capsys):
+    import onnx
+
+    from graphopt.cli import main
+
+    a = model_from_text('<ir_version: 8, opset_import: ["" : 13]>\ng (float[N, 2] x) => (float[N, 2] y) '
+                        '{ y = Relu(x) }')
+    b = model_from_text('<ir_version: 8, opset_import: ["" : 13]>\ng (float[N, 2] x) => (float[N, 4] y) '
+                        '{ y = Concat<axis=1>(x, x) }')
+    onnx.save(a, tmp_path / "a.onnx")
+    onnx.save(b, tmp_path / "b.onnx")
+    code = main(["verify", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--shape", "3,2"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err and err == "", err
+    assert "output 'y' has shape [3, 4] per sample, model A gave [3, 2]: OUTSIDE TOLERANCE (shape)" in out
