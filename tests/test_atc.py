@@ -62,3 +62,46 @@ def test_script_is_valid_shell_with_one_command_per_batch():
     assert script.startswith("#!/usr/bin/env bash\n")
     lines = [l for l in script.splitlines() if l.startswith("atc ")]
     assert [shlex.split(l) for l in lines] == cmds
+
+
+# The flags as ATC's options reference spells them (CANN's atc CLI options; see the README's "The Ascend hand-off"):
+# a misspelt flag is an ATC error on the NPU machine, long after graphopt said the run was fine.
+ALL_CONFIGS = {"precision_mode": "allow_mix_precision",
+               "mixlist": {"black-list": {"to-add": ["LayerNormalization"]}},
+               "op_precision": {"Gelu": "high_performance"},
+               "keep_dtype": ["/blocks.0/attn/MatMul", "OpType::Conv2D"]}
+
+
+def test_every_flag_name_and_value_with_all_four_configs():
+    cmds = atc_commands(model="model.onnx", output_stem="vit", input_name="image", item_shape=(3, 224, 224),
+                        batch_sizes=(1, 16), soc_version="Ascend310P3", log="info",
+                        precision_mode="allow_mix_precision", configs=ALL_CONFIGS)
+    expected = ["atc", "--framework=5", "--model=model.onnx", "--output=vit_bs{bs}", "--input_format=NCHW",
+                "--input_shape=image:{bs},3,224,224", "--soc_version=Ascend310P3", "--log=info",
+                "--precision_mode=allow_mix_precision", "--modify_mixlist=ops_info.json",
+                "--op_precision_mode=op_precision.ini", "--keep_dtype=keep_dtype.cfg"]
+    assert cmds == [[a.format(bs=bs) for a in expected] for bs in (1, 16)]
+    # each file a flag names is written, in the format that flag reads
+    files = config_files(ALL_CONFIGS)
+    flagged = {a.split("=", 1)[1] for a in cmds[0] if a.startswith(("--modify_mixlist=", "--op_precision_mode=",
+                                                                    "--keep_dtype="))}
+    assert flagged == set(files)
+    assert json.loads(files["ops_info.json"]) == {"black-list": {"to-add": ["LayerNorm"]}}
+    assert files["op_precision.ini"] == "Gelu=high_performance\n"
+    assert files["keep_dtype.cfg"] == "/blocks.0/attn/MatMul\nOpType::Conv2D\n"
+
+
+def test_keep_dtype_alone_with_the_recipes_precision_mode():
+    cmds = atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(4,),
+                        soc_version="Ascend310", precision_mode="force_fp16",
+                        configs={"keep_dtype": ["stem/Conv"]})
+    assert cmds == [["atc", "--framework=5", "--model=m.onnx", "--output=m_bs4", "--input_format=NCHW",
+                     "--input_shape=x:4,3,8,8", "--soc_version=Ascend310", "--log=error",
+                     "--precision_mode=force_fp16", "--keep_dtype=keep_dtype.cfg"]]
+
+
+def test_no_precision_flags_without_configs():
+    cmds = atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(1,),
+                        soc_version="Ascend310")
+    assert [a for a in cmds[0] if a.split("=")[0] in ("--precision_mode", "--modify_mixlist",
+                                                      "--op_precision_mode", "--keep_dtype")] == []
