@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import PassError, UserError, VerificationFailed
+from .errors import GraphoptError, PassError, UserError, VerificationFailed
 from .ir import op_counts, to_model
 from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .name_map import compose, pass_name_map, summarize, tensor_producers
@@ -102,16 +102,11 @@ def _outputs(model: SplitModel, input_name: str | None, inputs: Sequence[np.ndar
 def _fingerprint(graph: gs.Graph) -> int:
     """A hash of what ``graph`` computes as the objects hold it: nodes (op, domain, attributes, the identities of
     their input and output tensors), tensor names, constants' arrays (by identity: a pass that changes a weight
-    replaces its array or writes into it, and the latter is not seen) and dtypes, graph inputs and outputs. Not
-    the shapes and dtypes inferred for computed tensors: annotations that passes fill in.
+    replaces its array or writes into it, and the latter is not seen) and dtypes, graph inputs and outputs. A
+    subgraph attribute (If's branches, Loop's and Scan's bodies) is hashed by its contents the same way, nested
+    ones too: hashing the ``gs.Graph`` object alone would miss every edit made inside it. Not the shapes and
+    dtypes inferred for computed tensors: annotations that passes fill in.
     Used to hold a pass to its word when it reports no change."""
-    def attr(v):
-        if isinstance(v, (gs.Constant, gs.Graph, np.ndarray)):
-            return id(v)
-        if isinstance(v, (list, tuple)):
-            return tuple(attr(x) for x in v)
-        return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
-
     seen: dict[int, tuple] = {}
 
     def tensor(t) -> int:
@@ -122,12 +117,28 @@ def _fingerprint(graph: gs.Graph) -> int:
                 seen[id(t)] = (t.name,)
         return id(t)
 
-    parts = [tuple(map(tensor, graph.inputs)), tuple(map(tensor, graph.outputs))]
-    for node in graph.nodes:
-        parts.append((node.op, node.domain, node.name, tuple(map(tensor, node.inputs)),
-                      tuple(map(tensor, node.outputs)),
-                      tuple((k, attr(v)) for k, v in node.attrs.items())))
-    return hash((tuple(parts), tuple(seen.items())))
+    def attr(v):
+        if isinstance(v, gs.Graph):
+            return contents(v)
+        if isinstance(v, gs.Constant):  # a tensor attribute (Constant's value): its name, array and dtype
+            return ("tensor", tensor(v))
+        if isinstance(v, np.ndarray):
+            return id(v)
+        if isinstance(v, (list, tuple)):
+            return tuple(attr(x) for x in v)
+        return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
+
+    def contents(g: gs.Graph) -> tuple:
+        # A subgraph's tensors that come from the outer scope are the outer graph's objects: the same ids.
+        parts = [g.name, tuple(map(tensor, g.inputs)), tuple(map(tensor, g.outputs))]
+        for node in g.nodes:
+            parts.append((node.op, node.domain, node.name, tuple(map(tensor, node.inputs)),
+                          tuple(map(tensor, node.outputs)),
+                          tuple((k, attr(v)) for k, v in node.attrs.items())))
+        return tuple(parts)
+
+    parts = contents(graph)
+    return hash((parts, tuple(seen.items())))
 
 
 def _check(split: SplitModel, who: str, note: str = "") -> None:
@@ -209,17 +220,22 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
             p.calibration = (inputs, input_name, real_data)
         try:
             result = p(graph)
-        except (UserError, VerificationFailed):
+        except (UserError, VerificationFailed):  # bad input, broken numerics: skipping the pass cannot help
             raise
         except Exception as e:
             if reference is not None:
                 reference.result()  # a model onnxruntime cannot run says so first: verification was impossible
+            # A GraphoptError the pass raised itself is deliberate and already names the pass and what went wrong
+            # (simplify's PassError quoting onnxsim): re-raised as it is. Only a raw exception, a bug, is wrapped.
+            deliberate = isinstance(e, GraphoptError)
             if on_fail == "skip":
                 graph = graph_from_split(before)
                 records.append(PassRecord(p.name, where, False, {"error": f"{type(e).__name__}: {e}"},
                                           time.perf_counter() - t0, None, "skipped"))
                 progress(f"{label}: raised {type(e).__name__}: {e}; skipped (on_fail: skip)")
                 continue
+            if deliberate:
+                raise
             after = f" (after {', '.join(done)})" if done else ""
             raise PassError(f"pass {p.name} ({where}) raised {type(e).__name__}: {e}{after}") from e
         seconds = time.perf_counter() - t0

@@ -224,3 +224,53 @@ def test_changed_or_missing_output_is_the_pass_failure_through_the_cli(workdir, 
     assert code == 1, err
     assert len(errors) == 1 and errors[0].startswith(f"graphopt: error: {message}"), errors
     assert not (workdir / "run").exists()
+
+
+IF_MODEL = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (bool c, float[2] x) => (float[2] y) {
+    y = If(c) <then_branch = t () => (float[2] r) { r = Relu(x) },
+               else_branch = e () => (float[2] s) { s = Neg(x) }>
+}"""
+
+
+@register_pass("test_edit_inside_if_quietly")
+class EditInsideIfQuietly(Pass):
+    """Test-only: turns the If's then-branch Relu into Abs and reports no change."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        branch = next(n for n in graph.nodes if n.op == "If").attrs["then_branch"]
+        branch.nodes[0].op = "Abs"
+        return PassResult(False)
+
+
+def test_unreported_edit_inside_a_subgraph_is_caught():
+    """The honesty check hashes subgraphs by content: an edit inside an If branch is an edit."""
+    from graphopt.pipeline import run_pipeline
+
+    with pytest.raises(PassError, match=r"test_edit_inside_if_quietly \(passes\[0\]\) reported no change but "
+                                        "modified the graph"):
+        run_pipeline(model_from_text(IF_MODEL), [(EditInsideIfQuietly(), "passes[0]", "stop")], inputs=None,
+                     input_name=None)
+
+
+@register_pass("test_refuse_on_purpose")
+class RefuseOnPurpose(Pass):
+    """Test-only: raises a PassError with its own reason, as simplify does when onnxsim fails."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        raise PassError("pass test_refuse_on_purpose: the tool it wraps failed: because")
+
+
+def test_deliberate_pass_error_is_raised_as_the_pass_wrote_it(workdir):
+    with pytest.raises(PassError) as info:
+        apply_recipe(recipe(workdir, "- test_refuse_on_purpose\n"), workdir / "run", progress=lambda m: None)
+    assert str(info.value) == "pass test_refuse_on_purpose: the tool it wraps failed: because"
+    assert info.value.__cause__ is None  # not the wrapper of a raw exception
+
+
+def test_deliberate_pass_error_honours_on_fail_skip(workdir):
+    report = apply_recipe(recipe(workdir, "- {pass: test_refuse_on_purpose, on_fail: skip}\n- softmax_transpose\n"),
+                          workdir / "run", progress=lambda m: None)
+    assert [p["status"] for p in report["passes"]] == ["skipped", "applied"]
+    assert "the tool it wraps failed" in report["passes"][0]["stats"]["error"]
