@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .errors import GraphoptError, UserError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
+           "comparison_tolerance"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
@@ -65,9 +66,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .ir import load_split
-    from .recipe import Tolerance
     from .verify import Runner, compare_outputs, make_inputs
 
+    tol = comparison_tolerance(args, top1=args.top1)  # before reading the models: a bad flag is refused at once
     # Held once each, as arrays onnxruntime reads in place (graphopt.protoio), and the weights B shares with A
     # held once for both: two large models fit in memory.
     a = load_split(args.a, "model A")
@@ -77,7 +78,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     inp = next(i for i in runner_a.session.get_inputs() if i.name == runner_a.input_name)
     shape = parse_shape(args.shape) or [d if isinstance(d, int) else 1 for d in inp.shape]
     inputs = make_inputs(shape, args.samples, args.seed)
-    tol = Tolerance(max_abs=args.max_abs, max_rel=args.max_rel, cosine=args.cosine, top1_agreement=args.top1)
     cmp = compare_outputs(runner_a.run(inputs), runner_b.run(inputs), tol)
     for o in cmp.outputs:
         mismatch = o.describe_mismatch("model A")
@@ -98,6 +98,20 @@ def parse_shape(text: str | None) -> list[int] | None:
         return [int(s) for s in text.split(",")]
     except ValueError:
         raise UserError(f"--shape {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+
+
+def comparison_tolerance(args: argparse.Namespace, top1: float | None):
+    """The ``Tolerance`` of ``--max-abs``, ``--max-rel``, ``--cosine`` (and ``--top1``); a threshold no comparison
+    can meet or every one meets is bad input (exit 2) naming the flag, not a failed comparison."""
+    from .recipe import Tolerance, tolerance_problem
+
+    given = {"max_abs": ("--max-abs", args.max_abs), "max_rel": ("--max-rel", args.max_rel),
+             "cosine": ("--cosine", args.cosine), "top1_agreement": ("--top1", top1)}
+    for criterion, (flag, value) in given.items():
+        problem = tolerance_problem(criterion, value)
+        if problem:
+            raise UserError(f"{flag}: {problem}")
+    return Tolerance(**{criterion: value for criterion, (_, value) in given.items()})
 
 
 def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:

@@ -441,11 +441,12 @@ def plot_diff(result: DiffResult, path: str | Path, title: str = "") -> None:
 def _cmd_diff(args: argparse.Namespace) -> int:
     import sys
 
-    from .cli import parse_shape
+    from .cli import comparison_tolerance, parse_shape
 
     progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else _noop
     if args.budget_mb <= 0:
         raise UserError(f"--budget-mb {args.budget_mb}: expected a positive size")
+    tol = comparison_tolerance(args, top1=None)  # before reading the models: a bad flag is refused at once
     # Each model read once, its weights held as arrays that every session reads in place; B's weights that equal
     # A's are A's arrays.
     a = load_split(args.a, "model A")
@@ -453,7 +454,6 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     feeds = seeded_feeds(a.skeleton, args.samples, args.seed, args.input, parse_shape(args.shape))
     name_map = load_name_map(args.map, model_producers(a.skeleton), model_producers(b.skeleton)) if args.map \
         else None
-    tol = Tolerance(max_abs=args.max_abs, max_rel=args.max_rel, cosine=args.cosine, top1_agreement=None)
     result = diff_models(a, b, feeds, tolerance=tol, name_map=name_map, budget_mb=args.budget_mb,
                          stop_at_first=args.first, progress=progress)
     print(f"compared {len(result.tensors)} of {result.shared} shared tensors in {result.batches} batch(es) "

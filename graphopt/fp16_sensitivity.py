@@ -44,7 +44,7 @@ import onnx
 
 from .errors import UserError
 from .fp16_emulation import Fp16Emulator, Unit
-from .recipe import Tolerance
+from .recipe import Tolerance, tolerance_problem
 from .verify import compare_outputs
 
 __all__ = ["Target", "Calibration", "PrecisionSearch", "analyse", "generated_configs", "load_calibration",
@@ -68,9 +68,10 @@ class Target:
     def __post_init__(self) -> None:
         if self.top1 is None and self.cosine is None:
             raise UserError("precision target: set top1 agreement, cosine, or both")
-        for name, v in (("top1", self.top1), ("cosine", self.cosine)):
-            if v is not None and not 0.0 <= v <= 1.0:
-                raise UserError(f"precision target {name}: must be within [0, 1], got {v}")
+        for name, criterion in (("top1", "top1_agreement"), ("cosine", "cosine")):
+            problem = tolerance_problem(criterion, getattr(self, name))  # the ranges verification thresholds have
+            if problem:
+                raise UserError(f"precision target {name}: {problem}")
 
     def tolerance(self) -> Tolerance:
         return Tolerance(max_abs=None, max_rel=None, cosine=self.cosine, top1_agreement=self.top1)

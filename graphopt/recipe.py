@@ -1,13 +1,16 @@
 """Recipes: loading and validation.
 
-A recipe is YAML (read with ``yaml.safe_load``). It is validated completely before anything runs; every mistake
-becomes one line naming the recipe file and the YAML path (``passes[2].axis``), with the closest valid names for
-an unknown one. See the README's "Recipe format" for the keys.
+A recipe is YAML, read with ``YamlLoader``: PyYAML's safe loader, except that plain numbers are floats as YAML 1.2
+reads them (``1e-4`` is a float, not the string YAML 1.1 makes of it). It is validated completely before anything
+runs; every mistake becomes one line naming the recipe file and the YAML path (``passes[2].axis``), with the closest
+valid names for an unknown one. See the README's "Recipe format" for the keys.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +23,8 @@ from .errors import UserError
 from .pass_infra import Pass, all_passes, get_pass, pass_params, type_name
 
 __all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "AtcSpec", "PreprocessSpec",
-           "load_recipe", "parse_recipe", "closest", "check_value", "build_pass"]
+           "load_recipe", "parse_recipe", "closest", "check_value", "build_pass", "tolerance_problem", "YamlLoader",
+           "load_yaml"]
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                    "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
@@ -36,14 +40,86 @@ def closest(name: str, valid: Iterable[str]) -> str:
     return f" (valid: {', '.join(valid)})" if len(valid) <= 12 else ""
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# YAML
+
+
+FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.1's float forms (as PyYAML's resolver has them) with the exponent sign optional, plus YAML 1.2's forms 1.1
+# lacks: digits with an exponent but no dot (1e-4, 2E5) and a signed leading dot (-.5). PyYAML implements YAML 1.1,
+# where `max_abs: 1e-4` is the string '1e-4'; every user writing it means the number.
+_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python objects: a recipe cannot run code) reading plain floats as YAML 1.2 does."""
+
+
+# The float resolver replaced where it stands in each first-character list, so resolution order is unchanged.
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, _FLOAT_RE if tag == FLOAT_TAG else regexp) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+0123456789.":  # every character a float can start with
+    if not any(tag == FLOAT_TAG for tag, _ in YamlLoader.yaml_implicit_resolvers.setdefault(_first, [])):
+        YamlLoader.yaml_implicit_resolvers[_first].append((FLOAT_TAG, _FLOAT_RE))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as graphopt reads every YAML file (``YamlLoader``); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipe sections
+
+
+def tolerance_problem(criterion: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the threshold of ``criterion`` (None when it can): a threshold no comparison can
+    meet, or one every comparison meets, is a mistake in the recipe or flag, not a pass that broke numerics.
+
+    ``max_abs``, ``max_rel``: a finite number >= 0 (an error bound). ``cosine``: within (0, 1]: a cosine
+    similarity is at most 1 (identical direction), and a threshold at or below 0 accepts unrelated or opposite
+    outputs (and any output with inf or NaN, whose cosine counts as 0). ``top1_agreement``: within [0, 1], a share
+    of rows. ``None`` switches a criterion off."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a number or null, got {type(value).__name__} {value!r}"
+    if criterion in ("max_abs", "max_rel"):
+        if not (math.isfinite(value) and value >= 0):
+            return f"must be a finite number >= 0 (an error bound), got {value}"
+    elif criterion == "cosine":
+        if not 0 < value <= 1:
+            return (f"must be within (0, 1] (a cosine similarity: 1 is identical, 0 or less accepts unrelated "
+                    f"outputs), got {value}")
+    elif criterion == "top1_agreement":
+        if not 0 <= value <= 1:
+            return f"must be within [0, 1] (a share of rows), got {value}"
+    else:
+        raise ValueError(f"unknown tolerance criterion {criterion!r}")
+    return None
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    """Verification thresholds. ``None`` disables a criterion; at least one must be set."""
+    """Verification thresholds. ``None`` disables a criterion; at least one must be set. Each set one is checked
+    by ``tolerance_problem`` (a ``ValueError`` here: recipes and flags are checked before, with their own names)."""
 
     max_abs: float | None = 1e-4
     max_rel: float | None = None
     cosine: float | None = 0.99999
     top1_agreement: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            problem = tolerance_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"tolerance {f.name}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -289,7 +365,12 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     v = _Section(top.get("verify", dict, {}), "verify", file, ["enabled", "samples", "seed", "data", "tolerance",
                                                                 "on_fail"])
     t = _Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [f.name for f in dataclasses.fields(Tolerance)])
-    tol = Tolerance(**{f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)})
+    criteria = {f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)}
+    for criterion, value in criteria.items():
+        problem = tolerance_problem(criterion, value)
+        if problem:
+            raise UserError(f"{file}: verify.tolerance.{criterion}: {problem}")
+    tol = Tolerance(**criteria)
     if all(getattr(tol, f.name) is None for f in dataclasses.fields(Tolerance)):
         raise UserError(f"{file}: verify.tolerance: every criterion is null; set at least one")
     samples = v.get("samples", int, 2)
@@ -382,7 +463,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"recipe {path}: cannot be read ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from graphopt.atc import ascend_op_type
 from graphopt.ir import to_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.recipe import tolerance_problem
 
 __all__ = ["Mixlist", "is_onnx_op_type"]
 
@@ -99,9 +100,10 @@ class Mixlist(Pass):
             if self.target_top1 is None and self.target_cosine is None:
                 raise ValueError("mode measured: set target_top1, target_cosine or both")
             for name in ("target_top1", "target_cosine"):
-                v = getattr(self, name)
-                if v is not None and not 0.0 <= v <= 1.0:
-                    raise ValueError(f"{name} must be within [0, 1], got {v}")
+                problem = tolerance_problem(name.replace("target_", "").replace("top1", "top1_agreement"),
+                                            getattr(self, name))  # the ranges verification thresholds have
+                if problem:
+                    raise ValueError(f"{name} {problem}")
             if self.samples < 1 or self.node_trials < 0:
                 raise ValueError("samples must be >= 1 and node_trials >= 0")
             return

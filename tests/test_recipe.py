@@ -98,3 +98,79 @@ def test_yaml_is_loaded_safely(tmp_path, tiny_onnx):
     # A python-object tag would run code under yaml.load; safe_load refuses it as invalid YAML.
     with pytest.raises(UserError, match="invalid YAML"):
         load_recipe(write(tmp_path, "name: !!python/object/apply:os.system ['true']\n" + BASE))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tolerances: a threshold no comparison can meet (or every one meets) is a recipe mistake, refused at load time,
+# not a pass blamed for breaking numerics
+
+
+@pytest.mark.parametrize("tolerance, message", [
+    ("{cosine: 2}", "r.yaml: verify.tolerance.cosine: must be within (0, 1]"),
+    ("{cosine: 1.0000001}", "r.yaml: verify.tolerance.cosine: must be within (0, 1]"),
+    ("{cosine: 0}", "r.yaml: verify.tolerance.cosine: must be within (0, 1]"),
+    ("{cosine: -0.5}", "r.yaml: verify.tolerance.cosine: must be within (0, 1]"),
+    ("{cosine: .nan}", "r.yaml: verify.tolerance.cosine: must be within (0, 1]"),
+    ("{top1_agreement: 1.5}", "r.yaml: verify.tolerance.top1_agreement: must be within [0, 1]"),
+    ("{top1_agreement: -0.1}", "r.yaml: verify.tolerance.top1_agreement: must be within [0, 1]"),
+    ("{max_abs: -1e-4}", "r.yaml: verify.tolerance.max_abs: must be a finite number >= 0"),
+    ("{max_abs: .nan}", "r.yaml: verify.tolerance.max_abs: must be a finite number >= 0"),
+    ("{max_rel: -1}", "r.yaml: verify.tolerance.max_rel: must be a finite number >= 0"),
+    ("{max_rel: .inf}", "r.yaml: verify.tolerance.max_rel: must be a finite number >= 0"),
+    ("{cosine: true}", "r.yaml: verify.tolerance.cosine: expected float | null, got bool True"),
+    ("{max_abs: yes}", "r.yaml: verify.tolerance.max_abs: expected float | null, got bool True"),
+    ("{max_abs: '1e-4'}", "r.yaml: verify.tolerance.max_abs: expected float | null, got str '1e-4'"),
+])
+def test_impossible_tolerances_are_recipe_errors(tmp_path, tiny_onnx, tolerance, message):
+    with pytest.raises(UserError) as e:
+        load_recipe(write(tmp_path, BASE + f"verify: {{tolerance: {tolerance}}}\n"))
+    assert str(e.value).startswith(str(tmp_path / "r.yaml")) and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("tolerance, expected", [
+    ("{cosine: 1, top1_agreement: 0, max_abs: 0, max_rel: 0}", (0.0, 0.0, 1.0, 0.0)),  # the closed ends
+    ("{cosine: 1e-6, max_abs: null}", (None, None, 1e-6, 1.0)),  # the open end's neighbour
+])
+def test_tolerance_range_ends(tmp_path, tiny_onnx, tolerance, expected):
+    t = load_recipe(write(tmp_path, BASE + f"verify: {{tolerance: {tolerance}}}\n")).verify.tolerance
+    assert (t.max_abs, t.max_rel, t.cosine, t.top1_agreement) == expected
+
+
+def test_tolerance_built_in_code_is_checked_too():
+    from graphopt.recipe import Tolerance
+
+    with pytest.raises(ValueError, match="tolerance cosine: must be within"):
+        Tolerance(cosine=2.0)
+    with pytest.raises(ValueError, match="tolerance max_abs: must be a finite number"):
+        Tolerance(max_abs=float("nan"))
+
+
+# PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: `1e-4` would be the string '1e-4'.
+@pytest.mark.parametrize("text, value", [
+    ("1e-4", 1e-4), ("1E-4", 1e-4), ("5e-5", 5e-5), ("1e+3", 1000.0), ("2e3", 2000.0), ("1.0e-4", 1e-4),
+    ("1.5e3", 1500.0), ("-1e-4", -1e-4), ("+1e-4", 1e-4), ("-.5", -0.5), (".5", 0.5), ("1.", 1.0),
+])
+def test_yaml_floats_are_read_as_yaml_1_2_reads_them(text, value):
+    from graphopt.recipe import load_yaml
+
+    got = load_yaml(f"v: {text}")["v"]
+    assert type(got) is float and got == value
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1", 1), ("-3", -3), ("0x10", 16), ("1e", "1e"), ("e5", "e5"), ("1.2.3", "1.2.3"), ("'1e-4'", "1e-4"),
+    ("true", True), ("null", None), (".inf", float("inf")), ("1_000.5", 1000.5),
+])
+def test_yaml_other_scalars_are_unchanged(text, value):
+    from graphopt.recipe import load_yaml
+
+    got = load_yaml(f"v: {text}")["v"]
+    assert type(got) is type(value) and got == value
+
+
+def test_exponent_without_dot_in_a_recipe(tmp_path, tiny_onnx):
+    r = load_recipe(write(tmp_path, BASE + "verify: {tolerance: {max_abs: 1e-4, max_rel: 5e-3, cosine: 0.99999}}\n"
+                          "preprocess: {scale: 1e-2}\n"))
+    assert r.verify.tolerance.max_abs == 1e-4 and r.verify.tolerance.max_rel == 5e-3
+    assert r.preprocess.scale == 1e-2

@@ -90,7 +90,7 @@ def test_identical_outputs_pass_the_strictest_tolerance():
 def test_nan_where_the_reference_is_finite_fails_every_error_bound():
     ref = {"y": np.asarray([[1.0, 2.0]], np.float32)}
     got = {"y": np.asarray([[1.0, np.nan]], np.float32)}
-    d = compare_outputs(ref, got, Tolerance(max_abs=1e9, max_rel=1e9, cosine=-1.0, top1_agreement=None)).outputs[0]
+    d = compare_outputs(ref, got, Tolerance(max_abs=1e9, max_rel=1e9, cosine=None, top1_agreement=None)).outputs[0]
     assert set(d.failed_on) == {"max_abs", "max_rel"} and d.cosine <= 0.0
 
 
@@ -152,3 +152,21 @@ def test_cli_verify_of_models_with_different_output_shapes_exits_1(tmp_path, cap
     out, err = capsys.readouterr()
     assert code == 1 and "Traceback" not in err and err == "", err
     assert "output 'y' has shape [3, 4] per sample, model A gave [3, 2]: OUTSIDE TOLERANCE (shape)" in out
+
+
+FLAGS = [("--cosine", "2", "--cosine: must be within (0, 1]"),
+         ("--cosine", "0", "--cosine: must be within (0, 1]"),
+         ("--max-abs", "-1", "--max-abs: must be a finite number >= 0"),
+         ("--max-rel", "nan", "--max-rel: must be a finite number >= 0")]
+
+
+# diff judges intermediate tensors, not class scores: it has no --top1
+@pytest.mark.parametrize("command, flag, value, message", [(c, *f) for c in ("verify", "diff") for f in FLAGS]
+                         + [("verify", "--top1", "1.5", "--top1: must be within [0, 1]")])
+def test_cli_tolerance_flags_out_of_range_are_bad_input(tmp_path, capsys, command, flag, value, message):
+    from graphopt.cli import main
+
+    # the models are never read: the flags are refused first (the files need not exist)
+    code = main([command, str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"graphopt: error: {message}") and err.count("\n") == 1, err
