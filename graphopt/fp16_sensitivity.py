@@ -89,10 +89,34 @@ class Calibration:
         return sum(len(b) for b in self.batches)
 
 
-def rebatch(batches: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
-    """The same items in batches of ``batch`` (the last one shorter)."""
+def rebatch(batches: Sequence[np.ndarray], batch: int, fixed: bool = False) -> list[np.ndarray]:
+    """The same items in batches of ``batch``: the last one shorter, or, when ``fixed`` (the model's batch dimension
+    is fixed, and onnxruntime refuses any other size), whole batches only, the remainder dropped. No items, or
+    fewer than one fixed batch, is a ``UserError``: there is nothing to measure on."""
+    if batch < 1:
+        raise UserError(f"calibration: cannot group items into batches of {batch} (a batch holds at least 1)")
     items = np.concatenate(list(batches)) if batches else np.zeros((0,))
+    if len(items) == 0:
+        raise UserError("calibration: no items to measure on")
+    if fixed:
+        if len(items) < batch:
+            raise UserError(f"calibration: {len(items)} item(s), fewer than one batch of {batch} (the model's fixed "
+                            "batch size)")
+        items = items[:len(items) - len(items) % batch]
     return [items[i:i + batch] for i in range(0, len(items), batch)]
+
+
+def _screen_batches(batches: Sequence[np.ndarray], items: int, fixed: bool) -> list[np.ndarray]:
+    """The first ``items`` calibration items for unit-by-unit trials: one batch, or, for a model whose batch is
+    fixed, the fewest whole batches holding at least that many (onnxruntime takes no other batch size)."""
+    if not fixed:
+        return [np.concatenate(list(batches))[:items]]
+    out: list[np.ndarray] = []
+    for b in batches:
+        if sum(len(x) for x in out) >= items:
+            break
+        out.append(b)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,17 +189,21 @@ def _type_label(units: Sequence[Unit]) -> str:
 def analyse(emulator: Fp16Emulator, batches: Sequence[np.ndarray], target: Target, *,
             labels: Sequence[int] | None = None, node_trials: int = 24, worst_nodes: int = 5,
             gelu: bool = True, graph_node_names: set[str] | None = None, screen_items: int = 4,
-            progress: Callable[[str], None] = _noop) -> dict[str, Any]:
+            fixed_batch: bool = False, progress: Callable[[str], None] = _noop) -> dict[str, Any]:
     """Baselines, sensitivity, keep-set search, GELU mode, configs and their predicted accuracy (module docstring).
 
     ``graph_node_names``: the node names of the graph the configs are for (default: the emulated model's).
     ``screen_items``: unit-by-unit trials (worst units, ranking the nodes of a kept type) run on the first this
-    many calibration items only; every decision on the keep-set is checked on all of them."""
+    many calibration items only; every decision on the keep-set is checked on all of them. ``fixed_batch``: the
+    model's batch dimension is fixed (``batches`` are all that size): the screen keeps whole batches."""
     t0 = time.perf_counter()
     s = PrecisionSearch(emulator, batches, target, labels, progress)
     screen = s
-    if sum(len(b) for b in batches) > screen_items:
-        screen = PrecisionSearch(emulator, [np.concatenate(list(batches))[:screen_items]], target)
+    total = sum(len(b) for b in batches)
+    if total > screen_items:
+        first = _screen_batches(batches, screen_items, fixed_batch)
+        if sum(len(b) for b in first) < total:
+            screen = PrecisionSearch(emulator, first, target)
     units = emulator.units
     out: dict[str, Any] = {"target": asdict(target), "units": len(units),
                            "calibration_items": sum(len(b) for b in batches)}
@@ -373,9 +401,11 @@ def _image_items(path: Path, shape: Sequence[int], preprocess, pattern: str | No
 
 def load_calibration(data: str | Path | None, shape: Sequence[int], *, preprocess=None, samples: int = 64,
                      seed: int = 0, batch: int = 8, dtype: str = "float32", pattern: str | None = None,
-                     labels_file: str | None = None, label_regex: str | None = None) -> Calibration:
+                     labels_file: str | None = None, label_regex: str | None = None,
+                     fixed_batch: bool = False) -> Calibration:
     """Calibration inputs in batches of ``batch``: images, ``.bin`` files (with ``labels.txt``), a ``.npy``, or
-    (no ``data``) ``samples`` seeded standard-normal items with ``RANDOM_INPUTS_WARNING``."""
+    (no ``data``) ``samples`` seeded standard-normal items with ``RANDOM_INPUTS_WARNING``. ``fixed_batch``: whole
+    batches only (``rebatch``), labels trimmed to match."""
     from .verify import load_input_data, make_inputs
 
     item_shape = [1, *shape[1:]]
@@ -383,8 +413,8 @@ def load_calibration(data: str | Path | None, shape: Sequence[int], *, preproces
         raise UserError(f"--samples {samples}: must be at least 1")
     if data is None:
         items = np.concatenate(make_inputs(item_shape, samples, seed, dtype))
-        return Calibration(rebatch([items], batch), None, f"seeded normal (seed {seed}, {samples} items)",
-                           RANDOM_INPUTS_WARNING)
+        return _calibration(items, batch, fixed_batch, None, f"seeded normal (seed {seed}, {samples} items)",
+                            RANDOM_INPUTS_WARNING)
     path = Path(data)
     if not path.exists():
         raise UserError(f"--data {path}: no such file or folder")
@@ -408,7 +438,16 @@ def load_calibration(data: str | Path | None, shape: Sequence[int], *, preproces
     else:
         items = np.concatenate(load_input_data(path, item_shape, dtype))[:samples]
         source = f"{len(items)} items from {path}"
-    return Calibration(rebatch([items.astype(np.float32)], batch), labels, source)
+    return _calibration(items.astype(np.float32), batch, fixed_batch, labels, source)
+
+
+def _calibration(items: np.ndarray, batch: int, fixed_batch: bool, labels: list[int] | None, source: str,
+                 warning: str | None = None) -> Calibration:
+    batches = rebatch([items], batch, fixed_batch)
+    used = sum(len(b) for b in batches)
+    if used < len(items):  # a fixed batch size: the remainder was dropped
+        source += f", {used} used (whole batches of {batch})"
+    return Calibration(batches, labels[:used] if labels else labels, source, warning)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -578,17 +617,22 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
         recipe = load_recipe(source)
         name, preprocess = recipe.name, recipe.preprocess
         model = _recipe_model(recipe, progress)
-        input_name, _, dynamic = _model_input(model, recipe.input.name)
+        input_name, model_shape, dynamic = _model_input(model, recipe.input.name)
         shape = list(recipe.input.shape)
     else:
         model = load_model(source, "model")
         name = source.stem
         input_name, shape, dynamic = _model_input(model, None)
+        model_shape = shape
         hw = tuple(shape[-2:]) if len(shape) == 4 else None
         preprocess = PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw) if hw else None
+    fixed = None if dynamic or not model_shape else model_shape[0]  # the model's own batch size, if it fixes one
+    if fixed is not None and fixed < 1:
+        raise UserError(f"model input {input_name!r} has a fixed batch size of {fixed}: it takes no items, so "
+                        "there is nothing to measure fp16 precision on")
     cal = load_calibration(data, shape, preprocess=preprocess, samples=samples, seed=seed,
-                           batch=batch if dynamic else shape[0], pattern=pattern, labels_file=labels_file,
-                           label_regex=label_regex)
+                           batch=batch if fixed is None else fixed, pattern=pattern, labels_file=labels_file,
+                           label_regex=label_regex, fixed_batch=fixed is not None)
     if cal.warning:
         progress(f"precision: warning: {cal.warning}")
     progress(f"precision: building the fp16 emulation of {name} ...")
@@ -596,7 +640,7 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
     emu = Fp16Emulator(model, input_name, reduce_accumulation=reduce_accumulation)
     build_seconds = time.perf_counter() - t0
     result = analyse(emu, cal.batches, target, labels=cal.labels, node_trials=node_trials,
-                     worst_nodes=worst_nodes, progress=progress)
+                     worst_nodes=worst_nodes, fixed_batch=fixed is not None, progress=progress)
     result["model"] = {"name": name, "source": str(source), "input": input_name}
     result["calibration"] = {"source": cal.source, "items": cal.items,
                              "labelled": len(cal.labels) if cal.labels else 0, "warning": cal.warning}

@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.atc import ascend_op_type
+from graphopt.errors import UserError
 from graphopt.ir import to_model
 from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.recipe import tolerance_problem
@@ -180,9 +181,13 @@ class Mixlist(Pass):
             source = f"{self.samples} seeded random input(s) (seed {self.seed}; verification is off)"
             warnings.append(RANDOM_INPUTS_WARNING)
         batch = 8 if dynamic else (dims[0] if dims else 1)
-        result = analyse(emulator, rebatch([items.astype(np.float32)], batch),
+        if batch < 1:
+            raise UserError(f"mixlist (mode: measured): model input {emulator.input_name!r} has a fixed batch size "
+                            f"of {batch}: it takes no items, so there is nothing to measure fp16 precision on")
+        result = analyse(emulator, rebatch([items.astype(np.float32)], batch, fixed=not dynamic),
                          Target(self.target_top1, self.target_cosine), node_trials=self.node_trials,
-                         worst_nodes=3, gelu=self.gelu_modes, graph_node_names={n.name for n in graph.nodes})
+                         worst_nodes=3, gelu=self.gelu_modes, graph_node_names={n.name for n in graph.nodes},
+                         fixed_batch=not dynamic)
         warnings += result.get("warnings", [])
 
         def brief(m: dict | None) -> dict | None:

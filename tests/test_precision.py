@@ -336,3 +336,69 @@ def test_cli_writes_report_plot_and_configs(tmp_path, capsys):
     assert "| Mul | 2 |" in (out / "precision.md").read_text()
     assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     assert "configs:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batch sizes: zero-size inputs and models whose batch dimension is fixed
+
+
+def _softmax_model(signature: str) -> onnx.ModelProto:
+    return model_from_text(f'<ir_version: 8, opset_import: ["" : 17]>\ng ({signature}) {{\n'
+                           '    s = Softmax<axis=-1>(x)\n    y = Mul(s, s)\n}')
+
+
+def test_rebatch_refuses_what_cannot_be_measured_and_keeps_fixed_batches_whole():
+    from graphopt.errors import UserError
+    from graphopt.fp16_sensitivity import rebatch
+
+    items = np.arange(10, dtype=np.float32).reshape(5, 2)
+    assert [b.shape for b in rebatch([items], 2)] == [(2, 2), (2, 2), (1, 2)]
+    whole = rebatch([items[:3], items[3:]], 2, fixed=True)  # onnxruntime takes no other size: remainder dropped
+    assert [b.shape for b in whole] == [(2, 2), (2, 2)] and np.array_equal(np.concatenate(whole), items[:4])
+    with pytest.raises(UserError, match="cannot group items into batches of 0"):
+        rebatch([items], 0)
+    with pytest.raises(UserError, match="no items to measure on"):
+        rebatch([items[:0]], 2)
+    with pytest.raises(UserError, match=r"1 item\(s\), fewer than one batch of 2"):
+        rebatch([items[:1]], 2, fixed=True)
+    # zero-size items are items: their outputs are empty, which measures as exact
+    assert [b.shape for b in rebatch([np.zeros((3, 0), np.float32)], 2)] == [(2, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("signature, outcome", [
+    # a fixed batch of 0 takes no items: refused with the input's name (was a raw "range() arg 3 must not be zero")
+    ("float[0, 8] x) => (float[0, 8] y", "fixed batch size of 0"),
+    # zero-size items: empty outputs, nothing is fp16-sensitive
+    ("float[N, 0] x) => (float[N, 0] y", 0),
+    # a fixed batch of 2 with zero-size items, and a fixed batch of 2: every trial, the unit-by-unit screen
+    # included, runs whole batches of 2 (the screen used to run one batch of 4, which onnxruntime refuses)
+    ("float[2, 0, 3] x) => (float[2, 0, 3] y", 0),
+    ("float[2, 8] x) => (float[2, 8] y", 0),
+])
+def test_cli_precision_on_zero_size_and_fixed_batch_inputs(tmp_path, capsys, signature, outcome):
+    path = tmp_path / "m.onnx"
+    onnx.save(_softmax_model(signature), path)
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "7", "--node-trials", "2"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if isinstance(outcome, str):
+        errors = [line for line in captured.err.splitlines() if line.startswith("graphopt: error: ")]
+        assert code == 2 and len(errors) == 1 and outcome in errors[0], captured.err
+        assert not (tmp_path / "out").exists()
+        return
+    assert code == outcome, captured.err
+    report = json.loads((tmp_path / "out" / "precision.json").read_text())
+    assert report["configs"] == {} and report["predicted"]["passed"]
+    if "0" in signature:  # empty outputs are exact in any precision
+        assert report["baselines"]["force_fp16"]["cosine"] == 1.0
+    if "[2," in signature:  # 7 items in whole batches of 2
+        assert report["calibration"]["items"] == 6 and "6 used (whole batches of 2)" in report["calibration"]["source"]
+
+
+def test_mixlist_measured_on_a_fixed_batch_of_zero_is_a_user_error():
+    from graphopt.errors import UserError
+
+    model = _softmax_model("float[0, 8] x) => (float[0, 8] y")
+    with pytest.raises(UserError, match="mixlist \\(mode: measured\\): model input 'x' has a fixed batch size of 0"):
+        run_pipeline(model, [(Mixlist(mode="measured", samples=4), "passes[0]", "stop")], inputs=None,
+                     input_name="x")
