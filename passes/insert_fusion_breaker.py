@@ -53,22 +53,54 @@ def _describe_miss(start: gs.Node, path: list[str]) -> str:
 
 
 def _fill_dtypes(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
-    """Give ``tensors`` that lack one their element type. Only types are needed here, so ONNX's own inference
-    (one C++ call) goes first; ``ensure_shapes`` (shapes too, with its fallbacks) only when that leaves a type
-    unknown."""
+    """Give ``tensors`` that lack one their element type, and their kind (``type``: a sequence or optional is not a
+    tensor, and a breaker on it would be invalid). Only types are needed here, so ONNX's own inference (one C++
+    call) goes first; ``ensure_shapes`` (shapes too, with its fallbacks) only when that leaves a type unknown."""
     missing = [t for t in tensors if t.dtype is None]
     if not missing:
         return
     try:
         inferred = onnx.shape_inference.infer_shapes(shape_model(graph)).graph
-        types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.value_info, *inferred.output)}
+        types = {vi.name: vi.type for vi in (*inferred.value_info, *inferred.output)}
         for t in missing:
-            if types.get(t.name):
-                t.dtype = onnx.helper.tensor_dtype_to_np_dtype(types[t.name])
+            tp = types.get(t.name)
+            if tp is None:
+                continue
+            kind = tp.WhichOneof("value")
+            if kind != "tensor_type":
+                t.type = kind
+            elif tp.tensor_type.elem_type:
+                t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type)
     except Exception:  # an op ONNX cannot type (a custom domain): the slower inference below may
         pass
-    if any(t.dtype is None for t in missing):
-        ensure_shapes(graph, [t for t in missing if t.dtype is None])
+    if any(t.dtype is None and _kind(t) == "tensor_type" for t in missing):
+        ensure_shapes(graph, [t for t in missing if t.dtype is None and _kind(t) == "tensor_type"])
+
+
+def _kind(t: gs.Tensor) -> str:
+    """``tensor_type``, ``sequence_type``, ... (onnx-graphsurgeon's ``Variable.type``; constants are tensors)."""
+    return getattr(t, "type", "tensor_type") or "tensor_type"
+
+
+# ONNX releases' (IR version, default-domain opset) pairs, oldest first: the newest opset an IR version can carry.
+_IR_OPSETS = sorted({(row[1], row[2]) for row in onnx.helper.VERSION_TABLE})
+# Pow, Mul and Add broadcast a scalar operand numpy-style from opset 7 (before it, only with ``broadcast=1``).
+_BROADCAST_OPSET = 7
+
+
+def _default_opset_for(graph: gs.Graph) -> int | None:
+    """The default-domain opset to import into a graph that imports none (an ``ai.onnx.ml``-only model): the
+    newest one the model's IR version can carry; None when that is too old for the breaker ops."""
+    ir = graph.ir_version
+    fits = [opset for ir_version, opset in _IR_OPSETS if ir is None or ir_version <= ir]
+    return max(fits) if fits and max(fits) >= _BROADCAST_OPSET else None
+
+
+def _imports_default_domain(graph: gs.Graph) -> bool:
+    # onnx-graphsurgeon writes ``import_domains`` as the model's opset imports when it has them; without them it
+    # writes ``graph.opset`` for the default domain itself.
+    domains = graph.import_domains
+    return domains is None or any(d.domain in ("", "ai.onnx") for d in domains)
 
 
 def _depths(graph: gs.Graph) -> dict[int, int]:
@@ -107,8 +139,12 @@ class InsertFusionBreaker(Pass):
 
     Idempotent: an edge whose producer already is a breaker of the requested kind (any ``Pow(x, 1)`` for
     ``op: Pow``, whoever inserted it) is counted as ``already_present`` and left alone. Edges that are
-    constants (constant folding would remove the breaker) or whose dtype is not floating are skipped, with the
-    reason in ``stats["skipped"]``.
+    constants (constant folding would remove the breaker), sequences or optionals (not tensors), or whose dtype is
+    not floating are skipped, with the reason in ``stats["skipped"]``.
+
+    Valid at any model version: before IR version 4 (where an initializer must also be a graph input) the neutral
+    value comes from a ``Constant`` node; a model importing no default-domain opset (an ``ai.onnx.ml``-only one)
+    gets one, the newest its IR version allows (``stats["added_opset_import"]``).
     """
 
     path: list[str] = field(metadata={"help": "op types from the node whose input gets the breaker, downwards "
@@ -172,11 +208,24 @@ class InsertFusionBreaker(Pass):
                 skipped[f"input {self.input_index} is a constant (constant folding would remove a breaker)"] += 1
                 continue
             todo.append(node)
-        if todo and self.op != "Identity":
+        if todo:
             _fill_dtypes(graph, [n.inputs[self.input_index] for n in todo])
+        added_opset = None
+        if todo and not _imports_default_domain(graph):
+            # A model importing only ai.onnx.ml has no default-domain opset, so Pow/Mul/Add/Identity would be ops
+            # of no opset: import one the model's IR version allows (it uses no default-domain op yet, so the
+            # version changes nothing else).
+            added_opset = _default_opset_for(graph)
+            if added_opset is None:
+                skipped[f"the model imports no default-domain opset and its IR version {graph.ir_version} allows "
+                        f"none with {self.op}'s broadcasting (opset >= {_BROADCAST_OPSET})"] += len(todo)
+                todo = []
         inserted = 0
         for node in todo:
             edge = node.inputs[self.input_index]
+            if _kind(edge) != "tensor_type":
+                skipped[f"edge is a {_kind(edge).replace('_type', '')}, not a tensor"] += 1
+                continue
             dtype = None if edge.dtype is None else np.dtype(edge.dtype)
             if self.op != "Identity" and (dtype is None or dtype.type not in _FLOAT_DTYPES):
                 skipped[f"edge dtype {dtype} is not float16/32/64"] += 1
@@ -185,15 +234,27 @@ class InsertFusionBreaker(Pass):
             out = gs.Variable(make_name(graph, f"{name}_out"), dtype=edge.dtype, shape=edge.shape)
             inputs = [edge]
             if self.op != "Identity":
-                inputs.append(gs.Constant(make_name(graph, f"{name}_const"),
-                                          np.array(_NEUTRAL[self.op], dtype=dtype)))
+                value = gs.Constant(make_name(graph, f"{name}_const"), np.array(_NEUTRAL[self.op], dtype=dtype))
+                if graph.ir_version is not None and graph.ir_version < 4:
+                    # Before IR 4 every initializer must also be a graph input, which callers could then feed:
+                    # a Constant node holds the neutral value instead (const_value and is_breaker see through it).
+                    held = gs.Variable(make_name(graph, f"{name}_const_out"), dtype=dtype, shape=[])
+                    graph.nodes.append(gs.Node("Constant", make_name(graph, f"{name}_const_node"),
+                                               {"value": value}, [], [held]))
+                    value = held
+                inputs.append(value)
             graph.nodes.append(gs.Node(self.op, name, {}, inputs, [out]))
             new_inputs = list(node.inputs)
             new_inputs[self.input_index] = out
             set_tensors(node.inputs, new_inputs)
             inserted += 1
+        if inserted and added_opset is not None:
+            graph.import_domains = [*graph.import_domains, onnx.helper.make_opsetid("", added_opset)]
+            graph.opset = added_opset
         stats = {"matched": len(matches), "selected": len(chosen), "inserted": inserted, "already_present": already,
                  "skipped": dict(skipped)}
+        if inserted and added_opset is not None:
+            stats["added_opset_import"] = {"": added_opset}
         if misses:
             stats["near_misses"] = dict(misses)
         return PassResult(inserted > 0, stats)

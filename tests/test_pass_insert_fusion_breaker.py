@@ -231,3 +231,58 @@ def test_recipe_parameters(tmp_path):
     with pytest.raises(Exception, match=r"passes\[0\]\.path: required argument"):
         parse_recipe({"model": {"onnx": str(onnx_path)}, "input": {"name": "x", "shape": [1, 4]},
                       "passes": [{"pass": "insert_fusion_breaker"}]}, tmp_path / "r.yaml")
+
+
+def _ir3_model() -> onnx.ModelProto:
+    """An IR version 3 model (opset 8): there every initializer must also be listed among the graph inputs."""
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Exp", ["r"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", f, [2, 3])], [onnx.helper.make_tensor_value_info("y", f, [2, 3])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    return model
+
+
+@pytest.mark.parametrize("op", ["Pow", "Mul", "Add"])
+def test_ir_version_3_model_stays_valid(op):
+    """Before IR 4 an initializer must be a graph input too: the neutral value comes from a Constant node, so no
+    new input appears that callers could feed."""
+    model = _ir3_model()
+    out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Exp"], op=op), tolerance=EXACT)
+    assert result.stats["inserted"] == 1
+    assert [i.name for i in out.graph.input] == ["x"] and not out.graph.initializer
+    assert [n.op_type for n in out.graph.node if n.op_type in (op, "Constant")] == ["Constant", op]
+
+
+def _ml_only_model() -> onnx.ModelProto:
+    """A model importing only ai.onnx.ml (the ONNX backend's Binarizer test): no default-domain opset."""
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)], "g",
+        [onnx.helper.make_tensor_value_info("x", f, [2, 3])], [onnx.helper.make_tensor_value_info("y", f, [2, 3])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 7
+    return model
+
+
+@pytest.mark.parametrize("op", ["Pow", "Identity"])
+def test_model_importing_only_ai_onnx_ml_gets_a_default_domain_opset(op):
+    model = _ml_only_model()
+    out, result = assert_pass_verified(model, InsertFusionBreaker(path=["Binarizer"], op=op), tolerance=EXACT)
+    imports = {o.domain: o.version for o in out.opset_import}
+    # IR 7 carries opsets up to 14 (onnx 1.9, the last release on IR 7): the newest one, the op in its modern form.
+    assert imports == {"ai.onnx.ml": 1, "": 14}
+    assert result.stats["added_opset_import"] == {"": 14}
+
+
+def test_sequence_edge_is_left_alone_with_the_reason():
+    """Pow on a sequence is invalid, and an Identity output typed as a tensor would be too."""
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (seq(float[2]) s) => (int64 n) {
+        n = SequenceLength(s)
+    }""")
+    for op in ("Pow", "Identity"):
+        result = assert_pass_unchanged(model, InsertFusionBreaker(path=["SequenceLength"], op=op))
+        assert result.stats["skipped"] == {"edge is a sequence, not a tensor": 1}
