@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .errors import GraphoptError, PassError, UserError, VerificationFailed
 from .ir import op_counts, to_model
@@ -111,7 +112,12 @@ def _fingerprint(graph: gs.Graph) -> int:
 
     def tensor(t) -> int:
         if id(t) not in seen:
-            if isinstance(t, gs.Constant):  # ``values`` loads lazy values once: the array's identity is stable after
+            lazy = getattr(t, "_values", None)
+            if isinstance(lazy, LazyValues) and lazy.tensor.data_type == onnx.TensorProto.STRING:
+                # Not loaded: onnx-graphsurgeon writes a loaded string array as raw_data, which strings cannot use,
+                # so loading one here would make an untouched model unexportable. Passes never write into strings.
+                seen[id(t)] = (t.name, id(lazy), t.export_dtype)
+            elif isinstance(t, gs.Constant):  # ``values`` loads lazy values once: the array's identity is stable after
                 seen[id(t)] = (t.name, id(t.values), t.export_dtype)
             else:  # its shape and dtype are annotations (passes infer them), not what is computed
                 seen[id(t)] = (t.name,)

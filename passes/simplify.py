@@ -6,7 +6,7 @@ from dataclasses import field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.errors import UserError
+from graphopt.errors import PassError, UserError
 from graphopt.ir import (constant_nbytes, constants_to_initializers, op_counts, replace_graph, structure_signature,
                          to_graph, to_model)
 from graphopt.pass_infra import Pass, PassResult, register_pass
@@ -59,11 +59,19 @@ class Simplify(Pass):
         model = to_model(graph)
         before = op_counts(model)
         nodes_before = len(model.graph.node)
-        simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=self.skip_fuse_bn,
-                                          overwrite_input_shapes=self.fixed_input_shape or None,
-                                          skipped_optimizers=self.skip_optimizers or None)
+        try:
+            simplified, ok = onnxsim.simplify(model, check_n=0, skip_fuse_bn=self.skip_fuse_bn,
+                                              overwrite_input_shapes=self.fixed_input_shape or None,
+                                              skipped_optimizers=self.skip_optimizers or None)
+        except Exception as e:  # noqa: BLE001 - onnxsim's C++ raises RuntimeError (and others) on models it cannot take
+            # A model onnxsim cannot simplify is not a graphopt bug: one line naming the pass and quoting onnxsim,
+            # and the run stops (or, with on_fail: skip, goes on without it). Not a silent no-op: a recipe that
+            # lists simplify usually relies on its folding for the passes after it.
+            text = str(e).strip()
+            raise PassError(f"pass simplify: onnxsim cannot simplify this model: {type(e).__name__}: "
+                            f"{text.splitlines()[0][:300] if text else '(no message)'}") from None
         if not ok:
-            raise RuntimeError("onnxsim reported the simplified model as invalid")
+            raise PassError("pass simplify: onnxsim reported the simplified model as invalid")
         new = to_graph(simplified)
         constants_to_initializers(new)  # onnxsim leaves folded values as Constant nodes
         new.cleanup()

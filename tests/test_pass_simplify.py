@@ -91,3 +91,23 @@ def test_infer_shapes_keeps_what_it_inferred_before_an_unknown_op_and_writes_not
               for v in (*out.graph.value_info, *out.graph.output) if v.type.tensor_type.HasField("shape")}
     assert shapes["a"] == [8, "N"] and shapes["z"] == ["N", 8]
     assert "b" not in shapes  # MyOp's output: no inference knows it
+
+
+def test_onnxsim_failure_is_one_clean_line_naming_the_pass(monkeypatch):
+    """onnxsim raises RuntimeError from C++ on models it cannot take (the ONNX backend's
+    test_affine_grid_3d_align_corners_expanded: "Nodes in a graph must be topologically sorted, ..."): the run
+    stops with a deliberate PassError quoting onnxsim's first line, not the pipeline's wrapper of a raw crash."""
+    import onnxsim
+
+    from graphopt.errors import PassError
+    from graphopt.pipeline import run_pipeline
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Nodes in a graph must be topologically sorted, however input 'a' of node:\nname: ...")
+
+    monkeypatch.setattr(onnxsim, "simplify", fail)
+    with pytest.raises(PassError) as info:
+        run_pipeline(model_from_text(FOLDABLE), [(Simplify(), "passes[0]", "stop")], inputs=None, input_name=None)
+    assert str(info.value) == ("pass simplify: onnxsim cannot simplify this model: RuntimeError: Nodes in a graph "
+                               "must be topologically sorted, however input 'a' of node:")
+    assert info.value.__cause__ is None
