@@ -30,7 +30,7 @@ from onnx import numpy_helper
 
 from .protoio import WEIGHT_MIN_BYTES, copy_fields
 
-__all__ = ["probe_infer"]
+__all__ = ["probe_infer", "slice_range"]
 
 # The concrete sizes given to the i-th symbolic input dim: _FIRST[i] in the first run, _SECOND[i] in the second.
 # Primes, so a multiple of one symbol's size is not mistaken for another's; the runs' sizes far apart, so a
@@ -193,15 +193,27 @@ def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], known: Known)
     return None if fn is None else fn(node, args)
 
 
+def slice_range(n: int, start: int, end: int, step: int) -> range:
+    """The indices ONNX's Slice takes along a dim of size ``n``: negative bounds count from the end, then start is
+    clamped to [0, n] ([0, n-1] stepping backwards) and end to [0, n] ([-1, n-1] backwards). numpy's slicing
+    differs stepping backwards from a start before the beginning: it takes nothing, ONNX starts at index 0."""
+    start, end = start + n if start < 0 else start, end + n if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), n), min(max(end, 0), n)
+    else:
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return range(start, end, step)
+
+
 def _slice(node, args):
     x = args[0]
     starts, ends = args[1], args[2]
     axes = args[3] if len(args) > 3 and args[3] is not None else np.arange(len(starts))
     steps = args[4] if len(args) > 4 and args[4] is not None else np.ones(len(starts), dtype=np.int64)
-    index = [slice(None)] * x.ndim
     for s, e, a, st in zip(starts, ends, axes, steps):
-        index[int(a)] = slice(int(s), int(e), int(st))
-    return x[tuple(index)]
+        axis = int(a) % x.ndim
+        x = np.take(x, np.array(slice_range(x.shape[axis], int(s), int(e), int(st)), dtype=np.int64), axis=axis)
+    return x
 
 
 def _unsqueeze(node, args):

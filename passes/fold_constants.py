@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.ir import const_value, ensure_shapes, make_name, producer, replace_uses
 from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.shape_probe import slice_range
 
 __all__ = ["FoldConstants", "ShapeValue", "shape_value", "shape_elements", "fold_shape_values",
            "constant_reshape_targets", "lower_constant_nodes", "fold_constant_nodes", "if_condition_cone",
@@ -103,18 +104,6 @@ def _axis_ok(axes) -> bool:
     return isinstance(axis, (int, np.integer)) and int(axis) in (0, -1)
 
 
-def _onnx_slice(n: int, start: int, end: int, step: int) -> range:
-    """The indices ONNX's Slice takes on a dim of size ``n``: negative bounds count from the end, then start is
-    clamped to [0, n] ([0, n-1] stepping backwards) and end to [0, n] ([-1, n-1] backwards). Python's slicing
-    differs for a start before the beginning with a negative step (it yields nothing, ONNX starts at 0)."""
-    start, end = start + n if start < 0 else start, end + n if end < 0 else end
-    if step > 0:
-        start, end = min(max(start, 0), n), min(max(end, 0), n)
-    else:
-        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
-    return range(start, end, step)
-
-
 def shape_value(t: gs.Tensor, memo: dict | None = None, opset: int | None = None) -> ShapeValue | None:
     """What ``t`` holds if it is integer shape arithmetic (``ShapeValue``), None when it is anything else.
 
@@ -193,7 +182,7 @@ def _shape_value(t: gs.Tensor, memo: dict, opset: int | None) -> ShapeValue | No
                 or len(steps) != 1 or int(np.asarray(steps).reshape(-1)[0]) == 0:
             return None
         start, end, step = (int(np.asarray(x).reshape(-1)[0]) for x in (starts, ends, steps))
-        return ShapeValue(tuple(data.elements[i] for i in _onnx_slice(n, start, end, step)), False, data.dtype)
+        return ShapeValue(tuple(data.elements[i] for i in slice_range(n, start, end, step)), False, data.dtype)
     if node.op == "Concat":
         parts = [data] + [shape_value(i, memo, opset) for i in node.inputs[1:]]
         if not _axis_ok([a.get("axis")]) or any(p is None or p.scalar or p.dtype != data.dtype for p in parts):
