@@ -2,27 +2,27 @@
 
 The run directory is written as a whole: every file goes into a fresh temporary folder beside it, which then
 replaces the old directory, so a failed or interrupted run leaves either the previous complete result or nothing.
+It is marked as an apply run; an existing folder that is not one is refused before any work (``graphopt.outputs``).
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .atc import atc_commands, atc_script, config_files
 from .errors import UserError
-from .ir import constant_nbytes, current_umask, external_data_threshold, load_split, save_model, write_error
+from .ir import constant_nbytes, external_data_threshold, load_split, save_model
+from .outputs import check_output_dir, staged_dir
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
 from .verify import load_input_data, make_inputs
 
-__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "write_run_dir"]
+__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "write_run_dir", "recipe_inputs"]
 
 
 def _stderr(msg: str) -> None:
@@ -64,21 +64,15 @@ def _check_input(model, recipe: Recipe, where: str) -> None:
 
 
 def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset(),
-                  external_models: bool | None = None) -> None:
+                  external_models: bool | None = None, *, kind: str = "apply", force: bool = False,
+                  inputs: Iterable[str | Path | None] = ()) -> None:
     """Write ``files`` (name -> bytes, text, or a model: a graph, ``SplitModel`` or ``onnx.ModelProto``, saved by
     ``ir.save_model``, with external data ``<name>.data`` when ``external_models`` says so or, for None, when it
-    is large) into a fresh folder that then replaces ``outdir`` as a whole. On any
-    failure (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a
-    previous ``outdir`` is left as it was."""
-    outdir = Path(outdir)
-    try:
-        outdir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    except OSError as e:
-        raise write_error(outdir, e) from None
-    old = None
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished run dir gets the usual mode
+    is large) into a fresh folder that then replaces ``outdir`` as a whole, marked as a ``kind`` output
+    (``graphopt.outputs``: an existing ``outdir`` that is not one is refused unless ``force``). On any failure
+    (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a previous
+    ``outdir`` is left as it was."""
+    with staged_dir(outdir, kind, force=force, inputs=inputs) as tmp:
         for name, data in files.items():
             if isinstance(data, (bytes, str)):
                 (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
@@ -86,29 +80,20 @@ def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = fr
                 save_model(data, tmp / name, external=external_models)
             if name in executable:
                 os.chmod(tmp / name, 0o755)
-        if outdir.exists():
-            old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
-            os.replace(outdir, old)
-        os.replace(tmp, outdir)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not outdir.exists():
-            try:
-                os.rename(old, outdir)  # put the previous result back
-            except OSError:
-                pass
-        if isinstance(e, OSError):
-            raise write_error(outdir, e) from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def recipe_inputs(recipe: Recipe) -> list[Path | None]:
+    """The files a recipe reads: an output folder must never hold them (``graphopt.outputs``)."""
+    return [recipe.path, recipe.model.onnx, recipe.model.checkpoint, recipe.verify.data]
 
 
 def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
-                 progress: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """Run the recipe and write the run directory; returns the report dict."""
+                 progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
+    """Run the recipe and write the run directory; returns the report dict. An existing ``outdir`` that is not
+    a previous run is refused before any work, unless ``force`` (``graphopt.outputs``)."""
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
+    check_output_dir(outdir, "apply", force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
     where = str(recipe.path or "recipe")
     model = load_split(src, "model")  # the weights held once, as arrays (graphopt.protoio)
@@ -161,6 +146,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         files["report.md"] = report_markdown(report)
     else:
         report["files"] = sorted(list(files) + data_files)
-    write_run_dir(outdir, files, executable={"atc.sh"}, external_models=external)
+    write_run_dir(outdir, files, executable={"atc.sh"}, external_models=external, force=force,
+                  inputs=recipe_inputs(recipe))
     report["outdir"] = str(outdir)
     return report

@@ -28,11 +28,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .apply import source_model_path, verification_inputs, write_run_dir
+from .apply import recipe_inputs, source_model_path, verification_inputs, write_run_dir
 from .diff import DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, plot_diff, tensor_tolerance
 from .errors import UserError
 from .ir import load_split, node_inputs
 from .name_map import compose, pass_name_map, tensor_producers
+from .outputs import check_output_dir
 from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
 from .recipe import Recipe, Tolerance
 from .verify import Runner, compare_outputs, comparison_session
@@ -231,12 +232,16 @@ def _npz(values: Mapping[str, np.ndarray]) -> bytes:
 
 
 def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb: float = DEFAULT_BUDGET_MB,
-                  progress: Callable[[str], None] = _stderr) -> dict[str, Any]:
+                  progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
     """Find the first pass of ``recipe`` that breaks numerics and write the smallest failing subgraph to
     ``outdir`` (default ``runs/<name>-bisect``). Returns the report (also ``bisect.json``); its ``responsible``
-    is None when the recipe's output model is within tolerance, and then nothing is written."""
+    is None when the recipe's output model is within tolerance, and then nothing is written. An existing
+    ``outdir`` that is not an earlier bisect folder is refused before any work, unless ``force``
+    (``graphopt.outputs``)."""
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / f"{recipe.name}-bisect"
+    inputs_read = recipe_inputs(recipe)
+    check_output_dir(outdir, "bisect", force=force, inputs=inputs_read)
     src, _ = source_model_path(recipe, progress)
     original = load_split(src, "model")  # weights held once, shared by every graph below
     tolerance = recipe.verify.tolerance
@@ -311,7 +316,8 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
         report["seconds"] = round(time.perf_counter() - t0, 3)
         if responsible is not None:
             report["files"] = ["bisect.json"]
-            write_run_dir(outdir, {"bisect.json": json.dumps(report, indent=2, default=str) + "\n"})
+            write_run_dir(outdir, {"bisect.json": json.dumps(report, indent=2, default=str) + "\n"}, kind="bisect",
+                          force=force, inputs=inputs_read)
             report["outdir"] = str(outdir)
         return report
 
@@ -353,7 +359,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     report["files"] = sorted([*files, "bisect.json"])
     report["seconds"] = round(time.perf_counter() - t0, 3)
     files["bisect.json"] = json.dumps(report, indent=2, default=str) + "\n"
-    write_run_dir(outdir, files)
+    write_run_dir(outdir, files, kind="bisect", force=force, inputs=inputs_read)
     report["outdir"] = str(outdir)
     return report
 
@@ -369,7 +375,7 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
         raise UserError(f"--budget-mb {args.budget_mb}: expected a positive size")
     recipe = load_recipe(args.recipe)
     report = bisect_recipe(recipe, args.output, budget_mb=args.budget_mb,
-                           progress=_stderr if args.verbose else (lambda m: None))
+                           progress=_stderr if args.verbose else (lambda m: None), force=args.force)
     for i, row in enumerate(report["passes"], 1):
         v = row.get("verify")
         shown = "" if not v else f"  (vs input model: max_abs {v['max_abs']:.2e}, cosine {v['cosine']:.7f})"
@@ -396,11 +402,14 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``graphopt bisect``."""
+    from .cli import add_force_argument
+
     p = subparsers.add_parser("bisect", help="find the first pass of a recipe that breaks numerics and save the "
                                              "smallest subgraph showing it (exit 1 when one does)")
     p.add_argument("recipe")
     p.add_argument("-o", "--output", help="folder for the subgraphs and bisect.json (default runs/<name>-bisect)")
     p.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                    help=f"MiB of tensor values per diff batch (default {DEFAULT_BUDGET_MB:g})")
-    p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    add_force_argument(p, "DIR")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr (and the libraries' own log lines)")
     p.set_defaults(func=_cmd_bisect)

@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import GraphoptError, UserError
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
-           "comparison_tolerance"]
+           "comparison_tolerance", "add_force_argument", "quiet_libraries"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
@@ -22,7 +25,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from .report import pass_table
 
     recipe = load_recipe(args.recipe)
-    report = apply_recipe(recipe, args.output, verify=False if args.no_verify else None)
+    report = apply_recipe(recipe, args.output, verify=False if args.no_verify else None, force=args.force)
     print(pass_table(report["passes"]))
     final = report.get("final_verify")
     if final:
@@ -54,12 +57,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.model:
         raise UserError("export: name a model (graphopt export --list shows them)")
     exporter = get_exporter(args.model)
+    from .export import cache_key
+    from .ir import atomic_write_bytes, cache_dir
+    from .outputs import check_output_file
+
+    out = Path(args.output or f"{exporter.name}.onnx")
+    if out.is_dir():  # like cp: into the folder, under the exporter's name
+        out = out / f"{exporter.name}.onnx"
+    # Checked before exporting (which can take minutes): an existing file is refused unless --force, or unless it
+    # is byte for byte the export already in the cache (a repeated command: nothing to do). The cache entry's name
+    # is export_cached's; were it to differ, the file is merely refused as different.
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    try:
+        cached = cache_dir() / f"{exporter.name}-{cache_key(exporter.name, {}, ckpt, args.opset, None, 0)}.onnx"
+    except OSError:  # an unreadable checkpoint: export_cached names it
+        cached = None
+    if not check_output_file(out, force=args.force, same_as=cached if cached and cached.is_file() else None):
+        print(f"{out} already holds this export; left as it was", file=sys.stderr)
+        print(out)
+        return 0
     path, _ = export_cached(exporter.name, {}, args.checkpoint, args.opset,
                             progress=lambda m: print(m, file=sys.stderr))
-    out = Path(args.output or f"{exporter.name}.onnx")
-    from .ir import atomic_write_bytes
-
-    atomic_write_bytes(out, path.read_bytes())
+    if check_output_file(out, force=args.force, same_as=path):  # again: the export is known now
+        atomic_write_bytes(out, path.read_bytes())
     print(out)
     return 0
 
@@ -125,14 +145,35 @@ def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
     p.add_argument("--cosine", type=float, default=0.99999)
 
 
+def add_force_argument(p: argparse.ArgumentParser, metavar: str, folder: bool = True) -> None:
+    """``--force``: replace an existing -o that graphopt did not write (``graphopt.outputs`` lists what it never
+    replaces)."""
+    what = "folder that is not an earlier output of this command" if folder else "file"
+    p.add_argument("--force", action="store_true",
+                   help=f"replace an existing {metavar} {what} (never a device, the current or home folder, "
+                        "a git repository or the command's inputs)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line too, like every other bad input."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("graphopt").strip()
+        self.exit(2, f"graphopt: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphopt", description="Recipe-driven, verified ONNX graph surgery.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="graphopt", description="Recipe-driven, verified ONNX graph surgery.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show progress and the libraries' own log lines and warnings (onnxruntime, "
+                             "onnx-graphsurgeon, torch), which graphopt otherwise keeps quiet")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("apply", help="run a recipe: export, passes (each verified), report, ATC hand-off")
     p.add_argument("recipe")
     p.add_argument("-o", "--output", help="run directory (default runs/<recipe name>)")
     p.add_argument("--no-verify", action="store_true", help="skip per-pass numeric verification")
+    add_force_argument(p, "DIR")
     p.set_defaults(func=_cmd_apply)
 
     p = sub.add_parser("passes", help="list every registered pass with its parameters")
@@ -142,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?")
     p.add_argument("--checkpoint")
     p.add_argument("--opset", type=int)
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", help="the ONNX file (default <model>.onnx; a folder: <folder>/<model>.onnx)")
+    add_force_argument(p, "F", folder=False)
     p.add_argument("--list", action="store_true", help="list the exporters")
     p.set_defaults(func=_cmd_export)
 
@@ -154,19 +196,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
     for name in COMMAND_MODULES:  # each adds its own subcommand(s)
         importlib.import_module(f"{__package__}.{name}").add_cli(sub)
+    for p in sub.choices.values():
+        # -v after the subcommand as well as before it. SUPPRESS: a subcommand's default does not overwrite a -v
+        # given before it (argparse copies a subparser's defaults over the main parser's values).
+        own = next((a for a in p._actions if a.dest == "verbose"), None)
+        if own is None:
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="library log lines and warnings too")
+        else:
+            own.default = argparse.SUPPRESS
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep the libraries' own output off stderr, so that graphopt's lines (progress, one-line errors) are all
+    there is; ``-v`` leaves them as they are. onnxruntime's C++ log lines (with colour codes), onnx-graphsurgeon's
+    warnings, Python warnings (onnx, onnxsim, torch), torch's loggers and its C++ warnings. Every onnxruntime
+    session graphopt builds sets ``log_severity_level = 3`` too."""
+    import logging
+    import warnings
+
+    # Read when torch is imported (later, and by spawned workers), and by child Python processes.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.simplefilter("ignore")
+    for name in ("torch", "torch.onnx", "torch._dynamo", "onnxscript", "onnx_ir", "onnxsim", "onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import onnx_graphsurgeon as gs
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # sessions built without their own level, onnxsim's among them
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+
+# How long an interrupted or failed command waits for background onnxruntime work to stop, when called as a
+# library (the process goes on). A session being built cannot be cancelled (ShiftViT's takes about 2 s); a run
+# can, at once (RunOptions.terminate).
+_STOP_TIMEOUT = 1.0
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` without the interpreter's teardown: stdout and stderr flushed, the atexit
+    handlers run, then ``os._exit``. What graphopt wrote is already cleaned up by then (the exception unwound
+    through every ``finally``)."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _stop_background_work(code: int, own_process: bool, interrupted: bool) -> None:
+    """Cancel the pipeline's background onnxruntime work (its reference outputs), left running when a command
+    ends early. An interpreter that exits while such a thread is inside onnxruntime crashes ("terminate called
+    without an active exception", SIGSEGV) instead of exiting with ``code``; so does one interrupted by Ctrl-C in
+    the middle of onnxruntime calls even once every thread has ended (measured: 1 in 10 tries on ShiftViT). So
+    when graphopt owns the process it ends here after a Ctrl-C, and after an error when a thread is still
+    running; called as a library it waits up to ``_STOP_TIMEOUT`` for the threads and returns."""
+    pipeline = sys.modules.get(f"{__package__}.pipeline")
+    if own_process and interrupted:
+        if pipeline is not None:
+            pipeline.stop_background(0.0)
+        _exit_now(code)
+    if pipeline is not None and not pipeline.stop_background(_STOP_TIMEOUT) and own_process:
+        _exit_now(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. ``argv`` None: the process's own arguments, and graphopt owns the process (a Ctrl-C ends
+    it, see ``_stop_background_work``); a list: called as a library, which always returns."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args)
     except GraphoptError as e:
         print(f"graphopt: error: {e}", file=sys.stderr)
+        _stop_background_work(e.exit_code, own_process=argv is None, interrupted=False)
         return e.exit_code
     except KeyboardInterrupt:
-        print("graphopt: interrupted; no partial output was left", file=sys.stderr)
+        # A second Ctrl-C must not interrupt the way out (a traceback, a thread left inside onnxruntime).
+        main_thread = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            print("graphopt: interrupted; no partial output was left", file=sys.stderr)
+            _stop_background_work(130, own_process=argv is None, interrupted=True)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         return 130
 
 

@@ -605,16 +605,22 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                   outdir: str | Path | None = None, samples: int = 64, seed: int = 0, node_trials: int = 24,
                   worst_nodes: int = 5, reduce_accumulation: str = "fp16", labels_file: str | None = None,
                   label_regex: str | None = None, pattern: str | None = None, batch: int = 8,
-                  progress: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report."""
-    from .apply import write_run_dir
+                  progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
+    """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report. An
+    existing ``outdir`` that is not an earlier precision folder is refused before any work, unless ``force``
+    (``graphopt.outputs``)."""
+    from .apply import recipe_inputs, write_run_dir
     from .atc import config_files
     from .ir import load_model
+    from .outputs import check_output_dir
     from .recipe import PreprocessSpec, load_recipe
 
     source = Path(source)
-    if source.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(source)
+    recipe = load_recipe(source) if source.suffix in (".yaml", ".yml") else None
+    out = Path(outdir) if outdir else Path("runs") / f"{recipe.name if recipe else source.stem}-precision"
+    inputs_read = [*(recipe_inputs(recipe) if recipe else [source]), data, labels_file]
+    check_output_dir(out, "precision", force=force, inputs=inputs_read)
+    if recipe is not None:
         name, preprocess = recipe.name, recipe.preprocess
         model = _recipe_model(recipe, progress)
         input_name, model_shape, dynamic = _model_input(model, recipe.input.name)
@@ -646,7 +652,6 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                              "labelled": len(cal.labels) if cal.labels else 0, "warning": cal.warning}
     result["emulation"] = {**emu.stats, "reduce_accumulation": reduce_accumulation,
                            "build_seconds": round(build_seconds, 2)}
-    out = Path(outdir) if outdir else Path("runs") / f"{name}-precision"
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -656,7 +661,7 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                                          "precision.md": report_markdown(result, f"fp16 precision: {name}"),
                                          "sensitivity.png": png.read_bytes()}
     files.update(config_files(result["configs"]))
-    write_run_dir(out, files)
+    write_run_dir(out, files, kind="precision", force=force, inputs=inputs_read)
     result["outdir"] = str(out)
     result["files"] = sorted(files)
     return result
@@ -667,7 +672,7 @@ def _cmd_precision(args: Any) -> int:
     result = run_precision(args.model, data=args.data, target=target, outdir=args.output, samples=args.samples,
                            seed=args.seed, node_trials=args.node_trials, worst_nodes=args.worst_nodes,
                            reduce_accumulation=args.reduce_accumulation, labels_file=args.labels,
-                           label_regex=args.label_from_name, pattern=args.glob)
+                           label_regex=args.label_from_name, pattern=args.glob, force=args.force)
     b = result["baselines"]
     for mode in ("fp32", "force_fp16"):
         m = b[mode]
@@ -685,6 +690,8 @@ def _cmd_precision(args: Any) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
+    from .cli import add_force_argument
+
     p = subparsers.add_parser("precision", help="measure fp16 sensitivity per op type (ATC's precision modes "
                                                 "emulated in onnxruntime), find the smallest fp32 keep-set "
                                                 "meeting a target, write ATC's precision configs")
@@ -694,6 +701,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--target-top1", type=float, default=1.0, help="top-1 agreement with fp32 to keep (default 1.0)")
     p.add_argument("--target-cosine", type=float, default=0.999, help="cosine with fp32 to keep (default 0.999)")
     p.add_argument("-o", "--output", help="output folder (default runs/<name>-precision)")
+    add_force_argument(p, "DIR")
     p.add_argument("--samples", type=int, default=64, help="calibration items used at most (default 64)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_mutually_exclusive_group()

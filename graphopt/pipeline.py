@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -33,7 +34,7 @@ from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass
 from .verify import Runner, compare_outputs
 
-__all__ = ["PassRecord", "PipelineResult", "run_pipeline", "merge_configs"]
+__all__ = ["PassRecord", "PipelineResult", "run_pipeline", "merge_configs", "stop_background"]
 
 
 @dataclass
@@ -73,19 +74,32 @@ class PipelineResult:
 
 
 class _Background:
-    """``fn(*args)`` run in a daemon thread (a Ctrl-C does not wait for it); ``result()`` waits and returns its value
-    or raises its exception."""
+    """``fn(*args)`` run in a daemon thread; ``result()`` waits and returns its value or raises its exception.
+
+    On Ctrl-C the main thread unwinds while this thread may still be inside onnxruntime: an interpreter that exits
+    then crashes in native code ("terminate called without an active exception", a segfault) instead of exiting
+    130. ``stop_background`` (the CLI calls it on Ctrl-C) asks every live one to stop and waits for it."""
+
+    _live: "weakref.WeakSet[_Background]" = weakref.WeakSet()
+    _current = threading.local()  # the run options of the one running on this thread
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self._outcome: tuple[bool, Any] | None = None
+        # What fn passes to onnxruntime (``_Background.run_options()`` on its thread): ``terminate``, set by
+        # ``cancel``, ends a run in flight, and fn checks it before starting one.
+        import onnxruntime as ort
+
+        self._run_options = ort.RunOptions()
 
         def target() -> None:
+            _Background._current.run_options = self._run_options
             try:
                 self._outcome = (True, fn(*args))
             except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
                 self._outcome = (False, e)
 
         self._thread = threading.Thread(target=target, name="graphopt-reference", daemon=True)
+        _Background._live.add(self)
         self._thread.start()
 
     def result(self) -> Any:
@@ -95,9 +109,42 @@ class _Background:
             raise value
         return value
 
+    @staticmethod
+    def run_options():
+        """The onnxruntime ``RunOptions`` of the background computation running on this thread (None on others)."""
+        return getattr(_Background._current, "run_options", None)
+
+    def cancel(self) -> None:
+        self._run_options.terminate = True
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def stop_background(timeout: float) -> bool:
+    """Cancel every background computation still running and wait up to ``timeout`` seconds in all for them to
+    end; True when none is left running (one that is still building its onnxruntime session cannot be stopped
+    until the session is built)."""
+    live = [b for b in list(_Background._live) if b.alive()]
+    for b in live:
+        b.cancel()
+    deadline = time.monotonic() + timeout
+    for b in live:
+        b.join(max(0.0, deadline - time.monotonic()))
+    return not any(b.alive() for b in live)
+
 
 def _outputs(model: SplitModel, input_name: str | None, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    return Runner(model, input_name).run(inputs)
+    runner = Runner(model, input_name)
+    options = _Background.run_options()
+    if options is None:
+        return runner.run(inputs)
+    if options.terminate:  # cancelled while the session was being built
+        raise KeyboardInterrupt
+    return runner.run(inputs, options)
 
 
 def _fingerprint(graph: gs.Graph) -> int:

@@ -282,12 +282,13 @@ class Runner:
             raise UserError(f"model has no input {self.input_name!r} (inputs: {', '.join(names)})")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, batches: Sequence[np.ndarray]) -> Outputs:
-        """Outputs of every batch, concatenated along the batch axis (scalars stacked), with each batch's shape."""
+    def run(self, batches: Sequence[np.ndarray], run_options=None) -> Outputs:
+        """Outputs of every batch, concatenated along the batch axis (scalars stacked), with each batch's shape.
+        ``run_options``: onnxruntime ``RunOptions`` (another thread setting ``terminate`` cancels the run)."""
         per_output: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         for x in batches:
             try:
-                outs = self.session.run(self.output_names, {self.input_name: x, **self.weights})
+                outs = self.session.run(self.output_names, {self.input_name: x, **self.weights}, run_options)
             except Exception as e:
                 raise UserError(f"onnxruntime failed on input {self.input_name!r} shaped {list(x.shape)}: "
                                 f"{str(e).splitlines()[0]}") from None

@@ -328,8 +328,8 @@ def test_cli_writes_report_plot_and_configs(tmp_path, capsys):
     code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "8", "--node-trials", "4"])
     assert code == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["ops_info.json", "precision.json", "precision.md",
-                                                     "sensitivity.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".graphopt", "ops_info.json", "precision.json",
+                                                     "precision.md", "sensitivity.png"]
     assert json.loads((out / "ops_info.json").read_text()) == {"black-list": {"to-add": ["Mul"]}}
     report = json.loads((out / "precision.json").read_text())
     assert report["calibration"]["warning"] == RANDOM_INPUTS_WARNING

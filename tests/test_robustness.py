@@ -384,11 +384,11 @@ def test_ctrl_c_while_swapping_in_the_run_dir(work, capsys, monkeypatch):
 def test_ctrl_c_while_verifying_a_large_model(external, capsys, monkeypatch):
     real = Runner.run
 
-    def run(self, batches):
+    def run(self, batches, run_options=None):
         if getattr(run, "calls", 0):
             raise KeyboardInterrupt
         run.calls = 1
-        return real(self, batches)
+        return real(self, batches, run_options)
 
     monkeypatch.setattr(Runner, "run", run)
     code, _, err = cli(capsys, "apply", external / "recipe.yaml", "-o", external / "out")
