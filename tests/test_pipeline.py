@@ -274,3 +274,22 @@ def test_deliberate_pass_error_honours_on_fail_skip(workdir):
                           workdir / "run", progress=lambda m: None)
     assert [p["status"] for p in report["passes"]] == ["skipped", "applied"]
     assert "the tool it wraps failed" in report["passes"][0]["stats"]["error"]
+
+
+def test_string_weights_survive_a_pass_that_changes_nothing():
+    """The honesty fingerprint must not load a string weight: onnx-graphsurgeon cannot write a loaded string array
+    back (raw_data), so the untouched model could not be saved (the ONNX backend's LabelEncoder tensor-mapping
+    test, under every pass)."""
+    from graphopt.passes.softmax_transpose import SoftmaxTranspose
+    from graphopt.pipeline import run_pipeline
+
+    keys = onnx.helper.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Equal", ["x", "keys"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [2])], initializer=[keys])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+    result = run_pipeline(model, [(SoftmaxTranspose(), "passes[0]", "stop")], inputs=None, input_name=None)
+    assert not result.records[0].changed
+    out = result.model
+    assert onnx.numpy_helper.to_array(out.graph.initializer[0]).tolist() == ["a", "b"]
