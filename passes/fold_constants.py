@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.ir import const_value, ensure_shapes, make_name, producer, replace_uses
 from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.quiet import ort_log_severity
 from graphopt.shape_probe import slice_range
 
 __all__ = ["FoldConstants", "ShapeValue", "shape_value", "shape_elements", "fold_shape_values",
@@ -54,6 +55,11 @@ def _onnx_dtype(t: gs.Tensor) -> int | None:
         return int(dtype_to_onnx(dtype))
     except Exception:  # noqa: BLE001 - a type gs cannot name: unknown
         return None
+
+
+def _default_domain(node: gs.Node) -> bool:
+    """An ai.onnx op (gs reads a node without a domain field as domain None, one with it as "")."""
+    return (node.domain or "") in ("", "ai.onnx")
 
 
 def _is_output(t: gs.Tensor, graph: gs.Graph) -> bool:
@@ -126,7 +132,7 @@ def _shape_value(t: gs.Tensor, memo: dict, opset: int | None) -> ShapeValue | No
         return ShapeValue(tuple(int(x) for x in v.reshape(-1)), v.ndim == 0,
                           onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) if v.ndim <= 1 else None
     node = producer(t)
-    if node is None or node.domain not in ("", "ai.onnx") or node.op not in _SHAPE_OPS \
+    if node is None or not _default_domain(node) or node.op not in _SHAPE_OPS \
             or not set(node.attrs) <= _SHAPE_OPS[node.op] or len(node.outputs) != 1 or not node.inputs:
         return None
     a = node.attrs
@@ -333,7 +339,7 @@ def _exclusion(node: gs.Node) -> str | None:
             return "random"
         if n.op == "Dropout" and (len(n.inputs) > 2 and not n.inputs[2].is_empty() or not n.attrs.get("is_test", 1)):
             return "random"  # a training-mode Dropout draws its mask
-        if n.domain not in _ONNX_DOMAINS:
+        if (n.domain or "") not in _ONNX_DOMAINS:
             return "not an ONNX op"
         if any(isinstance(v, gs.Node.AttributeRef) for v in n.attrs.values()):
             return "attribute of a function"
@@ -363,7 +369,7 @@ def _evaluate(nodes: list[gs.Node], targets: list[gs.Tensor], root: gs.Graph) ->
     options = ort.SessionOptions()
     # Each op's own kernel, as written: no fusion of what is being folded.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
     try:
         session = ort.InferenceSession(_model_for(nodes, targets, root), options, providers=["CPUExecutionProvider"])
         return session.run([t.name for t in targets], {})
@@ -437,7 +443,7 @@ def _noop_reason(node: gs.Node) -> str | None:
     """Why ``node`` computes its input unchanged, or None."""
     if node.op == "Identity":
         return "Identity"
-    if node.domain not in ("", "ai.onnx") or not node.inputs or len(node.outputs) != 1:
+    if not _default_domain(node) or not node.inputs or len(node.outputs) != 1:
         return None
     x = node.inputs[0]
     if node.op == "Cast" and "to" in node.attrs:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 from graphopt.ir import op_counts
 from graphopt.pass_infra import get_pass
@@ -159,10 +160,15 @@ DEEP_SHAPE_ARITHMETIC = """
     }"""
 
 
-def test_inferred_shapes_let_deep_shape_arithmetic_fold():
+@pytest.mark.parametrize("domain_field", [True, False], ids=["domain", "no-domain"])
+def test_inferred_shapes_let_deep_shape_arithmetic_fold(domain_field):
     """Shape(h) of an intermediate tensor: its static dims (3, 4) are only known after shape inference; the
-    dynamic batch stays symbolic, so the folded target is [-1, 12] and the model keeps serving any batch."""
+    dynamic batch stays symbolic, so the folded target is [-1, 12] and the model keeps serving any batch. The
+    same without the nodes' domain field, as torch exports write them (onnx-graphsurgeon reads domain None)."""
     model = model_from_text(DEEP_SHAPE_ARITHMETIC)
+    if not domain_field:
+        for node in model.graph.node:
+            node.ClearField("domain")
     out, result = assert_pass_verified(model, FoldConstants(), shape=[5, 3, 4])
     assert op_counts(out) == {"Relu": 1, "Reshape": 1}
     target = next(t for t in out.graph.initializer if t.name == out.graph.node[1].input[1])
