@@ -34,6 +34,7 @@ import numpy as np
 
 from .data import natural_key
 from .errors import GraphoptError, UserError
+from .quiet import ort_log_severity
 
 __all__ = ["ToolFailed", "AtcJob", "PADDING_FILE", "OUTPUT_FORMATS", "find_atc", "ais_bench_command",
            "atc_jobs", "run_atc", "ais_bench_argv", "run_ais_bench", "parse_printed_summary", "load_summary_json",
@@ -473,7 +474,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
         if self.threads:
             opts.intra_op_num_threads = self.threads
         self.disabled_optimizers = ("Pad_Fusion",) if _pad_pool_inputs(self.model_path) else ()

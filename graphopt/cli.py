@@ -11,9 +11,10 @@ import threading
 from pathlib import Path
 
 from .errors import GraphoptError, UserError
+from .quiet import quiet_libraries
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
-           "comparison_tolerance", "add_force_argument", "quiet_libraries"]
+           "comparison_tolerance", "add_force_argument"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
@@ -208,27 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Keep the libraries' own output off stderr, so that graphopt's lines (progress, one-line errors) are all
-    there is; ``-v`` leaves them as they are. onnxruntime's C++ log lines (with colour codes), onnx-graphsurgeon's
-    warnings, Python warnings (onnx, onnxsim, torch), torch's loggers and its C++ warnings. Every onnxruntime
-    session graphopt builds sets ``log_severity_level = 3`` too."""
-    import logging
-    import warnings
-
-    # Read when torch is imported (later, and by spawned workers), and by child Python processes.
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    warnings.simplefilter("ignore")
-    for name in ("torch", "torch.onnx", "torch._dynamo", "onnxscript", "onnx_ir", "onnxsim", "onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import onnx_graphsurgeon as gs
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)  # sessions built without their own level, onnxsim's among them
-    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
-
-
 # How long an interrupted or failed command waits for background onnxruntime work to stop, when called as a
 # library (the process goes on). A session being built cannot be cancelled (ShiftViT's takes about 2 s); a run
 # can, at once (RunOptions.terminate).
@@ -268,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     it, see ``_stop_background_work``); a list: called as a library, which always returns."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.verbose:
-        quiet_libraries()
+    quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except GraphoptError as e:

@@ -18,6 +18,8 @@ the first dot), ``labels.txt`` (``<name>.bin <class>`` lines) and ``data.json`` 
 Images are processed in parallel worker processes with a progress bar. A second run with the same settings reuses
 every ``.bin`` whose size is right (an interrupted run resumes; files are written to a temporary name and renamed,
 so a partial file never looks complete). Unreadable images are skipped, counted and listed, never silently.
+``DIR`` must be new, empty, or a folder graphopt data wrote (its ``data.json``); anything else is refused before
+any image is read, so files graphopt did not write are never touched.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,7 +41,7 @@ from .errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "GROUND_TRUTH_FILES", "Item", "DataResult", "preprocess_image", "read_labels_file",
            "load_cifar_batch", "imagenet_items", "cifar10_items", "folder_items", "write_dataset", "prepare_data",
-           "natural_key", "add_cli"]
+           "natural_key", "check_data_output", "add_cli"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
 GROUND_TRUTH_FILES = ("ILSVRC2012_validation_ground_truth.txt", "val_label.txt")
@@ -404,6 +407,38 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _read_meta(outdir: Path) -> dict[str, Any] | None:
+    """``data.json`` of a folder graphopt data wrote; None when there is none (or it is someone else's file)."""
+    try:
+        meta = json.loads((outdir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == DATA_FORMAT else None
+
+
+def check_data_output(outdir: str | Path) -> None:
+    """``-o DIR`` may be written: new (its parent writable), empty, or a folder graphopt data wrote, which is
+    resumed; anything else is a one-line ``UserError``, raised before any work."""
+    from .outputs import check_parent
+
+    outdir = Path(outdir)
+    if not os.path.lexists(outdir):
+        check_parent(outdir)
+        return
+    try:
+        mode = os.stat(outdir).st_mode
+    except OSError as e:
+        raise UserError(f"-o {outdir}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a file" if stat.S_ISREG(mode) else "a device or special file"
+        raise UserError(f"-o {outdir}: exists and is {kind}, not a folder; choose another -o")
+    if _read_meta(outdir) is None and any(os.scandir(outdir)):
+        raise UserError(f"-o {outdir}: exists and is not a graphopt data folder (no {META_FILE} of graphopt data); "
+                        "choose a new or empty folder")
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {outdir}: Permission denied")
+
+
 def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any], item_shape: Sequence[int],
                   settings: dict[str, Any], jobs: int | None = None, progress: bool | None = None) -> DataResult:
     """Write one ``.bin`` per item (in parallel), ``labels.txt`` and ``data.json``; see the module docstring."""
@@ -415,23 +450,22 @@ def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any]
             raise UserError(f"two images would both be written as {it.name}.bin: {first[it.name].origin} and "
                             f"{it.origin}")
         first[it.name] = it
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"-o {outdir}: exists and is not a folder")
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_data_output(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from .ir import write_error  # not at the top: the worker processes import this module, and not onnx
+
+        raise write_error(outdir, e) from None
     meta_path = outdir / META_FILE
     existing = sorted(outdir.glob("*.bin"))
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except ValueError:
-            old = {}
-        differs = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
+    old = _read_meta(outdir)
+    if old is not None:
+        settings_before = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+        differs = [k for k in settings if settings_before.get(k) != settings[k]]
         if differs:
             raise UserError(f"-o {outdir}: holds data prepared with other settings (differing: {', '.join(differs)}); "
                             "choose another folder or delete this one")
-    elif existing:
-        raise UserError(f"-o {outdir}: already holds .bin files that graphopt data did not write (no {META_FILE}); "
-                        "choose an empty folder")
     for tmp in outdir.glob("*.tmp-*"):
         tmp.unlink(missing_ok=True)
     _write_json(meta_path, {"format": DATA_FORMAT, "settings": settings, "complete": False})
@@ -494,6 +528,7 @@ def prepare_data(kind: str, src: str | Path, outdir: str | Path, recipe_path: st
     from .recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
+    check_data_output(outdir)  # before any image is read
     shape = recipe.input.shape
     if len(shape) != 4 or shape[1] not in (1, 3):
         raise UserError(f"recipe {recipe_path}: input.shape {list(shape)} is not an image batch [N, 1 or 3, H, W]")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from .backends import (OUTPUT_FORMATS, AtcJob, OnnxRuntimeBackend, TimingOptions, ais_bench_argv, ais_bench_command,
                        atc_jobs, collect_outputs, find_atc, input_files, latency_stats, run_ais_bench, run_atc)
 from .errors import UserError
+from .outputs import check_output_dir, staged_dir
 
 __all__ = ["EvalOptions", "evaluate", "accuracy", "eval_markdown", "compare_markdown", "plot_throughput",
            "load_eval", "dry_run_lines", "add_cli", "DEFAULT_BATCH_SIZES"]
@@ -183,8 +183,11 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
 
 
 def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = EvalOptions(),
-             out: str | Path | None = None, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """Evaluate a run directory on a prepared data folder; writes and returns the result (see module docstring)."""
+             out: str | Path | None = None, log: Callable[[str], None] = _stderr, *,
+             force: bool = False) -> dict[str, Any]:
+    """Evaluate a run directory on a prepared data folder; writes and returns the result (see module docstring).
+    The results folder is written as a whole and marked (``graphopt.outputs``): an existing one that is not an
+    earlier eval folder is refused before any work, unless ``force``."""
     t_start = time.perf_counter()
     if options.outfmt not in OUTPUT_FORMATS:
         raise UserError(f"--outfmt {options.outfmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
@@ -192,11 +195,24 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
         raise UserError(f"--batch-sizes: expected positive integers, got {list(options.batch_sizes)}")
     run = _load_run(run_dir)
     data, files, labels = _check_data(data_dir, run, options.limit)
-    backend, ais, atc = _choose_backend(options.backend, log)
     out_root = Path(out) if out else run.path / "eval"
-    outputs = out_root / "outputs"
-    outputs.mkdir(parents=True, exist_ok=True)
+    inputs_read = [run.path, data]
+    check_output_dir(out_root, "eval", force=force, inputs=inputs_read)
+    backend, ais, atc = _choose_backend(options.backend, log)
+    # Everything is written into a temporary folder that replaces out_root when complete; what the results
+    # record is where the files end up.
+    with staged_dir(out_root, "eval", force=force, inputs=inputs_read) as staging:
+        result = _evaluate(run, data, files, labels, options, backend, ais, atc, staging, out_root, log, t_start)
+    result["outdir"] = str(out_root)
+    return result
 
+
+def _evaluate(run: _Run, data: Path, files: list[Path], labels: dict[str, int], options: EvalOptions, backend: str,
+              ais: list[str] | None, atc: str | None, staging: Path, out_root: Path, log: Callable[[str], None],
+              t_start: float) -> dict[str, Any]:
+    """``evaluate`` writing into ``staging``, which becomes ``out_root``."""
+    outputs = staging / "outputs"
+    outputs.mkdir()
     jobs: dict[int, AtcJob] = {}
     atc_ran = False
     if atc is not None and options.backend != "onnxruntime":
@@ -226,16 +242,13 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
     input_dir = data
     if backend == "ais_bench" and options.limit:
         input_dir = outputs / "inputs"  # ais_bench reads whole folders: link the first N files
-        shutil.rmtree(input_dir, ignore_errors=True)
-        input_dir.mkdir(parents=True)
+        input_dir.mkdir()
         for f in files:
             (input_dir / f.name).symlink_to(f.resolve())
     names = [f.name.split(".")[0] for f in files]
     rows_out = []
     for bs in options.batch_sizes:
         dirname = f"bs{bs}"
-        shutil.rmtree(outputs / dirname, ignore_errors=True)
-        (outputs / f"{dirname}_summary.json").unlink(missing_ok=True)
         if ort_backend is not None:
             folder, summary = ort_backend.run(bs, files, run.item_shape, outputs, dirname, options.outfmt,
                                               options.timing, input_dir=data)
@@ -260,7 +273,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
         rows_out.append({"batch_size": bs, "throughput": throughput,
                          "throughput_from": "median latency" if lat["p50"] else "the tool's own figure",
                          "throughput_mean": summary.get("throughput"), "latency_ms": lat, "timed_calls": calls,
-                         "outputs": len(rows), **acc, "summary": str(outputs / f"{dirname}_summary.json")})
+                         "outputs": len(rows), **acc,
+                         "summary": str(out_root / "outputs" / f"{dirname}_summary.json")})
         top1 = "-" if acc["top1"] is None else f"{acc['top1']:.4f}"
         log(f"eval: batch size {bs}: {_num(throughput, '.1f')} img/s (p50 {_num(lat['p50'], '.2f')} ms over "
             f"{calls} calls), top-1 {top1}, {len(rows)}/{len(files)} outputs")
@@ -277,10 +291,9 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
         "timing": asdict(options.timing), "outfmt": options.outfmt,
         "rows": rows_out, "seconds": round(time.perf_counter() - t_start, 2),
     }
-    (out_root / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    (out_root / "eval.md").write_text(eval_markdown(result))
-    plot_throughput([result], out_root / "throughput.png")
-    result["outdir"] = str(out_root)
+    (staging / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    (staging / "eval.md").write_text(eval_markdown(result))
+    plot_throughput([result], staging / "throughput.png")
     return result
 
 
@@ -406,7 +419,7 @@ def _cmd_eval(args: Any) -> int:
             raise UserError("give either RUN_DIR or --compare RUN_A RUN_B, not both")
         if args.data:
             for run in args.compare:
-                res = evaluate(run, args.data, options)
+                res = evaluate(run, args.data, options, force=args.force)
                 print(f"wrote {res['outdir']}/", file=sys.stderr)
         a, b = (load_eval(r) for r in args.compare)
         print(compare_markdown(a, b), end="")
@@ -418,13 +431,15 @@ def _cmd_eval(args: Any) -> int:
     if args.dry_run:
         print("\n".join(dry_run_lines(args.run_dir, args.data, options, args.output)))
         return 0
-    res = evaluate(args.run_dir, args.data, options, args.output)
+    res = evaluate(args.run_dir, args.data, options, args.output, force=args.force)
     print(eval_markdown(res), end="")
     print(f"wrote {res['outdir']}/: eval.json, eval.md, throughput.png, outputs/")
     return 0
 
 
 def add_cli(subparsers: Any) -> None:
+    from .cli import add_force_argument
+
     p = subparsers.add_parser("eval", help="accuracy (top-1/top-5) and throughput per batch size of a run "
                                            "(ATC + ais_bench when installed, else onnxruntime)")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory written by graphopt apply")
@@ -434,6 +449,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="two evaluated runs side by side (with --data: evaluate both first)")
     p.add_argument("-o", "--output", help="results folder (default RUN_DIR/eval)")
+    add_force_argument(p, "results")
     p.add_argument("--outfmt", default="BIN", type=str.upper, choices=OUTPUT_FORMATS,
                    help="output files, as ais_bench's --outfmt")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default %(default)s)")

@@ -50,6 +50,7 @@ import onnx_graphsurgeon as gs
 from .atc import ascend_op_type
 from .errors import UserError
 from .ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
+from .quiet import ort_log_severity
 from .pattern import NoMatch
 
 __all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "UNITS_INPUT", "GELU_INPUT", "Unit",
@@ -378,7 +379,7 @@ class Fp16Emulator:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
         # Basic optimisations only, as graphopt.verify.Runner: measure the graph as written.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:

@@ -21,6 +21,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from .errors import UserError
+from .quiet import ort_log_severity
 
 __all__ = ["OutputDiff", "Comparison", "Outputs", "compare_outputs", "Runner", "make_inputs", "load_input_data"]
 
@@ -239,7 +240,7 @@ def comparison_session(model):
     from .protoio import SplitModel, session
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
     # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).

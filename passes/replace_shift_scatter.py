@@ -14,6 +14,7 @@ from graphopt.ir import (const_value, ensure_shapes, make_name, node_inputs, pro
                          shape_model)
 from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.pattern import NoMatch
+from graphopt.quiet import ort_log_severity
 
 __all__ = ["ReplaceShiftScatter", "ShiftGroup", "decompose_shift_map", "simulate_scatter_chain"]
 
@@ -451,7 +452,7 @@ def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
