@@ -18,7 +18,6 @@ folder can be made in it. Errors name the path the user gave, never the temporar
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import secrets
@@ -74,18 +73,15 @@ def _real(path: Path) -> Path:
 
 
 def check_parent(path: Path) -> None:
-    """The parent of ``path`` exists and a folder can be made in it, or the nearest existing folder above it is
-    writable (the parents are made when the output is written)."""
+    """A folder can be made where ``path`` goes: in its parent, or, when the parent does not exist yet (it is made
+    when the output is written), in the nearest existing folder above it. Tried, not inferred from permission
+    bits, which neither root's rights nor a read-only file system show: a folder is made there and removed."""
     parent = path.parent
     while not os.path.lexists(parent) and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():  # a file (or a link to one) where a folder is needed
         raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
-    if parent != path.parent:
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise write_error(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
-        return
-    try:  # the test that counts (permissions, ACLs, a read-only file system): make a folder there
+    try:
         probe = tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent)
         os.rmdir(probe)
     except OSError as e:
