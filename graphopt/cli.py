@@ -246,10 +246,9 @@ def _stop_background_work(code: int, own_process: bool, interrupted: bool) -> No
 def main(argv: list[str] | None = None) -> int:
     """The command line. ``argv`` None: the process's own arguments, and graphopt owns the process (a Ctrl-C ends
     it, see ``_stop_background_work``); a list: called as a library, which always returns."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    quiet_libraries(args.verbose)
-    try:
+    try:  # parsing included: building the parser imports every command's module, which takes a moment
+        args = build_parser().parse_args(argv)
+        quiet_libraries(args.verbose)
         return args.func(args)
     except GraphoptError as e:
         print(f"graphopt: error: {e}", file=sys.stderr)

@@ -1,0 +1,95 @@
+"""Ctrl-C exits 130 every time, cleanly: ``graphopt apply recipes/shiftvit.yaml`` interrupted (SIGINT) at several
+points, the first pass among them, when the input model's reference outputs are being computed by onnxruntime in
+a background thread. No traceback, no "terminate called" (a crash in onnxruntime's native code as the
+interpreter exits: it used to happen in half the tries), no partial output and no temporary folder; an earlier
+run at the same -o is left byte for byte as it was.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "shiftvit.yaml"
+INTERRUPTED = "graphopt: interrupted; no partial output was left"
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> tuple[Path, float]:
+    """One complete run (it exports ShiftViT into the cache the first time): the parent folder holding it as
+    ``previous``, and how long the run took."""
+    parent = tmp_path_factory.mktemp("interrupt")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "graphopt", "apply", RECIPE, "-o", parent / "previous"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return parent, time.perf_counter() - t0
+
+
+def interrupt(out: Path, *, after: float | None = None, on_line: str | None = None) -> tuple[int, str, str]:
+    """Start ``graphopt apply`` to ``out`` and send SIGINT ``after`` seconds, or as soon as stderr shows a line
+    starting with ``on_line``; (exit code, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "graphopt", "apply", str(RECIPE), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    seen = threading.Event()
+
+    def read_stderr() -> None:  # stderr read as it comes, so the signal can follow a line
+        for line in proc.stderr:
+            err.append(line)
+            if on_line is not None and line.startswith(on_line):
+                seen.set()
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    if on_line is not None:
+        assert seen.wait(300), "".join(err)
+    else:
+        time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out_text = proc.stdout.read()
+    code = proc.wait(timeout=120)
+    reader.join(timeout=60)
+    return code, out_text, "".join(err)
+
+
+@pytest.mark.parametrize("when", [
+    {"after": 0.5},  # loading the cached export, or still importing
+    {"after": 1.5},
+    {"after": 3.0},
+    {"on_line": "[1/4] replace_shift_scatter ..."},  # the reference outputs are being computed beside it
+    {"on_line": "[4/4] insert_fusion_breaker: applied"},  # final comparison, then the run directory is written
+], ids=["0.5s", "1.5s", "3s", "first-pass", "last-pass-done"])
+def test_ctrl_c_exits_130_cleanly(warm, when):
+    parent, seconds = warm
+    out = parent / "out"
+    code, stdout, stderr = interrupt(out, **when)
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
+    leftovers = sorted(p.name for p in parent.iterdir() if p.name not in ("previous", "out"))
+    assert leftovers == [], leftovers  # no temporary folder beside the output
+    if code == 0:  # it finished before the signal arrived (only near the end of the run): the output is whole
+        assert "[4/4]" in when.get("on_line", "") or when.get("after", 0) > seconds - 1, (when, seconds)
+        assert "wrote" in stdout and (out / ".graphopt").is_file() and (out / "model.onnx").is_file()
+        return
+    assert code == 130, (code, stderr)
+    assert stderr.splitlines()[-1] == INTERRUPTED
+    assert not out.exists()
+
+
+def test_ctrl_c_leaves_the_previous_run(warm):
+    parent, _ = warm
+    before = files(parent / "previous")
+    code, _, stderr = interrupt(parent / "previous", on_line="[1/4] replace_shift_scatter ...")
+    assert code == 130 and "Traceback" not in stderr and "terminate called" not in stderr, stderr
+    assert files(parent / "previous") == before
+    assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".")) == []
