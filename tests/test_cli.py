@@ -102,3 +102,35 @@ def test_passes_lists_every_pass_with_parameters():
     assert proc.returncode == 0
     assert "softmax_transpose:" in proc.stdout and "    axis: int (default -1)" in proc.stdout
     assert "simplify:" in proc.stdout and "infer_shapes:" in proc.stdout
+
+
+RESHAPE_FAILS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 2, 3, 4] x) => (float[5, 7] y) {
+    s = Constant<value = int64[2] {5, 7}>()
+    y = Reshape(x, s)
+}"""
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
+def test_library_output_is_quiet_unless_verbose(tmp_path, verbose):
+    """A model onnxruntime fails on: onnxruntime logs the failure itself, in colour, before graphopt's one line
+    that carries the same message. By default that one line is all; -v (before or after the subcommand) lets the
+    library speak."""
+    onnx.save(model_from_text(RESHAPE_FAILS), tmp_path / "r.onnx")
+    proc = graphopt(*verbose, "verify", tmp_path / "r.onnx", tmp_path / "r.onnx")
+    assert proc.returncode == 2
+    line = "graphopt: error: onnxruntime failed on input 'x' shaped [1, 2, 3, 4]: [ONNXRuntimeError]"
+    if not verbose:
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(line), proc.stderr
+        assert "\x1b[" not in proc.stderr
+    else:
+        assert "[E:onnxruntime:" in proc.stderr and line in proc.stderr
+        after = graphopt("verify", "-v", tmp_path / "r.onnx", tmp_path / "r.onnx")
+        assert after.returncode == 2 and "[E:onnxruntime:" in after.stderr
+
+
+def test_usage_mistakes_are_one_line():
+    proc = graphopt("apply")
+    assert proc.returncode == 2 and proc.stderr == ("graphopt: error: apply: the following arguments are required: "
+                                                    "recipe (see graphopt apply --help)\n")
