@@ -34,6 +34,7 @@ import numpy as np
 
 from .data import natural_key
 from .errors import GraphoptError, UserError
+from .outputs import record_files
 from .quiet import ort_log_severity
 
 __all__ = ["ToolFailed", "AtcJob", "PADDING_FILE", "OUTPUT_FORMATS", "find_atc", "ais_bench_command",
@@ -180,9 +181,15 @@ def run_atc(run_dir: Path, jobs: Sequence[AtcJob], atc: str, log: Callable[[str]
         if job.om_path(run_dir) is not None:
             continue
         log(f"eval: atc: compiling batch size {job.batch_size}: {job.shell()}")
-        proc = subprocess.run([atc, *job.argv[1:]], cwd=run_dir, capture_output=True, text=True)
-        logfile = run_dir / f"atc_bs{job.batch_size}.log"
-        logfile.write_text(proc.stdout + proc.stderr)
+        before = set(os.listdir(run_dir))
+        try:
+            proc = subprocess.run([atc, *job.argv[1:]], cwd=run_dir, capture_output=True, text=True)
+            logfile = run_dir / f"atc_bs{job.batch_size}.log"
+            logfile.write_text(proc.stdout + proc.stderr)
+        finally:
+            # What ATC made in the run (the .om, its log, fusion_result.json, kernel_meta/) is graphopt's: listed
+            # in the run's marker, so the next graphopt apply to this run may replace it.
+            record_files(run_dir, set(os.listdir(run_dir)) - before)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
             raise ToolFailed(f"atc failed for batch size {job.batch_size} (exit {proc.returncode}): {tail[0]} "

@@ -6,7 +6,10 @@ which then takes its place; a failed or interrupted command leaves the previous 
 temporary folder. What may be replaced:
 
 - nothing there, or an empty folder: written;
-- a folder whose marker names the same command: replaced whole (a second ``graphopt apply`` to the same run);
+- a folder whose marker names the same command and lists every entry in it: replaced whole (a second
+  ``graphopt apply`` to the same run). The marker lists the files the command wrote; ``eval`` adds the ``.om``
+  files and logs ATC writes into a run (``record_files``); a sub-folder with a marker of its own (``eval/``) is
+  graphopt's too. An entry the marker does not list (notes the user put there) makes the folder foreign;
 - anything else (a folder of the user's files, another command's output, a file, a symbolic link): refused with
   one line, unless ``--force``;
 - never, even with ``--force``: a device or other special file (``/dev/null``), the filesystem root, the home
@@ -32,7 +35,7 @@ from .errors import UserError
 from .ir import current_umask, write_error
 
 __all__ = ["MARKER", "KINDS", "marker_kind", "check_output_dir", "check_output_file", "staged_dir",
-           "check_parent"]
+           "check_parent", "record_files"]
 
 MARKER = ".graphopt"
 # What each kind of folder is called in messages.
@@ -42,13 +45,13 @@ KINDS = {"apply": "graphopt apply run", "bisect": "graphopt bisect folder",
 _AGAIN = "choose another -o or pass --force"
 
 
-def marker_text(kind: str) -> str:
-    """The marker's content: the same for every run of a kind, so a run directory's files stay reproducible."""
-    return json.dumps({"written_by": "graphopt", "kind": kind}) + "\n"
+def marker_text(kind: str, files: Iterable[str] = ()) -> str:
+    """The marker's content: the kind and the sorted names of the entries graphopt wrote (the same for every run
+    writing the same files, so a run directory's files stay reproducible)."""
+    return json.dumps({"written_by": "graphopt", "kind": kind, "files": sorted(set(files))}) + "\n"
 
 
-def marker_kind(folder: str | Path) -> str | None:
-    """The kind named by ``folder``'s marker; None when there is no readable graphopt marker."""
+def _marker(folder: str | Path) -> dict | None:
     path = Path(folder) / MARKER
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
@@ -57,8 +60,41 @@ def marker_kind(folder: str | Path) -> str | None:
     except (OSError, ValueError):
         return None
     if isinstance(data, dict) and data.get("written_by") == "graphopt" and data.get("kind") in KINDS:
-        return data["kind"]
+        return data
     return None
+
+
+def marker_kind(folder: str | Path) -> str | None:
+    """The kind named by ``folder``'s marker; None when there is no readable graphopt marker."""
+    data = _marker(folder)
+    return None if data is None else data["kind"]
+
+
+def _foreign_entries(folder: Path, data: dict) -> list[str]:
+    """Entries of a marked ``folder`` graphopt did not write: neither listed in its marker nor a sub-folder
+    with a graphopt marker of its own."""
+    listed = data.get("files")
+    listed = set(listed) if isinstance(listed, list) else set()
+    foreign = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name == MARKER or entry.name in listed:
+            continue
+        if entry.is_dir(follow_symlinks=False) and _marker(entry.path) is not None:
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+def record_files(folder: str | Path, names: Iterable[str]) -> None:
+    """Add ``names`` (entries graphopt made in ``folder`` after writing it, e.g. ATC's ``.om`` files compiled by
+    ``graphopt eval``) to ``folder``'s marker, so a later run may replace them."""
+    from .ir import atomic_write_text
+
+    data = _marker(folder)
+    if data is None:
+        return
+    files = data.get("files") if isinstance(data.get("files"), list) else []
+    atomic_write_text(Path(folder) / MARKER, marker_text(data["kind"], [*files, *names]))
 
 
 def _special(mode: int) -> bool:
@@ -136,7 +172,13 @@ def check_output_dir(path: str | Path, kind: str, *, force: bool = False,
     if why:
         raise UserError(f"{path} {why}; graphopt will not replace it, even with --force; choose another -o")
     if stat.S_ISDIR(st.st_mode):
-        found = marker_kind(path)
+        data = _marker(path)
+        found = None if data is None else data["kind"]
+        foreign = _foreign_entries(path, data) if found == kind and not force else []
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise UserError(f"{path} is a {what}, but holds {foreign[0]!r}{more}, which graphopt did not write "
+                            f"there; move it out or pass --force")
         if found == kind:
             pass
         elif not force and found is not None:
@@ -231,7 +273,7 @@ def staged_dir(outdir: str | Path, kind: str, *, force: bool = False,
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished folder gets the usual mode
         yield tmp
-        (tmp / MARKER).write_text(marker_text(kind), encoding="utf-8")
+        (tmp / MARKER).write_text(marker_text(kind, (e.name for e in os.scandir(tmp))), encoding="utf-8")
         check_output_dir(outdir, kind, force=force, inputs=inputs)
         if os.path.lexists(outdir):
             old = outdir.parent / f".{outdir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"

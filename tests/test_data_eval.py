@@ -474,6 +474,11 @@ def test_fake_atc_and_ais_bench_run_the_atc_sh_commands(tmp_path, tiny_run, tiny
     ort_res = json.loads((tmp_path / "ort" / "eval.json").read_text())
     assert [r["top1"] for r in ort_res["rows"]] == ais_top1  # one postprocess, both backends
 
+    # What eval's ATC runs made in the run is listed in its marker: applying the recipe again replaces the run whole
+    _, recipe = tiny_run
+    assert run_cli("apply", recipe, "-o", run, capsys=capsys)[0] == 0
+    assert not list(run.glob("*.om")) and not (run / "eval").exists()
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # End to end on real images

@@ -130,7 +130,6 @@ def test_apply_never_replaces_dev_null(work, capsys, monkeypatch, force):
 def test_apply_replaces_its_own_previous_run(work, capsys):
     assert cli(capsys, "apply", "recipe.yaml", "-o", "run")[0] == 0
     assert marker_kind(work / "run") == "apply"
-    (work / "run" / "stale.txt").write_text("from the earlier run\n")  # replaced whole, not merged
     first = (work / "run" / "report.json").stat().st_mtime_ns
     (work / "recipe.yaml").write_text("model: {onnx: tiny.onnx}\ninput: {name: x, shape: [1, 2, 3, 4]}\n"
                                       "passes: [softmax_transpose]\nemit: [model, report]\n")
@@ -138,6 +137,22 @@ def test_apply_replaces_its_own_previous_run(work, capsys):
     assert code == 0 and "wrote run/" in out
     assert sorted(p.name for p in (work / "run").iterdir()) == [MARKER, "model.onnx", "report.json", "report.md"]
     assert (work / "run" / "report.json").stat().st_mtime_ns != first and temporaries(work) == []
+
+
+def test_a_file_the_user_put_into_a_run_is_never_replaced(work, capsys, monkeypatch):
+    """The marker lists what graphopt wrote; anything else in the run (notes, a model of the user's) makes it
+    foreign: refused and intact, until it is moved out or --force is given."""
+    assert cli(capsys, "apply", "recipe.yaml", "-o", "run")[0] == 0
+    (work / "run" / "notes.txt").write_text("my notes on this run\n")
+    before = snapshot(work / "run")
+    with monkeypatch.context() as m:
+        no_work(m)
+        code, _, err = cli(capsys, "apply", "recipe.yaml", "-o", "run")
+    assert code == 2 and err == ["graphopt: error: run is a graphopt apply run, but holds 'notes.txt', which "
+                                 "graphopt did not write there; move it out or pass --force"]
+    assert snapshot(work / "run") == before and temporaries(work) == []
+    (work / "run" / "notes.txt").unlink()
+    assert cli(capsys, "apply", "recipe.yaml", "-o", "run")[0] == 0
 
 
 def test_force_replaces_a_foreign_folder_and_a_file(work, capsys):
