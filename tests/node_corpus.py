@@ -7,10 +7,19 @@ cases have several inputs of any type (ints, strings, sequences, optionals). Her
 a pass owes equivalence to the model it was given, not to onnx's reference implementation).
 
 Cached under ``$GRAPHOPT_CACHE/node-corpus/<onnx+onnxruntime versions>/`` (the tests' conftest points that at a
-persistent folder): one pickle per kept case (model bytes, feeds, reference outputs, the checker level the input
-model passes) and ``index.json`` (kept names, and why each other case was dropped). Collecting the test cases
-takes about 6 s and the reference sessions about a minute; a warm run pays neither. The pickles are written and
-read by this module only.
+persistent folder), in ONNX's own formats, as onnx's backend test data stores them, and never as pickles (a cache
+folder is a file another user or process could plant, and unpickling runs code): one folder per kept case under
+``cases/`` with ``model.onnx``, ``input_<i>.pb`` (the feeds) and ``ref_<i>.pb`` (the reference outputs), each value
+a serialized ``TensorProto`` (``onnx.numpy_helper.from_array``, strings included; a numpy scalar as a 0-d one;
+a ``TensorProto`` that onnx's test case gives as an input, as is), ``SequenceProto`` (``from_list``), ``MapProto``
+(``from_dict``) or, for a missing optional, ``OptionalProto`` (``from_optional``); and ``case.json`` (the input
+and output names with each value's kind, so the loader knows which proto to parse, and the checker level the
+input model passes). A value is stored only if it reads back exactly as it was (dtype,
+shape, bytes, element types): what the sweep feeds onnxruntime and compares with is what the build had; a case
+whose values would not is dropped, with the reason. Every file is written to a temporary name and renamed;
+``index.json`` (kept names, and why each other case was dropped), written last, marks a complete corpus.
+Building it (collecting the test cases, a reference session each) takes about 15 s on two processes; a warm
+run skips it and reads the whole corpus back in about 0.4 s.
 
 Work runs in a spawned process pool (``sweep``): onnxruntime's thread pools do not survive ``fork``, and a spawned
 worker's pass registry holds the built-in passes only, not the test-only passes other test modules register.
@@ -21,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
+import shutil
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -37,8 +46,9 @@ __all__ = ["CORPUS_FORMAT", "Config", "Row", "CATEGORIES", "FAILURES", "corpus_d
            "load_case", "pass_configs", "sweep", "classify", "outputs_equal", "graph_structure", "table_lines",
            "quiet", "RTOL", "ATOL", "builtin_pass_names"]
 
-# Bump when what a cached case holds changes, so stale caches are rebuilt.
-CORPUS_FORMAT = 3
+# Bump when what a cached case holds or how it is stored changes, so stale caches are rebuilt (an older format's
+# folder has another name: it is never read). 4: ONNX protobuf values and JSON, no pickles.
+CORPUS_FORMAT = 4
 
 # Float tolerances, |got - ref| <= ATOL + RTOL * |ref| element-wise (NaN where the reference has NaN, infinities
 # equal). The passes are exact rewrites or reorder a little arithmetic (Gelu fused from its erf form, a folded
@@ -108,38 +118,156 @@ def _checker_level(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def _case_path(root: Path, name: str) -> Path:
-    return root / "cases" / f"{name}.pkl"
+# ---------------------------------------------------------------------------------------------------------------
+# The cache: ONNX value protos and JSON
+
+
+def _case_dir(root: Path, name: str) -> Path:
+    return root / "cases" / name
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file in the same folder, renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _value_kind(value: Any) -> str:
+    """How a value is stored. Besides arrays, sequences, maps and a missing optional, onnx's node test cases give
+    some inputs as a ``TensorProto`` (Cast to and from float8, int4, ...) or a numpy scalar (the window functions,
+    Range): onnxruntime refuses both as feeds, and the case is dropped with its reason, but they are stored as they
+    are so that the reason is onnxruntime's, as it always was."""
+    if value is None:
+        return "optional"  # a missing optional: the one value only an OptionalProto holds
+    if isinstance(value, list):
+        return "sequence"
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, np.ndarray):
+        return "tensor"
+    if isinstance(value, np.generic):
+        return "scalar"  # a 0-d TensorProto, read back as a numpy scalar
+    if isinstance(value, onnx.TensorProto):
+        return "tensor_proto"  # the TensorProto itself, read back as one
+    raise TypeError(f"a {type(value).__name__} is no ONNX value")
+
+
+def _encode(value: Any) -> tuple[str, bytes]:
+    """(kind, serialized proto) of one feed or output."""
+    from onnx import numpy_helper
+
+    kind = _value_kind(value)
+    if kind == "tensor_proto":
+        return kind, value.SerializeToString()
+    if kind == "scalar":
+        value = np.asarray(value)
+    proto = {"optional": numpy_helper.from_optional, "sequence": numpy_helper.from_list,
+             "map": numpy_helper.from_dict, "tensor": numpy_helper.from_array,
+             "scalar": numpy_helper.from_array}[kind](value)
+    return kind, proto.SerializeToString()
+
+
+_PROTOS = {"tensor": (onnx.TensorProto, "to_array"), "scalar": (onnx.TensorProto, "to_array"),
+           "tensor_proto": (onnx.TensorProto, None), "sequence": (onnx.SequenceProto, "to_list"),
+           "map": (onnx.MapProto, "to_dict"), "optional": (onnx.OptionalProto, "to_optional")}
+
+
+def _decode(kind: str, data: bytes) -> Any:
+    from onnx import numpy_helper
+
+    cls, convert = _PROTOS[kind]  # a kind this module never writes is a KeyError: the cache is not ours
+    proto = cls()
+    proto.ParseFromString(data)
+    if convert is None:
+        return proto
+    value = getattr(numpy_helper, convert)(proto)
+    return value[()] if kind == "scalar" else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same value exactly: types, dtypes, shapes, bytes, and the elements' types of an
+    object (string) array; sequences and maps element by element."""
+    if type(a) is not type(b):
+        return False
+    if a is None:
+        return True
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(type(k) is type(j) for k, j in zip(a, b)) \
+            and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, onnx.TensorProto):
+        return a == b
+    if isinstance(a, np.generic):
+        return a.tobytes() == b.tobytes()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == object:
+        x, y = a.ravel().tolist(), b.ravel().tolist()
+        return x == y and all(type(i) is type(j) for i, j in zip(x, y))
+    return a.tobytes() == b.tobytes()
+
+
+def _store(folder: Path, prefix: str, values: dict[str, Any]) -> list[list[str]]:
+    """Write each value as ``<prefix>_<i>.pb``; [[name, kind], ...] for ``case.json``. Raises ValueError for a value
+    that does not read back exactly as it is (or has no ONNX proto)."""
+    entries = []
+    for i, (name, value) in enumerate(values.items()):
+        try:
+            kind, data = _encode(value)
+            same = _same(value, _decode(kind, data))
+        except Exception as e:  # noqa: BLE001 - numpy_helper raises TypeError, ValueError, NotImplementedError
+            raise ValueError(f"{name!r} has no ONNX value proto: {_line(e)}") from e
+        if not same:
+            raise ValueError(f"{name!r} does not read back as it was from its ONNX {kind} proto")
+        _write(folder / f"{prefix}_{i}.pb", data)
+        entries.append([name, kind])
+    return entries
+
+
+def _load_values(folder: Path, prefix: str, entries: list[list[str]]) -> dict[str, Any]:
+    return {name: _decode(kind, (folder / f"{prefix}_{i}.pb").read_bytes()) for i, (name, kind) in enumerate(entries)}
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "case.json").read_text())
 
 
 def _reference(args: tuple[str, str]) -> tuple[str, str | None]:
     """Worker: run one collected case in onnxruntime; store its reference outputs (kept) or say why not."""
     root, name = Path(args[0]), args[1]
     quiet()
-    path = _case_path(root, name)
-    case = pickle.loads(path.read_bytes())
+    folder = _case_dir(root, name)
+    meta = _meta(folder)
+    data = (folder / "model.onnx").read_bytes()
+    feeds = _load_values(folder, "input", meta["inputs"])
+
+    def drop(reason: str) -> tuple[str, str]:
+        shutil.rmtree(folder, ignore_errors=True)
+        return name, reason
+
     try:
-        session = _session(case["model"])
+        session = _session(data)
     except Exception as e:  # noqa: BLE001 - an op onnxruntime 1.x does not implement, a type it lacks
-        path.unlink()
-        return name, f"load: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}"
+        return drop(f"load: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}")
     try:
-        case["ref"] = _run(session, case["feeds"])
+        ref = _run(session, feeds)
     except Exception as e:  # noqa: BLE001
-        path.unlink()
-        return name, f"run: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}"
-    model = onnx.load_from_string(case["model"])
+        return drop(f"run: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}")
+    model = onnx.load_from_string(data)
     try:  # a model the pipeline cannot carry through no pass at all is no test of any pass
         from graphopt.pipeline import run_pipeline
 
-        run_pipeline(onnx.load_from_string(case["model"]), [], inputs=None, input_name=None).model
+        run_pipeline(onnx.load_from_string(data), [], inputs=None, input_name=None).model
     except Exception as e:  # noqa: BLE001 - optional-typed tensors (onnx-graphsurgeon), string weights (protoio)
-        path.unlink()
-        return name, f"round trip: the pipeline with no pass fails: {_line(e)}"
-    case["check"] = _checker_level(model)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(case, protocol=pickle.HIGHEST_PROTOCOL))
-    tmp.replace(path)
+        return drop(f"round trip: the pipeline with no pass fails: {_line(e)}")
+    try:
+        meta["outputs"] = _store(folder, "ref", ref)
+    except ValueError as e:
+        return drop(f"reference outputs: {e}")
+    meta["check"] = _checker_level(model)
+    _write(folder / "case.json", json.dumps(meta).encode())
     return name, None
 
 
@@ -171,7 +299,6 @@ def ensure_corpus(pool: ProcessPoolExecutor) -> dict[str, Any]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = collect_testcases(None)
-    (root / "cases").mkdir(parents=True, exist_ok=True)
     dropped: dict[str, str] = {}
     names = []
     for case in cases:
@@ -184,8 +311,16 @@ def ensure_corpus(pool: ProcessPoolExecutor) -> dict[str, Any]:
             dropped[case.name] = f"{len(inputs)} input values for {len(declared)} graph inputs"
             continue
         feeds = dict(zip(declared, inputs))
-        _case_path(root, case.name).write_bytes(pickle.dumps(
-            {"model": case.model.SerializeToString(), "feeds": feeds}, protocol=pickle.HIGHEST_PROTOCOL))
+        folder = _case_dir(root, case.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = _store(folder, "input", feeds)
+        except ValueError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            dropped[case.name] = f"feeds: {e}"
+            continue
+        _write(folder / "model.onnx", case.model.SerializeToString())
+        _write(folder / "case.json", json.dumps({"inputs": entries, "outputs": None, "check": None}).encode())
         names.append(case.name)
     for name, reason in pool.map(_reference, [(str(root), n) for n in names], chunksize=16):
         if reason is not None:
@@ -200,7 +335,15 @@ def ensure_corpus(pool: ProcessPoolExecutor) -> dict[str, Any]:
 
 
 def load_case(name: str, root: Path | None = None) -> dict[str, Any]:
-    return pickle.loads(_case_path(root or corpus_dir(), name).read_bytes())
+    """A kept case: ``{"model": bytes, "feeds": {name: value}, "ref": {name: value}, "check": level}``, the values
+    numpy arrays (bfloat16 and the other non-numpy types as ``ml_dtypes`` arrays, strings as object arrays of
+    ``str``), lists of them, dicts, or None, as onnxruntime takes and returns them."""
+    folder = _case_dir(root or corpus_dir(), name)
+    meta = _meta(folder)
+    if meta.get("outputs") is None:
+        raise FileNotFoundError(f"{folder}: the case has no reference outputs (not a kept case)")
+    return {"model": (folder / "model.onnx").read_bytes(), "feeds": _load_values(folder, "input", meta["inputs"]),
+            "ref": _load_values(folder, "ref", meta["outputs"]), "check": meta["check"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -180,3 +180,34 @@ def test_pipeline_wrapper_of_a_raw_exception_is_a_crash_not_a_clean_error():
 ])
 def test_output_comparison(ref, got, same):
     assert (nc.outputs_equal(ref, got, "y") is None) == same
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cache: ONNX value protos, never pickles; a value is stored only if it reads back exactly as it was.
+
+
+@pytest.mark.parametrize("value", [
+    np.array([1.5, np.nan], np.float32), np.array([[1, 2]], np.float16), np.array([True, False]),
+    np.array([2**63 - 1], np.int64), np.array(["a", "\u00e9"], object), np.zeros((0, 2), object),
+    np.array([1.5, -2], onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)),
+    [], [np.zeros(2, np.int64), np.ones(1, np.int64)], [[np.ones(1, np.float32)]], None, np.int32(3),
+    {1: np.ones(1, np.float32)}, oh.make_tensor("t", onnx.TensorProto.FLOAT8E4M3FN, [2], [1.0, 2.0])],
+    ids=lambda v: type(v).__name__ + str(getattr(v, "dtype", "")))
+def test_cache_values_read_back_exactly(value, tmp_path):
+    entries = nc._store(tmp_path, "input", {"v": value})
+    assert [p.name for p in tmp_path.iterdir()] == ["input_0.pb"]
+    back = nc._load_values(tmp_path, "input", entries)["v"]
+    assert nc._same(value, back)
+    if isinstance(value, np.ndarray):
+        assert back.dtype == value.dtype and back.shape == value.shape
+
+
+@pytest.mark.parametrize("value", [np.array([b"x"], object), np.array(["a"]), {"k": np.ones(1, np.float32)}, 3.0])
+def test_cache_refuses_a_value_that_would_not_read_back(value, tmp_path):
+    with pytest.raises(ValueError):
+        nc._store(tmp_path, "input", {"v": value})
+
+
+def test_cache_module_never_unpickles():
+    text = (REPO / "tests" / "node_corpus.py").read_text()
+    assert "import pickle" not in text and "pickle.load" not in text
