@@ -20,9 +20,11 @@ from .outputs import check_output_dir, staged_dir
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
+from .inputs import InputPlan, resolve_inputs
 from .verify import load_input_data, make_inputs
 
-__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "write_run_dir", "recipe_inputs"]
+__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "verification_feeds", "input_plan",
+           "write_run_dir", "recipe_inputs"]
 
 
 def _stderr(msg: str) -> None:
@@ -35,32 +37,37 @@ def source_model_path(recipe: Recipe, progress: Callable[[str], None] = _stderr)
         return recipe.model.onnx, False
     from .export import export_cached
 
+    first = recipe.input
+    size = tuple(first.shape[1:]) if first is not None and first.shape else None
     return export_cached(recipe.model.exporter, recipe.model.args, recipe.model.checkpoint, recipe.model.opset,
-                         tuple(recipe.input.shape[1:]), recipe.model.seed, progress=progress)
+                         size, recipe.model.seed, progress=progress)
 
 
 def verification_inputs(recipe: Recipe) -> list:
+    """The single-input form (arrays for ``recipe.input``, which must give its shape): what verbs not yet moved
+    to ``verification_feeds`` use."""
     v = recipe.verify
+    if recipe.input is None or recipe.input.shape is None:
+        raise UserError(f"{recipe.path or 'recipe'}: input.shape: this command needs the input's shape")
+    dtype = recipe.input.dtype or "float32"
     if v.data is not None:
-        return load_input_data(v.data, recipe.input.shape, recipe.input.dtype, limit=v.samples)
-    return make_inputs(recipe.input.shape, v.samples, v.seed, recipe.input.dtype)
+        return load_input_data(v.data, recipe.input.shape, dtype, limit=v.samples)
+    return make_inputs(recipe.input.shape, v.samples, v.seed, dtype)
 
 
-def _check_input(model, recipe: Recipe, where: str) -> None:
-    """The recipe's input (name, rank, fixed dims) against the model's (a ModelProto or skeleton)."""
-    inputs = {i.name: i for i in model.graph.input}
-    inits = {i.name for i in model.graph.initializer}
-    real = [n for n in inputs if n not in inits]
-    if recipe.input.name not in inputs:
-        raise UserError(f"{where}: input.name {recipe.input.name!r} is not an input of the model "
-                        f"(inputs: {', '.join(real)})")
-    dims = inputs[recipe.input.name].type.tensor_type.shape.dim
-    if len(dims) != len(recipe.input.shape):
-        raise UserError(f"{where}: input.shape {list(recipe.input.shape)} has rank {len(recipe.input.shape)}, "
-                        f"the model's input {recipe.input.name!r} has rank {len(dims)}")
-    for k, (d, want) in enumerate(zip(dims, recipe.input.shape)):
-        if d.HasField("dim_value") and d.dim_value != want:
-            raise UserError(f"{where}: input.shape[{k}] is {want}, the model fixes it to {d.dim_value}")
+def input_plan(recipe: Recipe, model) -> InputPlan:
+    """The recipe's ``inputs:`` merged with ``model``'s inputs (a ``SplitModel``, ModelProto or path): every
+    input's dtype, shape and values (``graphopt.inputs``); a spec the model contradicts is a one-line error
+    naming the recipe and the YAML path."""
+    return resolve_inputs(model, recipe.inputs, where=str(recipe.path or "recipe"), paths=recipe.input_paths())
+
+
+def verification_feeds(recipe: Recipe, plan: InputPlan) -> list[dict]:
+    """The recipe's verification set: ``verify.samples`` feeds, seeded by ``verify.seed``, with ``verify.data``
+    (and each input's ``data``) where given. For a model with one float input this is exactly what
+    ``verification_inputs`` gives, as feeds."""
+    v = recipe.verify
+    return plan.feeds(v.samples, v.seed, data=v.data, primary=recipe.input.name if recipe.input else None)
 
 
 def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset(),
@@ -84,7 +91,8 @@ def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = fr
 
 def recipe_inputs(recipe: Recipe) -> list[Path | None]:
     """The files a recipe reads: an output folder must never hold them (``graphopt.outputs``)."""
-    return [recipe.path, recipe.model.onnx, recipe.model.checkpoint, recipe.verify.data]
+    return [recipe.path, recipe.model.onnx, recipe.model.checkpoint, recipe.verify.data,
+            *(s.data for s in recipe.inputs)]
 
 
 def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
@@ -95,15 +103,15 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
     check_output_dir(outdir, "apply", force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
-    where = str(recipe.path or "recipe")
     model = load_split(src, "model")  # the weights held once, as arrays (graphopt.protoio)
-    _check_input(model.skeleton, recipe, where)
+    plan = input_plan(recipe, model)
     had_external = model.had_external_data
     do_verify = recipe.verify.enabled if verify is None else verify
-    inputs = verification_inputs(recipe) if do_verify else None
+    inputs = verification_feeds(recipe, plan) if do_verify else None
     passes = [(p, spec.where, spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail)
               for p, spec in zip(recipe.build_passes(), recipe.passes)]
-    result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=recipe.input.name,
+    primary = recipe.input.name if recipe.input else (plan.names[0] if plan.names else None)
+    result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=primary,
                                           tolerance=recipe.verify.tolerance, progress=progress,
                                           real_data=recipe.verify.data is not None)
     del model
@@ -114,8 +122,8 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:
-        cmds = atc_commands(model="model.onnx", output_stem=recipe.name, input_name=recipe.input.name,
-                            item_shape=recipe.input.shape[1:], batch_sizes=recipe.atc.batch_sizes,
+        cmds = atc_commands(model="model.onnx", output_stem=recipe.name, inputs=plan.atc_inputs(),
+                            batch_sizes=recipe.atc.batch_sizes,
                             soc_version=recipe.atc.soc_version, log=recipe.atc.log,
                             precision_mode=recipe.atc.precision_mode, configs=result.configs,
                             extra_args=recipe.atc.extra_args)
@@ -128,7 +136,9 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "source": {"kind": "export" if recipe.model.exporter else "onnx", "path": str(src), "cached": cached,
                    "exporter": recipe.model.exporter, "args": dict(recipe.model.args),
                    "checkpoint": str(recipe.model.checkpoint) if recipe.model.checkpoint else None},
-        "input": {"name": recipe.input.name, "shape": list(recipe.input.shape)},
+        # the first input (what single-input readers such as graphopt eval use), then every input
+        "input": {"name": primary, "shape": list(plan[primary].shape) if primary else None},
+        "inputs": plan.describe(),
         "verification": None if not do_verify else {
             "samples": len(inputs), "inputs": "real data" if recipe.verify.data else f"seeded normal (seed {recipe.verify.seed})",
             "tolerance": asdict(recipe.verify.tolerance)},

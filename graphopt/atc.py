@@ -4,7 +4,10 @@
   ``{"black-list": {"to-add": [...], "to-remove": [...]}, "white-list": {...}}`` of Ascend op types.
 - ``op_precision.ini`` for ``--op_precision_mode``: ``OpType=mode`` lines (the bare form every CANN version reads).
 - ``keep_dtype.cfg`` for ``--keep_dtype``: one node name or ``OpType::TypeName`` per line.
-- ``atc.sh``: one ``atc`` command per batch size.
+- ``atc.sh``: one ``atc`` command per batch size, ``--input_shape`` naming every input of the model
+  (``image:16,3,224,224;meta:16,8``): the batch size goes into each input's first dim where that dim is the batch
+  (symbolic in the model); every other dim is the verification shape's. ``--input_format=NCHW`` when every input
+  is rank 4 (images), else ``ND``.
 """
 from __future__ import annotations
 
@@ -78,10 +81,18 @@ def config_files(configs: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
-def atc_commands(*, model: str, output_stem: str, input_name: str, item_shape: Sequence[int],
-                 batch_sizes: Sequence[int], soc_version: str, log: str = "error",
-                 precision_mode: str | None = None, configs: Mapping[str, Any] | None = None,
-                 extra_args: Sequence[str] = ()) -> list[list[str]]:
+def atc_commands(*, model: str, output_stem: str, input_name: str | None = None,
+                 item_shape: Sequence[int] | None = None, batch_sizes: Sequence[int], soc_version: str,
+                 log: str = "error", precision_mode: str | None = None, configs: Mapping[str, Any] | None = None,
+                 extra_args: Sequence[str] = (),
+                 inputs: Sequence[tuple[str, Sequence[int | None]]] | None = None) -> list[list[str]]:
+    """One ``atc`` command per batch size. ``inputs``: ``(name, dims)`` of every model input, None where the batch
+    size goes (``InputPlan.atc_inputs()``); or the single-input form ``input_name`` + ``item_shape`` (the batch
+    first, then ``item_shape``)."""
+    if inputs is None:
+        if input_name is None or item_shape is None:
+            raise ValueError("atc_commands: give inputs, or input_name and item_shape")
+        inputs = [(input_name, (None, *item_shape))]
     configs = configs or {}
     files = config_files(configs)
     mode = configs.get("precision_mode") or precision_mode
@@ -93,11 +104,12 @@ def atc_commands(*, model: str, output_stem: str, input_name: str, item_shape: S
         elif mode not in ("allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16"):
             raise UserError(f"atc.precision_mode {mode!r}: ATC only honours --modify_mixlist with "
                             "allow_mix_precision; change the precision mode or drop the mixlist pass")
+    layout = "NCHW" if inputs and all(len(dims) == 4 for _, dims in inputs) else "ND"
     cmds = []
     for bs in batch_sizes:
-        shape = ",".join(str(d) for d in (bs, *item_shape))
-        cmd = ["atc", "--framework=5", f"--model={model}", f"--output={output_stem}_bs{bs}", "--input_format=NCHW",
-               f"--input_shape={input_name}:{shape}", f"--soc_version={soc_version}", f"--log={log}"]
+        shapes = ";".join(f"{name}:" + ",".join(str(bs if d is None else d) for d in dims) for name, dims in inputs)
+        cmd = ["atc", "--framework=5", f"--model={model}", f"--output={output_stem}_bs{bs}",
+               f"--input_format={layout}", f"--input_shape={shapes}", f"--soc_version={soc_version}", f"--log={log}"]
         if mode:
             cmd.append(f"--precision_mode={mode}")
         if "ops_info.json" in files:

@@ -11,10 +11,11 @@ import threading
 from pathlib import Path
 
 from .errors import GraphoptError, UserError
+from .inputs import BATCH_DEFAULT, DIM_DEFAULT
 from .quiet import quiet_libraries
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
-           "comparison_tolerance", "add_force_argument"]
+           "comparison_tolerance", "add_force_argument", "input_specs"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
@@ -86,29 +87,67 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from .inputs import check_feed, model_inputs, resolve_inputs
     from .ir import load_split
-    from .verify import Runner, compare_outputs, make_inputs
+    from .verify import Runner, compare_outputs
 
     tol = comparison_tolerance(args, top1=args.top1)  # before reading the models: a bad flag is refused at once
     # Held once each, as arrays onnxruntime reads in place (graphopt.protoio), and the weights B shares with A
     # held once for both: two large models fit in memory.
     a = load_split(args.a, "model A")
     b = load_split(args.b, "model B", reuse=a.weights)
-    runner_a = Runner(a, args.input)
-    runner_b = Runner(b, runner_a.input_name)
-    inp = next(i for i in runner_a.session.get_inputs() if i.name == runner_a.input_name)
-    shape = parse_shape(args.shape) or [d if isinstance(d, int) else 1 for d in inp.shape]
-    inputs = make_inputs(shape, args.samples, args.seed)
-    cmp = compare_outputs(runner_a.run(inputs), runner_b.run(inputs), tol)
+    specs, paths, primary = input_specs(args, a)
+    plan = resolve_inputs(a, specs, paths=paths)
+    feeds = plan.feeds(args.samples, args.seed, data=args.data, primary=primary)
+    ins_b = model_inputs(b)
+    for feed in feeds[:1]:  # B takes what A takes: a missing input or another dtype is named, not onnxruntime's
+        check_feed(ins_b, feed, "model B", strict=False)
+    cmp = compare_outputs(Runner(a).run(feeds), Runner(b).run(feeds), tol)
     for o in cmp.outputs:
         mismatch = o.describe_mismatch("model A")
-        if mismatch:  # missing, or another shape or dtype: no values to compare
+        if mismatch:  # missing, another shape or dtype, or exact outputs that differ
             print(f"{mismatch}: OUTSIDE TOLERANCE ({', '.join(o.failed_on)})")
+            continue
+        if o.mismatches is not None:
+            print(f"{o.name}: {o.expected} output, all {o.size} elements equal  ok")
             continue
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.4f}"
         print(f"{o.name}: max_abs {o.max_abs:.3e}  max_rel {o.max_rel:.3e}  cosine {o.cosine:.8f}  top1 {top1}  "
               f"{'ok' if o.passed else 'OUTSIDE TOLERANCE (' + ', '.join(o.failed_on) + ')'}")
     return 0 if cmp.passed else 1
+
+
+def input_specs(args: argparse.Namespace, model) -> tuple[list, dict[str, str], str | None]:
+    """The ``InputSpec`` list of ``--input`` (repeatable: ``NAME:SHAPE[:DTYPE]``, or a bare ``NAME``, which
+    ``--shape`` then shapes), ``--shape`` (the first input's when no bare ``--input`` names one) and ``--range``
+    (repeatable ``NAME:LO,HI``), for ``graphopt.inputs.resolve_inputs``; with the flag each came from (for
+    errors) and the input a ``--data`` ``.npy`` feeds (the bare ``--input``, else None: the first)."""
+    from .inputs import InputSpec, merge_specs, model_inputs, parse_input_flag, parse_range_flag
+
+    specs, paths, primary = [], {}, None
+    given = args.input if isinstance(args.input, list) else ([args.input] if args.input else [])
+    for text in given:
+        if ":" in text:
+            spec = parse_input_flag(text)
+        else:
+            spec = InputSpec(text)
+            primary = text
+        specs.append(spec)
+        paths[spec.name] = f"--input {text}"
+    shape = parse_shape(args.shape)
+    if shape is not None:
+        if primary is None:
+            names = [m.name for m in model_inputs(model)]
+            if not names:
+                raise UserError("--shape: the model has no inputs")
+            primary = names[0]
+        specs.append(InputSpec(primary, tuple(shape)))
+        paths.setdefault(primary, f"--shape {args.shape}")
+    for text in getattr(args, "range", None) or []:
+        name, rng = parse_range_flag(text)
+        specs.append(InputSpec(name, range=rng))
+        paths.setdefault(name, f"--range {text}")
+    return merge_specs(specs), {k: v for k, v in paths.items()}, primary
 
 
 def parse_shape(text: str | None) -> list[int] | None:
@@ -135,10 +174,25 @@ def comparison_tolerance(args: argparse.Namespace, top1: float | None):
     return Tolerance(**{criterion: value for criterion, (_, value) in given.items()})
 
 
-def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
-    """The inputs and tolerances shared by the commands that compare two models (verify, diff)."""
-    p.add_argument("--input", help="input name (default: the first input)")
-    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as 1)")
+def add_comparison_arguments(p: argparse.ArgumentParser, samples: int, inputs: bool = False) -> None:
+    """The inputs and tolerances shared by the commands that compare two models (verify, diff). ``inputs``: the
+    multi-input flags (``--input`` repeatable as NAME:SHAPE[:DTYPE], ``--range``, ``--data``), read by
+    ``input_specs``; without it ``--input`` is one input name (diff, until it moves to ``input_specs``)."""
+    if inputs:
+        p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
+                       help="an input's shape (batch first) and dtype, e.g. input_ids:2,16:int64 (repeatable; "
+                            "a scalar: NAME::DTYPE); inputs not given take the model's shape, symbolic dims "
+                            f"{BATCH_DEFAULT} for a batch (a first dim) and {DIM_DEFAULT} otherwise")
+        p.add_argument("--range", action="append", default=[], metavar="NAME:LO,HI",
+                       help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable; default "
+                            "for integers: [0, rows) for Gather indices, else [0, 2))")
+        p.add_argument("--data", metavar="FILE",
+                       help="real inputs: an .npz with one array per input name (first axis the items), or an "
+                            ".npy / folder of float32 .bin files for the first input")
+    else:
+        p.add_argument("--input", help="input name (default: the first input)")
+    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as "
+                   + ("graphopt.inputs says)" if inputs else "1)"))
     p.add_argument("--samples", type=int, default=samples)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-abs", type=float, default=1e-4)
@@ -192,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare two models on the same seeded inputs (exit 1 when outside tolerance)")
     p.add_argument("a")
     p.add_argument("b")
-    add_comparison_arguments(p, samples=2)
+    add_comparison_arguments(p, samples=2, inputs=True)
     p.add_argument("--top1", type=float, default=1.0)
     p.set_defaults(func=_cmd_verify)
     for name in COMMAND_MODULES:  # each adds its own subcommand(s)

@@ -529,10 +529,10 @@ def prepare_data(kind: str, src: str | Path, outdir: str | Path, recipe_path: st
 
     recipe = load_recipe(recipe_path)
     check_data_output(outdir)  # before any image is read
-    shape = recipe.input.shape
+    shape = recipe.input.shape if recipe.input is not None and recipe.input.shape is not None else ()
     if len(shape) != 4 or shape[1] not in (1, 3):
         raise UserError(f"recipe {recipe_path}: input.shape {list(shape)} is not an image batch [N, 1 or 3, H, W]")
-    if recipe.input.dtype != "float32":
+    if recipe.input.dtype not in (None, "float32"):  # None: the model's (an image model's is float32)
         raise UserError(f"recipe {recipe_path}: graphopt data writes float32; input.dtype is {recipe.input.dtype}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")

@@ -9,9 +9,14 @@ weights' arrays as graph inputs (``graphopt.protoio``), so verifying costs no co
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
 ``on_fail: skip``, is dropped and the graph before it restored.
 
+The verification inputs are a list of feeds (dicts input name -> array, every input of the model: see
+``graphopt.inputs``); a list of bare arrays, the single-input form of before, feeds the model's first input (or
+``input_name``).
+
 A pass that measures rather than rewrites (``mixlist`` with ``mode: measured``) declares a ``calibration``
-attribute; the runner sets it to ``(inputs, input_name)``, the verification inputs (``inputs`` is None when
-verification is off), before running it. Passes never read files themselves. ``keep_dtype`` node names a pass asks
+attribute; the runner sets it to ``(arrays, input_name, real_data)``, the verification feeds' values of one input
+(``input_name``, default the first; ``arrays`` is None when verification is off), before running it. A pass that
+declares ``calibration_feeds`` gets the whole feeds too (None when verification is off). Passes never read files themselves. ``keep_dtype`` node names a pass asks
 for are checked against the final graph.
 """
 from __future__ import annotations
@@ -137,14 +142,14 @@ def stop_background(timeout: float) -> bool:
     return not any(b.alive() for b in live)
 
 
-def _outputs(model: SplitModel, input_name: str | None, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    runner = Runner(model, input_name)
+def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    runner = Runner(model)
     options = _Background.run_options()
     if options is None:
-        return runner.run(inputs)
+        return runner.run(feeds)
     if options.terminate:  # cancelled while the session was being built
         raise KeyboardInterrupt
-    return runner.run(inputs, options)
+    return runner.run(feeds, options)
 
 
 def _fingerprint(graph: gs.Graph) -> int:
@@ -234,11 +239,15 @@ def _progress_noop(msg: str) -> None:
 
 
 def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pass, str, str]], *,
-                 inputs: Sequence[np.ndarray] | None, input_name: str | None, tolerance=None,
-                 progress: Callable[[str], None] = _progress_noop, real_data: bool = False) -> PipelineResult:
-    """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given.
-    ``real_data``: ``inputs`` are real data (a recipe's ``verify.data``), not seeded random arrays; measuring
-    passes, which calibrate on them, warn otherwise."""
+                 inputs: Sequence[dict[str, np.ndarray] | np.ndarray] | None, input_name: str | None = None,
+                 tolerance=None, progress: Callable[[str], None] = _progress_noop,
+                 real_data: bool = False) -> PipelineResult:
+    """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given: a
+    list of feeds (``graphopt.inputs``: ``resolve_inputs(model, specs).feeds(samples, seed)``), or bare arrays for
+    the model's first input (or ``input_name``). ``real_data``: ``inputs`` are real data (a recipe's
+    ``verify.data``), not seeded random arrays; measuring passes, which calibrate on them, warn otherwise."""
+    from .inputs import feeds_of, model_inputs
+
     verify = inputs is not None
     if tolerance is None:  # the recipe's defaults
         from .recipe import Tolerance
@@ -246,14 +255,18 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         tolerance = Tolerance()
     split = model if isinstance(model, SplitModel) else split_model(model)
     del model
+    real_inputs = model_inputs(split)
+    feeds = feeds_of(inputs, input_name, real_inputs) if verify else None
+    primary = input_name or (real_inputs[0].name if real_inputs else None)
+    calibration = None if feeds is None else [f[primary] for f in feeds if primary in f]
     ops_before = op_counts(split.skeleton)
     graph = graph_from_split(split)
     ref = prev = reference = None
     if verify:
         # Built and run beside the first pass (onnxruntime releases the GIL): a large export's session takes
         # seconds (ShiftViT's 7021 nodes: 2 s), and nothing needs the outputs before that pass is checked.
-        progress(f"verify: reference outputs of the input model on {len(inputs)} batch(es), beside the first pass")
-        reference = _Background(_outputs, split, input_name, inputs)
+        progress(f"verify: reference outputs of the input model on {len(feeds)} batch(es), beside the first pass")
+        reference = _Background(_outputs, split, feeds)
     # The graph as the last verified pass left it, as a SplitModel sharing the graph's weight arrays: what a pass
     # that fails is diffed against and what on_fail: skip goes back to, kept without copying the graph.
     last = split if verify else None
@@ -270,7 +283,9 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         progress(f"{label} ...")
         t0 = time.perf_counter()
         if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
-            p.calibration = (inputs, input_name, real_data)
+            p.calibration = (calibration, primary, real_data)
+        if hasattr(p, "calibration_feeds"):
+            p.calibration_feeds = feeds
         try:
             result = p(graph)
         except (UserError, VerificationFailed):  # bad input, broken numerics: skipping the pass cannot help
@@ -311,7 +326,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                 after = split_graph(graph)  # the weights stay the graph's arrays
                 _check(after, f"pass {p.name} ({where})")
                 try:
-                    got = Runner(after, input_name).run(inputs)
+                    got = Runner(after).run(feeds)
                 except UserError as e:
                     raise PassError(f"pass {p.name} ({where}) produced a graph onnxruntime rejects: {e}") from None
                 cmp = compare_outputs(prev, got, tolerance)
@@ -321,8 +336,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
 
                     progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
                     verdict["first_divergent"] = first_divergence(  # both share the graphs' weight arrays
-                        before, after,
-                        [{input_name or graph.inputs[0].name: x} for x in inputs], pass_map, tolerance)
+                        before, after, feeds, pass_map, tolerance)
                     where_diverged = describe_divergence(verdict["first_divergent"])
                     if on_fail == "skip":
                         graph = graph_from_split(before)

@@ -20,9 +20,10 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import UserError
+from .inputs import DTYPES, InputSpec, dtype_name
 from .pass_infra import Pass, all_passes, get_pass, pass_params, type_name
 
-__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "AtcSpec", "PreprocessSpec",
+__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA", "AtcSpec", "PreprocessSpec",
            "load_recipe", "parse_recipe", "closest", "check_value", "build_pass", "tolerance_problem", "YamlLoader",
            "load_yaml"]
 
@@ -105,21 +106,51 @@ def tolerance_problem(criterion: str, value: Any) -> str | None:
     return None
 
 
+CRITERIA = ("max_abs", "max_rel", "cosine", "top1_agreement")
+
+
+@dataclass(frozen=True)
+class OutputTolerance:
+    """One output's own thresholds (``verify.tolerance.outputs.NAME``): each criterion in ``overrides`` replaces the
+    global one for that output (``None`` switches it off there); the others fall back to the global ones. ``top1``:
+    whether the output holds class scores (top-1 agreement measured), None to infer it (rank 2, more than one
+    column, a float dtype)."""
+
+    name: str
+    overrides: tuple[tuple[str, float | None], ...] = ()
+    top1: bool | None = None
+
+    def __post_init__(self) -> None:
+        for criterion, value in self.overrides:
+            problem = tolerance_problem(criterion, value)
+            if problem:
+                raise ValueError(f"tolerance outputs.{self.name}.{criterion}: {problem}")
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """Verification thresholds. ``None`` disables a criterion; at least one must be set. Each set one is checked
-    by ``tolerance_problem`` (a ``ValueError`` here: recipes and flags are checked before, with their own names)."""
+    by ``tolerance_problem`` (a ``ValueError`` here: recipes and flags are checked before, with their own names).
+    ``outputs``: per-output thresholds (``for_output``)."""
 
     max_abs: float | None = 1e-4
     max_rel: float | None = None
     cosine: float | None = 0.99999
     top1_agreement: float | None = 1.0
+    outputs: tuple[OutputTolerance, ...] = ()
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            problem = tolerance_problem(f.name, getattr(self, f.name))
+        for name in CRITERIA:
+            problem = tolerance_problem(name, getattr(self, name))
             if problem:
-                raise ValueError(f"tolerance {f.name}: {problem}")
+                raise ValueError(f"tolerance {name}: {problem}")
+
+    def for_output(self, name: str) -> tuple["Tolerance", bool | None]:
+        """The thresholds for output ``name`` (the global ones with its overrides) and its ``top1`` declaration."""
+        own = next((o for o in self.outputs if o.name == name), None)
+        if own is None:
+            return self, None
+        return dataclasses.replace(self, outputs=(), **dict(own.overrides)), own.top1
 
 
 @dataclass(frozen=True)
@@ -130,13 +161,6 @@ class ModelSpec:
     checkpoint: Path | None = None
     opset: int | None = None
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -193,12 +217,27 @@ class Recipe:
     name: str
     path: Path | None
     model: ModelSpec
-    input: InputSpec
+    # What the recipe says about the model's inputs (``inputs:``, or ``input:`` as a list of one); inputs not
+    # listed are fed as ``graphopt.inputs`` says. ``graphopt.inputs.resolve_inputs(model, recipe.inputs)``.
+    inputs: tuple[InputSpec, ...]
     passes: tuple[PassSpec, ...]
     verify: VerifySpec
     emit: tuple[str, ...]
     atc: AtcSpec
     preprocess: PreprocessSpec = PreprocessSpec()
+    inputs_key: str = "inputs"  # how the recipe wrote them: "input" (one mapping) or "inputs" (a list)
+
+    def input_paths(self) -> dict[str, str]:
+        """Input name -> the YAML path of its entry (``input``, ``inputs[1]``), for error messages."""
+        if self.inputs_key == "input":
+            return {s.name: "input" for s in self.inputs}
+        return {s.name: f"inputs[{k}]" for k, s in enumerate(self.inputs)}
+
+    @property
+    def input(self) -> InputSpec | None:
+        """The first input the recipe names (its ``input:``), None when it names none. The single-input view of
+        verbs that feed one input; multi-input code uses ``inputs``."""
+        return self.inputs[0] if self.inputs else None
 
     def build_passes(self) -> list[Pass]:
         return [build_pass(p) for p in self.passes]
@@ -300,7 +339,7 @@ def _resolve(base: Path | None, value: str | None, where: str, file: str, must_e
 def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     file = str(path) if path else "<recipe>"
     base = path.parent if path else None
-    top = _Section(data, "", file, ["name", "model", "input", "passes", "verify", "emit", "atc", "preprocess"])
+    top = _Section(data, "", file, ["name", "model", "input", "inputs", "passes", "verify", "emit", "atc", "preprocess"])
     name = top.get("name", str, path.stem if path else "recipe")
 
     m = _Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])
@@ -323,11 +362,19 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         seed=m.get("seed", int, 0),
     )
 
-    i = _Section(top.get("input", dict), "input", file, ["name", "shape", "dtype"])
-    shape = tuple(i.get("shape", list[int]))
-    if not shape or any(d <= 0 for d in shape):
-        raise UserError(f"{file}: input.shape: expected positive dimensions, got {list(shape)}")
-    inp = InputSpec(i.get("name", str), shape, i.get("dtype", typing.Literal["float32", "float16"], "float32"))
+    if "input" in top.data and "inputs" in top.data:
+        raise UserError(f"{file}: inputs: give either input: (one input) or inputs: (a list of them), not both")
+    if "input" in top.data:
+        specs = [_parse_input(top.get("input", dict), "input", file, base)]
+    else:
+        raw_inputs = top.get("inputs", list, [])
+        specs = [_parse_input(e, f"inputs[{k}]", file, base) for k, e in enumerate(raw_inputs)]
+        names = [sp.name for sp in specs]
+        dup = next((n for k, n in enumerate(names) if n in names[:k]), None)
+        if dup is not None:
+            raise UserError(f"{file}: inputs[{names.index(dup, names.index(dup) + 1)}].name: input {dup!r} is "
+                            "listed twice")
+    first_shape = specs[0].shape if specs and specs[0].shape is not None else ()
 
     raw_passes = top.get("passes", list, [])
     passes = []
@@ -364,14 +411,28 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
 
     v = _Section(top.get("verify", dict, {}), "verify", file, ["enabled", "samples", "seed", "data", "tolerance",
                                                                 "on_fail"])
-    t = _Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [f.name for f in dataclasses.fields(Tolerance)])
-    criteria = {f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)}
+    t = _Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [*CRITERIA, "outputs"])
+    criteria = {f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)
+                if f.name in CRITERIA}
     for criterion, value in criteria.items():
         problem = tolerance_problem(criterion, value)
         if problem:
             raise UserError(f"{file}: verify.tolerance.{criterion}: {problem}")
-    tol = Tolerance(**criteria)
-    if all(getattr(tol, f.name) is None for f in dataclasses.fields(Tolerance)):
+    per_output = []
+    for out_name, entry in t.get("outputs", dict[str, Any], {}).items():
+        where = f"verify.tolerance.outputs.{out_name}"
+        o = _Section(entry, where, file, [*CRITERIA, "top1"])
+        overrides = []
+        for criterion in CRITERIA:
+            if criterion in o.data:
+                value = o.get(criterion, float | None)
+                problem = tolerance_problem(criterion, value)
+                if problem:
+                    raise UserError(f"{file}: {where}.{criterion}: {problem}")
+                overrides.append((criterion, value))
+        per_output.append(OutputTolerance(out_name, tuple(overrides), o.get("top1", bool | None, None)))
+    tol = Tolerance(**criteria, outputs=tuple(per_output))
+    if all(getattr(tol, name) is None for name in CRITERIA) and not per_output:
         raise UserError(f"{file}: verify.tolerance: every criterion is null; set at least one")
     samples = v.get("samples", int, 2)
     if samples < 1:
@@ -399,8 +460,42 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
         extra_args=tuple(a.get("extra_args", list[str], [])),
     )
-    preprocess = _parse_preprocess(top.get("preprocess", dict, {}), inp.shape, file)
-    return Recipe(name, path, model, inp, tuple(passes), verify, emit, atc, preprocess)
+    preprocess = _parse_preprocess(top.get("preprocess", dict, {}), tuple(first_shape), file)
+    return Recipe(name, path, model, tuple(specs), tuple(passes), verify, emit, atc, preprocess,
+                  "input" if "input" in top.data else "inputs")
+
+
+INPUT_KEYS = ("name", "shape", "dtype", "range", "values", "data")
+
+
+def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSpec:
+    """One ``inputs:`` entry (or the ``input:`` section): every key but ``name`` optional (see graphopt.inputs)."""
+    i = _Section(data, where, file, INPUT_KEYS)
+    name = i.get("name", str)
+    shape = i.get("shape", list[int], None)
+    if shape is not None and any(d < 0 for d in shape):
+        raise UserError(f"{file}: {where}.shape: expected dimensions >= 0, got {list(shape)}")
+    dtype = i.get("dtype", str, None)
+    if dtype is not None and dtype_name(dtype) is None:
+        raise UserError(f"{file}: {where}.dtype: unknown dtype {dtype!r}{closest(dtype, DTYPES)}")
+    rng = i.get("range", list[float], None)
+    if rng is not None:
+        if len(rng) != 2:
+            raise UserError(f"{file}: {where}.range: expected [lo, hi], got {rng}")
+        if not rng[0] < rng[1]:
+            raise UserError(f"{file}: {where}.range: [{rng[0]}, {rng[1]}] is empty (values are drawn from "
+                            "[lo, hi): hi must be above lo)")
+    values = i.get("values", list[int | float | bool | str], None)
+    if values is not None and not values:
+        raise UserError(f"{file}: {where}.values: expected at least one value")
+    data_path = _resolve(base, i.get("data", str | None, None), f"{where}.data", file)
+    if data_path is not None and data_path.suffix not in (".npy", ".npz"):
+        raise UserError(f"{file}: {where}.data: {data_path.name}: expected a .npy or .npz file")
+    given = [k for k in ("range", "values", "data") if i.data.get(k) is not None]
+    if len(given) > 1:
+        raise UserError(f"{file}: {where}: give at most one of range, values, data (got {', '.join(given)})")
+    return InputSpec(name, None if shape is None else tuple(shape), dtype_name(dtype) if dtype else None,
+                     None if rng is None else tuple(rng), None if values is None else tuple(values), data_path)
 
 
 def _parse_preprocess(data: Any, shape: tuple[int, ...], file: str) -> PreprocessSpec:

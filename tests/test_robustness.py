@@ -233,7 +233,7 @@ BAD_RECIPES = {
     "emit as a string": ("model: {onnx: model.onnx}\ninput: {name: x, shape: [1, 2, 3, 4]}\nemit: model\n",
                          "emit: expected list"),
     "a negative dimension": ("model: {onnx: model.onnx}\ninput: {name: x, shape: [1, -2, 3, 4]}\n",
-                             "input.shape: expected positive dimensions"),
+                             "input.shape: expected dimensions >= 0"),
     "binary garbage": (None, "cannot be read"),
 }
 
