@@ -22,8 +22,8 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 
 from .errors import UserError
-from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, external_location, little_endian,
-                      read_split, split_graph, weights_as_inputs, write_inline)
+from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, export_graph, external_location,
+                      import_graph, little_endian, read_split, split_graph, weights_as_inputs, write_inline)
 
 # onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
 gs.logger.G_LOGGER.colors = False
@@ -424,12 +424,13 @@ def save_model(model: onnx.ModelProto | gs.Graph | SplitModel, path: str | Path,
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """``model`` as an onnx-graphsurgeon graph; what gs drops is kept for ``to_model`` (``protoio.import_graph``)."""
+    return import_graph(model)
 
 
 def to_model(graph: gs.Graph) -> onnx.ModelProto:
-    model = gs.export_onnx(graph, do_type_check=False)
-    return model
+    """``graph`` as a model, with what gs dropped on import put back (``protoio.export_graph``)."""
+    return export_graph(graph)
 
 
 def symbolic_shape_inference():
@@ -528,6 +529,8 @@ def _infer_uncached(model: onnx.ModelProto) -> onnx.ModelProto:
     if probed is not None:
         return probed
     inferred = _symbolic_infer(model)
+    if inferred is not None and _drop_unsound(model, inferred[0]):
+        inferred = (inferred[0], False)  # ONNX's inference may complete what was dropped
     complete = inferred is not None and inferred[1]
     if complete:
         return inferred[0]
@@ -556,6 +559,185 @@ def _symbolic_infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool] | No
         return inference.out_mp_, bool(complete)
     except Exception:
         return None
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    """``graph`` and every subgraph in it (If / Loop / Scan bodies, nested ones too)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _graphs(g)
+
+
+def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
+    """Correct (in place) the shapes of ``inferred``, onnxruntime's symbolic inference of ``model``, where a sound
+    source contradicts them; the number of annotations changed.
+
+    Symbolic inference guesses where it cannot evaluate: a Split whose lengths are computed is split evenly
+    (RotaryEmbedding's expanded function: an 8-wide head "split" into 4 + 4 when it is 8 + 0), a symbol is merged
+    with another it meets (the batch of ``position_ids`` taken for the batch of ``input``). Passes take static
+    dims as facts (fold_constants folds the shape arithmetic they decide), so one wrong dim becomes an invalid or
+    wrong model. The main graph's annotations are followed in node order, each checked against
+
+    - ONNX's per-node inference from the node's inputs as already checked (and the values of small constants):
+      a static dim it gives wins; after an input that had to be corrected, only what it gives is kept (what
+      symbolic inference derived from a wrong dim is wrong too);
+    - probing's concrete runs (``shape_probe.probe_runs``: ONNX's inference and the shape arithmetic evaluated at
+      two sizes of the symbolic input dims, as far as they get): a static dim must have that value in both runs,
+      a dim named after input symbols (``N``, ``2*N``) the value it names in each; a contradicted dim takes
+      what the runs show (static, a multiple of a symbol, or unknown);
+    - ONNX's own inference of the whole ``model`` (data propagation on): a static dim there wins, a different rank
+      drops the shape.
+
+    Subgraph annotations get the last check. A contradicted element type drops the annotation. What the model
+    itself declares (its outputs' and value infos' types) is left as declared."""
+    from .shape_probe import probe_runs
+
+    declared = {vi.name: vi.type.SerializeToString()
+                for g in _graphs(model.graph) for vi in (*g.input, *g.output, *g.value_info)}
+    try:
+        runs = probe_runs(model)
+    except Exception:  # noqa: BLE001 - the checks are best effort; the others still apply
+        runs = []
+    (sizes_a, a), (sizes_b, b) = (runs * 2)[:2] if runs else (({}, {}), ({}, {}))
+    try:
+        whole = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+        onnx_types: dict[str, onnx.TypeProto | None] = {}
+        for g in _graphs(whole):
+            for vi in (*g.value_info, *g.output):
+                # A name typed differently in two scopes is checked against neither.
+                onnx_types[vi.name] = vi.type if onnx_types.get(vi.name, vi.type) == vi.type else None
+    except Exception:  # noqa: BLE001
+        onnx_types = {}
+
+    def named(param: str, sizes: dict[str, int]) -> int | None:
+        """The value of a dim named ``param`` at ``sizes`` (symbolic inference writes sympy expressions: ``N``,
+        ``2*N``, ``N + 1``), None when it names anything else (a symbol of its own)."""
+        if param in sizes:
+            return sizes[param]
+        if not sizes or not any(name in param for name in sizes):
+            return None
+        try:
+            import sympy
+
+            expr = sympy.sympify(param, locals={name: sympy.Symbol(name) for name in sizes})
+            if not {str(f) for f in expr.free_symbols} <= set(sizes):
+                return None
+            value = expr.subs({sympy.Symbol(k): v for k, v in sizes.items()})
+            return int(value) if value.is_integer else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    def from_runs(d: onnx.TensorShapeProto.Dimension, da: int, db: int) -> None:
+        """Set ``d`` to what the two runs show: static, ``k*symbol``, or unknown."""
+        if da == db:
+            d.dim_value = da
+            return
+        sym = next((s for s in sizes_a if da % sizes_a[s] == 0 and db % sizes_b[s] == 0
+                    and da // sizes_a[s] == db // sizes_b[s]), None)
+        if sym is None:
+            d.Clear()
+        else:
+            k = da // sizes_a[sym]
+            d.dim_param = sym if k == 1 else f"{k}*{sym}"
+
+    def check(vi: onnx.ValueInfoProto, node_ref: onnx.TypeProto | None, tainted: bool) -> bool:
+        """Correct ``vi`` in place; whether it changed."""
+        t = vi.type
+        if not t.HasField("tensor_type") or declared.get(vi.name) == t.SerializeToString():
+            return False
+        before = t.SerializeToString()
+        tt = t.tensor_type
+        concrete = (a[vi.name], b[vi.name]) if vi.name in a and vi.name in b else None
+        whole_ref = onnx_types.get(vi.name)
+        refs = [r.tensor_type for r in (node_ref, whole_ref) if r is not None and r.HasField("tensor_type")]
+        if any(r.elem_type and tt.elem_type and r.elem_type != tt.elem_type for r in refs) or (
+                concrete is not None and tt.elem_type and concrete[0][0] != tt.elem_type):
+            vi.ClearField("type")  # nothing of it can be trusted: as declared (an output), or gone (a value info)
+            if declared.get(vi.name):
+                vi.type.ParseFromString(declared[vi.name])
+            return True
+        node_tt = refs[0] if node_ref is not None and refs and node_ref.HasField("tensor_type") else None
+        if tainted:  # derived from a wrong annotation: only what ONNX's node inference gives
+            if node_tt is not None and node_tt.HasField("shape"):
+                tt.shape.CopyFrom(node_tt.shape)
+            else:
+                tt.ClearField("shape")
+        for r in refs:
+            if not r.HasField("shape"):
+                continue
+            if not tt.HasField("shape") or len(tt.shape.dim) != len(r.shape.dim):
+                if r is node_tt:
+                    tt.shape.CopyFrom(r.shape)
+                elif tt.HasField("shape"):
+                    tt.ClearField("shape")
+                continue
+            for d, rd in zip(tt.shape.dim, r.shape.dim):
+                if rd.HasField("dim_value") and not (d.HasField("dim_value") and d.dim_value == rd.dim_value):
+                    d.dim_value = rd.dim_value
+        if concrete is not None:
+            dims_a, dims_b = concrete[0][1], concrete[1][1]
+            if not tt.HasField("shape") or len(tt.shape.dim) != len(dims_a):
+                tt.ClearField("shape")
+                tt.shape.SetInParent()
+                for _ in dims_a:
+                    tt.shape.dim.add()
+            for d, da, db in zip(tt.shape.dim, dims_a, dims_b):
+                if d.HasField("dim_value"):
+                    ok = da == db == d.dim_value
+                elif d.dim_param:
+                    va, vb = named(d.dim_param, sizes_a), named(d.dim_param, sizes_b)
+                    ok = (va is None and da != db) or (va == da and vb == db)
+                else:
+                    ok = False  # unknown: the runs may know it
+                if not ok:
+                    from_runs(d, da, db)
+        return t.SerializeToString() != before
+
+    g = inferred.graph
+    annotated = {vi.name: vi for vi in (*g.value_info, *g.output)}
+    types: dict[str, onnx.TypeProto] = {init.name: onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
+                                        for init in g.initializer}
+    types.update({vi.name: vi.type for vi in (*g.input, *g.value_info, *g.output)})
+    data = {t.name: t for t in g.initializer if not t.external_data and t.ByteSize() < 1 << 16}
+    opsets = {o.domain or "ai.onnx": o.version for o in inferred.opset_import}
+    corrected: set[str] = set()
+    for node in g.node:
+        if node.op_type == "Constant" and not node.domain and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and attr.t.ByteSize() < 1 << 16:
+                    value = onnx.TensorProto()
+                    value.CopyFrom(attr.t)
+                    value.name = node.output[0]
+                    data[node.output[0]] = value
+        got: dict[str, onnx.TypeProto] = {}
+        if not any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opsets[node.domain or "ai.onnx"], node.domain)
+                got = onnx.shape_inference.infer_node_outputs(
+                    schema, node, {i: types[i] for i in node.input if i in types},
+                    {i: data[i] for i in node.input if i in data})
+            except Exception:  # noqa: BLE001 - no schema (a custom op), an input left untyped: nothing to add
+                got = {}
+        tainted = any(i in corrected for i in node_inputs(node))
+        for name in node.output:
+            vi = annotated.get(name)
+            if vi is not None and check(vi, got.get(name), tainted):
+                corrected.add(name)
+    main = set(annotated)
+    for sub in _graphs(g):
+        for vi in (*sub.value_info, *sub.output):
+            if sub is not g or vi.name not in main or not any(vi.name in n.output for n in g.node):
+                if check(vi, None, False):
+                    corrected.add(vi.name)
+    # A value info left with no type says nothing: remove it.
+    for sub in _graphs(g):
+        kept = [vi for vi in sub.value_info if vi.HasField("type")]
+        if len(kept) != len(sub.value_info):
+            del sub.value_info[:]
+            sub.value_info.extend(kept)
+    return len(corrected)
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:

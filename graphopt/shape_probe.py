@@ -30,7 +30,7 @@ from onnx import numpy_helper
 
 from .protoio import WEIGHT_MIN_BYTES, copy_fields
 
-__all__ = ["probe_infer", "slice_range"]
+__all__ = ["probe_infer", "probe_runs", "slice_range"]
 
 # The concrete sizes given to the i-th symbolic input dim: _FIRST[i] in the first run, _SECOND[i] in the second.
 # Primes, so a multiple of one symbol's size is not mistaken for another's; the runs' sizes far apart, so a
@@ -72,6 +72,37 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return _merged(model, runs)
 
 
+def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
+    """What probing evaluates, as far as it gets: ``[(sizes, shapes)]`` for two runs at different sizes of the
+    symbolic input dims (one run when there is none), ``shapes`` giving the element type and concrete dims of each
+    main-graph node output that ONNX's inference and the shape arithmetic determine at those sizes. Unlike
+    ``probe_infer`` it stops at nothing: a node it cannot infer (a custom op, a subgraph, an inconsistency at these
+    sizes) only leaves its outputs, and whatever depends on them, out; an input dim with no name gets its own
+    symbol; the graph outputs' declared shapes are not imposed (a stale static batch there would make every other
+    size fail). ``ir.infer_shapes`` checks onnxruntime's symbolic inference against it. ``[]`` when there are too
+    many symbols."""
+    light = _weightless(model)
+    symbols: dict[str, int] = {}
+    for vi in light.graph.input:
+        if not vi.type.tensor_type.HasField("shape"):
+            continue
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                if not d.dim_param:
+                    d.dim_param = f"unk__probe_input_{vi.name}_{k}"
+                symbols.setdefault(d.dim_param, len(symbols))
+    if len(symbols) > len(_FIRST):
+        return []
+    for vi in light.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    runs = []
+    for run in range(2 if symbols else 1):
+        sizes = {name: (_FIRST, _SECOND)[run][i] for name, i in symbols.items()}
+        runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
+    return runs
+
+
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with each initializer of 1 KiB or more (or in external data) made a typed graph input: inference
     needs its type and shape, not its bytes, and the probe copies the model per run. Integer tensors small enough
@@ -93,8 +124,9 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 Known = dict[str, tuple[int, tuple[int, ...]]]  # tensor -> (element type, dims), for the completely typed
 
 
-def _concrete(model: onnx.ModelProto, sizes: dict[str, int]) -> Known | None:
-    """Every node output's element type and dims at these sizes, or None when some stays unknown."""
+def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = False) -> Known | None:
+    """Every node output's element type and dims at these sizes, or None when some stays unknown. ``partial``:
+    whatever is known, a node ONNX cannot infer (or an inconsistent whole) leaving its outputs unknown."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -105,7 +137,9 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int]) -> Known | None:
     try:
         g = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph
     except Exception:  # noqa: BLE001 - inconsistent at these sizes (or an error ONNX raises): not probed
-        return None
+        if not partial:
+            return None
+        g = probe.graph  # node by node below, as far as each node allows
     types = {vi.name: vi.type for vi in (*g.input, *g.value_info, *g.output)}  # complete or not
     known: Known = {}
     for name, t in types.items():
@@ -130,11 +164,16 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int]) -> Known | None:
                         protos[i] = numpy_helper.from_array(values[i], i)
                     data[i] = protos[i]
             try:
+                if partial and any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                   for a in node.attribute):
+                    raise ValueError("a subgraph: not inferred node by node")
                 schema = onnx.defs.get_schema(node.op_type, opsets[node.domain or "ai.onnx"], node.domain)
                 inferred = onnx.shape_inference.infer_node_outputs(
                     schema, node, {i: types[i] for i in node.input if i in types}, data)
             except Exception:  # noqa: BLE001 - no schema (a custom op) or inference fails: not probed
-                return None
+                if not partial:
+                    return None
+                inferred = {}
             for name, t in inferred.items():
                 types[name] = t
                 _learn(known, name, t)
@@ -149,7 +188,7 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int]) -> Known | None:
     # the running statistics of a BatchNormalization exported in training mode, may stay unknown).
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     outputs = [o for n in model.graph.node for o in n.output if o]
-    if all(o in known for o in outputs if o in read):
+    if partial or all(o in known for o in outputs if o in read):
         return {o: known[o] for o in outputs if o in known}
     return None
 
