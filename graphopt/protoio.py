@@ -20,6 +20,7 @@ Fields may come in any order and a parser merges them, so concatenating encoded 
 """
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import onnx_graphsurgeon as gs
 from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
-           "graph_from_split", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
+           "graph_from_split", "import_graph", "export_graph", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
            "little_endian", "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
@@ -360,9 +361,195 @@ def split_model(model: onnx.ModelProto) -> SplitModel:
 # ---------------------------------------------------------------------------------------------------------- graph
 
 
+# ---------------------------------------------------------------------------------------------------- fidelity
+#
+# onnx-graphsurgeon does not hold everything a valid model may carry. Its importer skips attributes of the types
+# it has no Python form for (TYPE_PROTO, as Optional's ``type``; TYPE_PROTOS, TENSORS, SPARSE_TENSOR(S)) and
+# nodes' doc strings and metadata; its exporter raises on optional-typed (and map-typed) tensors, writes sequence
+# types without their element's shape, and leaves out the model's and graph's metadata_props and the model's
+# training info. ``import_graph`` and ``export_graph`` (the one place graphopt converts) keep what it drops:
+#
+# - a skipped attribute goes back into ``node.attrs`` as its protobuf value (``onnx.helper.make_attribute``, which
+#   gs's exporter calls for values it does not know, writes it as it was), in the node's attribute order;
+# - each tensor with a value info remembers its type as read, with the (dtype, shape, kind) gs made of it: on
+#   export, a tensor no pass changed gets its type back exactly (an optional type too, exported by gs as an
+#   untyped placeholder); one a pass retyped is gs's, and gs cannot write a changed optional or map type:
+#   refused with a ``UserError`` naming it;
+# - node doc strings and metadata, the graph's metadata_props and quantization annotations, and the model's
+#   fields (producer, doc string, metadata_props, model version, training info, functions) are put back.
+#
+# GRAPHS attributes (a list of subgraphs; no standard op has one) are refused on import: gs would hold their
+# bodies as raw protobuf, outside the graph its passes clean up.
+
+_SUPPORTED_KINDS = ("tensor_type", "sequence_type", "sparse_tensor_type")
+# Attribute types gs's importer skips, and the NodeProto field each value is in.
+_SKIPPED_ATTRS = {onnx.AttributeProto.TYPE_PROTO: "tp", onnx.AttributeProto.TYPE_PROTOS: "type_protos",
+                  onnx.AttributeProto.TENSORS: "tensors", onnx.AttributeProto.SPARSE_TENSOR: "sparse_tensor",
+                  onnx.AttributeProto.SPARSE_TENSORS: "sparse_tensors"}
+_NODE_EXTRAS = ("doc_string", "metadata_props", "overload", "device_configurations")
+_GRAPH_EXTRAS = ("metadata_props", "quantization_annotation")
+_MODEL_EXTRAS = ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string",
+                 "metadata_props", "training_info", "configuration")
+_SOURCE = "_graphopt_source"  # in a gs object's __dict__ (gs.Graph.__getattr__ treats other names as functions)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _signature(t) -> tuple:
+    shape = getattr(t, "shape", None)
+    return (str(getattr(t, "dtype", None)), None if shape is None else tuple(shape), getattr(t, "type", None))
+
+
+def _subset(msg, names) -> object:
+    keep = type(msg)()
+    present = {fd.name for fd, _ in msg.ListFields()}
+    copy_fields(msg, keep, skip=[fd.name for fd, _ in msg.ListFields() if fd.name not in names])
+    return keep if present & set(names) else None
+
+
+def _remember(proto: onnx.GraphProto, graph: gs.Graph, what: str) -> None:
+    """Record on ``graph`` what gs dropped from ``proto`` (see above); subgraphs too."""
+    graph.__dict__[_SOURCE] = _subset(proto, _GRAPH_EXTRAS)
+    tensors = graph.tensors()
+    by_name = {t.name: t for t in (*graph.inputs, *graph.outputs)}
+    for role, vis in (("input", proto.input), ("output", proto.output), ("value_info", proto.value_info)):
+        for vi in vis:
+            t = by_name.get(vi.name) if role != "value_info" else tensors.get(vi.name)
+            if t is not None and (role != "value_info" or isinstance(t, gs.Variable)):
+                t.__dict__.setdefault(_SOURCE, {})[id(graph)] = (role, vi.type.SerializeToString(), _signature(t))
+    if len(proto.node) != len(graph.nodes):
+        raise _Refused(f"its nodes ({len(proto.node)} read, {len(graph.nodes)} imported)")
+    for p, n in zip(proto.node, graph.nodes):
+        skipped = {a.name: a for a in p.attribute if a.type in _SKIPPED_ATTRS and not a.ref_attr_name}
+        for a in p.attribute:
+            if a.type == onnx.AttributeProto.GRAPHS:
+                raise _Refused(f"a GRAPHS attribute ({a.name!r}, node {p.name or p.op_type!r})")
+        if skipped:
+            attrs = collections.OrderedDict()
+            for a in p.attribute:
+                if a.name in skipped:
+                    attrs[a.name] = onnx.helper.get_attribute_value(a)
+                elif a.name in n.attrs:
+                    attrs[a.name] = n.attrs[a.name]
+            attrs.update((k, v) for k, v in n.attrs.items() if k not in attrs)
+            n.attrs = attrs
+        extras = _subset(p, _NODE_EXTRAS)
+        if extras is not None:
+            n.__dict__[_SOURCE] = extras
+        for a in p.attribute:
+            if a.type == onnx.AttributeProto.GRAPH and isinstance(n.attrs.get(a.name), gs.Graph):
+                _remember(a.g, n.attrs[a.name], what)
+
+
+def _unsupported(graph: gs.Graph) -> list:
+    """The tensors of ``graph`` (and its subgraphs) whose type gs cannot write, each once."""
+    found: dict[int, gs.Variable] = {}
+    for g in (graph, *graph.subgraphs(recursive=True)):
+        for t in (*g.tensors().values(), *g.inputs, *g.outputs):
+            if isinstance(t, gs.Variable) and t.dtype is not None and getattr(t, "type", "tensor_type") \
+                    not in _SUPPORTED_KINDS:
+                found[id(t)] = t
+    return list(found.values())
+
+
+def _restore(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Put back into ``proto`` (gs's export of ``graph``) what ``_remember`` recorded; subgraphs too."""
+    extras = graph.__dict__.get(_SOURCE)
+    if extras is not None:
+        for name in _GRAPH_EXTRAS:
+            proto.ClearField(name)
+        names = {t for t in graph.tensors()}
+        for fd, value in extras.ListFields():
+            if fd.name == "quantization_annotation":
+                proto.quantization_annotation.extend(q for q in value if q.tensor_name in names)
+            else:
+                getattr(proto, fd.name).extend(value)
+    vis = {vi.name: vi for vi in (*proto.input, *proto.output, *proto.value_info)}
+    seen: set[int] = set()
+    for t in (*graph.inputs, *graph.outputs, *graph.tensors().values()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        source = t.__dict__.get(_SOURCE, {}).get(id(graph))
+        if source is None or source[2] != _signature(t):
+            continue
+        role, type_bytes, _ = source
+        vi = vis.get(t.name)
+        if vi is None:
+            if role != "value_info" or not isinstance(t, gs.Variable):
+                continue
+            vi = proto.value_info.add(name=t.name)
+            vis[t.name] = vi
+        vi.ClearField("type")
+        if type_bytes:
+            vi.type.ParseFromString(type_bytes)
+    for n, p in zip(graph.nodes, proto.node):
+        node_extras = n.__dict__.get(_SOURCE)
+        if node_extras is not None:
+            for name in _NODE_EXTRAS:
+                p.ClearField(name)
+            p.MergeFrom(node_extras)
+        for a in p.attribute:
+            if a.type == onnx.AttributeProto.GRAPH and isinstance(n.attrs.get(a.name), gs.Graph):
+                _restore(n.attrs[a.name], a.g)
+
+
+def import_graph(model: onnx.ModelProto, what: str = "model") -> gs.Graph:
+    """``gs.import_onnx(model)``, keeping what gs drops for ``export_graph`` to put back; a model gs cannot hold
+    faithfully is refused with a one-line ``UserError``."""
+    graph = gs.import_onnx(model)
+    try:
+        _remember(model.graph, graph, what)
+    except _Refused as e:
+        raise UserError(f"{what}: onnx-graphsurgeon cannot hold {e}; graphopt cannot rewrite this model") from None
+    model_extras = _subset(model, _MODEL_EXTRAS)
+    functions = list(model.functions)
+    graph.__dict__["_graphopt_model"] = (model_extras, functions)
+    return graph
+
+
+def export_graph(graph: gs.Graph, what: str = "model") -> onnx.ModelProto:
+    """``gs.export_onnx(graph)`` with what ``import_graph`` kept put back: the model as read wherever no pass
+    changed it. Raises a one-line ``UserError`` when a pass left a tensor of a type gs cannot write."""
+    held = []
+    try:
+        for t in _unsupported(graph):
+            sources = t.__dict__.get(_SOURCE, {})
+            if not sources or any(s[2] != _signature(t) for s in sources.values()):
+                kind = getattr(t, "type", "?").replace("_type", "")
+                producer = t.inputs[0].name if t.inputs else None
+                raise UserError(f"{what}: onnx-graphsurgeon cannot hold a changed {kind}-typed tensor {t.name!r}"
+                                + (f" (node {producer})" if producer else "")
+                                + "; graphopt cannot rewrite this model")
+            held.append((t, t.dtype))
+            t.dtype = None  # written as an untyped placeholder, its type restored below
+        # The restored types are matched by signature, which the placeholder changes: compare with dtype back.
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for t, dtype in held:
+            t.dtype = dtype
+    _restore(graph, model.graph)
+    kept = graph.__dict__.get("_graphopt_model")
+    if kept is not None:
+        model_extras, functions = kept
+        for name in _MODEL_EXTRAS:
+            model.ClearField(name)
+        if model_extras is not None:
+            model.MergeFrom(model_extras)
+        if functions:
+            original = {(f.domain, f.name, f.overload) for f in functions}
+            others = [f for f in model.functions if (f.domain, f.name, f.overload) not in original]
+            del model.functions[:]
+            model.functions.extend(functions)
+            model.functions.extend(others)
+    return model
+
+
 def graph_from_split(split: SplitModel) -> gs.Graph:
     """The onnx-graphsurgeon graph of ``split``; its constants hold ``split.weights``' arrays (not copies)."""
-    graph = gs.import_onnx(split.skeleton)
+    graph = import_graph(split.skeleton)
     tensors = graph.tensors()
     for name, arr in split.weights.items():
         c = tensors.get(name)
@@ -410,7 +597,7 @@ def split_graph(graph: gs.Graph) -> SplitModel:
             weights[c.name] = arr
             swapped.append((c, values))
             c._values = gs.ir.tensor.LazyValues(stub)  # noqa: SLF001
-        skeleton = gs.export_onnx(graph, do_type_check=False)
+        skeleton = export_graph(graph)
     finally:
         for c, values in swapped:
             c._values = values  # noqa: SLF001
