@@ -427,7 +427,7 @@ def _split_items(inp: Input, arr: np.ndarray, src: str) -> list[np.ndarray]:
     rank = len(inp.shape)
     if arr.ndim == rank + 1:
         _check_dims(inp, arr.shape[1:], src)
-        return list(arr)
+        return [np.asarray(x) for x in arr]  # a scalar item stays a 0-d array
     if arr.ndim == rank and rank > 0:
         _check_dims(inp, (inp.shape[0], *arr.shape[1:]), src)
         b = inp.shape[0]
@@ -474,12 +474,14 @@ def _data_shape(spec: InputSpec, rank: int) -> tuple[int, ...] | None:
 
 
 def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
-                   dims: Mapping[str, int] | None = None, paths: Mapping[str, str] | None = None) -> InputPlan:
+                   dims: Mapping[str, int] | None = None, paths: Mapping[str, str] | None = None,
+                   dim_default: int | None = None) -> InputPlan:
     """Merge ``specs`` (what the user said) with ``model``'s real inputs into an ``InputPlan``.
 
     ``where`` prefixes errors (``recipes/x.yaml``); ``paths`` names each spec where the user wrote it (input name
     -> ``inputs[1]``, ``input``, ``--input x:1,2``), so errors point there. ``dims``: values for symbolic dim names (overrides the
-    defaults, not a shape given). Errors (``UserError``, one line naming the input and what the model expects): a
+    defaults, not a shape given); ``dim_default``: the value of every symbolic or unknown dim left unbound, batch
+    or not (``graphopt.testing`` uses 2). Errors (``UserError``, one line naming the input and what the model expects): a
     spec naming no input of the model, a dtype other than the model's, a shape of another rank or contradicting
     a fixed dim, a negative dim, an input graphopt cannot make values for (a sequence or map)."""
     specs = list(specs)
@@ -564,7 +566,8 @@ def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
     for m in model_ins:
         for k, d in enumerate(m.dims or ()):
             if isinstance(d, str) and d not in symbols:
-                symbols[d] = BATCH_DEFAULT if d in batch_symbols else DIM_DEFAULT
+                symbols[d] = dim_default if dim_default is not None else \
+                    BATCH_DEFAULT if d in batch_symbols else DIM_DEFAULT
     gathers = _gather_rows(skeleton)
     resolved = []
     for m in model_ins:
@@ -584,6 +587,7 @@ def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
             shape = tuple(s.shape)
         else:
             shape = tuple(d if isinstance(d, int) else symbols[d] if isinstance(d, str)
+                          else dim_default if dim_default is not None
                           else (BATCH_DEFAULT if k == 0 else DIM_DEFAULT) for k, d in enumerate(m.dims))
         kind, low, high, choices, note = _values(m, s, gathers.get(m.name))
         resolved.append(Input(m.name, m.dtype, shape, m, kind, low, high, choices,

@@ -10,18 +10,19 @@ recipe). Each ``assert_*`` raises ``AssertionError`` with the metrics when numer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from .inputs import InputSpec, merge_specs, model_inputs, resolve_inputs
 from .ir import to_graph, to_model
 from .pass_infra import Pass, PassResult
 from .recipe import Tolerance, load_recipe
-from .verify import Comparison, Runner, compare_outputs, make_inputs
+from .verify import Comparison, Runner, compare_outputs
 
 __all__ = ["model_from_text", "run_pass", "compare_models", "assert_pass_verified", "assert_pass_unchanged",
-           "assert_recipe_verified", "STRICT_FP32"]
+           "assert_recipe_verified", "STRICT_FP32", "InputSpec"]
 
 # fp32 rewrites that reorder no arithmetic should match to rounding noise.
 STRICT_FP32 = Tolerance(max_abs=1e-5, max_rel=None, cosine=0.999999, top1_agreement=1.0)
@@ -45,37 +46,40 @@ def run_pass(model: onnx.ModelProto, p: Pass) -> tuple[onnx.ModelProto, PassResu
     return to_model(graph), result
 
 
-def _input_shape(model: onnx.ModelProto, input_name: str | None, batch: int) -> tuple[str, list[int]]:
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    inp = next((i for i in inputs if i.name == input_name), None) if input_name else inputs[0]
-    assert inp is not None, f"model has no input {input_name!r}"
-    dims = [d.dim_value if d.HasField("dim_value") else batch for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
-
-
 def compare_models(a: onnx.ModelProto, b: onnx.ModelProto, *, input_name: str | None = None,
-                   shape: Sequence[int] | None = None, inputs: Sequence[np.ndarray] | None = None,
-                   samples: int = 2, seed: int = 0, tolerance: Tolerance = STRICT_FP32) -> Comparison:
-    """Run both models in onnxruntime on the same (seeded) inputs and compare every output."""
-    name, dims = _input_shape(a, input_name, batch=2)
+                   shape: Sequence[int] | None = None,
+                   inputs: Sequence[np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+                   samples: int = 2, seed: int = 0, tolerance: Tolerance = STRICT_FP32,
+                   specs: Sequence[InputSpec] = ()) -> Comparison:
+    """Run both models in onnxruntime on the same (seeded) inputs and compare every output.
+
+    ``inputs``: feeds (dicts name -> array, every input), or arrays for one input (``input_name``, default the
+    first). Without them, seeded feeds of every input of ``a`` (``graphopt.inputs``; each symbolic dim 2 unless
+    ``shape`` (of ``input_name``, default the first input) or ``specs`` say otherwise)."""
     if inputs is None:
-        inputs = make_inputs(shape or dims, samples, seed)
-    return compare_outputs(Runner(a, name).run(inputs), Runner(b, name).run(inputs), tolerance)
+        given = list(specs)
+        if shape is not None:
+            name = input_name or next((m.name for m in model_inputs(a)), None)
+            given.append(InputSpec(name, tuple(shape)))
+        inputs = resolve_inputs(a, merge_specs(given), dim_default=2).feeds(samples, seed)
+    return compare_outputs(Runner(a, input_name).run(inputs), Runner(b, input_name).run(inputs), tolerance)
 
 
 def assert_pass_verified(model: onnx.ModelProto, p: Pass, *, tolerance: Tolerance = STRICT_FP32,
                          input_name: str | None = None, shape: Sequence[int] | None = None,
-                         inputs: Sequence[np.ndarray] | None = None,
-                         expect_changed: bool = True) -> tuple[onnx.ModelProto, PassResult]:
+                         inputs: Sequence[np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+                         expect_changed: bool = True,
+                         specs: Sequence[InputSpec] = ()) -> tuple[onnx.ModelProto, PassResult]:
     """The checks every pass owes: it changes the model (or not, as expected), the result passes
     ``onnx.checker`` (full check) and loads in onnxruntime, outputs match within ``tolerance``, and a second run
-    changes nothing (idempotence)."""
+    changes nothing (idempotence). Models with any inputs: ``inputs``, ``shape`` and ``specs`` as
+    ``compare_models`` takes them."""
     out, result = run_pass(model, p)
     assert result.changed == expect_changed, (f"pass {p.name}: changed={result.changed}, expected "
                                               f"{expect_changed}; stats {result.stats}")
     onnx.checker.check_model(out, full_check=True)
-    cmp = compare_models(model, out, input_name=input_name, shape=shape, inputs=inputs, tolerance=tolerance)
+    cmp = compare_models(model, out, input_name=input_name, shape=shape, inputs=inputs, tolerance=tolerance,
+                         specs=specs)
     assert cmp.passed, f"pass {p.name} changed numerics: {cmp.describe()}"
     _, second = run_pass(out, p)
     assert not second.changed, f"pass {p.name} is not idempotent: second run changed the graph ({second.stats})"
