@@ -165,7 +165,10 @@ def _fingerprint(graph: gs.Graph) -> int:
     def tensor(t) -> int:
         if id(t) not in seen:
             lazy = getattr(t, "_values", None)
-            if isinstance(lazy, LazyValues) and lazy.tensor.data_type == onnx.TensorProto.STRING:
+            # (a sparse initializer's lazy values hold a SparseTensorProto, whose data type is its values')
+            proto = getattr(lazy, "tensor", None)
+            proto = getattr(proto, "values", proto)
+            if isinstance(lazy, LazyValues) and getattr(proto, "data_type", None) == onnx.TensorProto.STRING:
                 # Not loaded: onnx-graphsurgeon writes a loaded string array as raw_data, which strings cannot use,
                 # so loading one here would make an untouched model unexportable. Passes never write into strings.
                 seen[id(t)] = (t.name, id(lazy), t.export_dtype)

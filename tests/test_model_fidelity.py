@@ -149,12 +149,7 @@ def test_what_graphsurgeon_drops_survives_a_round_trip():
     assert {p.key: p.value for p in out.metadata_props} == {"author": "someone", "license": "MIT"}
 
 
-@pytest.mark.parametrize("sparse", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "pipeline._fingerprint reads .tensor.data_type of gs's SparseValues (a SparseTensorProto has none): "
-        "AttributeError on any model with a sparse initializer; pipeline.py is not this change's"))),
-])
+@pytest.mark.parametrize("sparse", [False, True])
 def test_model_with_everything_through_fold_constants(sparse):
     model = _everything_model(sparse)
     result = run_pipeline(model, [(get_pass("fold_constants")(), "passes[0]", "fail")], inputs=None, input_name=None)
