@@ -48,8 +48,13 @@ def _ops_table(before: Mapping[str, int], after: Mapping[str, int]) -> str:
 def report_markdown(report: Mapping[str, Any]) -> str:
     out = [f"# graphopt report: {report['recipe']['name']}", ""]
     src = report["source"]
+    inputs = report.get("inputs") or [report["input"]]
+    shown = ", ".join(f"`{i['name']}` {i.get('dtype', '') + ' ' if i.get('dtype') else ''}{i['shape']}"
+                      + (f" (values {i['values']}{' ' + str(i['range']) if 'range' in i else ''})"
+                         if len(inputs) > 1 or i.get("values") not in (None, "normal") else "")
+                      for i in inputs)
     out.append(f"Source: `{src['path']}` ({'cached export' if src.get('cached') else src['kind']}), "
-               f"input `{report['input']['name']}` {report['input']['shape']}.")
+               f"input{'s' if len(inputs) > 1 else ''} {shown}.")
     v = report.get("verification")
     if v:
         out.append(f"Verification: {v['samples']} batch(es) of {v['inputs']}, tolerance {v['tolerance']}.")
