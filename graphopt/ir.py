@@ -22,8 +22,9 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 
 from .errors import UserError
-from .protoio import (WEIGHT_MIN_BYTES, SplitModel, check_split, copy_fields, export_graph, external_location,
-                      import_graph, little_endian, read_split, split_graph, weights_as_inputs, write_inline)
+from .protoio import (WEIGHT_MIN_BYTES, SplitModel, adopt_graph, check_split, copy_fields, export_graph,
+                      external_location, import_graph, little_endian, read_split, split_graph, weights_as_inputs,
+                      write_inline)
 
 # onnx-graphsurgeon otherwise nags on every first log line that the optional `colored` package is missing.
 gs.logger.G_LOGGER.colors = False
@@ -815,6 +816,7 @@ def make_name(graph: gs.Graph, base: str) -> str:
 
 def replace_graph(graph: gs.Graph, new: gs.Graph) -> None:
     """Make ``graph`` hold ``new``'s contents, for passes that go through a ModelProto-level tool (onnxsim)."""
+    adopt_graph(graph, new)
     graph.nodes = new.nodes
     graph.inputs = new.inputs
     graph.outputs = new.outputs

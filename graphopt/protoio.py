@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
-           "graph_from_split", "import_graph", "export_graph", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
+           "graph_from_split", "import_graph", "export_graph", "adopt_graph", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
            "little_endian", "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
@@ -494,6 +494,18 @@ def _restore(graph: gs.Graph, proto: onnx.GraphProto) -> None:
         for a in p.attribute:
             if a.type == onnx.AttributeProto.GRAPH and isinstance(n.attrs.get(a.name), gs.Graph):
                 _restore(n.attrs[a.name], a.g)
+
+
+def adopt_graph(graph: gs.Graph, new: gs.Graph) -> None:
+    """What ``import_graph`` kept for ``new`` (imported from a tool's output, e.g. onnxsim's), made ``graph``'s:
+    ``graph`` is about to hold ``new``'s nodes and tensors (``ir.replace_graph``), and ``export_graph`` looks the
+    kept types up by the graph they were read in."""
+    for t in (*new.inputs, *new.outputs, *new.tensors().values()):
+        sources = t.__dict__.get(_SOURCE)
+        if sources and id(new) in sources:
+            sources[id(graph)] = sources.pop(id(new))
+    if _SOURCE in new.__dict__:
+        graph.__dict__[_SOURCE] = new.__dict__[_SOURCE]
 
 
 def import_graph(model: onnx.ModelProto, what: str = "model") -> gs.Graph:

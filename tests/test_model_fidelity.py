@@ -77,7 +77,7 @@ def test_optional_typed_models_round_trip_unchanged(name):
 
 
 @pytest.mark.parametrize("name", OPTIONAL_CASES)
-@pytest.mark.parametrize("pass_name", ["fold_constants", "infer_shapes"])
+@pytest.mark.parametrize("pass_name", ["fold_constants", "infer_shapes", "simplify"])
 def test_optional_typed_models_through_a_pass(name, pass_name):
     """Either a clean refusal or a valid model computing the same, on the case's own inputs."""
     case = _case(name)

@@ -51,9 +51,10 @@ def node_sweep(request):
     """Run the sweep once; print and write the table when the module is done."""
     rows, index, wall = nc.sweep(CONFIGS)
     lines = nc.table_lines(rows, LABELS)
+    variants = len({r.model for r in rows if r.model.endswith(nc.DYNAMIC_SUFFIX)})
     summary = (f"{len(index['kept'])} of {index['collected']} node test cases (onnxruntime loads and runs them), "
-               f"{len(CONFIGS)} pass configurations, {wall:.0f} s wall on {os.cpu_count()} "
-               "processes")
+               f"and {variants} of them again with a symbolic first dim (<name>{nc.DYNAMIC_SUFFIX}); "
+               f"{len(CONFIGS)} pass configurations, {wall:.0f} s wall on {os.cpu_count()} processes")
     out = REPO / "runs" / "node-corpus-table.md"
     failures = [f"{r.config}\t{r.model}\t{r.category}\t{r.detail}" for r in rows if r.category in nc.FAILURES]
     try:
@@ -83,11 +84,29 @@ def node_sweep(request):
 @pytest.mark.parametrize("label", LABELS)
 def test_pass_never_breaks_a_node_model(node_sweep, label):
     rows = node_sweep[label]
-    assert len(rows) > 1000, "the corpus lost most of its models"
+    fixed = [r for r in rows if not r.model.endswith(nc.DYNAMIC_SUFFIX)]
+    assert len(fixed) > 1000, "the corpus lost most of its models"
+    assert len(rows) - len(fixed) > 1000, "the symbolic-first-dim variants are missing"
     failures = [r for r in rows if r.category in nc.FAILURES]
-    note = " (fold_constants is being rewritten: see issue 14)" if label.startswith("fold_constants") else ""
-    assert not failures, f"{label}: {len(failures)} failure(s){note}:\n" + "\n".join(
+    assert not failures, f"{label}: {len(failures)} failure(s):\n" + "\n".join(
         f"  {r.model}: {r.category}: {r.detail}" for r in failures)
+
+
+def test_symbolic_first_dim_variant():
+    """The variant makes every input's first dim the symbol N and the outputs' dims unknown, nothing else, and
+    stays a valid model."""
+    variant = nc.symbolic_first_dim(ADD)
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in variant.graph.input]
+    assert dims == [["N"], ["N"]]
+    out = variant.graph.output[0].type.tensor_type
+    assert len(out.shape.dim) == 1 and not out.shape.dim[0].HasField("dim_value") and not out.shape.dim[0].dim_param
+    onnx.checker.check_model(variant, full_check=True)
+    assert variant.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [n.op_type for n in variant.graph.node] == ["Add"] and ADD.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    scalar = oh.make_model(oh.make_graph([oh.make_node("Neg", ["x"], ["y"])], "g",
+                                         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [])],
+                                         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])]))
+    assert nc.symbolic_first_dim(scalar) is None
 
 
 def test_every_registered_pass_is_swept():
