@@ -40,7 +40,7 @@ from .quiet import ort_log_severity
 __all__ = ["ToolFailed", "AtcJob", "PADDING_FILE", "OUTPUT_FORMATS", "find_atc", "ais_bench_command",
            "atc_jobs", "run_atc", "ais_bench_argv", "run_ais_bench", "parse_printed_summary", "load_summary_json",
            "find_ais_results", "read_output_file", "collect_outputs", "input_files", "latency_stats",
-           "OnnxRuntimeBackend", "TimingOptions"]
+           "OnnxRuntimeBackend", "TimingOptions", "BinInput", "read_item"]
 
 PADDING_FILE = "padding_infer_fake_file"  # ais_bench's name for the filler of a short last batch
 OUTPUT_FORMATS = ("BIN", "NPY", "TXT")
@@ -161,10 +161,7 @@ def atc_jobs(run_dir: str | Path, batch_sizes: Sequence[int]) -> list[AtcJob]:
             shape = _flag(argv, "input_shape")
             if shape is None:
                 raise UserError(f"{script}: the atc command has no --input_shape to set batch size {bs} in")
-            parts = shape[1].split(";")
-            name, dims = parts[0].rsplit(":", 1)
-            _set_flag(argv, "input_shape", ";".join([f"{name}:{','.join([str(bs), *dims.split(',')[1:]])}",
-                                                      *parts[1:]]))
+            _set_flag(argv, "input_shape", _with_batch(shape[1], bs, _batched_inputs(Path(run_dir))))
             out = _flag(argv, "output")
             if out is not None:
                 _set_flag(argv, "output", re.sub(r"(_bs\d+)?$", f"_bs{bs}", out[1], count=1))
@@ -173,6 +170,29 @@ def atc_jobs(run_dir: str | Path, batch_sizes: Sequence[int]) -> list[AtcJob]:
             raise UserError(f"{script}: an atc command has no --output")
         jobs.append(AtcJob(bs, tuple(argv), out[1], from_script))
     return jobs
+
+
+def _batched_inputs(run_dir: Path) -> set[str] | None:
+    """Names of the run's model inputs whose first dim is the batch (symbolic in ``model.onnx``); None when the
+    model cannot be read (then only the first input of ``--input_shape`` takes the batch, as before)."""
+    from .inputs import model_inputs
+
+    try:
+        return {m.name for m in model_inputs(run_dir / "model.onnx") if m.has_batch}
+    except Exception:
+        return None
+
+
+def _with_batch(input_shape: str, bs: int, batched: set[str] | None) -> str:
+    """``--input_shape`` (``a:1,3,224,224;b:1,16``) with ``bs`` as the first dim of every batched input."""
+    parts = []
+    for k, part in enumerate(input_shape.split(";")):
+        name, _, dims = part.rpartition(":")
+        values = dims.split(",") if dims else []
+        if values and values[0] and (name in batched if batched is not None else k == 0):
+            values[0] = str(bs)
+        parts.append(f"{name}:{','.join(values)}")
+    return ";".join(parts)
 
 
 def run_atc(run_dir: Path, jobs: Sequence[AtcJob], atc: str, log: Callable[[str], None] = _stderr) -> None:
@@ -202,9 +222,16 @@ def run_atc(run_dir: Path, jobs: Sequence[AtcJob], atc: str, log: Callable[[str]
 # ais_bench: running it and reading what it wrote
 
 
-def ais_bench_argv(prefix: Sequence[str], om: Path, inputs: Path, out_root: Path, dirname: str, outfmt: str,
-                   batch_size: int, warmup: int) -> list[str]:
-    return [*prefix, "--model", str(om), "--input", str(inputs), "--output", str(out_root),
+def ais_bench_argv(prefix: Sequence[str], om: Path, inputs: Path | Sequence[Path], out_root: Path, dirname: str,
+                   outfmt: str, batch_size: int, warmup: int) -> list[str]:
+    """ais_bench's command line. ``inputs``: one folder, or one folder per model input in the model's input order
+    (``--input dirA,dirB``: ais_bench pairs the i-th file of every folder, each folder in its natural order)."""
+    folders = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    for f in folders:
+        if "," in str(f):
+            raise UserError(f"--data {f}: ais_bench's --input separates folders with commas, so a folder's path "
+                            "cannot hold one; move or link the data elsewhere")
+    return [*prefix, "--model", str(om), "--input", ",".join(str(f) for f in folders), "--output", str(out_root),
             "--output_dirname", dirname, "--outfmt", outfmt, "--batchsize", str(batch_size),
             "--warmup_count", str(warmup)]
 
@@ -467,12 +494,56 @@ def _pad_pool_inputs(model_path: Path) -> bool:
                for n in model.graph.node)
 
 
+@dataclass(frozen=True)
+class BinInput:
+    """One model input as ``graphopt eval`` feeds it from files: each ``.bin`` / ``.npy`` holds one item of
+    ``item_shape`` in ``dtype`` (the model's); a batch stacks items along a new first axis, except for a rank-0
+    input (``stacked`` False), which takes the batch's first item as it is."""
+
+    name: str
+    dtype: str
+    item_shape: tuple[int, ...]
+    stacked: bool = True
+
+    @property
+    def item_nbytes(self) -> int:
+        from .inputs import np_dtype
+
+        return int(np.prod(self.item_shape, dtype=np.int64)) * np_dtype(self.dtype).itemsize
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.dtype} {list(self.item_shape)} per item)"
+
+
+def read_item(path: Path, inp: BinInput) -> np.ndarray:
+    """One item file of ``inp``: raw ``.bin`` in the input's dtype, or ``.npy`` (cast to it), shaped as an item.
+    A size or shape that does not fit is one line naming the file and the input."""
+    from .inputs import np_dtype
+
+    dt = np_dtype(inp.dtype)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--data {path}: not a readable .npy ({str(e).splitlines()[0]})") from None
+        if arr.size != int(np.prod(inp.item_shape, dtype=np.int64)):
+            raise UserError(f"--data {path}: shaped {list(arr.shape)}, but one item of input {inp.describe()} "
+                            f"holds {int(np.prod(inp.item_shape, dtype=np.int64))} values")
+        return np.asarray(arr).astype(dt).reshape(inp.item_shape)
+    size = path.stat().st_size
+    if size != inp.item_nbytes:
+        raise UserError(f"--data {path}: {size} bytes, but one item of input {inp.describe()} is "
+                        f"{inp.item_nbytes} bytes (prepared for another model or input?)")
+    return np.fromfile(path, dtype=dt).reshape(inp.item_shape)
+
+
 @dataclass
 class OnnxRuntimeBackend:
-    """Runs ``model.onnx`` with onnxruntime's CPU provider, full graph optimisations (what a deployment uses)."""
+    """Runs ``model.onnx`` with onnxruntime's CPU provider, full graph optimisations (what a deployment uses),
+    feeding every input in ``inputs`` (``BinInput``, the model's order)."""
 
     model_path: Path
-    input_name: str
+    inputs: Sequence[BinInput]
     threads: int | None = None
     session: Any = field(init=False)
     disabled_optimizers: tuple[str, ...] = field(init=False, default=())
@@ -491,8 +562,12 @@ class OnnxRuntimeBackend:
         except Exception as e:
             raise UserError(f"onnxruntime cannot load {self.model_path}: {str(e).splitlines()[0]}") from None
         names = [i.name for i in self.session.get_inputs()]
-        if self.input_name not in names:
-            raise UserError(f"{self.model_path}: no input {self.input_name!r} (inputs: {', '.join(names)})")
+        for inp in self.inputs:
+            if inp.name not in names:
+                raise UserError(f"{self.model_path}: no input {inp.name!r} (inputs: {', '.join(names)})")
+        missing = [n for n in names if n not in {i.name for i in self.inputs}]
+        if missing:
+            raise UserError(f"{self.model_path}: input {missing[0]!r} has no data")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def describe(self) -> dict[str, Any]:
@@ -503,60 +578,69 @@ class OnnxRuntimeBackend:
         return {"backend": "onnxruntime", "onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",
                 "device": "CPU", "threads": threads, "disabled_optimizers": list(self.disabled_optimizers)}
 
-    def run(self, batch_size: int, files: Sequence[Path], item_shape: Sequence[int], out_root: Path, dirname: str,
+    def run(self, batch_size: int, files: Mapping[str, Sequence[Path]], out_root: Path, dirname: str,
             outfmt: str = "BIN", timing: TimingOptions = TimingOptions(),
-            input_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
-        """Infer every file (batched as ais_bench batches them: a short last batch is padded with its first file),
-        write ``out_root/dirname/<stem>_<i>.<fmt>`` and ``out_root/dirname_summary.json``; returns both.
+            input_dirs: Sequence[Path] = ()) -> tuple[Path, dict[str, Any]]:
+        """Infer every item (``files``: input name -> its files, item k of every input at position k; batched as
+        ais_bench batches them: a short last batch is padded with its first item), write
+        ``out_root/dirname/<stem of the first input's file>_<i>.<fmt>`` and ``out_root/dirname_summary.json``;
+        returns both.
 
         Timed: ``session.run`` alone, on inputs already in memory; reading files and writing outputs are not.
         """
         folder = out_root / dirname
         folder.mkdir(parents=True, exist_ok=True)
-        shape = tuple(item_shape)
+        first_input = self.inputs[0].name
+        count = len(files[first_input])
 
-        def load(group: Sequence[Path]) -> np.ndarray:
-            arrays = [np.load(f, allow_pickle=False).astype(np.float32) if f.suffix.lower() == ".npy"
-                      else np.fromfile(f, dtype=np.float32) for f in group]
-            arrays = [a.reshape(shape) for a in arrays]
-            arrays += [arrays[0]] * (batch_size - len(arrays))
-            return np.stack(arrays)
+        def load(start: int) -> dict[str, np.ndarray]:
+            feed = {}
+            for inp in self.inputs:
+                group = [read_item(Path(f), inp) for f in files[inp.name][start:start + batch_size]]
+                if not inp.stacked:
+                    feed[inp.name] = group[0]
+                    continue
+                group += [group[0]] * (batch_size - len(group))
+                feed[inp.name] = np.stack(group)
+            return feed
 
-        groups = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
+        starts = list(range(0, count, batch_size))
         run = self.session.run
         names = self.output_names
-        feed_name = self.input_name
-        first = load(groups[0])
+        first = load(0)
         for _ in range(timing.warmup):
-            run(names, {feed_name: first})
+            run(names, first)
         times: list[float] = []
-        cache: list[np.ndarray] = []
+        cache: list[dict[str, np.ndarray]] = []
         cache_bytes = 0
         filesinfo: dict[str, Any] = {}
         sample = 0
         wall0 = time.perf_counter()
-        for gi, group in enumerate(groups):
-            x = first if gi == 0 else load(group)
+        for gi, start in enumerate(starts):
+            feed = first if gi == 0 else load(start)
             t0 = time.perf_counter()
-            outs = run(names, {feed_name: x})
+            outs = run(names, feed)
             times.append((time.perf_counter() - t0) * 1e3)
             if cache_bytes < 256 << 20:  # keep a few batches for the timing loop
-                cache.append(x)
-                cache_bytes += x.nbytes
-            for j, f in enumerate(group):
+                cache.append(feed)
+                cache_bytes += sum(x.nbytes for x in feed.values())
+            for j, f in enumerate(files[first_input][start:start + batch_size]):
                 outfiles = []
                 for k, o in enumerate(outs):
                     path = folder / f"{_stem(f)}_{k}.{outfmt.lower()}"
-                    _save(path, np.asarray(o)[j:j + 1], outfmt)
+                    o = np.asarray(o)
+                    _save(path, o[j:j + 1] if o.ndim else o, outfmt)
                     outfiles.append(str(path))
-                filesinfo[str(sample)] = {"infiles": [str(f)], "outfiles": outfiles}
+                # one file per model input, as ais_bench lists a sample
+                filesinfo[str(sample)] = {"infiles": [str(files[i.name][start + j]) for i in self.inputs],
+                                          "outfiles": outfiles}
                 sample += 1
         i = 0
         total_ms = sum(times)
         while len(times) < timing.min_iterations or total_ms < timing.min_seconds * 1e3:
             if time.perf_counter() - wall0 > timing.max_seconds and len(times) >= 3:
                 break
-            feed = {feed_name: cache[i % len(cache)]}
+            feed = cache[i % len(cache)]
             i += 1
             t0 = time.perf_counter()
             run(names, feed)
@@ -565,21 +649,22 @@ class OnnxRuntimeBackend:
             total_ms += dt
         stats = latency_stats(times)
         idle = {"min": 0.0, "max": 0.0, "mean": 0.0, "median": 0.0, "percentile(99%)": 0.0, "count": 0}
+        dirs = [str(d) for d in input_dirs] or sorted({str(Path(fs[0]).parent) for fs in files.values() if fs})
         summary = {
             "NPU_compute_time": {k: v for k, v in stats.items() if k not in ("p50", "p90")},
             "H2D_latency": dict(idle),
             "D2H_latency": dict(idle),
             "throughput": 1000.0 * batch_size / stats["mean"] if stats["mean"] else 0.0,
             "filesinfo": filesinfo,
-            "args": {"model": str(self.model_path), "input": str(input_dir or (files[0].parent if files else "")),
+            "args": {"model": str(self.model_path), "input": ",".join(dirs),
                      "output": str(out_root), "output_dirname": dirname, "outfmt": outfmt,
                      "batchsize": batch_size, "warmup_count": timing.warmup, "loop": 1},
             "npu_compute_time_list": times,
             "pid": os.getpid(),
             "graphopt": {**self.describe(), "warmup_calls": timing.warmup, "timed_calls": len(times),
-                         "timed": "onnxruntime session.run only (CPU, float32 input already in memory); "
+                         "timed": "onnxruntime session.run only (CPU, inputs already in memory); "
                                   "excludes reading .bin files, preprocessing and writing outputs",
-                         "dataset_calls": len(groups)},
+                         "dataset_calls": len(starts)},
         }
         (out_root / f"{dirname}_summary.json").write_text(json.dumps(summary))
         return folder, summary

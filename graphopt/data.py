@@ -20,6 +20,15 @@ every ``.bin`` whose size is right (an interrupted run resumes; files are writte
 so a partial file never looks complete). Unreadable images are skipped, counted and listed, never silently.
 ``DIR`` must be new, empty, or a folder graphopt data wrote (its ``data.json``); anything else is refused before
 any image is read, so files graphopt did not write are never touched.
+
+Models with several inputs take one sub-folder per input, ``DIR/<input>/`` (the input's name with every character
+other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``: ``input_folder_name``), item k of every input
+in files of the same name. ``graphopt data folder ... -o DIR/<image input>`` writes the image input's;
+``npz`` (``prepare_npz``) writes the others from an ``.npz`` holding one array per input name, the first axis the
+items (a tokenizer's output saved with ``numpy.savez``): one raw ``.bin`` per item per input, in the model's input
+dtype (``--model`` checks and casts; values that would change are refused), named ``item_<k>`` or after the
+files of ``--names-from FOLDER`` (the image input's folder, so names match across inputs); an array named
+``labels`` (one integer per item) becomes ``labels.txt``.
 """
 from __future__ import annotations
 
@@ -41,13 +50,19 @@ from .errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "GROUND_TRUTH_FILES", "Item", "DataResult", "preprocess_image", "read_labels_file",
            "load_cifar_batch", "imagenet_items", "cifar10_items", "folder_items", "write_dataset", "prepare_data",
-           "natural_key", "check_data_output", "add_cli"]
+           "natural_key", "check_data_output", "input_folder_name", "prepare_npz", "add_cli"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
 GROUND_TRUTH_FILES = ("ILSVRC2012_validation_ground_truth.txt", "val_label.txt")
 DATA_FORMAT = "graphopt-data-1"
 LABELS_FILE = "labels.txt"
 META_FILE = "data.json"
+
+
+def input_folder_name(name: str) -> str:
+    """The sub-folder of a data folder holding input ``name``'s files (``graphopt eval`` looks for it there)."""
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return folder if folder not in ("", ".", "..") else f"input_{folder.replace('.', '_')}"
 
 
 def natural_key(text: str) -> list:
@@ -561,10 +576,170 @@ def prepare_data(kind: str, src: str | Path, outdir: str | Path, recipe_path: st
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Non-image inputs: an .npz with one array per input name
+
+
+def _npz_model_inputs(model: str | Path) -> dict[str, Any]:
+    from .inputs import model_inputs
+
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise UserError(f"--model {model}: no such ONNX file or run directory (with model.onnx)")
+    try:
+        return {m.name: m for m in model_inputs(path)}
+    except Exception as e:
+        raise UserError(f"--model {path}: cannot be read as ONNX ({str(e).splitlines()[0] if str(e) else e})") from None
+
+
+def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None = None,
+                names_from: str | Path | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Write ``DIR/<input>/<item>.bin`` for every array of ``src`` (see the module docstring); returns a summary
+    (``inputs``: name -> {folder, dtype, item_shape}, ``items``, ``labelled``, ``missing``: model inputs the file
+    does not hold)."""
+    from .inputs import _name_of_array, np_dtype
+
+    src, outdir = Path(src), Path(outdir)
+    if not src.is_file():
+        raise UserError(f"data npz {src}: no such file")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise UserError(f"data npz {src}: a single array; expected an .npz with one array per input name")
+            arrays = {k: z[k] for k in z.files}
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"data npz {src}: not a readable .npz ({str(e).splitlines()[0] if str(e) else e})") from None
+    model_ins = _npz_model_inputs(model) if model is not None else None
+    labels = arrays.pop("labels") if "labels" in arrays and (model_ins is None or "labels" not in model_ins) else None
+    if not arrays:
+        raise UserError(f"data npz {src}: holds no input arrays")
+    counts = {k: (a.shape[0] if a.ndim else None) for k, a in arrays.items()}
+    for k, n in counts.items():
+        if n is None:
+            raise UserError(f"data npz {src}: array {k!r} is a scalar; the first axis must be the items")
+    n = next(iter(counts.values()))
+    for k, c in counts.items():
+        if c != n:
+            raise UserError(f"data npz {src}: array {k!r} holds {c} items, {next(iter(counts))!r} holds {n} "
+                            "(the first axis is the items: every array needs the same number)")
+    if labels is not None and (labels.shape != (n,) or labels.dtype.kind not in "iu"):
+        raise UserError(f"data npz {src}: 'labels' should be {n} integers (one class per item), found "
+                        f"{labels.dtype} {list(labels.shape)}")
+    out: dict[str, np.ndarray] = {}
+    for k, a in arrays.items():
+        if a.dtype.kind in "OUSV":
+            raise UserError(f"data npz {src}: array {k!r} is {a.dtype}; .bin files hold numbers")
+        if model_ins is not None:
+            m = model_ins.get(k)
+            if m is None:
+                raise UserError(f"data npz {src}: array {k!r} is not an input of the model "
+                                f"(inputs: {', '.join(model_ins) or 'none'}; 'labels' holds the classes)")
+            if m.dtype is None or m.dtype == "string":
+                raise UserError(f"data npz {src}: input {k!r} is {m.describe()}: .bin files hold numbers")
+            want = np_dtype(m.dtype)
+            if a.dtype != want:
+                cast = a.astype(want)
+                if want.kind in "biu" and not np.array_equal(cast, a):
+                    raise UserError(f"data npz {src}: array {k!r} is {_name_of_array(a)} with values that "
+                                    f"{m.dtype} cannot hold; the model expects {m.describe()}")
+                a = cast
+            if m.dims is not None:
+                if a.ndim - 1 != max(len(m.dims) - 1, 0):  # an item: the input without its first (batch) dim
+                    raise UserError(f"data npz {src}: array {k!r} items are {list(a.shape[1:])}, the model "
+                                    f"expects {m.describe()} (the first axis of the array is the items)")
+                for d, g in zip(m.dims[1:], a.shape[1:]):
+                    if isinstance(d, int) and d != g:
+                        raise UserError(f"data npz {src}: array {k!r} items are {list(a.shape[1:])}, the model "
+                                        f"expects {m.describe()}")
+        out[k] = a
+    if names_from is not None:
+        folder = Path(names_from)
+        if not folder.is_dir():
+            raise UserError(f"--names-from {folder}: no such folder")
+        found = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".bin", ".npy") and p.is_file()),
+                       key=lambda p: natural_key(str(p)))
+        names = [p.name.split(".")[0] for p in found]
+        if len(names) != n:
+            raise UserError(f"--names-from {folder}: {len(names)} .bin/.npy files, but {src} holds {n} items "
+                            "(item k takes the k-th file's name, in natural order)")
+    else:
+        width = max(6, len(str(n - 1)))
+        names = [f"item_{i:0{width}d}" for i in range(n)]
+    if limit:
+        names = names[:limit]
+        out = {k: a[:limit] for k, a in out.items()}
+        labels = labels[:limit] if labels is not None else None
+    folders = {k: outdir / input_folder_name(k) for k in out}
+    seen: dict[Path, str] = {}
+    for k, f in folders.items():
+        if f in seen:
+            raise UserError(f"data npz {src}: inputs {seen[f]!r} and {k!r} would share the folder {f}")
+        seen[f] = k
+        check_data_output(f)  # each input's folder: new, empty or graphopt data's; before anything is written
+    result: dict[str, Any] = {"outdir": outdir, "items": len(names), "labelled": 0 if labels is None else len(names),
+                              "inputs": {}, "missing": [m for m in (model_ins or {}) if m not in out]}
+    for k, a in out.items():
+        folder = folders[k]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from .ir import write_error
+
+            raise write_error(folder, e) from None
+        dtype = _name_of_array(a)
+        settings = {"kind": "npz", "source": str(src.resolve()), "input": k, "item_shape": list(a.shape[1:]),
+                    "dtype": dtype}
+        _write_json(folder / META_FILE, {"format": DATA_FORMAT, "settings": settings, "complete": False})
+        for old in folder.glob("*.bin"):
+            old.unlink()
+        for name, item in zip(names, a):
+            tmp = folder / f"{name}.bin.tmp-{os.getpid()}"
+            np.ascontiguousarray(item).tofile(tmp)
+            os.replace(tmp, folder / f"{name}.bin")
+        if labels is not None:
+            (folder / LABELS_FILE).write_text("".join(f"{nm}.bin {int(c)}\n" for nm, c in zip(names, labels)))
+        else:
+            (folder / LABELS_FILE).unlink(missing_ok=True)
+        _write_json(folder / META_FILE, {
+            "format": DATA_FORMAT, "settings": settings, "complete": True,
+            "layout": f"one raw {dtype} array of {list(a.shape[1:])} per .bin file, native byte order",
+            "files": len(names), "labelled": result["labelled"], "labels": LABELS_FILE if labels is not None else None,
+            "skipped_unreadable": []})
+        result["inputs"][k] = {"folder": folder, "dtype": dtype, "item_shape": tuple(a.shape[1:])}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Command line
 
 
+def _cmd_npz(args: Any) -> int:
+    if args.recipe or args.glob or args.labels or args.label_from_name or args.jobs:
+        raise UserError("data npz: --recipe, --glob, --labels, --label-from-name and --jobs are for images "
+                        "(npz takes --model, --names-from and --limit)")
+    res = prepare_npz(args.src, args.output, model=args.model, names_from=args.names_from, limit=args.limit)
+    for name, info in res["inputs"].items():
+        print(f"wrote {info['folder']}/: {res['items']} .bin files for input {name!r}, each {info['dtype']} "
+              f"{list(info['item_shape'])}" + (f"; labels.txt ({res['labelled']} labelled)" if res["labelled"] else ""))
+    if res["missing"]:
+        print(f"graphopt data: the model's input(s) {', '.join(map(repr, res['missing']))} are not in {args.src}: "
+              "give their files in their own folders (e.g. graphopt data folder ... -o DIR/<input>)",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_data(args: Any) -> int:
+    if args.kind == "npz":
+        return _cmd_npz(args)
+    if args.model or args.names_from:
+        raise UserError(f"data {args.kind}: --model and --names-from are for npz")
+    if not args.recipe:
+        raise UserError(f"data {args.kind}: --recipe is required (its input shape and preprocess section)")
     result, ignored = prepare_data(args.kind, args.src, args.output, args.recipe, pattern=args.glob,
                                    labels_file=args.labels, label_regex=args.label_from_name, limit=args.limit,
                                    jobs=args.jobs)
@@ -586,11 +761,17 @@ def _cmd_data(args: Any) -> int:
 
 def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("data", help="preprocess a labelled image set to float32 .bin files + labels.txt "
-                                           "(per the recipe's preprocess section)")
-    p.add_argument("kind", choices=["imagenet", "cifar10", "folder"])
-    p.add_argument("src", help="image folder, ImageNet val folder, or CIFAR-10 test_batch")
-    p.add_argument("-o", "--output", required=True, help="output folder for the .bin files")
-    p.add_argument("--recipe", required=True, help="recipe whose input shape and preprocess section to apply")
+                                           "(per the recipe's preprocess section); npz: one .bin per item per "
+                                           "input from an .npz of one array per input name")
+    p.add_argument("kind", choices=["imagenet", "cifar10", "folder", "npz"])
+    p.add_argument("src", help="image folder, ImageNet val folder, CIFAR-10 test_batch, or .npz (npz)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder for the .bin files (npz: DIR/<input>/ for each array)")
+    p.add_argument("--recipe", help="recipe whose input shape and preprocess section to apply (images)")
+    p.add_argument("--model", help="npz: ONNX file or run directory whose input dtypes and shapes the arrays must "
+                                   "fit (cast to the input's dtype)")
+    p.add_argument("--names-from", metavar="FOLDER",
+                   help="npz: name item k after the k-th .bin of FOLDER (e.g. the image input's folder)")
     p.add_argument("--glob", help="which files of SRC (default: every image); e.g. 'imagenet_*'")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", help="`<file> <class>` lines")

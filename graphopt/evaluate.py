@@ -3,11 +3,19 @@
 Per batch size: compile with ATC when ``atc`` is on PATH (the commands of ``atc.sh``), run ais_bench when it is
 installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs and a summary JSON in
 ais_bench's layout (see ``graphopt.backends``); then one postprocess reads either: top-1 / top-5 against the
-data folder's ``labels.txt``, and latency percentiles from the per-call times.
+data folder's ``labels.txt`` when the model has a class-score output (float, rank 2, several columns; the first
+such output), else throughput only (the table says which); and latency percentiles from the per-call times.
+
+Data: a single-input model reads ``DIR/*.bin`` (``graphopt data``'s folder) or ``DIR/<input>/``; a model with
+several inputs one sub-folder per input, ``DIR/<input>/*.bin`` (``graphopt.data.input_folder_name``), item k of
+every input in files of the same name. Each file holds one item in the model's input dtype (int64 token ids, bool
+masks, fp16, ...), its size checked against the item shape (the run's verification shape without the batch, what
+``atc.sh`` compiles). ais_bench gets ``--input DIR/a,DIR/b`` in the model's input order; onnxruntime stacks each
+input's items into the batch. ``labels.txt`` is read from ``DIR``, else from the first input folder that has one.
 
 Throughput is ``batch size x 1000 / median per-call latency (ms)``, over at least ``min_iterations`` timed calls
 and ``min_seconds`` of compute after ``warmup`` untimed calls. What a call includes is stated with the numbers:
-onnxruntime: ``session.run`` on a float32 batch already in memory (no file reading, preprocessing or output
+onnxruntime: ``session.run`` on a batch already in memory (no file reading, preprocessing or output
 writing); ais_bench: its ``NPU_compute_time`` (device compute; no host-device copies). ais_bench's own figure,
 ``1000 x batch / mean``, is kept as ``throughput_mean``.
 
@@ -26,8 +34,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends import (OUTPUT_FORMATS, AtcJob, OnnxRuntimeBackend, TimingOptions, ais_bench_argv, ais_bench_command,
-                       atc_jobs, collect_outputs, find_atc, input_files, latency_stats, run_ais_bench, run_atc)
+from .backends import (OUTPUT_FORMATS, AtcJob, BinInput, OnnxRuntimeBackend, TimingOptions, ais_bench_argv,
+                       ais_bench_command, atc_jobs, collect_outputs, find_atc, input_files, latency_stats,
+                       run_ais_bench, run_atc)
 from .errors import UserError
 from .outputs import check_output_dir, staged_dir
 
@@ -59,14 +68,37 @@ class _Run:
     path: Path
     name: str
     model: Path
-    input_name: str
-    item_shape: tuple[int, ...]
-    classes: int | None
+    inputs: tuple[BinInput, ...]  # every model input, in the model's order
+    classes: int | None  # columns of the class-score output; None: no such output (throughput only)
+    class_output: int | None  # its index among the model's outputs
     fixed_batch: int | None  # the model's batch dimension when it is not dynamic
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return self.inputs[0].item_shape
+
+
+_FLOATS = (1, 10, 11, 16)  # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _class_output(proto) -> tuple[int | None, int | None]:
+    """(index, classes) of the first class-score output: float, rank 2, a fixed number of columns above one."""
+    for k, out in enumerate(proto.graph.output):
+        tt = out.type.tensor_type
+        dims = tt.shape.dim if tt.HasField("shape") else ()
+        if tt.elem_type in _FLOATS and len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 1:
+            return k, dims[1].dim_value
+    return None, None
 
 
 def _load_run(run_dir: str | Path) -> _Run:
     import onnx
+
+    from .inputs import model_inputs, resolve_inputs
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -75,57 +107,122 @@ def _load_run(run_dir: str | Path) -> _Run:
     if not model.is_file():
         raise UserError(f"run directory {path}: no model.onnx (the recipe's emit must include model)")
     proto = onnx.load(str(model), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
     report_path = path / "report.json"
-    name, input_name, shape = path.name, None, None
+    name, shapes = path.name, {}
     if report_path.is_file():
         try:
             report = json.loads(report_path.read_text())
             name = report["recipe"]["name"]
-            input_name, shape = report["input"]["name"], report["input"]["shape"]
-        except (ValueError, KeyError, TypeError):
+            if report.get("input", {}).get("name") and report["input"].get("shape") is not None:
+                shapes[report["input"]["name"]] = tuple(report["input"]["shape"])
+            for d in report.get("inputs") or ():  # every input's verification shape (what atc.sh compiles)
+                shapes[d["name"]] = tuple(d["shape"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{report_path}: not a graphopt report (recipe.name, input.name, input.shape)") from None
-    if input_name is None:
-        if not graph_inputs:
-            raise UserError(f"{model}: has no inputs")
-        inp = graph_inputs[0]
-        input_name = inp.name
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
-    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
-    classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else None
-    batch_dim = next((i.type.tensor_type.shape.dim[0] for i in graph_inputs if i.name == input_name), None)
-    fixed_batch = batch_dim.dim_value if batch_dim is not None and batch_dim.HasField("dim_value") else None
-    return _Run(path, name, model, input_name, tuple(shape[1:]), classes, fixed_batch or None)
+    model_ins = model_inputs(proto)
+    if not model_ins:
+        raise UserError(f"{model}: has no inputs")
+    if any(m.name not in shapes for m in model_ins):
+        plan = resolve_inputs(proto)  # the defaults of graphopt.inputs for what the report does not say
+        for inp in plan.inputs:
+            shapes.setdefault(inp.name, tuple(inp.shape))
+    any_batch = any(m.has_batch for m in model_ins)
+    inputs, fixed_batch = [], None
+    for m in model_ins:
+        if m.kind != "tensor" or m.dtype is None or m.dtype == "string":
+            raise UserError(f"{model}: input {m.name!r} is {m.describe()}: graphopt eval feeds numeric tensors "
+                            "from .bin files")
+        shape = shapes[m.name]
+        stacked = len(shape) > 0 and (m.has_batch or not any_batch)
+        if stacked and not m.has_batch and fixed_batch is None:
+            fixed_batch = int(m.dims[0]) if m.dims else None
+        inputs.append(BinInput(m.name, m.dtype, tuple(shape[1:]) if stacked else tuple(shape), stacked))
+    class_output, classes = _class_output(proto)
+    return _Run(path, name, model, tuple(inputs), classes, class_output, fixed_batch or None)
 
 
-def _check_data(data_dir: str | Path, run: _Run, limit: int | None) -> tuple[Path, list[Path], dict[str, int]]:
+@dataclass(frozen=True)
+class _Data:
+    """A data folder resolved against a run: per input (the model's order) its folder and files, item k of every
+    input at position k; labels by the first input's file stems."""
+
+    root: Path
+    dirs: tuple[Path, ...]
+    files: dict[str, list[Path]]
+    labels: dict[str, int]
+    flat: bool  # one input, its files directly in root
+
+    def first(self, run: _Run) -> list[Path]:
+        return self.files[run.inputs[0].name]
+
+
+def _input_dirs(data: Path, run: _Run) -> tuple[list[Path], bool]:
+    """Each input's folder: ``DIR`` itself for a single-input model whose files are there (the flat layout),
+    else ``DIR/<input folder name>`` (``graphopt.data.input_folder_name``)."""
+    from .data import input_folder_name
+
+    if len(run.inputs) == 1 and (not data.is_dir() or input_files(data)
+                                 or not (data / input_folder_name(run.inputs[0].name)).is_dir()):
+        return [data], True
+    return [data / input_folder_name(i.name) for i in run.inputs], False
+
+
+def _check_data(data_dir: str | Path, run: _Run, limit: int | None) -> _Data:
     from .data import LABELS_FILE, META_FILE, read_labels_file
 
     data = Path(data_dir)
     if not data.is_dir():
         raise UserError(f"--data {data}: no such folder (graphopt data writes one)")
-    meta_path = data / META_FILE
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            shape = meta["settings"]["item_shape"]
-        except (ValueError, KeyError, TypeError):
-            shape = None
-        if shape is not None and tuple(shape) != run.item_shape:
-            raise UserError(f"--data {data}: items are {shape}, the model's input {run.input_name!r} takes "
-                            f"{list(run.item_shape)} (prepare the data with this run's recipe)")
-    files = input_files(data)
-    if not files:
-        raise UserError(f"--data {data}: no .bin or .npy files")
-    files = files[:limit] if limit else files
-    nbytes = int(np.prod(run.item_shape)) * 4
-    for f in files:
-        if f.suffix.lower() == ".bin" and f.stat().st_size != nbytes:
-            raise UserError(f"--data {f}: {f.stat().st_size} bytes, but one float32 item {list(run.item_shape)} "
-                            f"is {nbytes} (prepared for another model?)")
-    labels = read_labels_file(data / LABELS_FILE) if (data / LABELS_FILE).is_file() else {}
-    return data, files, labels
+    dirs, flat = _input_dirs(data, run)
+    names = ", ".join(repr(i.name) for i in run.inputs)
+    for inp, d in zip(run.inputs, dirs):
+        if not d.is_dir():
+            raise UserError(f"--data {data}: no folder {d.name}/ for input {inp.name!r} (a model with several "
+                            f"inputs takes one sub-folder per input, named after it: {names})")
+    files: dict[str, list[Path]] = {}
+    first = run.inputs[0]
+    for inp, d in zip(run.inputs, dirs):
+        meta_path = d / META_FILE
+        if meta_path.is_file():
+            try:
+                settings = json.loads(meta_path.read_text())["settings"]
+                shape, dtype = settings.get("item_shape"), settings.get("dtype")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                shape = dtype = None
+            if shape is not None and tuple(shape) != inp.item_shape:
+                raise UserError(f"--data {d}: items are {shape}, the model's input {inp.name!r} takes "
+                                f"{list(inp.item_shape)} (prepare the data with this run's recipe)")
+            if dtype is not None and dtype != inp.dtype:
+                raise UserError(f"--data {d}: items are {dtype}, the model's input {inp.name!r} takes {inp.dtype}")
+        found = input_files(d)
+        if not found:
+            raise UserError(f"--data {d}: no .bin or .npy files" + ("" if flat else f" for input {inp.name!r}"))
+        files[inp.name] = found
+    order = files[first.name][:limit] if limit else files[first.name]
+    for inp, d in zip(run.inputs[1:], dirs[1:]):  # items are matched across inputs by name
+        by_stem = {p.name.split(".")[0]: p for p in files[inp.name]}
+        matched = []
+        for f in order:
+            stem = f.name.split(".")[0]
+            if stem not in by_stem:
+                raise UserError(f"--data {d}: no {stem}.bin for input {inp.name!r}, which {dirs[0].name}/ has for "
+                                f"input {first.name!r} (each input's folder holds a file of the same name per item)")
+            matched.append(by_stem[stem])
+        if len(files[inp.name]) != len(files[first.name]):
+            extra = sorted(set(by_stem) - {f.name.split(".")[0] for f in files[first.name]})
+            raise UserError(f"--data {d}: {extra[0]} has no file for input {first.name!r} in {dirs[0].name}/ "
+                            "(each input's folder holds a file of the same name per item)")
+        files[inp.name] = matched
+    files[first.name] = order
+    for inp in run.inputs:
+        for f in files[inp.name]:
+            if f.suffix.lower() == ".bin" and f.stat().st_size != inp.item_nbytes:
+                raise UserError(f"--data {f}: {f.stat().st_size} bytes, but one item of input {inp.describe()} "
+                                f"is {inp.item_nbytes} bytes (prepared for another model or input?)")
+    labels_at = [data / LABELS_FILE] + [d / LABELS_FILE for d in dirs]
+    labels_path = next((p for p in labels_at if p.is_file()), None)
+    labels = read_labels_file(labels_path) if labels_path else {}
+    return _Data(data, tuple(dirs), files, labels, flat)
 
 
 def accuracy(rows: Mapping[str, np.ndarray], labels: Mapping[str, int], names: Sequence[str]) -> dict[str, Any]:
@@ -170,13 +267,14 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
     out_root = Path(out) if out else run_dir / "eval"
     jobs = atc_jobs(run_dir, options.batch_sizes)
     ais = ais_bench_command() or ["python3", "-m", "ais_bench"]
+    dirs, _ = _input_dirs(Path(data_dir), _load_run(run_dir))  # one folder per input, in the model's order
     lines = [f"# in {run_dir}:"]
     for job in jobs:
         derived = "" if job.from_script else f"  # derived: atc.sh has no batch size {job.batch_size}"
         lines.append(job.shell() + derived)
     lines.append("# then, per batch size:")
     for job in jobs:
-        argv = ais_bench_argv(ais, job.expected_om(run_dir), Path(data_dir), out_root / "outputs",
+        argv = ais_bench_argv(ais, job.expected_om(run_dir), dirs, out_root / "outputs",
                               f"bs{job.batch_size}", options.outfmt, job.batch_size, options.timing.warmup)
         lines.append(" ".join(shlex.quote(a) for a in argv))
     return lines
@@ -194,22 +292,21 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
     if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
         raise UserError(f"--batch-sizes: expected positive integers, got {list(options.batch_sizes)}")
     run = _load_run(run_dir)
-    data, files, labels = _check_data(data_dir, run, options.limit)
+    data = _check_data(data_dir, run, options.limit)
     out_root = Path(out) if out else run.path / "eval"
-    inputs_read = [run.path, data]
+    inputs_read = [run.path, data.root]
     check_output_dir(out_root, "eval", force=force, inputs=inputs_read)
     backend, ais, atc = _choose_backend(options.backend, log)
     # Everything is written into a temporary folder that replaces out_root when complete; what the results
     # record is where the files end up.
     with staged_dir(out_root, "eval", force=force, inputs=inputs_read) as staging:
-        result = _evaluate(run, data, files, labels, options, backend, ais, atc, staging, out_root, log, t_start)
+        result = _evaluate(run, data, options, backend, ais, atc, staging, out_root, log, t_start)
     result["outdir"] = str(out_root)
     return result
 
 
-def _evaluate(run: _Run, data: Path, files: list[Path], labels: dict[str, int], options: EvalOptions, backend: str,
-              ais: list[str] | None, atc: str | None, staging: Path, out_root: Path, log: Callable[[str], None],
-              t_start: float) -> dict[str, Any]:
+def _evaluate(run: _Run, data: _Data, options: EvalOptions, backend: str, ais: list[str] | None, atc: str | None,
+              staging: Path, out_root: Path, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
     """``evaluate`` writing into ``staging``, which becomes ``out_root``."""
     outputs = staging / "outputs"
     outputs.mkdir()
@@ -236,30 +333,49 @@ def _evaluate(run: _Run, data: Path, files: list[Path], labels: dict[str, int], 
             raise UserError(f"{run.model}: the input's batch dimension is fixed to {fixed}, so batch size {wrong[0]} "
                             f"cannot run; evaluate with --batch-sizes {fixed} or keep the batch dynamic")
 
-    ort_backend = OnnxRuntimeBackend(run.model, run.input_name, options.threads) if backend == "onnxruntime" else None
+    ort_backend = OnnxRuntimeBackend(run.model, run.inputs, options.threads) if backend == "onnxruntime" else None
     device = ort_backend.describe() if ort_backend else {"backend": "ais_bench", "command": " ".join(ais or []),
                                                          "device": "Ascend NPU"}
-    input_dir = data
+    files = data.first(run)
+    labels = data.labels
+    input_dirs = list(data.dirs)
     if backend == "ais_bench" and options.limit:
-        input_dir = outputs / "inputs"  # ais_bench reads whole folders: link the first N files
-        input_dir.mkdir()
-        for f in files:
-            (input_dir / f.name).symlink_to(f.resolve())
+        # ais_bench reads whole folders: link the first N files of each input
+        input_dirs = [outputs / "inputs"] if data.flat else [outputs / "inputs" / d.name for d in data.dirs]
+        for inp, d in zip(run.inputs, input_dirs):
+            d.mkdir(parents=True)
+            for f in data.files[inp.name]:
+                (d / f.name).symlink_to(f.resolve())
     names = [f.name.split(".")[0] for f in files]
+    unit = "img" if len(run.inputs) == 1 and len(run.item_shape) == 3 else "items"
+    scored = run.class_output is not None and bool(labels)
+    if run.class_output is None:
+        scoring = ("throughput only: the model has no class-score output (float, rank 2, several columns), so no "
+                   "top-1/top-5")
+    elif not labels:
+        scoring = "throughput only: the data has no labels.txt, so no top-1/top-5"
+    else:
+        scoring = f"top-1/top-5 of output {run.class_output} ({run.classes} classes) against labels.txt"
     rows_out = []
     for bs in options.batch_sizes:
         dirname = f"bs{bs}"
         if ort_backend is not None:
-            folder, summary = ort_backend.run(bs, files, run.item_shape, outputs, dirname, options.outfmt,
-                                              options.timing, input_dir=data)
+            folder, summary = ort_backend.run(bs, data.files, outputs, dirname, options.outfmt, options.timing,
+                                              input_dirs=data.dirs)
         else:
             om = jobs[bs].om_path(run.path)
-            argv = ais_bench_argv(ais or [], om, input_dir, outputs, dirname, options.outfmt, bs,
+            argv = ais_bench_argv(ais or [], om, input_dirs, outputs, dirname, options.outfmt, bs,
                                   options.timing.warmup)
             log(f"eval: ais_bench: {' '.join(argv)}")
             folder, summary = run_ais_bench(argv, outputs, dirname)
-        rows = collect_outputs(folder, summary, files, run.classes)
-        acc = accuracy(rows, labels, names)
+        if scored:
+            rows = collect_outputs(folder, summary, files, run.classes, run.class_output)
+            produced = len(rows)
+        else:  # outputs are not read (they may be of any dtype and shape); counted where the summary lists them
+            rows = {}
+            info = summary.get("filesinfo") or {}
+            produced = sum(1 for v in info.values() if v.get("outfiles")) if info else None
+        acc = accuracy(rows, labels if scored else {}, names)
         times = summary.get("npu_compute_time_list") or []
         if times:  # every call's time: exact percentiles
             st = latency_stats(times)
@@ -273,21 +389,25 @@ def _evaluate(run: _Run, data: Path, files: list[Path], labels: dict[str, int], 
         rows_out.append({"batch_size": bs, "throughput": throughput,
                          "throughput_from": "median latency" if lat["p50"] else "the tool's own figure",
                          "throughput_mean": summary.get("throughput"), "latency_ms": lat, "timed_calls": calls,
-                         "outputs": len(rows), **acc,
+                         "outputs": produced, **acc,
                          "summary": str(out_root / "outputs" / f"{dirname}_summary.json")})
         top1 = "-" if acc["top1"] is None else f"{acc['top1']:.4f}"
-        log(f"eval: batch size {bs}: {_num(throughput, '.1f')} img/s (p50 {_num(lat['p50'], '.2f')} ms over "
-            f"{calls} calls), top-1 {top1}, {len(rows)}/{len(files)} outputs")
+        log(f"eval: batch size {bs}: {_num(throughput, '.1f')} {unit}/s (p50 {_num(lat['p50'], '.2f')} ms over "
+            f"{calls} calls), top-1 {top1}, {'-' if produced is None else produced}/{len(files)} outputs")
     if ort_backend is not None:
-        what = (f"onnxruntime session.run on the CPU (CPUExecutionProvider, {device['threads']}), float32 input "
-                "already in memory; excludes reading .bin files, preprocessing and writing outputs")
+        what = (f"onnxruntime session.run on the CPU (CPUExecutionProvider, {device['threads']}), "
+                f"{'the input' if len(run.inputs) == 1 else 'every input'} already in memory; excludes reading "
+                ".bin files, preprocessing and writing outputs")
     else:
         what = "ais_bench NPU_compute_time: device compute only; excludes host-device copies and file I/O"
     result = {
-        "run": str(run.path), "name": run.name, "model": str(run.model), "data": str(data),
+        "run": str(run.path), "name": run.name, "model": str(run.model), "data": str(data.root),
         "inputs": len(files), "labelled": sum(1 for n in names if n in labels),
+        "model_inputs": [{"name": i.name, "dtype": i.dtype, "item_shape": list(i.item_shape), "folder": str(d)}
+                         for i, d in zip(run.inputs, data.dirs)],
+        "scoring": scoring, "unit": unit,
         "backend": backend, "device": device, "atc_compiled": atc_ran,
-        "throughput_definition": f"images/s = batch size x 1000 / median latency (ms) of one call; a call is {what}",
+        "throughput_definition": f"{'images' if unit == 'img' else 'items'}/s = batch size x 1000 / median latency (ms) of one call; a call is {what}",
         "timing": asdict(options.timing), "outfmt": options.outfmt,
         "rows": rows_out, "seconds": round(time.perf_counter() - t_start, 2),
     }
@@ -303,15 +423,17 @@ def _num(v: Any, spec: str) -> str:
 
 def eval_markdown(result: Mapping[str, Any]) -> str:
     head = f"# {result['name']}: {result['backend']} on {result['device'].get('device')}\n\n"
-    lines = ["| batch size | throughput (img/s) | p50 (ms) | p90 (ms) | p99 (ms) | timed calls | top-1 | top-5 |",
+    unit = result.get("unit", "img")
+    lines = [f"| batch size | throughput ({unit}/s) | p50 (ms) | p90 (ms) | p99 (ms) | timed calls | top-1 | top-5 |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lat = r["latency_ms"]
         lines.append(f"| {r['batch_size']} | {_num(r['throughput'], '.1f')} | {_num(lat['p50'], '.2f')} | "
                      f"{_num(lat['p90'], '.2f')} | {_num(lat['p99'], '.2f')} | {r['timed_calls'] or '-'} | "
                      f"{_pct(r['top1'])} | {_pct(r['top5'])} |")
+    scoring = f" Accuracy: {result['scoring']}." if result.get("scoring") else ""
     foot = (f"\n{result['inputs']} inputs ({result['labelled']} labelled) from {result['data']}. "
-            f"Throughput: {result['throughput_definition']}. Latency: per call (one batch).\n")
+            f"Throughput: {result['throughput_definition']}. Latency: per call (one batch).{scoring}\n")
     return head + "\n".join(lines) + "\n" + foot
 
 
@@ -443,7 +565,8 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="accuracy (top-1/top-5) and throughput per batch size of a run "
                                            "(ATC + ais_bench when installed, else onnxruntime)")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory written by graphopt apply")
-    p.add_argument("--data", help="folder of .bin files + labels.txt (graphopt data)")
+    p.add_argument("--data", help="folder of .bin files + labels.txt (graphopt data); several inputs: one "
+                                  "sub-folder per input, DIR/<input>/*.bin, files matched by name")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="default %(default)s")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "ais_bench"], default="auto")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),

@@ -564,3 +564,239 @@ def test_bit_cifar10_test_batch_onnxruntime_equals_pytorch(tmp_path, repo, capsy
     tol = Tolerance(max_abs=1e-4, cosine=0.99999, top1_agreement=1.0)
     cmp = compare_outputs({"output": want}, {"output": got}, tol)
     assert cmp.passed, cmp.describe()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models with several inputs: one data folder per input
+
+
+def image_and_vector_classifier(path: Path, classes: int = 5) -> Path:
+    """An image (N, 3, 16, 16) and a metadata vector (N, 8): class scores (N, classes) and the argmax (int64)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, classes)).astype(np.float32), "w_image"),
+             numpy_helper.from_array(rng.standard_normal((8, classes)).astype(np.float32), "w_meta"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "hw")]
+    nodes = [helper.make_node("ReduceMean", ["image", "hw"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w_image"], ["a"]),
+             helper.make_node("MatMul", ["meta", "w_meta"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "image_and_vector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16]),
+         helper.make_tensor_value_info("meta", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def two_input(tmp_path, capsys):
+    """A run of the image + vector classifier (atc batch sizes 1 and 4), and DATA/image (7 labelled images
+    through graphopt data folder) + DATA/meta (graphopt data npz, named after the images)."""
+    from PIL import Image
+
+    image_and_vector_classifier(tmp_path / "iv.onnx")
+    recipe = tmp_path / "iv.yaml"
+    recipe.write_text("name: iv\nmodel: {onnx: iv.onnx}\ninput: {name: image, shape: [1, 3, 16, 16]}\n"
+                      "atc: {batch_sizes: [1, 4]}\n")
+    assert run_cli("apply", recipe, "-o", tmp_path / "run", capsys=capsys)[0] == 0
+    rng = np.random.default_rng(3)
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(7):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(images / f"s{k}_{k % 5}.png")
+    data = tmp_path / "data"
+    code, _, err = run_cli("data", "folder", images, "-o", data / "image", "--recipe", recipe,
+                           "--label-from-name", r"_(\d+)\.", "--jobs", 1, capsys=capsys)
+    assert code == 0, err
+    np.savez(tmp_path / "meta.npz", meta=rng.standard_normal((7, 8)))  # float64: cast to the model's float32
+    code, out, err = run_cli("data", "npz", tmp_path / "meta.npz", "-o", data, "--model", tmp_path / "run",
+                             "--names-from", data / "image", capsys=capsys)
+    assert code == 0, err
+    assert f"wrote {data / 'meta'}/: 7 .bin files for input 'meta', each float32 [8]" in out
+    return tmp_path / "run", data
+
+
+def test_two_input_classifier_eval_with_onnxruntime(two_input, capsys, monkeypatch):
+    import onnxruntime as ort
+
+    run, data = two_input
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, stdout, stderr = run_cli("eval", run, "--data", data, "--batch-sizes", "1,4", *QUICK, capsys=capsys)
+    assert code == 0, stderr
+    res = json.loads((run / "eval" / "eval.json").read_text())
+    assert [r["batch_size"] for r in res["rows"]] == [1, 4] and res["backend"] == "onnxruntime"
+    assert [i["name"] for i in res["model_inputs"]] == ["image", "meta"]
+    assert res["scoring"].startswith("top-1/top-5 of output 0 (5 classes)")
+    # top-1 as onnxruntime computes it on the same files, item k of every input together
+    names = sorted((p.stem for p in (data / "image").glob("*.bin")), key=lambda s: int(s[1:].split("_")[0]))
+    image = np.stack([np.fromfile(data / "image" / f"{n}.bin", np.float32).reshape(3, 16, 16) for n in names])
+    meta = np.stack([np.fromfile(data / "meta" / f"{n}.bin", np.float32) for n in names])
+    scores = ort.InferenceSession(str(run / "model.onnx")).run(["scores"], {"image": image, "meta": meta})[0]
+    want = np.mean(scores.argmax(1) == np.array([int(n.split("_")[1]) for n in names]))
+    for r in res["rows"]:
+        assert r["labelled"] == 7 and r["outputs"] == 7 and r["top1"] == pytest.approx(want) and r["top5"] == 1.0
+    assert "| batch size | throughput (items/s) |" in stdout
+    summary = json.loads((run / "eval" / "outputs" / "bs4_summary.json").read_text())
+    assert summary["filesinfo"]["0"]["infiles"] == [str(data / "image" / f"{names[0]}.bin"),
+                                                  str(data / "meta" / f"{names[0]}.bin")]
+
+    # a meta file of the wrong size: one line naming the file and the input
+    (data / "meta" / f"{names[2]}.bin").write_bytes(b"\0" * 12)
+    code, _, stderr = run_cli("eval", run, "--data", data, "--batch-sizes", "1", *QUICK, capsys=capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith(f"graphopt: error: --data {data / 'meta' / names[2]}.bin: 12 bytes, but one item of "
+                             "input 'meta' (float32 [8] per item) is 32 bytes")
+    (data / "meta" / f"{names[2]}.bin").unlink()
+    code, _, stderr = run_cli("eval", run, "--data", data, "--batch-sizes", "1", *QUICK, capsys=capsys)
+    assert code == 2 and f"no {names[2]}.bin for input 'meta'" in stderr and stderr.count("\n") == 1
+
+
+def test_two_input_dry_run_names_both_folders_in_input_order(two_input, capsys, monkeypatch):
+    run, data = two_input
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("GRAPHOPT_AIS_BENCH", raising=False)
+    code, stdout, _ = run_cli("eval", run, "--data", data, "--batch-sizes", "1,8", "--dry-run", capsys=capsys)
+    assert code == 0
+    atc_lines = [shlex.split(l.split("  #")[0]) for l in stdout.splitlines() if l.startswith("atc ")]
+    assert "--input_shape=image:1,3,16,16;meta:1,8" in atc_lines[0]
+    assert "--input_shape=image:8,3,16,16;meta:8,8" in atc_lines[1]  # derived: the batch in every input
+    ais = [shlex.split(l) for l in stdout.splitlines() if "ais_bench" in l and l.startswith(("python", "/"))]
+    assert len(ais) == 2
+    for argv in ais:
+        assert argv[argv.index("--input") + 1] == f"{data / 'image'},{data / 'meta'}"
+
+
+FAKE_AIS_BENCH_MULTI = '''
+"""Fake ais_bench for several inputs: --input takes one folder per model input (comma-separated, input order),
+pairs the k-th file (natural order) of every folder, records its argv, writes one output file per batch."""
+import argparse, json, os, re, sys, time
+import numpy as np, onnxruntime as ort
+with open(os.environ["FAKE_AIS_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+p = argparse.ArgumentParser()
+for a in ("--model", "--input", "--output", "--output_dirname", "--outfmt", "--batchsize", "--warmup_count"):
+    p.add_argument(a)
+a = p.parse_args()
+key = lambda s: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\\d+)", s)]
+sess = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+ins = sess.get_inputs()
+dirs = a.input.split(",")
+assert len(dirs) == len(ins), "one folder per model input"
+lists = [sorted((os.path.join(d, f) for f in os.listdir(d) if f.endswith(".bin")), key=key) for d in dirs]
+types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+out = os.path.join(a.output, a.output_dirname); os.makedirs(out, exist_ok=True)
+bs = int(a.batchsize); times = []
+for i in range(0, len(lists[0]), bs):
+    feed = {}
+    for inp, files in zip(ins, lists):
+        group = files[i:i + bs]; group += [group[0]] * (bs - len(group))
+        feed[inp.name] = np.stack([np.fromfile(f, dtype=types[inp.type]) for f in group]).reshape(
+            [bs, *inp.shape[1:]])
+    t = time.perf_counter()
+    y = sess.run(None, feed)[0]
+    times.append(1e3 * (time.perf_counter() - t))
+    y.tofile(os.path.join(out, os.path.basename(lists[0][i]).split(".")[0] + "_0.bin"))
+t = np.array(times)
+print(f"[INFO] NPU_compute_time (ms): min = {t.min()}, max = {t.max()}, mean = {t.mean()}, "
+      f"median = {np.median(t)}, percentile(99%) = {np.percentile(t, 99)}")
+print(f"[INFO] throughput 1000*batchsize.mean({bs})/NPU_compute_time.mean({t.mean()}): {1000 * bs / t.mean()}")
+'''
+
+
+def test_fake_atc_and_ais_bench_take_one_folder_per_input(tmp_path, two_input, capsys, monkeypatch):
+    run, data = two_input
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "atc").write_text(FAKE_ATC)
+    (tools / "atc").chmod(0o755)
+    (tools / "fake_ais_bench.py").write_text(FAKE_AIS_BENCH_MULTI)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_ATC_LOG", str(tmp_path / "atc.log"))
+    monkeypatch.setenv("FAKE_AIS_LOG", str(tmp_path / "ais.log"))
+    monkeypatch.setenv("GRAPHOPT_AIS_BENCH", f"{sys.executable} {tools / 'fake_ais_bench.py'}")
+    code, _, stderr = run_cli("eval", run, "--data", data, "--batch-sizes", "1,4,8", *QUICK, capsys=capsys)
+    assert code == 0, stderr
+    calls = [json.loads(l) for l in (tmp_path / "ais.log").read_text().splitlines()]
+    assert len(calls) == 3
+    for argv in calls:
+        assert argv[argv.index("--input") + 1] == f"{data / 'image'},{data / 'meta'}"
+    assert "--input_shape=image:8,3,16,16;meta:8,8" in (tmp_path / "atc.log").read_text().split("--\n")[2]
+    res = json.loads((run / "eval" / "eval.json").read_text())
+    assert res["backend"] == "ais_bench" and all(r["outputs"] == 7 for r in res["rows"])
+    ais_top1 = [r["top1"] for r in res["rows"]]
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("GRAPHOPT_AIS_BENCH")
+    assert run_cli("eval", run, "--data", data, "--batch-sizes", "1,4,8", "-o", tmp_path / "ort", *QUICK,
+                   capsys=capsys)[0] == 0
+    assert [r["top1"] for r in json.loads((tmp_path / "ort" / "eval.json").read_text())["rows"]] == ais_top1
+
+    # --limit links the first N files of every input into one folder per input, still in input order
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    monkeypatch.setenv("GRAPHOPT_AIS_BENCH", f"{sys.executable} {tools / 'fake_ais_bench.py'}")
+    (tmp_path / "ais.log").unlink()
+    code, _, stderr = run_cli("eval", run, "--data", data, "--batch-sizes", "4", "--limit", 5, "-o",
+                              tmp_path / "lim", *QUICK, capsys=capsys)
+    assert code == 0, stderr
+    argv = json.loads((tmp_path / "ais.log").read_text())
+    linked = tmp_path / "lim" / "outputs" / "inputs"
+    assert argv[argv.index("--input") + 1].split(",")[0].endswith("/outputs/inputs/image")
+    assert sorted(p.name for p in (linked / "meta").iterdir()) == sorted(p.name for p in (linked / "image").iterdir())
+    assert json.loads((tmp_path / "lim" / "eval.json").read_text())["rows"][0]["outputs"] == 5
+
+
+def text_encoder(path: Path, vocab: int = 30) -> Path:
+    """token ids and an attention mask (int64 [batch, seq]) -> masked embeddings (float [batch, seq, 4])."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, 4)).astype(np.float32), "embedding"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    nodes = [helper.make_node("Gather", ["embedding", "input_ids"], ["emb"]),
+             helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["hidden"])]
+    graph = helper.make_graph(
+        nodes, "text",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_int64_text_model_is_evaluated_for_throughput_only(tmp_path, capsys, monkeypatch):
+    text_encoder(tmp_path / "text.onnx")
+    recipe = tmp_path / "text.yaml"
+    recipe.write_text("name: text\nmodel: {onnx: text.onnx}\ninputs:\n  - {name: input_ids, shape: [1, 12]}\n"
+                      "atc: {batch_sizes: [1, 2]}\n")
+    assert run_cli("apply", recipe, "-o", tmp_path / "run", capsys=capsys)[0] == 0
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 30, (5, 12)).astype(np.int32)  # a tokenizer's int32: cast to the model's int64
+    mask = (np.arange(12) < rng.integers(4, 13, (5, 1))).astype(np.int64)
+    np.savez(tmp_path / "tok.npz", input_ids=ids, attention_mask=mask, labels=np.arange(5))
+    code, out, err = run_cli("data", "npz", tmp_path / "tok.npz", "-o", tmp_path / "data", "--model",
+                             tmp_path / "run", capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "data" / "input_ids").glob("*.bin"))[0] == "item_000000.bin"
+    assert (tmp_path / "data" / "input_ids" / "item_000000.bin").stat().st_size == 12 * 8
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, stdout, err = run_cli("eval", tmp_path / "run", "--data", tmp_path / "data", "--batch-sizes", "1,2",
+                                *QUICK, capsys=capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert res["scoring"].startswith("throughput only: the model has no class-score output")
+    assert all(r["top1"] is None and r["throughput"] > 0 and r["outputs"] == 5 for r in res["rows"])
+    assert "throughput only" in stdout and "| 2 |" in stdout
+    hidden = np.fromfile(tmp_path / "run" / "eval" / "outputs" / "bs2" / "item_000003_0.bin", np.float32)
+    assert hidden.size == 12 * 4 and np.all(hidden.reshape(12, 4)[mask[3] == 0] == 0)
+
+    # an npz array of the wrong dtype values or item shape: one line naming the array
+    np.savez(tmp_path / "bad.npz", input_ids=np.full((2, 12), 0.5), attention_mask=mask[:2])
+    code, _, err = run_cli("data", "npz", tmp_path / "bad.npz", "-o", tmp_path / "bad", "--model", tmp_path / "run",
+                           capsys=capsys)
+    assert code == 2 and "array 'input_ids' is float64 with values that int64 cannot hold" in err
