@@ -12,6 +12,10 @@
    before- and after-subgraphs are saved with their inputs for the single sample that shows the largest error,
    and the saved files are loaded back into fresh onnxruntime sessions to confirm that they reproduce the
    difference on their own.
+
+The inputs are the recipe's (``inputs:``, or the single ``input:``; ``graphopt.inputs``): every input of the model,
+of any dtype, as ``graphopt apply`` verifies with. A subgraph's inputs are saved with their own dtypes (token ids
+stay int64, a mask stays bool), and integer and bool tensors are compared exactly.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .apply import recipe_inputs, source_model_path, verification_inputs, write_run_dir
-from .diff import DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, plot_diff, tensor_tolerance
+from .apply import input_plan, recipe_inputs, source_model_path, verification_feeds, write_run_dir
+from .diff import (DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, plot_diff, tensor_diff,
+                   tensor_tolerance)
 from .errors import UserError
 from .ir import load_split, node_inputs
 from .name_map import compose, pass_name_map, tensor_producers
@@ -76,6 +81,28 @@ def _upstream(model: onnx.ModelProto, target: str, is_boundary: Callable[[str], 
     return sorted(nodes), boundary
 
 
+def _elem_type(value: np.ndarray) -> int:
+    """The ONNX element type of an array (ml_dtypes' bfloat16, and strings, included)."""
+    if value.dtype.name == "bfloat16":
+        return onnx.TensorProto.BFLOAT16
+    if value.dtype == object or value.dtype.kind in "US":
+        return onnx.TensorProto.STRING
+    return helper.np_dtype_to_tensor_dtype(value.dtype)
+
+
+def _savable(value: np.ndarray) -> np.ndarray:
+    """An array ``np.load`` reads back without pickles: strings as numpy unicode (onnxruntime takes them)."""
+    value = np.asarray(value)
+    return value.astype(str) if value.dtype == object else value
+
+
+def _describe_value(value: np.ndarray) -> str:
+    """``int64 [2, 16]``, as graphopt.inputs shows an input."""
+    from .inputs import _name_of_array
+
+    return f"{_name_of_array(np.asarray(value))} {list(np.shape(value))}"
+
+
 def _subgraph(split: SplitModel, nodes: Sequence[int], inputs: Mapping[str, np.ndarray], output: str,
               output_value: np.ndarray, label: str) -> onnx.ModelProto:
     """A standalone model: the ``nodes`` of ``split`` with the weights they read (only those), ``inputs`` as its
@@ -97,10 +124,8 @@ def _subgraph(split: SplitModel, nodes: Sequence[int], inputs: Mapping[str, np.n
             weight = split.weights.get(init.name)
             sub.graph.initializer.append(init if weight is None else numpy_helper.from_array(weight, init.name))
     for name, value in inputs.items():
-        sub.graph.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
-                                                             list(value.shape)))
-    sub.graph.output.append(helper.make_tensor_value_info(
-        output, helper.np_dtype_to_tensor_dtype(output_value.dtype), list(output_value.shape)))
+        sub.graph.input.append(helper.make_tensor_value_info(name, _elem_type(value), list(value.shape)))
+    sub.graph.output.append(helper.make_tensor_value_info(output, _elem_type(output_value), list(output_value.shape)))
     return sub
 
 
@@ -133,7 +158,7 @@ def minimal_pair(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitMode
     values = SubgraphRunner(a, "model before the pass").run(fetch, feeds)
 
     def value(name: str, k: int) -> np.ndarray:
-        return feeds[k][name] if name in graph_inputs else values[name][k]
+        return _savable(feeds[k][name] if name in graph_inputs else values[name][k])
 
     tol = tensor_tolerance(tolerance)
     best = None
@@ -167,8 +192,9 @@ def minimal_pair(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitMode
         "sample": k,
         "samples_tried": len(feeds),
         "before": {"output": first.name_a, "inputs": sorted(ins_a), "nodes": len(before.graph.node),
-                   "ops": ops(before)},
-        "after": {"output": first.name, "inputs": sorted(ins_b), "nodes": len(after.graph.node), "ops": ops(after)},
+                   "ops": ops(before), "input_types": {n: _describe_value(v) for n, v in sorted(ins_a.items())}},
+        "after": {"output": first.name, "inputs": sorted(ins_b), "nodes": len(after.graph.node), "ops": ops(after),
+                  "input_types": {n: _describe_value(v) for n, v in sorted(ins_b.items())}},
         "metrics": None if cmp is None else {"max_abs": cmp.max_abs, "max_rel": cmp.max_rel, "cosine": cmp.cosine,
                                              "failed_on": list(cmp.failed_on)},
     }
@@ -190,8 +216,11 @@ def check_reproduces(folder: Path, tolerance: Tolerance) -> dict[str, Any]:
                                               f"{list(outs['after'].shape)}"}
     cmp = compare_outputs({"t": outs["before"][None]}, {"t": outs["after"][None]}, tensor_tolerance(tolerance))
     o = cmp.outputs[0]
-    return {"reproduces": not o.passed, "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine,
-            "failed_on": list(o.failed_on)}
+    found = {"reproduces": not o.passed, "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine,
+             "failed_on": list(o.failed_on)}
+    if o.mismatches is not None:  # an integer or bool output: compared exactly
+        found.update({"exact": o.expected, "mismatches": o.mismatches, "size": o.size})
+    return found
 
 
 _REPRO = '''"""Reproduce a numeric difference found by `graphopt bisect`: run the subgraph before and after the pass on
@@ -205,17 +234,22 @@ def run(side):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(f"{side}.onnx", opts, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=["Pad_Fusion"])  # as graphopt's comparisons
-    with np.load(f"{side}_inputs.npz") as data:
-        return session.run(None, {k: data[k] for k in data.files})[0].astype(np.float64)
+    with np.load(f"{side}_inputs.npz") as data:  # every input with its own dtype (token ids int64, masks bool)
+        return session.run(None, {k: data[k] for k in data.files})[0]
 
 
 a, b = run("before"), run("after")
 if a.shape != b.shape:
     print(f"shapes differ: {a.shape} vs {b.shape}")
+elif a.dtype != b.dtype:
+    print(f"dtypes differ: {a.dtype} vs {b.dtype}")
+elif a.dtype.kind in "biuOUS":  # integer, bool and string outputs must be equal
+    print(f"{int((a != b).sum())} of {a.size} elements differ ({a.dtype} outputs must be equal)")
 else:
+    a, b = a.astype(np.float64), b.astype(np.float64)
     err = np.abs(a - b)
     cos = float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-    print(f"max_abs {err.max():.3e}  cosine {cos:.8f}")
+    print(f"max_abs {err.max() if err.size else 0.0:.3e}  cosine {cos:.8f}")
 '''
 
 
@@ -245,11 +279,14 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     src, _ = source_model_path(recipe, progress)
     original = load_split(src, "model")  # weights held once, shared by every graph below
     tolerance = recipe.verify.tolerance
-    inputs = verification_inputs(recipe)
-    input_name = recipe.input.name
-    feeds = [{input_name: x} for x in inputs]
-    progress(f"bisect: reference outputs of the input model on {len(inputs)} batch(es) ...")
-    ref = Runner(original, input_name).run(inputs)
+    # Every input of the model, any dtype: the recipe's inputs: (or input:) merged with the model's own, the same
+    # verification set graphopt apply uses.
+    plan = input_plan(recipe, original)
+    feeds = verification_feeds(recipe, plan)
+    input_name = recipe.input.name if recipe.input else (plan.names[0] if plan.names else None)
+    progress(f"bisect: reference outputs of the input model on {len(feeds)} feed(s) of "
+             f"{', '.join(plan.names) or 'no inputs'} ...")
+    ref = Runner(original).run(feeds)
     graph = graph_from_split(original)
     traced = {n: n for n in tensor_producers(graph)}
     specs = recipe.passes
@@ -286,7 +323,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
             after = split_graph(graph)
             try:
                 check_split(after)
-                got = Runner(after, input_name).run(inputs)
+                got = Runner(after).run(feeds)
             except onnx.checker.ValidationError as e:
                 responsible = {"reason": "invalid graph", "detail": str(e).strip().splitlines()[0]}
             except UserError as e:
@@ -310,6 +347,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
         progress(f"{label}: {responsible['reason']}: {responsible['detail']}")
         break
     report: dict[str, Any] = {"recipe": recipe.name, "source": str(src), "input": input_name,
+                              "inputs": plan.describe(),
                               "tolerance": asdict(tolerance), "passes": rows, "responsible": responsible,
                               "first_divergent": None, "subgraph": None}
     if responsible is None or responsible["reason"] != "broke numerics":
@@ -387,7 +425,7 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     print(f"responsible: pass {r['name']} ({r['where']}) {r['reason']}: {r['detail']}")
     first = report.get("first_divergent")
     if first:
-        t = TensorDiff(**{**first, "shape": tuple(first["shape"]), "failed_on": tuple(first["failed_on"])})
+        t = tensor_diff(first)
         print(f"first divergent {t.describe()}; compared with {report['compared_with']}")
     sub = report.get("subgraph")
     if sub:
@@ -395,7 +433,8 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
         print(f"smallest subgraph: before {sub['before']['nodes']} node(s) {sub['before']['ops']}, after "
               f"{sub['after']['nodes']} node(s) {sub['after']['ops']}, inputs {sub['after']['inputs']}; "
               f"reproduces on its own in onnxruntime: {'yes' if check['reproduces'] else 'NO'}"
-              + (f" (max_abs {check['max_abs']:.3g}, cosine {check['cosine']:.8f})" if "max_abs" in check else ""))
+              + (f" ({check['mismatches']} of {check['size']} elements differ)" if "mismatches" in check else
+                 f" (max_abs {check['max_abs']:.3g}, cosine {check['cosine']:.8f})" if "max_abs" in check else ""))
     print(f"wrote {report['outdir']}/: {', '.join(report['files'])}")
     return 1
 

@@ -7,6 +7,12 @@ model back to the input model), or, without a map, those with the same name and 
 in the later model's topological order that is outside tolerance is the first divergence; its producer is the op
 to look at.
 
+Inputs: every input of the models, of any dtype, as ``graphopt verify`` feeds them (``graphopt.inputs``: the
+model's inputs, ``--input NAME:SHAPE[:DTYPE]``, ``--range``, ``--data FILE.npz``). Integer and bool tensors are
+compared exactly, as outputs are (``graphopt.verify``): an intermediate integer tensor (a shape, an index) that
+differs in one element is divergent, whatever the float tolerances. Each feed's tensors are compared with that
+feed's, so feeds of different shapes (real data) compare too.
+
 Memory stays bounded however large the model. Marking every tensor as an output at once (what Polygraphy does)
 holds every activation in memory, and rewriting a large model's protobuf for each run copies its weights. Instead
 each model is read once as a weightless graph plus its weights as arrays (``graphopt.protoio``); each run is a
@@ -27,11 +33,12 @@ import onnx
 from onnx import helper
 
 from .errors import UserError
+from .inputs import InputSpec, check_feed, model_inputs, resolve_inputs
 from .ir import copy_fields, infer_shapes, load_split, node_inputs
 from .name_map import model_producers, shared_tensors
 from .protoio import SplitModel, split_model, weights_as_inputs
 from .recipe import Tolerance
-from .verify import compare_outputs, comparison_session, make_inputs
+from .verify import Outputs, compare_outputs, comparison_session
 
 __all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
            "load_name_map", "seeded_feeds", "plot_diff", "tensor_tolerance", "add_cli",
@@ -60,11 +67,17 @@ class TensorDiff:
     cosine: float
     passed: bool
     failed_on: tuple[str, ...] = ()
+    # Integer and bool tensors, compared exactly: their kind ("integer", "bool") and the elements that differ.
+    exact: str | None = None
+    mismatches: int | None = None
 
     def describe(self) -> str:
         alias = "" if self.name_a == self.name else f" ({self.name_a!r} in A)"
-        return (f"tensor {self.name!r}{alias} from {self.op} node {self.node!r}: max_abs={self.max_abs:.3g} "
-                f"max_rel={self.max_rel:.3g} cosine={self.cosine:.8f}"
+        head = f"tensor {self.name!r}{alias} from {self.op} node {self.node!r}: "
+        if self.exact is not None and "exact" in self.failed_on:
+            return head + (f"{self.mismatches} element(s) differ (max_abs={self.max_abs:.3g}; {self.exact} tensors "
+                           "must be equal)")
+        return (head + f"max_abs={self.max_abs:.3g} max_rel={self.max_rel:.3g} cosine={self.cosine:.8f}"
                 + (f" (outside tolerance on {', '.join(self.failed_on)})" if self.failed_on else ""))
 
 
@@ -96,9 +109,11 @@ class DiffResult:
 
 
 def tensor_tolerance(tol: Tolerance) -> Tolerance:
-    """The tolerance for intermediate tensors: the same criteria, except top-1 agreement, which only means
-    something for class scores."""
-    return replace(tol, top1_agreement=None)
+    """The tolerance for intermediate tensors: the same criteria (an output's own ones for that output), except
+    top-1 agreement, which only means something for class scores."""
+    outputs = tuple(replace(o, overrides=tuple((c, v) for c, v in o.overrides if c != "top1_agreement"), top1=False)
+                    for o in tol.outputs)
+    return replace(tol, top1_agreement=None, outputs=outputs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,9 +285,9 @@ def diff_models(a: onnx.ModelProto | SplitModel | str | Path, b: onnx.ModelProto
     sa = SubgraphRunner(a, "model A")
     progress("diff: reading model B ...")
     sb = SubgraphRunner(b, "model B", reuse=sa.split.weights)  # a file: the weights equal to A's are A's
-    for name in sa.input_names:
-        if name not in feeds[0]:
-            raise UserError(f"diff: model A has input {name!r} the feeds do not give")
+    # Every input present, of the model's dtype and rank: one line naming the input (never onnxruntime's list)
+    check_feed(model_inputs(sa.split), feeds[0], "diff: model A", strict=False)
+    check_feed(model_inputs(sb.split), feeds[0], "diff: model B", strict=False)
     pairs = _comparable_pairs(sa, sb, name_map)
     order = sorted(pairs.items(), key=lambda p: (sb.node_of[p[0]], p[0]))
     size_a = _tensor_sizes(sa, feeds[0])
@@ -298,12 +313,14 @@ def diff_models(a: onnx.ModelProto | SplitModel | str | Path, b: onnx.ModelProto
             if reason:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
-            # One row per sample: the cosine is over each sample's whole tensor.
-            cmp = compare_outputs({nb: np.stack(xa)}, {nb: np.stack(xb)}, tol).outputs[0]
+            # Feed by feed (the cosine over each feed's rows, as graphopt verify measures outputs); integer and
+            # bool tensors exactly.
+            cmp = compare_outputs(Outputs.of_feeds({nb: xa}), Outputs.of_feeds({nb: xb}), tol).outputs[0]
             node = sb.node(nb)
             result.tensors.append(TensorDiff(nb, na, node.op_type, node.name or f"#{sb.node_of[nb]}",
                                              sb.node_of[nb], tuple(int(d) for d in xb[0].shape), cmp.max_abs,
-                                             cmp.max_rel, cmp.cosine, cmp.passed, cmp.failed_on))
+                                             cmp.max_rel, cmp.cosine, cmp.passed, cmp.failed_on,
+                                             cmp.expected if cmp.mismatches is not None else None, cmp.mismatches))
         del va, vb
         if stop_at_first and result.first is not None:
             result.stopped_early = done < len(order)
@@ -314,7 +331,7 @@ def diff_models(a: onnx.ModelProto | SplitModel | str | Path, b: onnx.ModelProto
 
 
 def _incomparable(xa: list[np.ndarray], xb: list[np.ndarray]) -> str | None:
-    if xa[0].shape != xb[0].shape:
+    if any(x.shape != y.shape for x, y in zip(xa, xb)):
         return "shape differs"
     if not (np.issubdtype(xa[0].dtype, np.number) or xa[0].dtype == np.bool_):
         return f"not numeric ({xa[0].dtype})"
@@ -338,45 +355,33 @@ def describe_divergence(d: Mapping[str, Any] | None) -> str:
         return ""
     if "error" in d:
         return f"; (the layer-wise diff could not run: {d['error']})"
-    return "; first divergent " + TensorDiff(**{**d, "shape": tuple(d["shape"]),
-                                                  "failed_on": tuple(d["failed_on"])}).describe()
+    return "; first divergent " + tensor_diff(d).describe()
+
+
+def tensor_diff(d: Mapping[str, Any]) -> TensorDiff:
+    """A ``TensorDiff`` from its dict (``asdict``, read back from JSON)."""
+    return TensorDiff(**{**d, "shape": tuple(d["shape"]), "failed_on": tuple(d["failed_on"])})
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs, maps, plots
 
 
-def seeded_feeds(model: onnx.ModelProto, samples: int, seed: int, input_name: str | None = None,
-                 shape: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
-    """Seeded inputs for every input of ``model``: ``input_name`` (default the first) shaped ``shape`` (default
-    the model's, dynamic dims as 1) from ``make_inputs``, as ``graphopt verify`` feeds it; other float inputs
-    standard normal, integer and bool inputs zero."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
-        raise UserError("diff: the model has no inputs")
-    main = input_name or inputs[0].name
-    if main not in {i.name for i in inputs}:
-        raise UserError(f"diff: model has no input {main!r} (inputs: {', '.join(i.name for i in inputs)})")
-    feeds: list[dict[str, np.ndarray]] = [{} for _ in range(samples)]
-    rng = np.random.default_rng(seed + 1)
-    for inp in inputs:
-        tt = inp.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
-        if inp.name == main:
-            dims = list(shape) if shape is not None else dims
-            if not np.issubdtype(dtype, np.floating):
-                raise UserError(f"diff: input {main!r} is {dtype}, expected a float input")
-            xs = (make_inputs(dims, samples, seed, dtype.name) if dtype.name in ("float32", "float16") else
-                  [x.astype(dtype) for x in make_inputs(dims, samples, seed)])
-            for feed, x in zip(feeds, xs):
-                feed[main] = x
-            continue
-        for feed in feeds:
-            feed[inp.name] = (rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating)
-                              else np.zeros(dims, dtype))
-    return feeds
+def seeded_feeds(model: onnx.ModelProto | SplitModel | str | Path, samples: int, seed: int,
+                 input_name: str | None = None, shape: Sequence[int] | None = None,
+                 specs: Sequence[InputSpec] = ()) -> list[dict[str, np.ndarray]]:
+    """Seeded feeds for every input of ``model`` (any dtype), as ``graphopt verify`` makes them
+    (``graphopt.inputs``): ``specs`` as given, and ``input_name`` (default the first input) shaped ``shape`` when
+    given."""
+    specs = list(specs)
+    if shape is not None:
+        names = [m.name for m in model_inputs(model)]
+        if not names:
+            raise UserError("diff: the model has no inputs")
+        specs.append(InputSpec(input_name or names[0], tuple(shape)))
+    from .inputs import merge_specs
+
+    return resolve_inputs(model, merge_specs(specs), where="diff").feeds(samples, seed)
 
 
 def load_name_map(path: str | Path, a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
@@ -441,7 +446,7 @@ def plot_diff(result: DiffResult, path: str | Path, title: str = "") -> None:
 def _cmd_diff(args: argparse.Namespace) -> int:
     import sys
 
-    from .cli import comparison_tolerance, parse_shape
+    from .cli import comparison_tolerance, input_specs
 
     progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else _noop
     if args.budget_mb <= 0:
@@ -451,7 +456,12 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     # A's are A's arrays.
     a = load_split(args.a, "model A")
     b = load_split(args.b, "model B", reuse=a.weights)
-    feeds = seeded_feeds(a.skeleton, args.samples, args.seed, args.input, parse_shape(args.shape))
+    # The inputs as graphopt verify makes them: every input of A, any dtype (--input, --range, --data).
+    specs, paths, primary = input_specs(args, a)
+    plan = resolve_inputs(a, specs, paths=paths)
+    feeds = plan.feeds(args.samples, args.seed, data=args.data, primary=primary)
+    if not feeds:
+        raise UserError("diff: no inputs to run the models on")
     name_map = load_name_map(args.map, model_producers(a.skeleton), model_producers(b.skeleton)) if args.map \
         else None
     result = diff_models(a, b, feeds, tolerance=tol, name_map=name_map, budget_mb=args.budget_mb,
@@ -470,7 +480,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         from .ir import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(result.as_dict(), indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"inputs": plan.describe(), **result.as_dict()}, indent=2,
+                                                default=str) + "\n")
         print(f"wrote {args.json}")
     if args.plot and result.tensors:
         plot_diff(result, args.plot)
@@ -486,7 +497,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("a", help="reference model (e.g. the recipe's input model)")
     p.add_argument("b", help="model to compare (e.g. runs/<name>/model.onnx)")
     p.add_argument("--map", help="report.json of the run that made B from A (its name_map traces renamed tensors)")
-    add_comparison_arguments(p, samples=1)
+    add_comparison_arguments(p, samples=1, inputs=True)
     p.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                    help=f"MiB of tensor values held per batch, both models together (default {DEFAULT_BUDGET_MB:g})")
     p.add_argument("--first", action="store_true", help="stop after the batch holding the first divergence")

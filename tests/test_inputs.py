@@ -365,3 +365,70 @@ def test_model_inputs_leave_out_initializers():
     model = image_and_vector()
     model.graph.input.append(oh.make_tensor_value_info("w_meta", T.FLOAT, [8, 5]))  # IR < 4 style
     assert [m.name for m in model_inputs(model)] == ["image", "meta"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# graphopt diff (phase 2): every input of any dtype, integer tensors exactly
+
+
+def test_diff_a_two_input_image_and_vector_model(tmp_path, capsys):
+    import json
+
+    a = _write(tmp_path, image_and_vector(), "a.onnx")
+    changed = image_and_vector()
+    w = next(i for i in changed.graph.initializer if i.name == "w_meta")
+    w.CopyFrom(nh.from_array(nh.to_array(w) + np.float32(0.05), "w_meta"))
+    b = _write(tmp_path, changed, "b.onnx")
+    code, out, err = cli(capsys, "diff", a, a, "--plot", "", "--json", tmp_path / "same.json")
+    assert code == 0 and "no shared tensor is outside tolerance" in out, (out, err)
+    data = json.loads((tmp_path / "same.json").read_text())
+    assert [(i["name"], i["shape"]) for i in data["inputs"]] == [("image", [2, 3, 16, 16]), ("meta", [2, 8])]
+    label = next(t for t in data["tensors"] if t["name"] == "label")
+    assert label["exact"] == "integer" and label["mismatches"] == 0 and label["passed"]
+    # several --input flags, and the old --shape for the first input
+    code, out, err = cli(capsys, "diff", a, b, "--plot", "", "--input", "image:3,3,16,16", "--input", "meta:3,8",
+                         "--range", "meta:-1,1", "--samples", "2")
+    assert code == 1, (out, err)
+    assert "first divergent tensor 'b' from MatMul node" in out
+    code, out, err = cli(capsys, "diff", a, a, "--plot", "", "--shape", "5,3,16,16")
+    assert code == 0, err
+    # real data: one array per input name, first axis the items
+    np.savez(tmp_path / "d.npz", image=np.ones((4, 3, 16, 16), np.float32), meta=np.zeros((4, 8), np.float32))
+    code, out, err = cli(capsys, "diff", a, b, "--plot", "", "--data", tmp_path / "d.npz")
+    assert code == 0, (out, err)  # meta all zero: the changed w_meta contributes nothing
+    code, _, err = cli(capsys, "diff", a, b, "--plot", "", "--input", "meta:2,8:int64")
+    assert code == 2 and err == ["graphopt: error: --input meta:2,8:int64: dtype is int64, the model expects "
+                                 "input 'meta': float32 [N, 8]"]
+
+
+def _ids_model(shift: bool) -> onnx.ModelProto:
+    """token ids (int64 [batch, seq]) and features x (float [batch, 4]): the largest id per row (an integer
+    intermediate), cast to float and added to x scaled by 1e-6; ``shift`` lowers the ids by 1 before the max."""
+    inits = [nh.from_array(np.array([1], np.int64), "one"), nh.from_array(np.array(1e-6, np.float32), "tiny"),
+             nh.from_array(np.array([1], np.int64), "axis")]
+    first = [oh.make_node("Sub", ["ids", "one"], ["ids_shifted"])] if shift else []
+    nodes = first + [
+        oh.make_node("ReduceMax", ["ids_shifted" if shift else "ids"], ["largest"], keepdims=0, axes=[1]),
+        oh.make_node("Cast", ["largest"], ["largest_f"], to=T.FLOAT),
+        oh.make_node("Mul", ["largest_f", "tiny"], ["small"]),
+        oh.make_node("Unsqueeze", ["small", "axis"], ["small2"]),
+        oh.make_node("Add", ["x", "small2"], ["y"])]
+    return _model(nodes, [_vi("ids", T.INT64, ["batch", "seq"]), _vi("x", T.FLOAT, ["batch", 4])],
+                  [_vi("y", T.FLOAT, ["batch", 4])], inits, opset=13)
+
+
+def test_diff_an_integer_intermediate_that_differs_is_divergent(tmp_path, capsys):
+    a, b = _write(tmp_path, _ids_model(False), "a.onnx"), _write(tmp_path, _ids_model(True), "b.onnx")
+    # float tolerances loose enough for every float tensor here (the max id off by 1, y by 1e-6)
+    loose = ["--max-abs", "10", "--cosine", "0.9", "--range", "ids:10,20", "--plot", ""]
+    code, out, err = cli(capsys, "diff", a, b, *loose, "--json", tmp_path / "d.json")
+    assert code == 1, (out, err)
+    assert "1 outside tolerance; first divergent tensor 'largest' from ReduceMax node" in out
+    assert "'largest' from ReduceMax node '#1': 2 element(s) differ (max_abs=1; integer tensors must be equal)" \
+        in out
+    import json
+
+    tensors = {t["name"]: t for t in json.loads((tmp_path / "d.json").read_text())["tensors"]}
+    assert tensors["largest"]["mismatches"] == 2 and tensors["largest"]["failed_on"] == ["exact"]
+    assert tensors["largest_f"]["passed"] and tensors["y"]["passed"]
+    assert cli(capsys, "diff", a, a, *loose)[0] == 0
