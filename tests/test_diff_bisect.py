@@ -311,3 +311,63 @@ def test_diff_bad_input_is_a_user_error(workdir, capsys):
     assert main(["diff", a, a, "--map", str(workdir / "bad.json"), "--plot", ""]) == 2
     assert "--map" in capsys.readouterr().err
     assert main(["diff", a, a, "--budget-mb", "0", "--plot", ""]) == 2
+
+
+IDS_GRAPH = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (int64[N, 4] ids, float[N, 4] x) => (float[N, 4] y, int64[N] largest) {
+    largest = ReduceMax<keepdims=0, axes=[1]>(ids)
+    lf = Cast<to=1>(largest)
+    ax = Constant<value = int64[1] {1}>()
+    l2 = Unsqueeze(lf, ax)
+    y = Add(x, l2)
+}"""
+
+
+@register_pass("test_off_by_one_ids")
+class OffByOneIds(Pass):
+    """Test-only, deliberately wrong: lowers the ids the ReduceMax reads by 1 (an integer tensor off by one)."""
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        node = next(n for n in graph.nodes if n.op == "ReduceMax")
+        lowered = gs.Variable(make_name(graph, "ids_lowered"), dtype=np.int64)
+        graph.nodes.append(gs.Node("Sub", inputs=[node.inputs[0], gs.Constant(make_name(graph, "one"),
+                                                                                np.array([1], np.int64))],
+                                   outputs=[lowered]))
+        node.inputs[0] = lowered
+        return PassResult(True, {})
+
+
+def test_bisect_of_an_integer_divergence_with_several_inputs(tmp_path, capsys):
+    """Two inputs (int64 ids, float x), loose float tolerances: the integer output and tensor differ by one, which
+    is a divergence; the saved subgraph takes the int64 ids and reproduces it exactly."""
+    onnx.save(model_from_text(IDS_GRAPH), tmp_path / "ids.onnx")
+    path = tmp_path / "ids.yaml"
+    path.write_text(textwrap.dedent("""\
+    name: ids
+    model: {onnx: ids.onnx}
+    inputs:
+      - {name: ids, shape: [3, 4], range: [10, 20]}
+    passes: [infer_shapes, test_off_by_one_ids]
+    verify: {samples: 2, tolerance: {max_abs: 100, cosine: null, top1_agreement: null}}
+    """))
+    out = tmp_path / "b"
+    assert main(["bisect", str(path), "-o", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "responsible: pass test_off_by_one_ids (passes[1]) broke numerics: output 'largest': 6 of 6" in text
+    assert ("first divergent tensor 'largest' from ReduceMax node" in text
+            and "6 element(s) differ (max_abs=1; integer tensors must be equal)" in text)  # 2 feeds of 3
+    assert "reproduces on its own in onnxruntime: yes (3 of 3 elements differ)" in text
+    report = json.loads((out / "bisect.json").read_text())
+    assert [i["name"] for i in report["inputs"]] == ["ids", "x"]
+    sub = report["subgraph"]
+    assert sub["before"]["input_types"] == sub["after"]["input_types"] == {"ids": "int64 [3, 4]"}
+    assert sub["check"]["exact"] == "integer" and sub["check"]["mismatches"] == 3
+    with np.load(out / "after_inputs.npz") as data:
+        ids = data["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 10 and ids.max() < 20
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "repro.py"], cwd=out, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "3 of 3 elements differ (int64 outputs must be equal)"
