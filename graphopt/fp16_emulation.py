@@ -20,6 +20,10 @@ The emulation model (what "runs in fp16" means here):
 - GELU ``high_performance`` is the tanh approximation ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``,
   computed (and rounded, when its unit runs in fp16) node by node; ``high_precision`` is the exported exact GELU.
 
+Inputs: every input of the model is fed (``run`` takes feeds, dicts input name -> array); only float32 tensors
+are rounded, so integer and bool inputs (token ids, masks) and what is computed from them pass through unchanged.
+Shapes inferred to find units are dropped from the emulated graph (onnxruntime infers its own at each run).
+
 Switches: the emulated graph has two extra inputs, ``graphopt_fp16_units`` (bool, one per unit) and
 ``graphopt_gelu_high_performance`` (bool scalar). Every rounding point is an ``If(switch)`` whose then-branch
 computes the fp16 value and whose else-branch passes the fp32 value on, so one onnxruntime session serves every
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -52,6 +56,9 @@ from .errors import UserError
 from .ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
 from .quiet import ort_log_severity
 from .pattern import NoMatch
+
+if TYPE_CHECKING:
+    from .verify import Outputs
 
 __all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "UNITS_INPUT", "GELU_INPUT", "Unit",
            "LayerNormMatch", "match_decomposed_layernorm", "unit_ascend_type", "Fp16Emulator", "round_fp16",
@@ -360,6 +367,10 @@ class Fp16Emulator:
         self.reduce_accumulation = reduce_accumulation
         self.stats: dict[str, int] = {"unknown_dtype": 0, "reductions_fp16_accumulated": 0,
                                       "reductions_rounded_only": 0, "gelu_units": 0, "layernorm_units": 0}
+        from .inputs import model_inputs
+
+        self.model_inputs = model_inputs(model)
+        self._checked = False
         graph = to_graph(infer_shapes(model))
         graph.toposort()
         real_inputs = [t for t in graph.inputs]
@@ -502,6 +513,13 @@ class Fp16Emulator:
                     ed.select(g, lambda node=node, raw=raw: self._fp16_output(ed, node, original, raw,
                                                                               f"unit{unit.index}"),
                               lambda raw=raw: raw, f"unit{unit.index}_out", out=y)
+        # Inferred shapes served to find units and count FLOPs; the emulated graph runs without them (onnxruntime
+        # infers its own), so an inferred static dim that is wrong for another size (a position-id Slice sized
+        # [1, 64] by symbolic inference where the run has 8) cannot make the If branches refuse the run.
+        ends = {id(t) for t in (*graph.inputs, *graph.outputs)}
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Variable) and id(t) not in ends:
+                t.shape = None
         graph.toposort()
 
     def _fp16_output(self, ed: _Editor, node: gs.Node, original: list, raw: gs.Tensor, base: str) -> gs.Tensor:
@@ -598,24 +616,37 @@ class Fp16Emulator:
         return fp16
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self, batches: Sequence[np.ndarray], fp16: np.ndarray | Sequence[bool] | None = None,
-            gelu_high_performance: bool = False) -> dict[str, np.ndarray]:
-        """Outputs over every batch (concatenated) with units ``fp16`` (default none) in fp16."""
+    def run(self, batches: Sequence[Mapping[str, np.ndarray] | np.ndarray],
+            fp16: np.ndarray | Sequence[bool] | None = None,
+            gelu_high_performance: bool = False) -> "Outputs":
+        """Outputs over every feed with units ``fp16`` (default none) in fp16: ``graphopt.verify.Outputs``, each
+        output concatenated over the feeds and kept per feed, so ``compare_outputs`` compares feed by feed.
+        ``batches`` are feeds (dicts input name -> array, every input of the model; integer and bool inputs pass
+        through unchanged, only float32 tensors are rounded) or bare arrays for ``input_name``."""
+        from .verify import Outputs
+
         mask = np.zeros(len(self.units), bool) if fp16 is None else np.asarray(fp16, bool)
         if mask.shape != (len(self.units),):
             raise ValueError(f"fp16 assignment has {mask.size} entries, the model has {len(self.units)} units")
         outs: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         feed_extra = {UNITS_INPUT: mask, GELU_INPUT: np.array(bool(gelu_high_performance))}
         for x in batches:
+            feed = dict(x) if isinstance(x, Mapping) else {self.input_name: x}
+            if not self._checked:
+                from .inputs import check_feed
+
+                check_feed(self.model_inputs, feed, "fp16 emulation")
+                self._checked = True
             try:
-                res = self.session.run(self.output_names, {self.input_name: x, **feed_extra})
+                res = self.session.run(self.output_names, {**feed, **feed_extra})
             except Exception as e:
-                raise UserError(f"onnxruntime failed on the fp16-emulation graph with input shaped "
-                                f"{list(x.shape)}: {str(e).splitlines()[0]}") from None
+                shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feed.items())
+                raise UserError(f"onnxruntime failed on the fp16-emulation graph with inputs {shapes}: "
+                                f"{str(e).splitlines()[0]}") from None
             for n, o in zip(self.output_names, res):
                 outs[n].append(np.asarray(o))
         self.runs += 1
-        return {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in outs.items()}
+        return Outputs.of_feeds(outs)
 
     def fp16_flop_share(self, fp16: np.ndarray) -> float | None:
         """Share of the Conv/MatMul/Gemm FLOPs that run in fp16 under ``fp16``."""

@@ -25,9 +25,15 @@ switch vector), against the fp32 outputs of the same calibration inputs:
    follow their inputs) and that is the *predicted* accuracy reported, with the share of Conv/MatMul/Gemm FLOPs
    left in fp16.
 
-Calibration data: a folder of images (preprocessed as the recipe's ``preprocess:`` says), a folder of ``.bin``
-files from ``graphopt data`` (with its ``labels.txt``), or a ``.npy``; without data, seeded random inputs, with a
-warning: random inputs rarely reach the activation outliers that make real models fp16-sensitive.
+Calibration data (``feeds_calibration``): feeds of every input of the model, as ``graphopt.inputs`` makes them
+(the recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; integer and bool inputs are fed unchanged, only
+float32 tensors are emulated in fp16), from an ``.npz`` (one array per input name) or ``.npy``; for a one-input
+model also a folder of images (preprocessed as the recipe's ``preprocess:`` says) or of ``.bin`` files from
+``graphopt data`` (with its ``labels.txt``); without data, seeded random feeds, with a warning: random inputs
+rarely reach the activation outliers that make real models fp16-sensitive. Items are regrouped into batches when
+every input has a symbolic batch (``regroup_feeds``); a model that fixes its batch is measured in whole feeds.
+Outputs are compared by ``graphopt.verify.compare_outputs``, feed by feed: integer and bool outputs exactly, top-1
+agreement for class-score outputs only.
 """
 from __future__ import annotations
 
@@ -73,20 +79,39 @@ class Target:
             if problem:
                 raise UserError(f"precision target {name}: {problem}")
 
-    def tolerance(self) -> Tolerance:
-        return Tolerance(max_abs=None, max_rel=None, cosine=self.cosine, top1_agreement=self.top1)
+    def tolerance(self, outputs: Sequence[Any] = ()) -> Tolerance:
+        """The thresholds as ``graphopt.verify`` applies them; ``outputs``: a recipe's per-output tolerances, of
+        which only the ``top1`` declarations (class scores or not) are kept."""
+        from .recipe import OutputTolerance
+
+        declared = tuple(OutputTolerance(o.name, (), o.top1) for o in outputs if o.top1 is not None)
+        return Tolerance(max_abs=None, max_rel=None, cosine=self.cosine, top1_agreement=self.top1, outputs=declared)
 
 
 @dataclass
 class Calibration:
-    batches: list[np.ndarray]
+    """Calibration inputs: ``batches`` are feeds (dicts input name -> array, every input of the model) or, from
+    ``load_calibration``, bare arrays of the one float input."""
+
+    batches: list[Any]
     labels: list[int] | None
     source: str
     warning: str | None = None
 
     @property
     def items(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return sum(feed_items(b) for b in self.batches)
+
+
+def feed_items(feed: Mapping[str, np.ndarray] | np.ndarray) -> int:
+    """The items a feed holds: the first axis of its first input that has one (feeds are ordered with the inputs
+    whose batch is symbolic first), 1 for a feed of scalars."""
+    if not isinstance(feed, Mapping):
+        return len(feed)
+    for v in feed.values():
+        if np.ndim(v):
+            return len(v)
+    return 1
 
 
 def rebatch(batches: Sequence[np.ndarray], batch: int, fixed: bool = False) -> list[np.ndarray]:
@@ -106,17 +131,93 @@ def rebatch(batches: Sequence[np.ndarray], batch: int, fixed: bool = False) -> l
     return [items[i:i + batch] for i in range(0, len(items), batch)]
 
 
-def _screen_batches(batches: Sequence[np.ndarray], items: int, fixed: bool) -> list[np.ndarray]:
-    """The first ``items`` calibration items for unit-by-unit trials: one batch, or, for a model whose batch is
-    fixed, the fewest whole batches holding at least that many (onnxruntime takes no other batch size)."""
+def _screen_batches(batches: Sequence[Any], items: int, fixed: bool) -> list[Any]:
+    """The first ``items`` calibration items for unit-by-unit trials: one batch (every input of a feed cut to its
+    first ``items`` items), or, for a model whose batch is fixed (or whose feeds cannot be regrouped), the fewest
+    whole feeds holding at least that many (onnxruntime takes no other batch size)."""
     if not fixed:
+        if batches and isinstance(batches[0], Mapping):
+            return [{k: np.concatenate([b[k] for b in batches])[:items] for k in batches[0]}]
         return [np.concatenate(list(batches))[:items]]
-    out: list[np.ndarray] = []
+    out: list[Any] = []
     for b in batches:
-        if sum(len(x) for x in out) >= items:
+        if sum(feed_items(x) for x in out) >= items:
             break
         out.append(b)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feeds: every input of the model
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a model's feeds hold items. ``batched``: inputs whose first dim is symbolic (the batch);
+    ``regroupable``: every input is batched, so feeds can be cut and joined along the first axis into batches of
+    any size; ``fixed``: the model's own batch size when no input has a symbolic one (the first dim of its first
+    input with a dim), else None."""
+
+    batched: tuple[str, ...]
+    regroupable: bool
+    fixed: int | None
+    fixed_input: str | None = None
+
+
+def batch_layout(model) -> BatchLayout:
+    from .inputs import model_inputs
+
+    ins = [m for m in model_inputs(model) if m.kind == "tensor"]
+    batched = tuple(m.name for m in ins if m.has_batch)
+    regroupable = bool(batched) and len(batched) == len(ins)
+    fixed = fixed_input = None
+    if not batched:
+        first = next((m for m in ins if m.dims), None)
+        if first is not None:
+            fixed, fixed_input = first.dims[0], first.name
+    return BatchLayout(batched, regroupable, fixed, fixed_input)
+
+
+def _ordered(feed: Mapping[str, np.ndarray], batched: Sequence[str]) -> dict[str, np.ndarray]:
+    """The feed with its batched inputs first (``feed_items`` counts along the first of them)."""
+    return {k: feed[k] for k in sorted(feed, key=lambda k: k not in batched)}
+
+
+def regroup_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout, batch: int,
+                  items: int, what: str = "calibration") -> tuple[list[dict[str, np.ndarray]], str]:
+    """At most ``items`` items of ``feeds`` as the model takes them, and a note on what was used: joined along the
+    first axis and cut into batches of ``batch`` when the layout is regroupable (and the feeds agree beyond their
+    first axis); else whole feeds, as many as hold at most ``items`` items (at least one), a fixed batch whole
+    (fewer items than one fixed batch is a ``UserError``, as ``rebatch``)."""
+    feeds = [_ordered(f, layout.batched) for f in feeds]
+    if not feeds:
+        raise UserError(f"{what}: no items to measure on")
+    if layout.fixed is not None and layout.fixed < 1:
+        raise UserError(f"model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it takes no "
+                        "items, so there is nothing to measure fp16 precision on")
+    names = list(feeds[0])
+    if layout.regroupable and all(list(f) == names for f in feeds) and all(
+            len({np.shape(f[k])[1:] for f in feeds}) == 1 for k in names):
+        joined = {k: np.concatenate([f[k] for f in feeds])[:items] for k in names}
+        total = len(joined[names[0]]) if names else 0
+        if total == 0:
+            raise UserError(f"{what}: no items to measure on")
+        return [{k: v[i:i + batch] for k, v in joined.items()} for i in range(0, total, batch)], ""
+    per = feed_items(feeds[0])
+    if layout.fixed is not None and sum(feed_items(f) for f in feeds) < layout.fixed:
+        raise UserError(f"{what}: {sum(feed_items(f) for f in feeds)} item(s), fewer than one batch of "
+                        f"{layout.fixed} (the model's fixed batch size)")
+    out: list[dict[str, np.ndarray]] = []
+    for f in feeds:
+        if out and sum(feed_items(x) for x in out) + feed_items(f) > items:
+            break
+        out.append(f)
+    if layout.fixed is not None and items < per:
+        raise UserError(f"{what}: {items} item(s), fewer than one batch of {per} (the model's fixed batch size)")
+    used = sum(feed_items(f) for f in out)
+    note = f", {used} used (whole batches of {per})" if layout.fixed is not None and 0 < items - used < per \
+        else ""
+    return out, note
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,17 +227,19 @@ def _screen_batches(batches: Sequence[np.ndarray], items: int, fixed: bool) -> l
 class PrecisionSearch:
     """Trials of fp16 assignments on one emulator and one calibration set, each measured once and cached."""
 
-    def __init__(self, emulator: Fp16Emulator, batches: Sequence[np.ndarray], target: Target,
-                 labels: Sequence[int] | None = None, progress: Callable[[str], None] = _noop):
+    def __init__(self, emulator: Fp16Emulator, batches: Sequence[Any], target: Target,
+                 labels: Sequence[int] | None = None, progress: Callable[[str], None] = _noop,
+                 outputs: Sequence[Any] = ()):
         self.emu = emulator
         self.batches = list(batches)
         self.target = target
-        self.tolerance = target.tolerance()
+        self.tolerance = target.tolerance(outputs)
         self.labels = None if labels is None else np.asarray(labels)
         self.progress = progress
         self.cache: dict[tuple[bytes, bool], dict[str, Any]] = {}
         self.ref = emulator.run(self.batches)
-        self.class_output = next((k for k, v in self.ref.items() if v.ndim == 2 and v.shape[1] > 1), None)
+        self.class_output = next((k for k, v in self.ref.items() if v.ndim == 2 and v.shape[1] > 1
+                                  and v.dtype.kind == "f" and self.tolerance.for_output(k)[1] is not False), None)
         if self.labels is not None and (self.class_output is None
                                         or len(self.labels) != len(self.ref[self.class_output])):
             self.labels = None
@@ -186,27 +289,29 @@ def _type_label(units: Sequence[Unit]) -> str:
     return ascend if kinds == [ascend] else f"{ascend} ({', '.join(kinds)})"
 
 
-def analyse(emulator: Fp16Emulator, batches: Sequence[np.ndarray], target: Target, *,
+def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
             labels: Sequence[int] | None = None, node_trials: int = 24, worst_nodes: int = 5,
             gelu: bool = True, graph_node_names: set[str] | None = None, screen_items: int = 4,
-            fixed_batch: bool = False, progress: Callable[[str], None] = _noop) -> dict[str, Any]:
+            fixed_batch: bool = False, progress: Callable[[str], None] = _noop,
+            outputs: Sequence[Any] = ()) -> dict[str, Any]:
     """Baselines, sensitivity, keep-set search, GELU mode, configs and their predicted accuracy (module docstring).
 
     ``graph_node_names``: the node names of the graph the configs are for (default: the emulated model's).
     ``screen_items``: unit-by-unit trials (worst units, ranking the nodes of a kept type) run on the first this
     many calibration items only; every decision on the keep-set is checked on all of them. ``fixed_batch``: the
-    model's batch dimension is fixed (``batches`` are all that size): the screen keeps whole batches."""
+    model's batch dimension is fixed (``batches`` are all that size), or its feeds cannot be regrouped: the screen
+    keeps whole feeds. ``batches``: feeds (every input) or bare arrays of the emulator's input. ``outputs``: a
+    recipe's per-output tolerances, for their ``top1`` declarations (class scores or not)."""
     t0 = time.perf_counter()
-    s = PrecisionSearch(emulator, batches, target, labels, progress)
+    s = PrecisionSearch(emulator, batches, target, labels, progress, outputs)
     screen = s
-    total = sum(len(b) for b in batches)
+    total = sum(feed_items(b) for b in batches)
     if total > screen_items:
         first = _screen_batches(batches, screen_items, fixed_batch)
-        if sum(len(b) for b in first) < total:
-            screen = PrecisionSearch(emulator, first, target)
+        if sum(feed_items(b) for b in first) < total:
+            screen = PrecisionSearch(emulator, first, target, outputs=outputs)
     units = emulator.units
-    out: dict[str, Any] = {"target": asdict(target), "units": len(units),
-                           "calibration_items": sum(len(b) for b in batches)}
+    out: dict[str, Any] = {"target": asdict(target), "units": len(units), "calibration_items": total}
     if not units:
         out.update(baselines={}, types=[], worst_nodes=[], search={"keep_types": [], "keep_nodes": []},
                    configs={}, predicted=None, trials=0, seconds=round(time.perf_counter() - t0, 2))
@@ -249,7 +354,7 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[np.ndarray], target: Targe
     worst = sorted(per_unit, key=lambda i: -per_unit[i]["error"])[:worst_nodes]
     out["worst_nodes"] = [{**units[i].as_dict(), "only_fp16": per_unit[i],
                            "all_but_fp16": screen.trial(screen.keeping({i}))} for i in worst]
-    out["screen_items"] = sum(len(b) for b in screen.batches)
+    out["screen_items"] = sum(feed_items(b) for b in screen.batches)
 
     # Search.
     progress("precision: searching the smallest fp32 keep-set ...")
@@ -450,6 +555,64 @@ def _calibration(items: np.ndarray, batch: int, fixed_batch: bool, labels: list[
     return Calibration(batches, labels[:used] if labels else labels, source, warning)
 
 
+def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", paths: Mapping[str, str] | None = None,
+                      data: str | Path | None = None, samples: int = 64, seed: int = 0, batch: int = 8,
+                      primary: str | None = None, preprocess=None, pattern: str | None = None,
+                      labels_file: str | None = None, label_regex: str | None = None) -> tuple[Calibration, Any]:
+    """Calibration feeds for every input of ``model`` and the ``InputPlan`` they follow (``graphopt.inputs``:
+    ``specs`` from a recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; inputs not named take the
+    model's shape, symbolic dims their defaults, values by kind: integer and bool inputs are never emulated).
+
+    At most ``samples`` items, in batches of ``batch`` when every input has a symbolic batch (drawn one item per
+    feed, so a single float input gets exactly ``load_calibration``'s values, then regrouped); a model with a fixed
+    batch is measured in whole batches of its own size. ``data``: an ``.npz`` (one array per input name), a
+    ``.npy`` for ``primary`` (default the first input), or, for a model with one input, a folder of images (with
+    ``preprocess``) or of ``.bin`` files (``load_calibration``, labels included)."""
+    from .inputs import model_inputs, resolve_inputs
+
+    if samples < 1:
+        raise UserError(f"--samples {samples}: must be at least 1")
+    layout = batch_layout(model)
+    if layout.fixed is not None and layout.fixed < 1:
+        raise UserError(f"model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it takes no "
+                        "items, so there is nothing to measure fp16 precision on")
+    ins = {m.name: m for m in model_inputs(model)}
+    given = {d for sp in specs if sp.name in ins and (sp.shape is not None or sp.data is not None)
+             for d in ins[sp.name].dims or () if isinstance(d, str)}
+    batch_symbols = {m.dims[0] for m in ins.values() if m.has_batch and isinstance(m.dims[0], str)} - given
+    plan = resolve_inputs(model, specs, where=where, paths=paths,
+                          dims={d: 1 if layout.regroupable else batch for d in batch_symbols})
+    path = Path(data) if data is not None else None
+    if path is not None and path.is_dir():
+        first = plan[primary] if primary in plan.names else (plan.inputs[0] if plan.inputs else None)
+        if first is None or len(plan.inputs) > 1 or first.dtype != "float32":
+            what = f"{len(plan.inputs)} inputs ({', '.join(plan.names)})" if len(plan.inputs) != 1 else \
+                f"input {first.name!r} of {first.model.describe()}"
+            raise UserError(f"--data {path}: a folder (images or .bin files) feeds one float32 input; the model has "
+                            f"{what}: give an .npz with one array per input name")
+        fixed = layout.fixed
+        cal = load_calibration(path, first.shape, preprocess=preprocess, samples=samples, seed=seed,
+                               batch=batch if fixed is None else fixed, pattern=pattern, labels_file=labels_file,
+                               label_regex=label_regex, fixed_batch=fixed is not None)
+        cal.batches = [{first.name: b} for b in cal.batches]
+        return cal, plan
+    per = plan[layout.batched[0]].shape[0] if layout.batched else (layout.fixed or 1)
+    if layout.fixed is not None:
+        count = samples // per
+        if count < 1:
+            raise UserError(f"calibration: {samples} item(s), fewer than one batch of {per} (the model's fixed batch "
+                            f"size): give --samples {per} or more")
+    else:
+        count = -(-samples // max(per, 1))
+    feeds = plan.feeds(count, seed, data=data, primary=primary)
+    feeds, note = regroup_feeds(feeds, layout, batch, samples)
+    items = sum(feed_items(f) for f in feeds)
+    if data is None:
+        source = f"seeded random (seed {seed}, {items} items{note})"
+        return Calibration(feeds, None, source, RANDOM_INPUTS_WARNING), plan
+    return Calibration(feeds, None, f"{items} items from {data}{note}"), plan
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Report
 
@@ -472,6 +635,12 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
                                                             if cal.get("labelled") else ""))
         if cal.get("warning"):
             lines.append(f"**Warning:** {cal['warning']}.")
+        lines.append("")
+    ins = result.get("model", {}).get("inputs")
+    if ins:
+        lines.append("Inputs, per batch (only float32 tensors are rounded to fp16; integer and bool inputs pass "
+                     "through): " + "; ".join(f"{i['name']} {i['dtype']} {i['shape']} ({i['values']}"
+                                              + (f" {i['range']}" if i.get("range") else "") + ")" for i in ins) + ".")
         lines.append("")
     t = result["target"]
     lines += [f"Target against fp32: top-1 agreement >= {t['top1']}, cosine >= {t['cosine']}. "
@@ -574,18 +743,6 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _model_input(model: onnx.ModelProto, name: str | None) -> tuple[str, list[int], bool]:
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    inp = next((i for i in inputs if i.name == name), None) if name else (inputs[0] if inputs else None)
-    if inp is None:
-        raise UserError(f"model has no input {name!r}")
-    dims = inp.type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-    dynamic_batch = bool(dims) and not dims[0].HasField("dim_value")
-    return inp.name, shape, dynamic_batch
-
-
 def _recipe_model(recipe, progress: Callable[[str], None]) -> onnx.ModelProto:
     """The recipe's model after its graph passes (unverified; a measured mixlist is left out)."""
     from .apply import source_model_path
@@ -597,20 +754,40 @@ def _recipe_model(recipe, progress: Callable[[str], None]) -> onnx.ModelProto:
     passes = [(p, spec.where, "stop") for p, spec in zip(recipe.build_passes(), recipe.passes)
               if not (spec.name == "mixlist" and getattr(p, "mode", None) == "measured")]
     if passes:
-        model = run_pipeline(model, passes, inputs=None, input_name=recipe.input.name, progress=progress).model
+        model = run_pipeline(model, passes, inputs=None, input_name=recipe.input.name if recipe.input else None,
+                             progress=progress).model
     return model
+
+
+def _already_fp16(model: onnx.ModelProto, emu: Fp16Emulator) -> str | None:
+    """Why ``model`` computes in fp16 already (no float32 op to emulate, float16 inputs or weights), else None."""
+    if emu.units:
+        return None
+    from .inputs import model_inputs
+
+    half = [m.name for m in model_inputs(model) if m.dtype in ("float16", "bfloat16")]
+    weights = sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16,
+                                                                        onnx.TensorProto.BFLOAT16))
+    if not half and not weights:
+        return None
+    what = f"input(s) {', '.join(repr(n) for n in half)}" if half else f"{weights} weight(s)"
+    return (f"the model computes in float16 already ({what} float16, no float32 op): there is no fp32 to measure "
+            "fp16 against; run graphopt precision on the fp32 model")
 
 
 def run_precision(source: str | Path, *, data: str | Path | None = None, target: Target = Target(),
                   outdir: str | Path | None = None, samples: int = 64, seed: int = 0, node_trials: int = 24,
                   worst_nodes: int = 5, reduce_accumulation: str = "fp16", labels_file: str | None = None,
                   label_regex: str | None = None, pattern: str | None = None, batch: int = 8,
-                  progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
+                  progress: Callable[[str], None] = _stderr, force: bool = False, specs: Sequence[Any] | None = None,
+                  paths: Mapping[str, str] | None = None, primary: str | None = None) -> dict[str, Any]:
     """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report. An
     existing ``outdir`` that is not an earlier precision folder is refused before any work, unless ``force``
-    (``graphopt.outputs``)."""
+    (``graphopt.outputs``). The inputs: every input of the model (``feeds_calibration``), as the recipe's
+    ``inputs:`` says, or ``specs`` (``--input`` / ``--range``: ``cli.input_specs``, over the recipe's)."""
     from .apply import recipe_inputs, write_run_dir
     from .atc import config_files
+    from .inputs import merge_specs, model_inputs
     from .ir import load_model
     from .outputs import check_output_dir
     from .recipe import PreprocessSpec, load_recipe
@@ -620,34 +797,48 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
     out = Path(outdir) if outdir else Path("runs") / f"{recipe.name if recipe else source.stem}-precision"
     inputs_read = [*(recipe_inputs(recipe) if recipe else [source]), data, labels_file]
     check_output_dir(out, "precision", force=force, inputs=inputs_read)
+    given = list(specs or [])
+    where = ""
+    declared: Sequence[Any] = ()
     if recipe is not None:
         name, preprocess = recipe.name, recipe.preprocess
         model = _recipe_model(recipe, progress)
-        input_name, model_shape, dynamic = _model_input(model, recipe.input.name)
-        shape = list(recipe.input.shape)
+        given = merge_specs(recipe.inputs, given)
+        paths = {**recipe.input_paths(), **(paths or {})}
+        where = str(recipe.path or "recipe")
+        primary = primary or (recipe.input.name if recipe.input else None)
+        declared = recipe.verify.tolerance.outputs
     else:
         model = load_model(source, "model")
         name = source.stem
-        input_name, shape, dynamic = _model_input(model, None)
-        model_shape = shape
-        hw = tuple(shape[-2:]) if len(shape) == 4 else None
-        preprocess = PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw) if hw else None
-    fixed = None if dynamic or not model_shape else model_shape[0]  # the model's own batch size, if it fixes one
-    if fixed is not None and fixed < 1:
-        raise UserError(f"model input {input_name!r} has a fixed batch size of {fixed}: it takes no items, so "
-                        "there is nothing to measure fp16 precision on")
-    cal = load_calibration(data, shape, preprocess=preprocess, samples=samples, seed=seed,
-                           batch=batch if fixed is None else fixed, pattern=pattern, labels_file=labels_file,
-                           label_regex=label_regex, fixed_batch=fixed is not None)
+        preprocess = None
+        ins = model_inputs(model)
+        m = next((i for i in ins if i.name == primary), ins[0] if ins else None)
+        if m is not None and m.dims is not None and len(m.dims) == 4 and \
+                all(isinstance(d, int) and d > 0 for d in m.dims[-2:]):  # an image model: for a folder of images
+            hw = tuple(m.dims[-2:])
+            preprocess = PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw)
+    cal, plan = feeds_calibration(model, given, where=where, paths=paths, data=data, samples=samples, seed=seed,
+                                  batch=batch, primary=primary, preprocess=preprocess, pattern=pattern,
+                                  labels_file=labels_file, label_regex=label_regex)
+    first = plan[primary] if primary in plan.names else (plan.inputs[0] if plan.inputs else None)
     if cal.warning:
         progress(f"precision: warning: {cal.warning}")
     progress(f"precision: building the fp16 emulation of {name} ...")
     t0 = time.perf_counter()
-    emu = Fp16Emulator(model, input_name, reduce_accumulation=reduce_accumulation)
+    emu = Fp16Emulator(model, first.name if first is not None else None, reduce_accumulation=reduce_accumulation)
+    problem = _already_fp16(model, emu)
+    if problem:
+        raise UserError(problem)
     build_seconds = time.perf_counter() - t0
+    layout = batch_layout(model)
+    whole = not layout.regroupable
     result = analyse(emu, cal.batches, target, labels=cal.labels, node_trials=node_trials,
-                     worst_nodes=worst_nodes, fixed_batch=fixed is not None, progress=progress)
-    result["model"] = {"name": name, "source": str(source), "input": input_name}
+                     worst_nodes=worst_nodes, fixed_batch=whole, progress=progress, outputs=declared)
+    first_feed = cal.batches[0] if cal.batches and isinstance(cal.batches[0], Mapping) else {}
+    inputs = [{**d, "shape": list(np.shape(first_feed[d["name"]]))} if d["name"] in first_feed else d
+              for d in plan.describe()]  # the shape of a calibration batch, as regrouped
+    result["model"] = {"name": name, "source": str(source), "input": emu.input_name, "inputs": inputs}
     result["calibration"] = {"source": cal.source, "items": cal.items,
                              "labelled": len(cal.labels) if cal.labels else 0, "warning": cal.warning}
     result["emulation"] = {**emu.stats, "reduce_accumulation": reduce_accumulation,
@@ -668,11 +859,18 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
 
 
 def _cmd_precision(args: Any) -> int:
+    from .cli import input_specs
+
     target = Target(top1=args.target_top1, cosine=args.target_cosine)
+    import argparse
+
+    flags = argparse.Namespace(input=args.input, range=args.range, shape=None)
+    specs, paths, primary = input_specs(flags, None)
     result = run_precision(args.model, data=args.data, target=target, outdir=args.output, samples=args.samples,
                            seed=args.seed, node_trials=args.node_trials, worst_nodes=args.worst_nodes,
                            reduce_accumulation=args.reduce_accumulation, labels_file=args.labels,
-                           label_regex=args.label_from_name, pattern=args.glob, force=args.force)
+                           label_regex=args.label_from_name, pattern=args.glob, force=args.force, specs=specs,
+                           paths=paths, primary=primary)
     b = result["baselines"]
     for mode in ("fp32", "force_fp16"):
         m = b[mode]
@@ -696,8 +894,17 @@ def add_cli(subparsers: Any) -> None:
                                                 "emulated in onnxruntime), find the smallest fp32 keep-set "
                                                 "meeting a target, write ATC's precision configs")
     p.add_argument("model", metavar="RECIPE_OR_MODEL", help="a recipe (its model after its passes) or an .onnx")
-    p.add_argument("--data", help="calibration data: a folder of images (preprocessed per the recipe), a folder "
-                                  "of .bin files (graphopt data) or a .npy; default seeded random inputs")
+    p.add_argument("--data", help="calibration data: an .npz with one array per input name (first axis the items), "
+                                  "a .npy for the first input, or for a one-input model a folder of images "
+                                  "(preprocessed per the recipe) or of .bin files (graphopt data); default seeded "
+                                  "random inputs")
+    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
+                   help="an input's shape (batch first) and dtype, as graphopt verify takes it, e.g. "
+                        "input_ids:1,32:int64 (repeatable); inputs not given take the model's shape and graphopt's "
+                        "defaults (graphopt.inputs); the batch is regrouped into batches of 8 unless the model fixes "
+                        "it")
+    p.add_argument("--range", action="append", default=[], metavar="NAME:LO,HI",
+                   help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable)")
     p.add_argument("--target-top1", type=float, default=1.0, help="top-1 agreement with fp32 to keep (default 1.0)")
     p.add_argument("--target-cosine", type=float, default=0.999, help="cosine with fp32 to keep (default 0.999)")
     p.add_argument("-o", "--output", help="output folder (default runs/<name>-precision)")

@@ -46,8 +46,11 @@ class Mixlist(Pass):
 
     ``mode: measured`` chooses the lists itself (``graphopt.fp16_sensitivity``; the graph is still not touched):
     ATC's fp16 modes are emulated in onnxruntime on the graph the pass receives, with the pipeline's verification
-    inputs as calibration data (the recipe's ``verify.data`` for real images; seeded random inputs otherwise, or
-    when verification is off, with a warning in ``stats["warnings"]``: random inputs understate sensitivity).
+    feeds as calibration data (``calibration_feeds``: every input of the model, integer and bool ones passed
+    through unchanged; regrouped into batches of 8 when every input has a symbolic batch, whole feeds when the
+    model fixes its batch; the recipe's ``verify.data`` for real data; seeded random feeds of every input
+    otherwise, or when verification is off, with a warning in ``stats["warnings"]``: random inputs understate
+    sensitivity).
     It measures each op type's fp16 error, searches the smallest set of op types (or, for plain nodes, node
     names) to keep in fp32 so that top-1 agreement with fp32 stays >= ``target_top1`` and cosine >=
     ``target_cosine`` on that data, and returns: ``mixlist`` (black-list to-add: the kept Ascend op types, with
@@ -83,8 +86,10 @@ class Mixlist(Pass):
         "help": "measured: fp16 ReduceMean/ReduceSum accumulate in fp16 (Ascend310) or fp32 (Ascend310P/910)"})
     gelu_modes: bool = field(default=True, metadata={
         "help": "measured: try Gelu=high_performance (tanh) and choose it when the target holds"})
-    # Set by the pipeline before run() (graphopt.pipeline): (verification inputs or None, input name).
+    # Set by the pipeline before run() (graphopt.pipeline): (one input's verification arrays or None, input name,
+    # real data), read for its real-data flag; and the whole verification feeds (every input), or None.
     calibration: Any = field(default=None, init=False, repr=False, compare=False)
+    calibration_feeds: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         lists = {"keep_fp32": self.keep_fp32, "allow_fp16": self.allow_fp16,
@@ -156,38 +161,37 @@ class Mixlist(Pass):
         return PassResult(False, stats, configs)
 
     def _run_measured(self, graph: gs.Graph) -> PassResult:
-        import numpy as np
-
         from graphopt.fp16_emulation import Fp16Emulator
-        from graphopt.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, rebatch
-        from graphopt.verify import make_inputs
+        from graphopt.fp16_sensitivity import (RANDOM_INPUTS_WARNING, Target, analyse, batch_layout, feed_items,
+                                               feeds_calibration, regroup_feeds)
 
-        inputs, input_name, real_data = self.calibration or (None, None, False)
+        what = "mixlist (mode: measured)"
+        _, _, real_data = self.calibration or (None, None, False)
+        feeds = self.calibration_feeds
         model = to_model(graph)
-        emulator = Fp16Emulator(model, input_name, reduce_accumulation=self.reduce_accumulation)
-        inp = next(t for t in graph.inputs if t.name == emulator.input_name)
-        dims = list(inp.shape or [])
-        dynamic = bool(dims) and not isinstance(dims[0], int)
+        layout = batch_layout(model)
+        if layout.fixed is not None and layout.fixed < 1:
+            raise UserError(f"{what}: model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it "
+                            "takes no items, so there is nothing to measure fp16 precision on")
+        emulator = Fp16Emulator(model, reduce_accumulation=self.reduce_accumulation)
         warnings: list[str] = []
-        if inputs:
-            items = np.concatenate(list(inputs))[: self.samples]
-            source = f"{len(items)} verification input(s) of the pipeline (" \
+        if feeds:  # every input of every verification feed, regrouped into batches of 8 where the batch allows
+            batches, note = regroup_feeds(feeds, layout, 8, self.samples, what)
+            source = f"{sum(feed_items(b) for b in batches)} verification input(s) of the pipeline{note} (" \
                 + ("real data: verify.data)" if real_data else "seeded random: the recipe sets no verify.data)")
             if not real_data:
                 warnings.append(RANDOM_INPUTS_WARNING)
         else:
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
-            items = np.concatenate(make_inputs([1, *shape[1:]], self.samples, self.seed))
-            source = f"{self.samples} seeded random input(s) (seed {self.seed}; verification is off)"
+            try:
+                cal, _ = feeds_calibration(model, samples=self.samples, seed=self.seed, batch=8)
+            except UserError as e:
+                raise UserError(f"{what}: {e}") from None
+            batches = cal.batches
+            source = f"{cal.items} seeded random input(s) (seed {self.seed}; verification is off)"
             warnings.append(RANDOM_INPUTS_WARNING)
-        batch = 8 if dynamic else (dims[0] if dims else 1)
-        if batch < 1:
-            raise UserError(f"mixlist (mode: measured): model input {emulator.input_name!r} has a fixed batch size "
-                            f"of {batch}: it takes no items, so there is nothing to measure fp16 precision on")
-        result = analyse(emulator, rebatch([items.astype(np.float32)], batch, fixed=not dynamic),
-                         Target(self.target_top1, self.target_cosine), node_trials=self.node_trials,
+        result = analyse(emulator, batches, Target(self.target_top1, self.target_cosine), node_trials=self.node_trials,
                          worst_nodes=3, gelu=self.gelu_modes, graph_node_names={n.name for n in graph.nodes},
-                         fixed_batch=not dynamic)
+                         fixed_batch=not layout.regroupable)
         warnings += result.get("warnings", [])
 
         def brief(m: dict | None) -> dict | None:

@@ -432,3 +432,38 @@ def test_diff_an_integer_intermediate_that_differs_is_divergent(tmp_path, capsys
     assert tensors["largest"]["mismatches"] == 2 and tensors["largest"]["failed_on"] == ["exact"]
     assert tensors["largest_f"]["passed"] and tensors["y"]["passed"]
     assert cli(capsys, "diff", a, a, *loose)[0] == 0
+
+
+def test_precision_of_a_two_input_image_and_vector_model(tmp_path, capsys):
+    """graphopt precision feeds both inputs (it fed the first only: onnxruntime refused the run), from the model,
+    from --input / --range, from a recipe's inputs: and from an .npz; the integer label output is compared
+    exactly."""
+    import json
+
+    src = _write(tmp_path, image_and_vector())
+    code, out, err = cli(capsys, "precision", src, "-o", tmp_path / "p1", "--samples", "6", "--node-trials", "2",
+                         "--input", "meta:2,8", "--range", "meta:-1,1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "p1" / "precision.json").read_text())
+    assert [(i["name"], i["shape"]) for i in report["model"]["inputs"]] == [("image", [6, 3, 16, 16]),
+                                                                             ("meta", [6, 8])]
+    assert report["model"]["inputs"][1]["range"] == [-1, 1] and report["calibration"]["items"] == 6
+    (tmp_path / "r.yaml").write_text("model: {onnx: m.onnx}\ninputs:\n  - {name: meta, range: [0, 1]}\n"
+                                     "passes: [fold_constants]\n")
+    code, out, err = cli(capsys, "precision", tmp_path / "r.yaml", "-o", tmp_path / "p2", "--samples", "3",
+                         "--node-trials", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "p2" / "precision.json").read_text())
+    assert report["model"]["inputs"][1]["range"] == [0, 1] and report["calibration"]["items"] == 3
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", image=rng.standard_normal((5, 3, 16, 16)).astype(np.float32),
+             meta=rng.standard_normal((5, 8)).astype(np.float32))
+    code, out, err = cli(capsys, "precision", src, "-o", tmp_path / "p3", "--data", tmp_path / "cal.npz",
+                         "--node-trials", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "p3" / "precision.json").read_text())
+    assert report["calibration"]["items"] == 5 and report["calibration"]["warning"] is None
+    # a folder of images feeds one input: for two, an .npz (one line)
+    (tmp_path / "imgs").mkdir()
+    code, out, err = cli(capsys, "precision", src, "-o", tmp_path / "p4", "--data", tmp_path / "imgs")
+    assert code == 2 and len(err) == 1 and "give an .npz with one array per input name" in err[0]

@@ -402,3 +402,140 @@ def test_mixlist_measured_on_a_fixed_batch_of_zero_is_a_user_error():
     with pytest.raises(UserError, match="mixlist \\(mode: measured\\): model input 'x' has a fixed batch size of 0"):
         run_pipeline(model, [(Mixlist(mode="measured", samples=4), "passes[0]", "stop")], inputs=None,
                      input_name="x")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Any model's inputs (issue 15): every input fed, integer/bool inputs passed through, fixed batches, fp16 models
+
+
+def _planted_gated_graph() -> onnx.ModelProto:
+    """``_planted_mul_graph`` (x10000 then x0.0001: activations of ~30 overflow fp16 in between) behind a bool gate
+    input (Where: no unit), with an integer output (the argmax class, compared exactly): two inputs, one not
+    float."""
+    rng = np.random.default_rng(2)
+    w1 = (10 * rng.standard_normal((16, 16))).astype(np.float32)
+    w2 = rng.standard_normal((16, 10)).astype(np.float32)
+    c = lambda a: ", ".join(f"{v:.6f}" for v in a.ravel())  # noqa: E731
+    return model_from_text(f"""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 16] x, bool[N, 16] gate) => (float[N, 10] y, int64[N] label) {{
+    zero = Constant<value = float {{0.0}}>()
+    big = Constant<value = float {{10000.0}}>()
+    small = Constant<value = float {{0.0001}}>()
+    w1 = Constant<value = float[16, 16] {{{c(w1)}}}>()
+    w2 = Constant<value = float[16, 10] {{{c(w2)}}}>()
+    xg = Where(gate, x, zero)
+    h = MatMul(xg, w1)
+    r = Relu(h)
+    [up] u = Mul(r, big)
+    [down] v = Mul(u, small)
+    y = MatMul(v, w2)
+    label = ArgMax<axis = 1, keepdims = 0>(y)
+}}""")
+
+
+def _gated_feeds(count: int, n: int = 4) -> list[dict]:
+    rng = np.random.default_rng(5)
+    return [{"x": rng.standard_normal((n, 16)).astype(np.float32), "gate": rng.integers(0, 2, (n, 16)).astype(bool)}
+            for _ in range(count)]
+
+
+def test_emulator_runs_feeds_with_a_bool_input_and_compares_integer_outputs_exactly():
+    emu = Fp16Emulator(_planted_gated_graph())
+    feeds = _gated_feeds(2)
+    ref = emu.run(feeds)
+    assert ref["label"].dtype == np.int64 and [s for s in ref.batch_shapes["y"]] == [(4, 10), (4, 10)]
+    from graphopt.verify import compare_outputs
+
+    cmp = compare_outputs(ref, emu.run(feeds, emu.assignment("force_fp16")), Target().tolerance())
+    label = next(o for o in cmp.outputs if o.name == "label")
+    assert label.expected == "integer" and not cmp.passed  # the overflow changes classes: an exact mismatch
+    result = analyse(emu, feeds, Target(top1=1.0, cosine=0.999))
+    assert result["search"]["keep_types"] == ["Mul"] and result["predicted"]["passed"]
+
+
+def test_mixlist_measured_calibrates_on_every_input_of_the_feeds():
+    model = _planted_gated_graph()
+    feeds = _gated_feeds(4)
+    res = run_pipeline(model, [(Mixlist(mode="measured"), "passes[0]", "stop")], inputs=feeds, tolerance=UNCHANGED,
+                       real_data=True)
+    rec = res.records[0]
+    assert res.configs == {"mixlist": {"black-list": {"to-add": ["Mul"]}}, "precision_mode": "allow_mix_precision"}
+    assert "16 verification input" in rec.stats["calibration"] and rec.stats["warnings"] == []
+    # verification off: seeded feeds of every input (the bool gate too)
+    res = run_pipeline(model, [(Mixlist(mode="measured", samples=8), "passes[0]", "stop")], inputs=None)
+    assert res.configs["mixlist"] == {"black-list": {"to-add": ["Mul"]}}
+    assert "8 seeded random input(s)" in res.records[0].stats["calibration"]
+    assert Mixlist(mode="measured").calibration_feeds is None  # set by the pipeline, not a recipe key
+
+
+def test_cli_precision_on_a_two_input_model_with_npz_data(tmp_path, capsys):
+    path = tmp_path / "gated.onnx"
+    onnx.save(_planted_gated_graph(), path)
+    feeds = _gated_feeds(1, n=12)[0]
+    np.savez(tmp_path / "cal.npz", **feeds)
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--data", str(tmp_path / "cal.npz"),
+                 "--samples", "10", "--node-trials", "4"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = tmp_path / "out"
+    assert json.loads((out / "ops_info.json").read_text()) == {"black-list": {"to-add": ["Mul"]}}
+    report = json.loads((out / "precision.json").read_text())
+    assert report["calibration"]["items"] == 10 and report["calibration"]["warning"] is None
+    assert [(i["name"], i["dtype"], i["shape"]) for i in report["model"]["inputs"]] == [
+        ("x", "float32", [8, 16]), ("gate", "bool", [8, 16])]  # batches of 8 (and the last of 2)
+    assert "gate bool [8, 16]" in (out / "precision.md").read_text()
+
+
+def _fixed_batch_one(two_inputs: bool) -> onnx.ModelProto:
+    """A plain onnx.helper image model with a fixed batch of 1 (x [1, 3, 8, 8]); optionally a second fixed input
+    m [1, 4] added to its pooled features."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "wm")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f" if two_inputs else "y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    if two_inputs:
+        nodes += [helper.make_node("MatMul", ["m", "wm"], ["mm"]), helper.make_node("Add", ["f", "mm"], ["y"])]
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 4]))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              inits if two_inputs else inits[:1])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("two_inputs", [False, True])
+def test_cli_precision_on_a_fixed_batch_of_one(tmp_path, capsys, two_inputs):
+    path = tmp_path / "m.onnx"
+    onnx.save(_fixed_batch_one(two_inputs), path)
+    # the CLI's input flags, as graphopt verify takes them; every trial runs batches of 1, the screen included
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "6", "--node-trials", "2",
+                 "--input", "x:1,3,8,8:float32", "--range", "x:-1,1"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err, captured.err
+    report = json.loads((tmp_path / "out" / "precision.json").read_text())
+    assert report["calibration"]["items"] == 6 and report["screen_items"] == 4
+    inputs = {i["name"]: i for i in report["model"]["inputs"]}
+    assert inputs["x"]["shape"] == [1, 3, 8, 8] and inputs["x"]["range"] == [-1, 1]
+    assert sorted(inputs) == (["m", "x"] if two_inputs else ["x"])
+    assert report["predicted"]["passed"] and report["units"] == (5 if two_inputs else 3)
+    # fewer items than one fixed batch cannot be: a fixed batch of 1 takes any count, so ask for 0 items
+    assert main(["precision", str(path), "-o", str(tmp_path / "o2"), "--samples", "0"]) == 2
+    assert "--samples 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_precision_on_an_fp16_model_says_so_in_one_line(tmp_path, capsys):
+    path = tmp_path / "fp16.onnx"
+    onnx.save(model_from_text('<ir_version: 8, opset_import: ["" : 13]>\ng (float16[N, 2, 4] x) => '
+                              '(float16[N, 2, 4] y) {\n    y = Softmax<axis=-1>(x)\n}'), path)
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "4"])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("graphopt: ")]
+    assert code == 2 and "Traceback" not in captured.err and len(errors) == 1, captured.err
+    assert "the model computes in float16 already (input(s) 'x' float16, no float32 op)" in errors[0]
+    assert "run graphopt precision on the fp32 model" in errors[0] and not (tmp_path / "out").exists()

@@ -258,3 +258,24 @@ def test_bisect_a_text_encoder_names_the_planted_pass(bert, tmp_path, capsys):
 
     shown = subprocess.run([sys.executable, "repro.py"], cwd=out_dir, capture_output=True, text=True, check=True)
     assert shown.stdout.startswith("max_abs ") and "cosine" in shown.stdout
+
+
+def test_precision_of_a_text_encoder(bert, tmp_path, capsys):
+    """graphopt precision on the .onnx: both int64 inputs fed (token ids drawn from [0, vocab), the mask as the
+    model's defaults say), only float tensors emulated in fp16; a cosine target above what force_fp16 reaches
+    makes the search keep op types in fp32 (ops_info.json)."""
+    out = tmp_path / "precision"
+    code, stdout, err = cli(capsys, "precision", bert, "-o", out, "--samples", "4", "--node-trials", "2",
+                            "--input", "input_ids:1,8", "--range", "attention_mask:1,2", "--target-cosine", "0.9999999")
+    assert code in (0, 1), err
+    assert (out / "precision.md").is_file() and (out / "ops_info.json").is_file()
+    report = json.loads((out / "precision.json").read_text())
+    assert [(i["name"], i["dtype"], i["shape"]) for i in report["model"]["inputs"]] == [
+        ("input_ids", "int64", [4, 8]), ("attention_mask", "int64", [4, 8])]
+    assert report["model"]["inputs"][0]["range"] == [0, CONFIG["vocab_size"]]
+    assert report["calibration"]["items"] == 4 and report["units"] > 0
+    assert not report["baselines"]["force_fp16"]["passed"]  # 0.9999999 is beyond force_fp16 here
+    kept = json.loads((out / "ops_info.json").read_text())["black-list"]["to-add"]
+    assert kept and set(kept) <= {t["type"] for t in report["types"]}
+    assert code == (0 if report["predicted"]["passed"] else 1)
+    assert "input_ids int64 [4, 8]" in (out / "precision.md").read_text()
