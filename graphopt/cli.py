@@ -174,25 +174,21 @@ def comparison_tolerance(args: argparse.Namespace, top1: float | None):
     return Tolerance(**{criterion: value for criterion, (_, value) in given.items()})
 
 
-def add_comparison_arguments(p: argparse.ArgumentParser, samples: int, inputs: bool = False) -> None:
-    """The inputs and tolerances shared by the commands that compare two models (verify, diff). ``inputs``: the
-    multi-input flags (``--input`` repeatable as NAME:SHAPE[:DTYPE], ``--range``, ``--data``), read by
-    ``input_specs``; without it ``--input`` is one input name (diff, until it moves to ``input_specs``)."""
-    if inputs:
-        p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
-                       help="an input's shape (batch first) and dtype, e.g. input_ids:2,16:int64 (repeatable; "
-                            "a scalar: NAME::DTYPE); inputs not given take the model's shape, symbolic dims "
-                            f"{BATCH_DEFAULT} for a batch (a first dim) and {DIM_DEFAULT} otherwise")
-        p.add_argument("--range", action="append", default=[], metavar="NAME:LO,HI",
-                       help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable; default "
-                            "for integers: [0, rows) for Gather indices, else [0, 2))")
-        p.add_argument("--data", metavar="FILE",
-                       help="real inputs: an .npz with one array per input name (first axis the items), or an "
-                            ".npy / folder of float32 .bin files for the first input")
-    else:
-        p.add_argument("--input", help="input name (default: the first input)")
-    p.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (default: the model's, dynamic dims as "
-                   + ("graphopt.inputs says)" if inputs else "1)"))
+def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
+    """The inputs and tolerances shared by the commands that compare two models (verify, diff): the inputs flags
+    (``--input`` repeatable as NAME:SHAPE[:DTYPE], ``--range``, ``--data``, ``--shape``), read by ``input_specs``."""
+    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
+                   help="an input's shape (batch first) and dtype, e.g. input_ids:2,16:int64 (repeatable; "
+                        "a scalar: NAME::DTYPE); inputs not given take the model's shape, symbolic dims "
+                        f"{BATCH_DEFAULT} for a batch (a first dim) and {DIM_DEFAULT} otherwise")
+    p.add_argument("--range", action="append", default=[], metavar="NAME:LO,HI",
+                   help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable; default "
+                        "for integers: [0, rows) for Gather indices, else [0, 2))")
+    p.add_argument("--data", metavar="FILE",
+                   help="real inputs: an .npz with one array per input name (first axis the items), or an "
+                        ".npy / folder of float32 .bin files for the first input")
+    p.add_argument("--shape", help="the first input's shape, e.g. 1,3,224,224 (default: the model's, symbolic dims "
+                   "as graphopt.inputs says)")
     p.add_argument("--samples", type=int, default=samples)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-abs", type=float, default=1e-4)
@@ -246,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare two models on the same seeded inputs (exit 1 when outside tolerance)")
     p.add_argument("a")
     p.add_argument("b")
-    add_comparison_arguments(p, samples=2, inputs=True)
+    add_comparison_arguments(p, samples=2)
     p.add_argument("--top1", type=float, default=1.0)
     p.set_defaults(func=_cmd_verify)
     for name in COMMAND_MODULES:  # each adds its own subcommand(s)

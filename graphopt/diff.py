@@ -497,7 +497,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("a", help="reference model (e.g. the recipe's input model)")
     p.add_argument("b", help="model to compare (e.g. runs/<name>/model.onnx)")
     p.add_argument("--map", help="report.json of the run that made B from A (its name_map traces renamed tensors)")
-    add_comparison_arguments(p, samples=1, inputs=True)
+    add_comparison_arguments(p, samples=1)
     p.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                    help=f"MiB of tensor values held per batch, both models together (default {DEFAULT_BUDGET_MB:g})")
     p.add_argument("--first", action="store_true", help="stop after the batch holding the first divergence")

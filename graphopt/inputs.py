@@ -36,7 +36,7 @@ the model's order; for a model with one float input that is exactly the old ``ma
 - ``values: [...]``: drawn uniformly from those values (masks, flags, a few valid ids);
 - ``data: FILE``: real values, see ``load_feeds``.
 
-Phase-2 callers (diff, bisect, precision, eval) should: ``plan = resolve_inputs(model, specs)`` (specs from the
+Callers (verify, diff, bisect, precision, eval): ``plan = resolve_inputs(model, specs)`` (specs from the
 recipe's ``Recipe.inputs`` or from ``cli.input_specs(args)``), ``feeds = plan.feeds(samples, seed, data=...)``, run
 ``verify.Runner(model).run(feeds)``, and check user-provided feeds with ``check_feed(model_inputs(model), feed)``.
 """
