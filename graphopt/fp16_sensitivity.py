@@ -184,11 +184,12 @@ def _ordered(feed: Mapping[str, np.ndarray], batched: Sequence[str]) -> dict[str
 
 
 def regroup_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout, batch: int,
-                  items: int, what: str = "calibration") -> tuple[list[dict[str, np.ndarray]], str]:
+                  items: int, what: str = "calibration",
+                  regroup: bool = True) -> tuple[list[dict[str, np.ndarray]], str]:
     """At most ``items`` items of ``feeds`` as the model takes them, and a note on what was used: joined along the
-    first axis and cut into batches of ``batch`` when the layout is regroupable (and the feeds agree beyond their
-    first axis); else whole feeds, as many as hold at most ``items`` items (at least one), a fixed batch whole
-    (fewer items than one fixed batch is a ``UserError``, as ``rebatch``)."""
+    first axis and cut into batches of ``batch`` when ``regroup`` and the layout is regroupable (and the feeds agree
+    beyond their first axis); else whole feeds, as many as hold at most ``items`` items, at least one (a fixed
+    batch larger than ``items`` is measured on one whole batch)."""
     feeds = [_ordered(f, layout.batched) for f in feeds]
     if not feeds:
         raise UserError(f"{what}: no items to measure on")
@@ -196,7 +197,7 @@ def regroup_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout
         raise UserError(f"model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it takes no "
                         "items, so there is nothing to measure fp16 precision on")
     names = list(feeds[0])
-    if layout.regroupable and all(list(f) == names for f in feeds) and all(
+    if regroup and layout.regroupable and all(list(f) == names for f in feeds) and all(
             len({np.shape(f[k])[1:] for f in feeds}) == 1 for k in names):
         joined = {k: np.concatenate([f[k] for f in feeds])[:items] for k in names}
         total = len(joined[names[0]]) if names else 0
@@ -212,12 +213,28 @@ def regroup_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout
         if out and sum(feed_items(x) for x in out) + feed_items(f) > items:
             break
         out.append(f)
-    if layout.fixed is not None and items < per:
-        raise UserError(f"{what}: {items} item(s), fewer than one batch of {per} (the model's fixed batch size)")
     used = sum(feed_items(f) for f in out)
     note = f", {used} used (whole batches of {per})" if layout.fixed is not None and 0 < items - used < per \
-        else ""
+        else f", {used} used (one whole batch: the model fixes it to {per})" if used > items else ""
     return out, note
+
+
+def fit_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout, batch: int, items: int,
+              emulator: Fp16Emulator | None = None, what: str = "calibration") -> tuple[list[dict], str, bool]:
+    """``regroup_feeds``, checked: when ``emulator`` cannot run the first regrouped batch (an input whose first
+    dim is symbolic but no batch, such as a shape or axes vector), whole feeds instead. Returns the batches, the
+    note, and whether they were regrouped (else the screen keeps whole feeds)."""
+    batches, note = regroup_feeds(feeds, layout, batch, items, what)
+    if not layout.regroupable:
+        return batches, note, False
+    if emulator is not None:
+        try:
+            emulator.run(batches[:1])
+            emulator.runs -= 1  # a check, not a trial
+        except UserError:
+            batches, note = regroup_feeds(feeds, layout, batch, items, what, regroup=False)
+            return batches, note, False
+    return batches, note, True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -558,7 +575,8 @@ def _calibration(items: np.ndarray, batch: int, fixed_batch: bool, labels: list[
 def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", paths: Mapping[str, str] | None = None,
                       data: str | Path | None = None, samples: int = 64, seed: int = 0, batch: int = 8,
                       primary: str | None = None, preprocess=None, pattern: str | None = None,
-                      labels_file: str | None = None, label_regex: str | None = None) -> tuple[Calibration, Any]:
+                      labels_file: str | None = None, label_regex: str | None = None,
+                      emulator: Fp16Emulator | None = None) -> tuple[Calibration, Any, bool]:
     """Calibration feeds for every input of ``model`` and the ``InputPlan`` they follow (``graphopt.inputs``:
     ``specs`` from a recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; inputs not named take the
     model's shape, symbolic dims their defaults, values by kind: integer and bool inputs are never emulated).
@@ -567,7 +585,8 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
     feed, so a single float input gets exactly ``load_calibration``'s values, then regrouped); a model with a fixed
     batch is measured in whole batches of its own size. ``data``: an ``.npz`` (one array per input name), a
     ``.npy`` for ``primary`` (default the first input), or, for a model with one input, a folder of images (with
-    ``preprocess``) or of ``.bin`` files (``load_calibration``, labels included)."""
+    ``preprocess``) or of ``.bin`` files (``load_calibration``, labels included). Returns the calibration, the
+    plan, and whether its batches were regrouped (``fit_feeds``, checked on ``emulator`` when given)."""
     from .inputs import model_inputs, resolve_inputs
 
     if samples < 1:
@@ -595,22 +614,19 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
                                batch=batch if fixed is None else fixed, pattern=pattern, labels_file=labels_file,
                                label_regex=label_regex, fixed_batch=fixed is not None)
         cal.batches = [{first.name: b} for b in cal.batches]
-        return cal, plan
+        return cal, plan, fixed is None
     per = plan[layout.batched[0]].shape[0] if layout.batched else (layout.fixed or 1)
     if layout.fixed is not None:
-        count = samples // per
-        if count < 1:
-            raise UserError(f"calibration: {samples} item(s), fewer than one batch of {per} (the model's fixed batch "
-                            f"size): give --samples {per} or more")
+        count = max(1, samples // per)
     else:
         count = -(-samples // max(per, 1))
     feeds = plan.feeds(count, seed, data=data, primary=primary)
-    feeds, note = regroup_feeds(feeds, layout, batch, samples)
+    feeds, note, regrouped = fit_feeds(feeds, layout, batch, samples, emulator)
     items = sum(feed_items(f) for f in feeds)
     if data is None:
         source = f"seeded random (seed {seed}, {items} items{note})"
-        return Calibration(feeds, None, source, RANDOM_INPUTS_WARNING), plan
-    return Calibration(feeds, None, f"{items} items from {data}{note}"), plan
+        return Calibration(feeds, None, source, RANDOM_INPUTS_WARNING), plan, regrouped
+    return Calibration(feeds, None, f"{items} items from {data}{note}"), plan, regrouped
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -818,23 +834,22 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                 all(isinstance(d, int) and d > 0 for d in m.dims[-2:]):  # an image model: for a folder of images
             hw = tuple(m.dims[-2:])
             preprocess = PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw)
-    cal, plan = feeds_calibration(model, given, where=where, paths=paths, data=data, samples=samples, seed=seed,
-                                  batch=batch, primary=primary, preprocess=preprocess, pattern=pattern,
-                                  labels_file=labels_file, label_regex=label_regex)
-    first = plan[primary] if primary in plan.names else (plan.inputs[0] if plan.inputs else None)
-    if cal.warning:
-        progress(f"precision: warning: {cal.warning}")
     progress(f"precision: building the fp16 emulation of {name} ...")
     t0 = time.perf_counter()
-    emu = Fp16Emulator(model, first.name if first is not None else None, reduce_accumulation=reduce_accumulation)
+    names = [m.name for m in model_inputs(model)]
+    emu = Fp16Emulator(model, primary if primary in names else None, reduce_accumulation=reduce_accumulation)
     problem = _already_fp16(model, emu)
     if problem:
         raise UserError(problem)
     build_seconds = time.perf_counter() - t0
-    layout = batch_layout(model)
-    whole = not layout.regroupable
+    cal, plan, regrouped = feeds_calibration(
+        model, given, where=where, paths=paths, data=data, samples=samples, seed=seed, batch=batch,
+        primary=primary, preprocess=preprocess, pattern=pattern, labels_file=labels_file, label_regex=label_regex,
+        emulator=emu)
+    if cal.warning:
+        progress(f"precision: warning: {cal.warning}")
     result = analyse(emu, cal.batches, target, labels=cal.labels, node_trials=node_trials,
-                     worst_nodes=worst_nodes, fixed_batch=whole, progress=progress, outputs=declared)
+                     worst_nodes=worst_nodes, fixed_batch=not regrouped, progress=progress, outputs=declared)
     first_feed = cal.batches[0] if cal.batches and isinstance(cal.batches[0], Mapping) else {}
     inputs = [{**d, "shape": list(np.shape(first_feed[d["name"]]))} if d["name"] in first_feed else d
               for d in plan.describe()]  # the shape of a calibration batch, as regrouped

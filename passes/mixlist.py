@@ -163,7 +163,7 @@ class Mixlist(Pass):
     def _run_measured(self, graph: gs.Graph) -> PassResult:
         from graphopt.fp16_emulation import Fp16Emulator
         from graphopt.fp16_sensitivity import (RANDOM_INPUTS_WARNING, Target, analyse, batch_layout, feed_items,
-                                               feeds_calibration, regroup_feeds)
+                                               feeds_calibration, fit_feeds)
 
         what = "mixlist (mode: measured)"
         _, _, real_data = self.calibration or (None, None, False)
@@ -176,14 +176,15 @@ class Mixlist(Pass):
         emulator = Fp16Emulator(model, reduce_accumulation=self.reduce_accumulation)
         warnings: list[str] = []
         if feeds:  # every input of every verification feed, regrouped into batches of 8 where the batch allows
-            batches, note = regroup_feeds(feeds, layout, 8, self.samples, what)
+            batches, note, regrouped = fit_feeds(feeds, layout, 8, self.samples, emulator, what)
             source = f"{sum(feed_items(b) for b in batches)} verification input(s) of the pipeline{note} (" \
                 + ("real data: verify.data)" if real_data else "seeded random: the recipe sets no verify.data)")
             if not real_data:
                 warnings.append(RANDOM_INPUTS_WARNING)
         else:
             try:
-                cal, _ = feeds_calibration(model, samples=self.samples, seed=self.seed, batch=8)
+                cal, _, regrouped = feeds_calibration(model, samples=self.samples, seed=self.seed, batch=8,
+                                                      emulator=emulator)
             except UserError as e:
                 raise UserError(f"{what}: {e}") from None
             batches = cal.batches
@@ -191,7 +192,7 @@ class Mixlist(Pass):
             warnings.append(RANDOM_INPUTS_WARNING)
         result = analyse(emulator, batches, Target(self.target_top1, self.target_cosine), node_trials=self.node_trials,
                          worst_nodes=3, gelu=self.gelu_modes, graph_node_names={n.name for n in graph.nodes},
-                         fixed_batch=not layout.regroupable)
+                         fixed_batch=not regrouped)
         warnings += result.get("warnings", [])
 
         def brief(m: dict | None) -> dict | None:

@@ -539,3 +539,26 @@ def test_cli_precision_on_an_fp16_model_says_so_in_one_line(tmp_path, capsys):
     assert code == 2 and "Traceback" not in captured.err and len(errors) == 1, captured.err
     assert "the model computes in float16 already (input(s) 'x' float16, no float32 op)" in errors[0]
     assert "run graphopt precision on the fp32 model" in errors[0] and not (tmp_path / "out").exists()
+
+
+def test_feeds_are_regrouped_only_where_the_model_still_runs():
+    """Every input's first dim symbolic, but one is a shape vector, not a batch: joining feeds along it makes a
+    Reshape the model refuses, so whole feeds are measured instead (the screen keeps them whole too)."""
+    from graphopt.fp16_sensitivity import batch_layout, fit_feeds
+
+    model = model_from_text('<ir_version: 8, opset_import: ["" : 17]>\n'
+                            'g (float[N, 4] x, int64[N] shape) => (float[?, ?] y) {\n'
+                            '    r = Reshape(x, shape)\n    y = Relu(r)\n}')
+    feeds = [{"x": _rng_x((2, 4), seed=k), "shape": np.array([4, 2], np.int64)} for k in range(3)]
+    emu = Fp16Emulator(model)
+    layout = batch_layout(model)
+    assert layout.regroupable and layout.batched == ("x", "shape")
+    batches, note, regrouped = fit_feeds(feeds, layout, 8, 6, emu)
+    assert not regrouped and len(batches) == 3 and all(b["shape"].tolist() == [4, 2] for b in batches)
+    assert emu.runs == 0  # the failed check is no trial
+    result = analyse(emu, batches, Target(top1=None, cosine=0.999), fixed_batch=not regrouped, node_trials=1)
+    assert result["predicted"]["passed"] and result["screen_items"] == 4  # two whole feeds of 2
+    # a fixed batch larger than the items asked for: one whole batch, said so
+    fixed = batch_layout(_softmax_model("float[2, 8] x) => (float[2, 8] y"))
+    batches, note, regrouped = fit_feeds([{"x": _rng_x((2, 8))}] * 2, fixed, 8, 1)
+    assert len(batches) == 1 and "2 used (one whole batch: the model fixes it to 2)" in note and not regrouped
