@@ -524,6 +524,10 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer_uncached(model: onnx.ModelProto) -> onnx.ModelProto:
+    return _keep_declared(model, _infer_any(model))
+
+
+def _infer_any(model: onnx.ModelProto) -> onnx.ModelProto:
     from .shape_probe import probe_infer
 
     probed = probe_infer(model)
@@ -540,6 +544,47 @@ def _infer_uncached(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(start, data_prop=True)
     except Exception:
         return start
+
+
+def _keep_declared(model: onnx.ModelProto, inferred: onnx.ModelProto) -> onnx.ModelProto:
+    """``inferred`` (in place) with ``model``'s graph inputs as declared, and its graph outputs' declared element
+    types and dims: inference only fills in what an output leaves unknown (a dim with neither value nor name, a
+    missing shape). A model's interface is never rewritten: onnxruntime checks feeds against the inputs'
+    declared dims, and a symbol merged with a number there (``[N, 4]`` made ``[4, 4]``) rejects every other
+    size."""
+    interface = {vi.name for vi in (*inferred.graph.input, *inferred.graph.output)}
+    if any(vi.name in interface for vi in inferred.graph.value_info):  # a second, unchecked annotation of one
+        kept = [vi for vi in inferred.graph.value_info if vi.name not in interface]
+        del inferred.graph.value_info[:]
+        inferred.graph.value_info.extend(kept)
+    own = {vi.name: vi for vi in model.graph.input}
+    for vi in inferred.graph.input:
+        if vi.name in own and vi.type != own[vi.name].type:
+            vi.type.CopyFrom(own[vi.name].type)
+    own = {vi.name: vi for vi in model.graph.output}
+    for vi in inferred.graph.output:
+        mine = own.get(vi.name)
+        if mine is None or vi.type == mine.type:
+            continue
+        if not (mine.type.HasField("tensor_type") and vi.type.HasField("tensor_type")):
+            if mine.HasField("type"):
+                vi.type.CopyFrom(mine.type)
+            continue
+        declared, got = mine.type.tensor_type, vi.type.tensor_type
+        merged = onnx.TypeProto()
+        merged.CopyFrom(mine.type)
+        mt = merged.tensor_type
+        if not mt.elem_type:
+            mt.elem_type = got.elem_type
+        if got.HasField("shape") and (not declared.HasField("shape") or len(declared.shape.dim) == len(got.shape.dim)):
+            if not declared.HasField("shape"):
+                mt.shape.CopyFrom(got.shape)
+            else:
+                for d, gd in zip(mt.shape.dim, got.shape.dim):
+                    if not d.HasField("dim_value") and not d.dim_param:
+                        d.CopyFrom(gd)
+        vi.type.CopyFrom(merged)
+    return inferred
 
 
 def _symbolic_infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool] | None:
@@ -585,14 +630,20 @@ def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
       a static dim it gives wins; after an input that had to be corrected, only what it gives is kept (what
       symbolic inference derived from a wrong dim is wrong too);
     - probing's concrete runs (``shape_probe.probe_runs``: ONNX's inference and the shape arithmetic evaluated at
-      two sizes of the symbolic input dims, as far as they get): a static dim must have that value in both runs,
-      a dim named after input symbols (``N``, ``2*N``) the value it names in each; a contradicted dim takes
-      what the runs show (static, a multiple of a symbol, or unknown);
+      two large sizes of the symbolic input dims and a small one, as far as they get): a static dim must have that
+      value in every run, a dim named after input symbols (``N``, ``2*N``) the value it names in each. The runs
+      only ever make a dim less specific: a contradicted dim becomes unknown (a missing or different rank becomes
+      theirs, every dim unknown).
+      They never give a dim a value or a name: concrete sizes can pass a clamp (``pos[:, :S]`` of a 64-wide
+      buffer is 64 wide at both large sizes, which says nothing of S <= 64), so a dim named ``S`` that both large
+      runs show equal (past the clamp) is kept unless the small run contradicts it;
     - ONNX's own inference of the whole ``model`` (data propagation on): a static dim there wins, a different rank
       drops the shape.
 
-    Subgraph annotations get the last check. A contradicted element type drops the annotation. What the model
-    itself declares (its outputs' and value infos' types) is left as declared."""
+    Graph inputs keep their declared types (symbolic inference merges an input's symbol with a dim it meets and
+    rewrites the input: ``[N, 4, 5]`` becomes ``[5, 4, 5]``); what it derived from a rewritten input is followed
+    as corrected. Subgraph annotations get the last check. A contradicted element type drops the annotation. What
+    the model itself declares (its outputs' and value infos' types) is left as declared."""
     from .shape_probe import probe_runs
 
     declared = {vi.name: vi.type.SerializeToString()
@@ -602,6 +653,7 @@ def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
     except Exception:  # noqa: BLE001 - the checks are best effort; the others still apply
         runs = []
     (sizes_a, a), (sizes_b, b) = (runs * 2)[:2] if runs else (({}, {}), ({}, {}))
+    sizes_c, c = runs[2] if len(runs) > 2 else ({}, {})
     try:
         whole = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
         onnx_types: dict[str, onnx.TypeProto | None] = {}
@@ -629,19 +681,6 @@ def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
             return int(value) if value.is_integer else None
         except Exception:  # noqa: BLE001
             return None
-
-    def from_runs(d: onnx.TensorShapeProto.Dimension, da: int, db: int) -> None:
-        """Set ``d`` to what the two runs show: static, ``k*symbol``, or unknown."""
-        if da == db:
-            d.dim_value = da
-            return
-        sym = next((s for s in sizes_a if da % sizes_a[s] == 0 and db % sizes_b[s] == 0
-                    and da // sizes_a[s] == db // sizes_b[s]), None)
-        if sym is None:
-            d.Clear()
-        else:
-            k = da // sizes_a[sym]
-            d.dim_param = sym if k == 1 else f"{k}*{sym}"
 
     def check(vi: onnx.ValueInfoProto, node_ref: onnx.TypeProto | None, tainted: bool) -> bool:
         """Correct ``vi`` in place; whether it changed."""
@@ -677,33 +716,54 @@ def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
             for d, rd in zip(tt.shape.dim, r.shape.dim):
                 if rd.HasField("dim_value") and not (d.HasField("dim_value") and d.dim_value == rd.dim_value):
                     d.dim_value = rd.dim_value
-        if concrete is not None:
+        if concrete is not None and len(concrete[0][1]) == len(concrete[1][1]):
             dims_a, dims_b = concrete[0][1], concrete[1][1]
+            dims_c = c[vi.name][1] if vi.name in c and len(c[vi.name][1]) == len(dims_a) else (None,) * len(dims_a)
             if not tt.HasField("shape") or len(tt.shape.dim) != len(dims_a):
-                tt.ClearField("shape")
+                tt.ClearField("shape")  # the rank the runs show (no size makes it another), every dim unknown
                 tt.shape.SetInParent()
                 for _ in dims_a:
                     tt.shape.dim.add()
-            for d, da, db in zip(tt.shape.dim, dims_a, dims_b):
+            for d, da, db, dc in zip(tt.shape.dim, dims_a, dims_b, dims_c):
                 if d.HasField("dim_value"):
-                    ok = da == db == d.dim_value
+                    ok = da == db == d.dim_value and dc in (None, d.dim_value)
                 elif d.dim_param:
                     va, vb = named(d.dim_param, sizes_a), named(d.dim_param, sizes_b)
-                    ok = (va is None and da != db) or (va == da and vb == db)
+                    vc = named(d.dim_param, sizes_c) if dc is not None else None
+                    if va is None or vb is None:
+                        ok = True  # a symbol of its own: says only that the dim has some size
+                    elif dc is not None and vc is not None and dc != vc:
+                        ok = False  # wrong at small sizes
+                    else:  # right in both large runs, or both past a clamp (equal: nothing to learn from them)
+                        ok = (va == da and vb == db) or da == db
                 else:
-                    ok = False  # unknown: the runs may know it
+                    ok = True  # unknown stays unknown: a number or a name from the runs could be a clamp's
                 if not ok:
-                    from_runs(d, da, db)
+                    d.Clear()
         return t.SerializeToString() != before
 
     g = inferred.graph
+    corrected: set[str] = set()
+    # onnxruntime annotates a graph output in value_info too: one annotation per name, the output's checked.
+    interface = {vi.name for vi in (*g.input, *g.output)}
+    if any(vi.name in interface for vi in g.value_info):
+        kept = [vi for vi in g.value_info if vi.name not in interface]
+        del g.value_info[:]
+        g.value_info.extend(kept)
+    # The graph's inputs as the model declares them; what symbolic inference derived from one it rewrote is
+    # followed as corrected.
+    own_inputs = {vi.name: vi for vi in model.graph.input}
+    for vi in g.input:
+        own = own_inputs.get(vi.name)
+        if own is not None and own.type != vi.type:
+            vi.type.CopyFrom(own.type)
+            corrected.add(vi.name)
     annotated = {vi.name: vi for vi in (*g.value_info, *g.output)}
     types: dict[str, onnx.TypeProto] = {init.name: onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
                                         for init in g.initializer}
     types.update({vi.name: vi.type for vi in (*g.input, *g.value_info, *g.output)})
     data = {t.name: t for t in g.initializer if not t.external_data and t.ByteSize() < 1 << 16}
     opsets = {o.domain or "ai.onnx": o.version for o in inferred.opset_import}
-    corrected: set[str] = set()
     for node in g.node:
         if node.op_type == "Constant" and not node.domain and node.output:
             for attr in node.attribute:

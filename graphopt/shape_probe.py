@@ -14,7 +14,10 @@ dims get concrete sizes, and then:
 
 It runs twice, with different sizes for each symbol (primes, far apart). A dim equal in both runs is static; a dim
 ``k * size`` in both is ``k*name`` (``name`` for k = 1); any other differing dim is a fresh symbol, one per pair of
-sizes. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
+sizes. A third run, at small sizes and partial (``_SMALL``), checks those conclusions: large sizes can hit a clamp
+(``pos[:, :S]`` of a 64-wide buffer is 64 wide at S = 97 and at S = 227, ``Min(S, 64)``, ``Max``), which makes a
+size-dependent dim look static, or look like ``S`` when it is ``max(S, 64)``. A dim the third run knows and
+contradicts becomes a fresh symbol: never a static number, never a name it does not have. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
 both runs, and there is no subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need
 particular sizes) returns None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks
 the result against that fallback on every model of the test zoo.
@@ -37,6 +40,9 @@ __all__ = ["probe_infer", "probe_runs", "slice_range"]
 # downsampled spatial dim (floor(H / 32)) differs between them instead of passing for static.
 _FIRST = (97, 101, 103, 107, 109, 113, 127, 131)
 _SECOND = (227, 229, 233, 239, 241, 251, 257, 263)
+# The third, checking run's sizes: below the usual clamps (a position table's length, a window), above 1 (which
+# broadcasts) and primes distinct from each other and from the static dims one meets most (2, 3, 4, 8, ...).
+_SMALL = (5, 7, 11, 13, 17, 19, 23, 29)
 _MAX_VALUE_ELEMENTS = 1024  # shape arithmetic is small; larger tensors are not evaluated
 _INTEGER_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
 # Shape arithmetic: integers and booleans, and the floats of a rounding (Cast, Div, Floor, Cast back).
@@ -69,12 +75,15 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if shapes is None:
             return None
         runs.append((sizes, shapes))
+    if symbols:  # the check: partial (small sizes may not fit every model), what it knows must agree
+        sizes = {name: _SMALL[i] for name, i in symbols.items()}
+        runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
     return _merged(model, runs)
 
 
 def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
     """What probing evaluates, as far as it gets: ``[(sizes, shapes)]`` for two runs at different sizes of the
-    symbolic input dims (one run when there is none), ``shapes`` giving the element type and concrete dims of each
+    symbolic input dims and a third at small sizes (``_SMALL``; one run when there is none), ``shapes`` giving the element type and concrete dims of each
     main-graph node output that ONNX's inference and the shape arithmetic determine at those sizes. Unlike
     ``probe_infer`` it stops at nothing: a node it cannot infer (a custom op, a subgraph, an inconsistency at these
     sizes) only leaves its outputs, and whatever depends on them, out; an input dim with no name gets its own
@@ -97,8 +106,8 @@ def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     runs = []
-    for run in range(2 if symbols else 1):
-        sizes = {name: (_FIRST, _SECOND)[run][i] for name, i in symbols.items()}
+    for run in range(3 if symbols else 1):
+        sizes = {name: (_FIRST, _SECOND, _SMALL)[run][i] for name, i in symbols.items()}
         runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
     return runs
 
@@ -336,27 +345,34 @@ _EVALUATED = frozenset({"Constant", "Shape", "Size", *_OPS})
 
 
 def _merged(model: onnx.ModelProto, runs) -> onnx.ModelProto:
-    """``model`` with value infos merged from the concrete runs: static dims kept, differing dims named."""
+    """``model`` with value infos merged from the concrete runs: static dims kept, differing dims named; a dim the
+    third (checking) run contradicts is a fresh symbol."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     del g.value_info[:]
     (sizes_a, a), *rest = runs
     sizes_b, b = rest[0] if rest else (sizes_a, a)
-    fresh: dict[tuple[int, int], str] = {}  # (size in run 1, in run 2) -> name: equal sizes, one symbol
+    sizes_c, c = rest[1] if len(rest) > 1 else ({}, {})
+    # (size in run 1, in run 2, in the check or None) -> name: equal sizes, one symbol
+    fresh: dict[tuple[int, int, int | None], str] = {}
     outputs = {o.name: o for o in g.output}
     for name, (elem_type, dims_a) in a.items():
         if name not in b:
             continue
+        dims_c = c[name][1] if name in c and len(c[name][1]) == len(dims_a) else (None,) * len(dims_a)
         dims = []
-        for da, db in zip(dims_a, b[name][1]):
-            if da == db:
+        for da, db, dc in zip(dims_a, b[name][1], dims_c):
+            if da == db and dc in (None, da):
                 dims.append(da)
                 continue
-            sym = next((s for s in sizes_a if da % sizes_a[s] == 0 and db % sizes_b[s] == 0
-                        and da // sizes_a[s] == db // sizes_b[s]), None)
+            sym = None if da == db else next(
+                (s for s in sizes_a if da % sizes_a[s] == 0 and db % sizes_b[s] == 0
+                 and da // sizes_a[s] == db // sizes_b[s]), None)
+            if sym is not None and dc is not None and dc != da // sizes_a[sym] * sizes_c[sym]:
+                sym = None  # k * size at large sizes only: a clamp from below (max(S, 64))
             if sym is None:
-                dims.append(fresh.setdefault((da, db), f"unk__probe_{len(fresh)}"))
+                dims.append(fresh.setdefault((da, db, dc), f"unk__probe_{len(fresh)}"))
             else:
                 k = da // sizes_a[sym]
                 dims.append(sym if k == 1 else f"{k}*{sym}")

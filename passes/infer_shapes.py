@@ -18,7 +18,8 @@ class InferShapes(Pass):
     """Infer every tensor's shape and type (symbolic dims kept) and keep them on the graph.
 
     Changes no computation: only value_info annotations, which later passes and ATC use. ``changed`` is true
-    when inference added shapes the graph did not have.
+    when inference added shapes the graph did not have. The graph's inputs keep their declared types, its outputs
+    their declared dims (``ir.infer_shapes`` fills in only what an output leaves unknown).
     """
 
     def run(self, graph: gs.Graph) -> PassResult:
@@ -26,9 +27,10 @@ class InferShapes(Pass):
         # Shapes copied onto the graph's own tensors (the graph is not replaced by the inferred copy, whose
         # weights are data-less stand-ins).
         inferred = inferred_types(graph)
+        inputs = {id(t) for t in graph.inputs}  # the model's interface: declared, never rewritten
         for name, t in graph.tensors().items():
             shape, dtype = inferred.get(name, (None, None))
-            if isinstance(t, gs.Variable) and shape is not None:
+            if isinstance(t, gs.Variable) and shape is not None and id(t) not in inputs:
                 t.shape, t.dtype = shape, dtype if dtype is not None else t.dtype
         after = _known(graph)
         return PassResult(after > before, {"shaped_tensors_before": before, "shaped_tensors_after": after})

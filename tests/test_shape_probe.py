@@ -228,3 +228,115 @@ def test_symbolic_fallback_shapes_are_sound(name, monkeypatch):
         got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
         for w, g in zip(want, got):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# BERT's position ids: a [1, 64] buffer sliced to the sequence length S (``pos[:, :S]``) and a Reshape target
+# computed from the slice's shape. Both probe sizes of S (97, 227) pass the clamp at 64. ``y``: BERT adds the slice
+# to the embeddings.
+POSITION_SLICE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[N, S] x) => (float[1, ?] z%s) {
+    pos = Constant<value = float[1, 64] {%s}>()
+    s = Shape(x)
+    one = Constant<value = int64 {1}>()
+    seq = Gather<axis = 0>(s, one)
+    zero1 = Constant<value = int64[1] {0}>()
+    end = Unsqueeze(seq, zero1)
+    one1 = Constant<value = int64[1] {1}>()
+    p = Slice(pos, zero1, end, one1)
+    ps = Shape(p)
+    w = Gather<axis = 0>(ps, one)
+    width = Unsqueeze(w, zero1)
+    minus1 = Constant<value = int64[1] {-1}>()
+    target = Concat<axis = 0>(minus1, width)
+    z = Reshape(p, target)
+    xf = Cast<to = 1>(x)
+    %s
+}
+"""
+_POSITIONS = ", ".join(f"{i}.0" for i in range(64))
+
+
+def _position_slice(add: bool) -> onnx.ModelProto:
+    return model_from_text(POSITION_SLICE % ((", float[N, S] y", _POSITIONS, "y = Add(xf, p)") if add else
+                                             ("", _POSITIONS, "")))
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["probing", "symbolic fallback"])
+def test_a_clamped_slice_is_not_sized_by_the_probe_sizes(fallback, monkeypatch):
+    """``pos[:, :S]`` is S wide for S <= 64 and 64 wide past it: the probe sizes, both past it, must not make it
+    a static 64 (before: [1, 64], fold_constants baked 64 into the Reshape, and every S but 64 failed), neither in
+    probing (its small checking run) nor in the symbolic fallback's cross-check (which keeps the symbol)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from graphopt.pass_infra import get_pass
+
+    monkeypatch.setenv("GRAPHOPT_SHAPE_CACHE", "0")
+    model = _position_slice(True)
+    if fallback:  # as for BERT, where probing gives up elsewhere
+        monkeypatch.setattr(shape_probe, "probe_infer", lambda model: None)
+    shapes = _shapes(ir.infer_shapes(model))
+    width = shapes["p"][0][1]
+    assert shapes["p"][0][0] == 1 and width != 64 and (width == "S" if fallback else width.startswith("unk__")), shapes
+    assert shapes["z"][0][1] != 64 and shapes["xf"][0] == ["N", "S"], shapes
+    graph = ir.to_graph(model)
+    get_pass("fold_constants")()(graph)
+    graph.cleanup().toposort()
+    out = ir.to_model(graph)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in (3, 8, 64):
+        x = np.arange(2 * size, dtype=np.int64).reshape(2, size)
+        for w, g in zip(want.run(None, {"x": x}), got.run(None, {"x": x})):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_probing_checks_its_static_dims_at_small_sizes():
+    """The third run: a dim both large runs see as 64 but a small one as S is no static 64; ``max(S, 64)`` (S at
+    both large sizes) is no ``S``."""
+    shapes = _shapes(probe_infer(_position_slice(False)))
+    assert shapes["p"][0][1] not in (64, "S") and shapes["xf"][0] == ["N", "S"], shapes
+    floor = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, S] x) => (float[?, ?] y) {
+        s = Shape(x)
+        sixty_four = Constant<value = int64[2] {1, 64}>()
+        target = Max(s, sixty_four)
+        y = ConstantOfShape(target)
+    }""")
+    shapes = _shapes(probe_infer(floor))
+    assert shapes["target"][0] == [2] and shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64), shapes
+
+
+def test_graph_inputs_keep_their_declared_shapes():
+    """onnxruntime's symbolic inference merges the symbol N with the 5 it meets (``x * slope``, slope [N]
+    broadcast against x's last dim) and rewrites the inputs to [5, 4, 5] and [5]; onnxruntime then rejects every
+    other batch ("Got invalid dimensions for input"). Inputs keep their declared types, graph outputs their
+    declared dims, and nothing derived from the merge (y as [5, 4, 5]) is kept: through ``ir.infer_shapes`` and
+    the infer_shapes pass."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from graphopt.pass_infra import get_pass
+
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 4, 5] x, float[N] slope) => (float[N, 4, 5] y, float[?, ?, ?] w) {
+        m = Mul(x, slope)
+        y = Relu(m)
+        w = Neg(m)
+    }""")
+    assert probe_infer(model) is None  # at N = 97 the broadcast fails: the symbolic fallback is what is tested
+    inferred = ir.infer_shapes(model)
+    assert [i.SerializeToString() for i in inferred.graph.input] == [
+        i.SerializeToString() for i in model.graph.input]
+    shapes = _shapes(inferred)
+    assert shapes["y"][0] == ["N", 4, 5] and shapes["m"][0][0] != 5 and shapes["w"][0][0] != 5, shapes
+    graph = ir.to_graph(model)
+    get_pass("infer_shapes")()(graph)
+    out = ir.to_model(graph)
+    assert [i.SerializeToString() for i in out.graph.input] == [i.SerializeToString() for i in model.graph.input]
+    session = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((3, 4, 5), np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x, "slope": np.full(5, 2, np.float32)})[0], 2 * x)
