@@ -568,18 +568,25 @@ DYNAMIC_SUFFIX = "@N"
 
 
 def symbolic_first_dim(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """``model`` with the first dim of every input of rank >= 1 made the symbol ``N``, the outputs' dims unknown and
-    the value_info dropped (their fixed dims would contradict it): the same computation on the same feeds, seen as a
-    model with a dynamic batch, which is what shape inference, shape folding and every pass that reads shapes
+    """``model`` with the first dim of every input of rank >= 1 made a symbol (``N``; ``N<size>`` for an input whose
+    first dim differed from the first input's), the outputs' dims unknown and the value_info dropped (their fixed
+    dims would contradict it): the same computation on the same feeds, seen as a model with a dynamic batch, which is what shape inference, shape folding and every pass that reads shapes
     must get right too. None when no input has a dim to make symbolic."""
     variant = onnx.ModelProto()
     variant.CopyFrom(model)
     changed = False
+    firsts = [vi.type.tensor_type.shape.dim[0].dim_value for vi in model.graph.input
+              if vi.type.HasField("tensor_type") and len(vi.type.tensor_type.shape.dim) >= 1
+              and vi.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    first = firsts[0] if firsts else None
     for vi in variant.graph.input:
         t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
         if t is not None and t.HasField("shape") and len(t.shape.dim) >= 1:
+            # One symbol per size: inputs whose first dims were equal share it, others do not (onnxruntime plans
+            # memory on the promise that equal symbols are equal sizes, and the feeds keep the original sizes).
+            size = t.shape.dim[0].dim_value if t.shape.dim[0].HasField("dim_value") else None
             t.shape.dim[0].Clear()
-            t.shape.dim[0].dim_param = "N"
+            t.shape.dim[0].dim_param = "N" if size in (None, first) else f"N{size}"
             changed = True
     if not changed:
         return None
