@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["TINY", "torch_onnx"]
+__all__ = ["TINY", "torch_onnx", "cli"]
 
 # A last-axis Softmax of a rank-4 tensor: what softmax_transpose rewrites, small enough for any CLI or recipe test.
 TINY = """
@@ -32,3 +32,13 @@ def torch_onnx(module, args: tuple, *, opset: int, inputs: Sequence[str] = ("x",
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=list(inputs),
                           output_names=list(outputs), dynamic_axes=dynamic_axes)
     return buf.getvalue()
+
+
+def cli(capsys, *args) -> tuple[int, str, list[str]]:
+    """The CLI in process: (exit code, stdout, the 'graphopt: ...' lines of stderr); never a traceback."""
+    from graphopt.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("graphopt: ")]

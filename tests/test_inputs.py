@@ -14,7 +14,6 @@ from onnx import TensorProto as T
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from graphopt.cli import main
 from graphopt.errors import UserError
 from graphopt.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, model_inputs, resolve_inputs
 from graphopt.pass_infra import Pass, PassResult, register_pass
@@ -22,6 +21,7 @@ from graphopt.protoio import split_model
 from graphopt.recipe import OutputTolerance, Tolerance
 from graphopt.testing import assert_pass_verified, compare_models
 from graphopt.verify import Runner, compare_outputs, make_inputs
+from graphs import cli
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
@@ -258,13 +258,6 @@ def _write(tmp_path: Path, model: onnx.ModelProto, name: str = "m.onnx") -> Path
     return path
 
 
-def cli(capsys, *args) -> tuple[int, str, list[str]]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("graphopt: ")]
-
-
 def test_apply_and_verify_a_two_input_model(tmp_path, capsys):
     src = _write(tmp_path, image_and_vector())
     recipe = tmp_path / "r.yaml"
@@ -368,7 +361,7 @@ def test_model_inputs_leave_out_initializers():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# graphopt diff (phase 2): every input of any dtype, integer tensors exactly
+# graphopt diff: every input of any dtype, integer tensors exactly
 
 
 def test_diff_a_two_input_image_and_vector_model(tmp_path, capsys):

@@ -26,7 +26,7 @@ from graphopt.ir import load_model, save_model
 from graphopt.pass_infra import get_pass
 from graphopt.testing import compare_models, model_from_text
 from graphopt.verify import Runner, make_inputs
-from graphs import TINY
+from graphs import TINY, cli
 
 
 def weighted_model(n: int = 4, dim: int = 32) -> onnx.ModelProto:
@@ -52,14 +52,6 @@ def digest(*paths: Path) -> str:
     for p in paths:
         h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def cli(capsys, *args) -> tuple[int, str, list[str]]:
-    """Run the CLI in process: (exit code, stdout, the 'graphopt: ...' lines of stderr)."""
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("graphopt: ")]
 
 
 def write_recipe(folder: Path, model: str = "model.onnx", passes: str = "[softmax_transpose]",

@@ -1,6 +1,7 @@
 """A BERT-style text encoder (two int64 inputs, input_ids and attention_mask, dynamic batch x sequence) through
-`graphopt apply` (generic passes) and `graphopt verify` (issue 15): built from a small transformers BertConfig with
-random weights (no download), exported once and cached like the corpus."""
+`graphopt apply` (generic passes), `verify`, `diff`, `bisect` (a planted wrong pass) and `precision`: built from a
+small transformers BertConfig with random weights (no download), exported once and cached like the corpus.
+transformers is a test dependency (setup.cfg's test extras), imported where the model is built."""
 from __future__ import annotations
 
 import hashlib
@@ -11,14 +12,12 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.cli import main
 from graphopt.errors import UserError
 from graphopt.export import cache_dir
 from graphopt.ir import atomic_write_bytes
 from graphopt.verify import Runner
-from graphs import torch_onnx
-
-transformers = pytest.importorskip("transformers")
+from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphs import cli, torch_onnx
 
 CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
               max_position_embeddings=64)
@@ -31,6 +30,7 @@ def bert_export() -> Path:
     """The cached export: seed 0 random weights, opset 17, inputs input_ids and attention_mask (int64), dynamic
     batch x sequence."""
     import torch
+    import transformers
 
     key = hashlib.sha256(json.dumps([FORMAT, CONFIG, torch.__version__, transformers.__version__,
                                      onnx.__version__]).encode()).hexdigest()[:16]
@@ -62,13 +62,6 @@ def bert(tmp_path_factory) -> Path:
     path = folder / "bert.onnx"
     path.write_bytes(bert_export().read_bytes())
     return path
-
-
-def cli(capsys, *args) -> tuple[int, str, list[str]]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("graphopt: ")]
 
 
 RECIPE = """\
@@ -132,9 +125,7 @@ def test_input_errors_name_the_input_in_one_line(bert, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# graphopt diff and graphopt bisect on the text encoder (phase 2)
-
-from graphopt.pass_infra import Pass, PassResult, register_pass  # noqa: E402
+# graphopt diff and graphopt bisect on the text encoder
 
 
 @register_pass("test_scale_token_embeddings")
