@@ -39,8 +39,11 @@ def warm(tmp_path_factory) -> tuple[Path, float]:
 def interrupt(out: Path, *, after: float | None = None, on_line: str | None = None) -> tuple[int, str, str]:
     """Start ``graphopt apply`` to ``out`` and send SIGINT ``after`` seconds, or as soon as stderr shows a line
     starting with ``on_line``; (exit code, stdout, stderr)."""
+    # SIGINT as a terminal delivers it: a test run started in the background of a non-interactive shell inherits
+    # SIGINT ignored, which Python (rightly) keeps, so the child resets it to the default before it starts.
     proc = subprocess.Popen([sys.executable, "-m", "graphopt", "apply", str(RECIPE), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err: list[str] = []
     seen = threading.Event()
 
