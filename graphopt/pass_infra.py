@@ -29,11 +29,14 @@ __all__ = [
     "all_passes",
     "pass_params",
     "ENTRY_POINT_GROUP",
+    "plugin_errors",
 ]
 
 ENTRY_POINT_GROUP = "graphopt.passes"
 _REGISTRY: dict[str, type["Pass"]] = {}
 _loaded = False
+# entry point name -> one line saying why it could not be loaded (its passes are missing; everything else works)
+_PLUGIN_ERRORS: dict[str, str] = {}
 
 
 @dataclass
@@ -125,9 +128,24 @@ def _load_all() -> None:
     from . import passes  # noqa: F401  (built-in passes register on import)
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken third-party package must not take every command down
+            text = str(e).strip().splitlines()
+            _PLUGIN_ERRORS[ep.name] = (f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: "
+                                       f"{text[0] if text else ''}")
+            import sys
+
+            print(f"graphopt: warning: {_PLUGIN_ERRORS[ep.name]}; its passes are unavailable", file=sys.stderr)
+            continue
         if isinstance(obj, type) and issubclass(obj, Pass) and obj.name not in _REGISTRY:
             register_pass(obj.name or ep.name)(obj)
+
+
+def plugin_errors() -> dict[str, str]:
+    """Entry points of the ``graphopt.passes`` group that failed to load: name -> why (one line)."""
+    _load_all()
+    return dict(_PLUGIN_ERRORS)
 
 
 def all_passes() -> dict[str, type[Pass]]:

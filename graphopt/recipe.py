@@ -21,7 +21,7 @@ import yaml
 
 from .errors import UserError
 from .inputs import DTYPES, InputSpec, dtype_name
-from .pass_infra import Pass, all_passes, get_pass, pass_params, type_name
+from .pass_infra import Pass, all_passes, get_pass, pass_params, plugin_errors, type_name
 
 __all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA", "AtcSpec", "PreprocessSpec",
            "load_recipe", "parse_recipe", "closest", "check_value", "build_pass", "tolerance_problem", "YamlLoader",
@@ -387,7 +387,8 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
             raise UserError(f"{file}: {where}: expected a mapping with a 'pass' key, e.g. '- pass: simplify'")
         pname = entry["pass"]
         if not isinstance(pname, str) or pname not in registry:
-            raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{closest(str(pname), registry)}")
+            broken = "".join(f"; {why}" for why in plugin_errors().values())
+            raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{closest(str(pname), registry)}{broken}")
         params = {p.name: p for p in pass_params(registry[pname])}
         args = {}
         for key, value in entry.items():
