@@ -213,11 +213,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"graphopt: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
 
 
+def _version_line() -> str:
+    """graphopt's version and those of the libraries that decide its results (what a bug report needs), read from
+    the installed metadata without importing them."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{d} {version(d)}" for d in ("onnx", "onnxruntime", "onnx-graphsurgeon", "onnxsim", "torch"))
+    return f"graphopt {version('graphopt')} ({libs})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version`` on one line (argparse's own action wraps it at the terminal width)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphopt", description="Recipe-driven, verified ONNX graph surgery.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show progress and the libraries' own log lines and warnings (onnxruntime, "
                              "onnx-graphsurgeon, torch), which graphopt otherwise keeps quiet")
+    parser.add_argument("--version", action=_VersionAction, help="print graphopt's and its libraries' versions")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("apply", help="run a recipe: export, passes (each verified), report, ATC hand-off")

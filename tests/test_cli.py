@@ -134,3 +134,16 @@ def test_usage_mistakes_are_one_line():
     proc = graphopt("apply")
     assert proc.returncode == 2 and proc.stderr == ("graphopt: error: apply: the following arguments are required: "
                                                     "recipe (see graphopt apply --help)\n")
+
+
+def test_version_names_graphopt_and_the_libraries_that_decide_its_results(capsys):
+    from importlib import metadata
+
+    from graphopt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"graphopt {metadata.version('graphopt')} (onnx ")
+    assert f"onnxruntime {metadata.version('onnxruntime')}" in out[0]
