@@ -145,6 +145,24 @@ def _protected(path: Path, inputs: Iterable[str | Path | None]) -> str | None:
     return None
 
 
+def _modes(path: Path) -> tuple[int, int | None] | None:
+    """``path``'s own mode and, for a symbolic link, its target's (None when dangling); None when nothing is
+    there yet, after ``check_parent`` has made sure it can be made. Any other error is a one-line ``UserError``."""
+    try:
+        own = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: check_parent says which
+        check_parent(path)
+        return None
+    except OSError as e:  # e.g. a file where a folder is expected above it
+        raise write_error(path, e) from None
+    if not stat.S_ISLNK(own):
+        return own, own
+    try:
+        return own, os.stat(path).st_mode
+    except OSError:
+        return own, None
+
+
 def check_output_dir(path: str | Path, kind: str, *, force: bool = False,
                      inputs: Iterable[str | Path | None] = ()) -> Path:
     """Check that ``path`` may be written as a ``kind`` output folder (see the module docstring); raises a
@@ -152,26 +170,18 @@ def check_output_dir(path: str | Path, kind: str, *, force: bool = False,
     path = Path(path)
     what = KINDS[kind]
     inputs = list(inputs)
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: check_parent says which
-        check_parent(path)
+    modes = _modes(path)
+    if modes is None:
         return path
-    except OSError as e:  # e.g. a file where a folder is expected above it
-        raise write_error(path, e) from None
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            target = os.stat(path).st_mode
-        except OSError:
-            target = None
-        if target is not None and _special(target):
-            raise UserError(f"{path} is a link to a device or special file, not a folder; choose another -o")
-    if _special(st.st_mode):
+    mode, target = modes
+    if stat.S_ISLNK(mode) and target is not None and _special(target):
+        raise UserError(f"{path} is a link to a device or special file, not a folder; choose another -o")
+    if _special(mode):
         raise UserError(f"{path} is a device or special file, not a folder; choose another -o")
     why = _protected(path, inputs)
     if why:
         raise UserError(f"{path} {why}; graphopt will not replace it, even with --force; choose another -o")
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(mode):
         data = _marker(path)
         found = None if data is None else data["kind"]
         foreign = _foreign_entries(path, data) if found == kind and not force else []
@@ -189,7 +199,7 @@ def check_output_dir(path: str | Path, kind: str, *, force: bool = False,
             raise UserError(f"{path} holds a git repository (.git); graphopt will not replace it, even with "
                             "--force; choose another -o")
     elif not force:
-        if stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(mode):
             raise UserError(f"{path} is a symbolic link, not a {what}; {_AGAIN} (which replaces the link, not "
                             "what it points to)")
         raise UserError(f"{path} exists and is a file, not a {what}; {_AGAIN}")
@@ -203,19 +213,11 @@ def check_output_file(path: str | Path, *, force: bool = False, same_as: Path | 
     needs writing: returns False). A device, special file, or folder is always refused. Returns True when
     ``path`` is to be written."""
     path = Path(path)
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: check_parent says which
-        check_parent(path)
+    modes = _modes(path)
+    if modes is None:
         return True
-    except OSError as e:
-        raise write_error(path, e) from None
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:  # a dangling link: replaced by the file with --force
-            mode = st.st_mode
+    own, target = modes
+    mode = own if target is None else target  # a dangling link: replaced by the file with --force
     if _special(mode) and not stat.S_ISLNK(mode):
         raise UserError(f"{path} is a device or special file, not a regular file; choose another -o")
     if stat.S_ISDIR(mode):
