@@ -14,10 +14,9 @@ The verification inputs are a list of feeds (dicts input name -> array, every in
 ``input_name``).
 
 A pass that measures rather than rewrites (``mixlist`` with ``mode: measured``) declares a ``calibration``
-attribute; the runner sets it to ``(arrays, input_name, real_data)``, the verification feeds' values of one input
-(``input_name``, default the first; ``arrays`` is None when verification is off), before running it. A pass that
-declares ``calibration_feeds`` gets the whole feeds too (None when verification is off). Passes never read files themselves. ``keep_dtype`` node names a pass asks
-for are checked against the final graph.
+attribute; the runner sets it to ``(feeds, real_data)``, the verification feeds (None when verification is off)
+and whether they are real data, before running it. Passes never read files themselves. ``keep_dtype`` node names
+a pass asks for are checked against the final graph.
 """
 from __future__ import annotations
 
@@ -260,8 +259,6 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     del model
     real_inputs = model_inputs(split)
     feeds = feeds_of(inputs, input_name, real_inputs) if verify else None
-    primary = input_name or (real_inputs[0].name if real_inputs else None)
-    calibration = None if feeds is None else [f[primary] for f in feeds if primary in f]
     ops_before = op_counts(split.skeleton)
     graph = graph_from_split(split)
     ref = prev = reference = None
@@ -285,10 +282,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
         fingerprint_before = _fingerprint(graph)
         progress(f"{label} ...")
         t0 = time.perf_counter()
-        if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification inputs
-            p.calibration = (calibration, primary, real_data)
-        if hasattr(p, "calibration_feeds"):
-            p.calibration_feeds = feeds
+        if hasattr(p, "calibration"):  # a measuring pass (mixlist mode: measured) gets the verification feeds
+            p.calibration = (feeds, real_data)
         try:
             result = p(graph)
         except (UserError, VerificationFailed):  # bad input, broken numerics: skipping the pass cannot help

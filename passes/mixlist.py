@@ -46,7 +46,7 @@ class Mixlist(Pass):
 
     ``mode: measured`` chooses the lists itself (``graphopt.fp16_sensitivity``; the graph is still not touched):
     ATC's fp16 modes are emulated in onnxruntime on the graph the pass receives, with the pipeline's verification
-    feeds as calibration data (``calibration_feeds``: every input of the model, integer and bool ones passed
+    feeds as calibration data (``calibration``: every input of the model, integer and bool ones passed
     through unchanged; regrouped into batches of 8 when every input has a symbolic batch, whole feeds when the
     model fixes its batch; the recipe's ``verify.data`` for real data; seeded random feeds of every input
     otherwise, or when verification is off, with a warning in ``stats["warnings"]``: random inputs understate
@@ -88,8 +88,7 @@ class Mixlist(Pass):
         "help": "measured: try Gelu=high_performance (tanh) and choose it when the target holds"})
     # Set by the pipeline before run() (graphopt.pipeline): (one input's verification arrays or None, input name,
     # real data), read for its real-data flag; and the whole verification feeds (every input), or None.
-    calibration: Any = field(default=None, init=False, repr=False, compare=False)
-    calibration_feeds: Any = field(default=None, init=False, repr=False, compare=False)
+    calibration: Any = field(default=None, init=False, repr=False, compare=False)  # (feeds, real_data): pipeline
 
     def __post_init__(self) -> None:
         lists = {"keep_fp32": self.keep_fp32, "allow_fp16": self.allow_fp16,
@@ -166,8 +165,7 @@ class Mixlist(Pass):
                                                feeds_calibration, fit_feeds)
 
         what = "mixlist (mode: measured)"
-        _, _, real_data = self.calibration or (None, None, False)
-        feeds = self.calibration_feeds
+        feeds, real_data = self.calibration or (None, False)
         model = to_model(graph)
         layout = batch_layout(model)
         if layout.fixed is not None and layout.fixed < 1:

@@ -466,7 +466,7 @@ def test_mixlist_measured_calibrates_on_every_input_of_the_feeds():
     res = run_pipeline(model, [(Mixlist(mode="measured", samples=8), "passes[0]", "stop")], inputs=None)
     assert res.configs["mixlist"] == {"black-list": {"to-add": ["Mul"]}}
     assert "8 seeded random input(s)" in res.records[0].stats["calibration"]
-    assert Mixlist(mode="measured").calibration_feeds is None  # set by the pipeline, not a recipe key
+    assert Mixlist(mode="measured").calibration is None  # set by the pipeline, not a recipe key
 
 
 def test_cli_precision_on_a_two_input_model_with_npz_data(tmp_path, capsys):
