@@ -338,8 +338,9 @@ def _incomparable(xa: list[np.ndarray], xb: list[np.ndarray]) -> str | None:
     return None
 
 
-def first_divergence(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitModel, feeds: Sequence[Mapping[str, np.ndarray]],
-                     name_map: Mapping[str, str] | None, tolerance: Tolerance) -> dict[str, Any] | None:
+def first_divergence(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitModel,
+                     feeds: Sequence[Mapping[str, np.ndarray]], name_map: Mapping[str, str] | None,
+                     tolerance: Tolerance) -> dict[str, Any] | None:
     """For the pipeline, when a pass fails verification: the first divergent tensor as a dict (``error`` set
     instead when the diff itself could not run, so it never hides the verification failure)."""
     try:

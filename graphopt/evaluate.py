@@ -407,7 +407,8 @@ def _evaluate(run: _Run, data: _Data, options: EvalOptions, backend: str, ais: l
                          for i, d in zip(run.inputs, data.dirs)],
         "scoring": scoring, "unit": unit,
         "backend": backend, "device": device, "atc_compiled": atc_ran,
-        "throughput_definition": f"{'images' if unit == 'img' else 'items'}/s = batch size x 1000 / median latency (ms) of one call; a call is {what}",
+        "throughput_definition": f"{'images' if unit == 'img' else 'items'}/s = batch size x 1000 / median latency "
+                                 f"(ms) of one call; a call is {what}",
         "timing": asdict(options.timing), "outfmt": options.outfmt,
         "rows": rows_out, "seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -478,12 +478,12 @@ def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
                    dim_default: int | None = None) -> InputPlan:
     """Merge ``specs`` (what the user said) with ``model``'s real inputs into an ``InputPlan``.
 
-    ``where`` prefixes errors (``recipes/x.yaml``); ``paths`` names each spec where the user wrote it (input name
-    -> ``inputs[1]``, ``input``, ``--input x:1,2``), so errors point there. ``dims``: values for symbolic dim names (overrides the
-    defaults, not a shape given); ``dim_default``: the value of every symbolic or unknown dim left unbound, batch
-    or not (``graphopt.testing`` uses 2). Errors (``UserError``, one line naming the input and what the model expects): a
-    spec naming no input of the model, a dtype other than the model's, a shape of another rank or contradicting
-    a fixed dim, a negative dim, an input graphopt cannot make values for (a sequence or map)."""
+    ``where`` prefixes errors (``recipes/x.yaml``); ``paths`` names each spec where the user wrote it (input name ->
+    ``inputs[1]``, ``input``, ``--input x:1,2``), so errors point there. ``dims``: values for symbolic dim names
+    (overrides the defaults, not a shape given); ``dim_default``: the value of every symbolic or unknown dim left
+    unbound, batch or not (``graphopt.testing`` uses 2). Errors (``UserError``, one line naming the input and what
+    the model expects): a spec naming no input of the model, a dtype other than the model's, a shape of another rank
+    or contradicting a fixed dim, a negative dim, an input graphopt cannot make values for (a sequence or map)."""
     specs = list(specs)
     model_ins = model_inputs(model)
     skeleton = _load_skeleton(model)

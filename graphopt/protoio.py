@@ -34,8 +34,8 @@ import onnx_graphsurgeon as gs
 from .errors import UserError
 
 __all__ = ["WEIGHT_MIN_BYTES", "MEMORY_LOCATION", "SplitModel", "read_split", "split_graph", "split_model",
-           "graph_from_split", "import_graph", "export_graph", "adopt_graph", "write_inline", "check_split", "weights_as_inputs", "session", "copy_fields",
-           "little_endian", "external_location"]
+           "graph_from_split", "import_graph", "export_graph", "adopt_graph", "write_inline", "check_split",
+           "weights_as_inputs", "session", "copy_fields", "little_endian", "external_location"]
 
 # Initializers this large or larger are held as arrays; smaller ones stay in the skeleton (as onnx.save_model's
 # size_threshold for external data).

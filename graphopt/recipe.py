@@ -23,9 +23,9 @@ from .errors import UserError
 from .inputs import DTYPES, InputSpec, dtype_name
 from .pass_infra import Pass, all_passes, get_pass, pass_params, plugin_errors, type_name
 
-__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA", "AtcSpec", "PreprocessSpec",
-           "load_recipe", "parse_recipe", "closest", "check_value", "build_pass", "tolerance_problem", "YamlLoader",
-           "load_yaml"]
+__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA",
+           "AtcSpec", "PreprocessSpec", "load_recipe", "parse_recipe", "closest", "check_value", "build_pass",
+           "tolerance_problem", "YamlLoader", "load_yaml"]
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                    "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
@@ -339,7 +339,8 @@ def _resolve(base: Path | None, value: str | None, where: str, file: str, must_e
 def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     file = str(path) if path else "<recipe>"
     base = path.parent if path else None
-    top = _Section(data, "", file, ["name", "model", "input", "inputs", "passes", "verify", "emit", "atc", "preprocess"])
+    top = _Section(data, "", file,
+                   ["name", "model", "input", "inputs", "passes", "verify", "emit", "atc", "preprocess"])
     name = top.get("name", str, path.stem if path else "recipe")
 
     m = _Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])

@@ -17,10 +17,11 @@ It runs twice, with different sizes for each symbol (primes, far apart). A dim e
 sizes. A third run, at small sizes and partial (``_SMALL``), checks those conclusions: large sizes can hit a clamp
 (``pos[:, :S]`` of a 64-wide buffer is 64 wide at S = 97 and at S = 227, ``Min(S, 64)``, ``Max``), which makes a
 size-dependent dim look static, or look like ``S`` when it is ``max(S, 64)``. A dim the third run knows and
-contradicts becomes a fresh symbol: never a static number, never a name it does not have. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
-both runs, and there is no subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need
-particular sizes) returns None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks
-the result against that fallback on every model of the test zoo.
+contradicts becomes a fresh symbol: never a static number, never a name it does not have. The result is used only
+when it is complete: every tensor a node or the graph reads is typed and shaped in both runs, and there is no
+subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need particular sizes) returns
+None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks the result against that
+fallback on every model of the test zoo.
 """
 from __future__ import annotations
 
@@ -82,11 +83,11 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
 
 
 def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
-    """What probing evaluates, as far as it gets: ``[(sizes, shapes)]`` for two runs at different sizes of the
-    symbolic input dims and a third at small sizes (``_SMALL``; one run when there is none), ``shapes`` giving the element type and concrete dims of each
-    main-graph node output that ONNX's inference and the shape arithmetic determine at those sizes. Unlike
-    ``probe_infer`` it stops at nothing: a node it cannot infer (a custom op, a subgraph, an inconsistency at these
-    sizes) only leaves its outputs, and whatever depends on them, out; an input dim with no name gets its own
+    """What probing evaluates, as far as it gets: ``[(sizes, shapes)]`` for two runs at different sizes of the symbolic
+    input dims and a third at small sizes (``_SMALL``; one run when there is none), ``shapes`` giving the element type
+    and concrete dims of each main-graph node output that ONNX's inference and the shape arithmetic determine at those
+    sizes. Unlike ``probe_infer`` it stops at nothing: a node it cannot infer (a custom op, a subgraph, an inconsistency
+    at these sizes) only leaves its outputs, and whatever depends on them, out; an input dim with no name gets its own
     symbol; the graph outputs' declared shapes are not imposed (a stale static batch there would make every other
     size fail). ``ir.infer_shapes`` checks onnxruntime's symbolic inference against it. ``[]`` when there are too
     many symbols."""

@@ -7,10 +7,10 @@ rows whose argmax agrees, for class-score outputs: shaped (N, classes) per feed 
 float dtype, or declared so (``Tolerance.outputs``, ``top1: true``; None otherwise).
 Integer, bool and string outputs are compared exactly: any differing element fails (``failed_on`` ``exact``,
 ``mismatches`` the count). Each output is judged by its own thresholds (``Tolerance.for_output``), which fall back
-to the global ones. A comparison passes when every criterion the tolerance sets holds for every output. An output that is missing from
-the compared outputs, or differs from the reference in shape or dtype, fails whatever the tolerance (``failed_on``
-``missing``, ``shape`` or ``dtype``): the compared model computes something else, which is a failed comparison,
-not a bad input.
+to the global ones. A comparison passes when every criterion the tolerance sets holds for every output. An output
+that is missing from the compared outputs, or differs from the reference in shape or dtype, fails whatever the
+tolerance (``failed_on`` ``missing``, ``shape`` or ``dtype``): the compared model computes something else, which is
+a failed comparison, not a bad input.
 """
 from __future__ import annotations
 
