@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .atc import atc_commands, atc_script, config_files
-from .errors import UserError
 from .ir import constant_nbytes, external_data_threshold, load_split, save_model
 from .outputs import check_output_dir, staged_dir
 from .pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
 from .inputs import InputPlan, resolve_inputs
-from .verify import load_input_data, make_inputs
 
-__all__ = ["apply_recipe", "source_model_path", "verification_inputs", "verification_feeds", "input_plan",
-           "write_run_dir", "recipe_inputs"]
+__all__ = ["apply_recipe", "source_model_path", "verification_feeds", "input_plan", "write_run_dir",
+           "recipe_inputs"]
 
 
 def _stderr(msg: str) -> None:
@@ -43,18 +41,6 @@ def source_model_path(recipe: Recipe, progress: Callable[[str], None] = _stderr)
                          size, recipe.model.seed, progress=progress)
 
 
-def verification_inputs(recipe: Recipe) -> list:
-    """The single-input form (arrays for ``recipe.input``, which must give its shape): what verbs not yet moved
-    to ``verification_feeds`` use."""
-    v = recipe.verify
-    if recipe.input is None or recipe.input.shape is None:
-        raise UserError(f"{recipe.path or 'recipe'}: input.shape: this command needs the input's shape")
-    dtype = recipe.input.dtype or "float32"
-    if v.data is not None:
-        return load_input_data(v.data, recipe.input.shape, dtype, limit=v.samples)
-    return make_inputs(recipe.input.shape, v.samples, v.seed, dtype)
-
-
 def input_plan(recipe: Recipe, model) -> InputPlan:
     """The recipe's ``inputs:`` merged with ``model``'s inputs (a ``SplitModel``, ModelProto or path): every
     input's dtype, shape and values (``graphopt.inputs``); a spec the model contradicts is a one-line error
@@ -64,8 +50,8 @@ def input_plan(recipe: Recipe, model) -> InputPlan:
 
 def verification_feeds(recipe: Recipe, plan: InputPlan) -> list[dict]:
     """The recipe's verification set: ``verify.samples`` feeds, seeded by ``verify.seed``, with ``verify.data``
-    (and each input's ``data``) where given. For a model with one float input this is exactly what
-    ``verification_inputs`` gives, as feeds."""
+    (and each input's ``data``) where given. For a model with one float input these are the arrays
+    ``verify.make_inputs`` draws, as feeds."""
     v = recipe.verify
     return plan.feeds(v.samples, v.seed, data=v.data, primary=recipe.input.name if recipe.input else None)
 
