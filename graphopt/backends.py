@@ -153,6 +153,7 @@ def atc_jobs(run_dir: str | Path, batch_sizes: Sequence[int]) -> list[AtcJob]:
             if first.isdigit():
                 by_batch.setdefault(int(first), argv)
     jobs = []
+    batched: set[str] | None | bool = False  # False: model.onnx not read yet (read once, when first needed)
     for bs in batch_sizes:
         if bs in by_batch:
             argv, from_script = list(by_batch[bs]), True
@@ -161,7 +162,9 @@ def atc_jobs(run_dir: str | Path, batch_sizes: Sequence[int]) -> list[AtcJob]:
             shape = _flag(argv, "input_shape")
             if shape is None:
                 raise UserError(f"{script}: the atc command has no --input_shape to set batch size {bs} in")
-            _set_flag(argv, "input_shape", _with_batch(shape[1], bs, _batched_inputs(Path(run_dir))))
+            if batched is False:
+                batched = _batched_inputs(Path(run_dir))
+            _set_flag(argv, "input_shape", _with_batch(shape[1], bs, batched))
             out = _flag(argv, "output")
             if out is not None:
                 _set_flag(argv, "output", re.sub(r"(_bs\d+)?$", f"_bs{bs}", out[1], count=1))
