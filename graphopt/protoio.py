@@ -21,6 +21,7 @@ Fields may come in any order and a parser merges them, so concatenating encoded 
 from __future__ import annotations
 
 import collections
+import functools
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -397,16 +398,25 @@ class _Refused(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype_text(dtype) -> str:
+    return str(dtype)  # one per dtype object, not per tensor: str() of a numpy dtype is slow on 7000-node graphs
+
+
 def _signature(t) -> tuple:
     shape = getattr(t, "shape", None)
-    return (str(getattr(t, "dtype", None)), None if shape is None else tuple(shape), getattr(t, "type", None))
+    return (_dtype_text(getattr(t, "dtype", None)), None if shape is None else tuple(shape), getattr(t, "type", None))
 
 
 def _subset(msg, names) -> object:
+    """A message of ``msg``'s type holding only its fields among ``names``; None when it sets none of them (checked
+    before building one: this runs for every node of every imported graph)."""
+    fields = [fd.name for fd, _ in msg.ListFields()]
+    if not set(fields) & set(names):
+        return None
     keep = type(msg)()
-    present = {fd.name for fd, _ in msg.ListFields()}
-    copy_fields(msg, keep, skip=[fd.name for fd, _ in msg.ListFields() if fd.name not in names])
-    return keep if present & set(names) else None
+    copy_fields(msg, keep, skip=[f for f in fields if f not in names])
+    return keep
 
 
 def _remember(proto: onnx.GraphProto, graph: gs.Graph, what: str) -> None:
@@ -456,11 +466,12 @@ def _unsupported(graph: gs.Graph) -> list:
 
 def _restore(graph: gs.Graph, proto: onnx.GraphProto) -> None:
     """Put back into ``proto`` (gs's export of ``graph``) what ``_remember`` recorded; subgraphs too."""
+    tensors = graph.tensors()
     extras = graph.__dict__.get(_SOURCE)
     if extras is not None:
         for name in _GRAPH_EXTRAS:
             proto.ClearField(name)
-        names = {t for t in graph.tensors()}
+        names = set(tensors)
         for fd, value in extras.ListFields():
             if fd.name == "quantization_annotation":
                 proto.quantization_annotation.extend(q for q in value if q.tensor_name in names)
@@ -468,7 +479,7 @@ def _restore(graph: gs.Graph, proto: onnx.GraphProto) -> None:
                 getattr(proto, fd.name).extend(value)
     vis = {vi.name: vi for vi in (*proto.input, *proto.output, *proto.value_info)}
     seen: set[int] = set()
-    for t in (*graph.inputs, *graph.outputs, *graph.tensors().values()):
+    for t in (*graph.inputs, *graph.outputs, *tensors.values()):
         if id(t) in seen:
             continue
         seen.add(id(t))
