@@ -405,7 +405,12 @@ def _dtype_text(dtype) -> str:
 
 def _signature(t) -> tuple:
     shape = getattr(t, "shape", None)
-    return (_dtype_text(getattr(t, "dtype", None)), None if shape is None else tuple(shape), getattr(t, "type", None))
+    dtype = getattr(t, "dtype", None)
+    try:
+        text = _dtype_text(dtype)
+    except TypeError:  # an optional or sequence tensor's TypeProto, which is not hashable
+        text = str(dtype)
+    return (text, None if shape is None else tuple(shape), getattr(t, "type", None))
 
 
 def _subset(msg, names) -> object:
