@@ -424,7 +424,7 @@ def _subset(msg, names) -> object:
     return keep
 
 
-def _remember(proto: onnx.GraphProto, graph: gs.Graph, what: str) -> None:
+def _remember(proto: onnx.GraphProto, graph: gs.Graph) -> None:
     """Record on ``graph`` what gs dropped from ``proto`` (see above); subgraphs too."""
     graph.__dict__[_SOURCE] = _subset(proto, _GRAPH_EXTRAS)
     tensors = graph.tensors()
@@ -455,7 +455,7 @@ def _remember(proto: onnx.GraphProto, graph: gs.Graph, what: str) -> None:
             n.__dict__[_SOURCE] = extras
         for a in p.attribute:
             if a.type == onnx.AttributeProto.GRAPH and isinstance(n.attrs.get(a.name), gs.Graph):
-                _remember(a.g, n.attrs[a.name], what)
+                _remember(a.g, n.attrs[a.name])
 
 
 def _unsupported(graph: gs.Graph) -> list:
@@ -529,7 +529,7 @@ def import_graph(model: onnx.ModelProto, what: str = "model") -> gs.Graph:
     faithfully is refused with a one-line ``UserError``."""
     graph = gs.import_onnx(model)
     try:
-        _remember(model.graph, graph, what)
+        _remember(model.graph, graph)
     except _Refused as e:
         raise UserError(f"{what}: onnx-graphsurgeon cannot hold {e}; graphopt cannot rewrite this model") from None
     model_extras = _subset(model, _MODEL_EXTRAS)

@@ -14,7 +14,7 @@ from graphopt.pass_infra import Pass, PassResult, register_pass
 from graphopt.quiet import ort_log_severity
 from graphopt.shape_probe import slice_range
 
-__all__ = ["FoldConstants", "ShapeValue", "shape_value", "shape_elements", "fold_shape_values",
+__all__ = ["FoldConstants", "ShapeValue", "shape_value", "fold_shape_values",
            "constant_reshape_targets", "lower_constant_nodes", "fold_constant_nodes", "if_condition_cone",
            "remove_noops"]
 
@@ -203,14 +203,6 @@ def _shape_value(t: gs.Tensor, memo: dict, opset: int | None) -> ShapeValue | No
         no_axes = axes is None and (opset is not None and opset < 13 or _input(node, 1) is None)
         return ShapeValue(data.elements, True, data.dtype) if n == 1 and (no_axes or _axis_ok(axes)) else None
     return None
-
-
-def shape_elements(t: gs.Tensor, opset: int | None = None) -> list[int | str] | None:
-    """The value of a 1-D shape tensor computed from ``Shape`` ops, element by element: an int where it is known,
-    the symbol of the dim it copies (``"batch"``) where it is not; None when it is anything else or some element
-    is unknown. See ``shape_value`` for what is followed."""
-    v = shape_value(t, opset=opset)
-    return None if v is None or v.scalar or any(e is None for e in v.elements) else list(v.elements)
 
 
 def if_condition_cone(graph: gs.Graph) -> set[int]:
