@@ -546,21 +546,32 @@ def _infer_any(model: onnx.ModelProto) -> onnx.ModelProto:
         return start
 
 
+def _declared_inputs(model: onnx.ModelProto, inferred: onnx.ModelProto) -> set[str]:
+    """``inferred`` (in place) with one annotation per interface name (onnxruntime annotates a graph output in
+    value_info too: the output's is the one checked) and ``model``'s graph inputs as declared; returns the names of
+    the inputs inference had rewritten."""
+    g = inferred.graph
+    interface = {vi.name for vi in (*g.input, *g.output)}
+    if any(vi.name in interface for vi in g.value_info):
+        kept = [vi for vi in g.value_info if vi.name not in interface]
+        del g.value_info[:]
+        g.value_info.extend(kept)
+    own = {vi.name: vi for vi in model.graph.input}
+    rewritten = set()
+    for vi in g.input:
+        if vi.name in own and vi.type != own[vi.name].type:
+            vi.type.CopyFrom(own[vi.name].type)
+            rewritten.add(vi.name)
+    return rewritten
+
+
 def _keep_declared(model: onnx.ModelProto, inferred: onnx.ModelProto) -> onnx.ModelProto:
     """``inferred`` (in place) with ``model``'s graph inputs as declared, and its graph outputs' declared element
     types and dims: inference only fills in what an output leaves unknown (a dim with neither value nor name, a
     missing shape). A model's interface is never rewritten: onnxruntime checks feeds against the inputs'
     declared dims, and a symbol merged with a number there (``[N, 4]`` made ``[4, 4]``) rejects every other
     size."""
-    interface = {vi.name for vi in (*inferred.graph.input, *inferred.graph.output)}
-    if any(vi.name in interface for vi in inferred.graph.value_info):  # a second, unchecked annotation of one
-        kept = [vi for vi in inferred.graph.value_info if vi.name not in interface]
-        del inferred.graph.value_info[:]
-        inferred.graph.value_info.extend(kept)
-    own = {vi.name: vi for vi in model.graph.input}
-    for vi in inferred.graph.input:
-        if vi.name in own and vi.type != own[vi.name].type:
-            vi.type.CopyFrom(own[vi.name].type)
+    _declared_inputs(model, inferred)
     own = {vi.name: vi for vi in model.graph.output}
     for vi in inferred.graph.output:
         mine = own.get(vi.name)
@@ -743,21 +754,9 @@ def _drop_unsound(model: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
         return t.SerializeToString() != before
 
     g = inferred.graph
-    corrected: set[str] = set()
-    # onnxruntime annotates a graph output in value_info too: one annotation per name, the output's checked.
-    interface = {vi.name for vi in (*g.input, *g.output)}
-    if any(vi.name in interface for vi in g.value_info):
-        kept = [vi for vi in g.value_info if vi.name not in interface]
-        del g.value_info[:]
-        g.value_info.extend(kept)
     # The graph's inputs as the model declares them; what symbolic inference derived from one it rewrote is
     # followed as corrected.
-    own_inputs = {vi.name: vi for vi in model.graph.input}
-    for vi in g.input:
-        own = own_inputs.get(vi.name)
-        if own is not None and own.type != vi.type:
-            vi.type.CopyFrom(own.type)
-            corrected.add(vi.name)
+    corrected: set[str] = _declared_inputs(model, inferred)
     annotated = {vi.name: vi for vi in (*g.value_info, *g.output)}
     types: dict[str, onnx.TypeProto] = {init.name: onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
                                         for init in g.initializer}
