@@ -78,27 +78,25 @@ class PipelineResult:
 
 
 class _Background:
-    """``fn(*args)`` run in a daemon thread; ``result()`` waits and returns its value or raises its exception.
+    """``fn(*args, run_options)`` run in a daemon thread; ``result()`` waits and returns its value or raises its
+    exception. ``run_options`` is an onnxruntime ``RunOptions`` for ``fn`` to run with: ``cancel`` sets its
+    ``terminate``, which ends a run in flight (and which ``fn`` checks before starting one).
 
     On Ctrl-C the main thread unwinds while this thread may still be inside onnxruntime: an interpreter that exits
     then crashes in native code ("terminate called without an active exception", a segfault) instead of exiting
     130. ``stop_background`` (the CLI calls it on Ctrl-C) asks every live one to stop and waits for it."""
 
     _live: "weakref.WeakSet[_Background]" = weakref.WeakSet()
-    _current = threading.local()  # the run options of the one running on this thread
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self._outcome: tuple[bool, Any] | None = None
-        # What fn passes to onnxruntime (``_Background.run_options()`` on its thread): ``terminate``, set by
-        # ``cancel``, ends a run in flight, and fn checks it before starting one.
         import onnxruntime as ort
 
         self._run_options = ort.RunOptions()
 
         def target() -> None:
-            _Background._current.run_options = self._run_options
             try:
-                self._outcome = (True, fn(*args))
+                self._outcome = (True, fn(*args, self._run_options))
             except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
                 self._outcome = (False, e)
 
@@ -112,11 +110,6 @@ class _Background:
         if not ok:
             raise value
         return value
-
-    @staticmethod
-    def run_options():
-        """The onnxruntime ``RunOptions`` of the background computation running on this thread (None on others)."""
-        return getattr(_Background._current, "run_options", None)
 
     def cancel(self) -> None:
         self._run_options.terminate = True
@@ -141,11 +134,8 @@ def stop_background(timeout: float) -> bool:
     return not any(b.alive() for b in live)
 
 
-def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], options) -> dict[str, np.ndarray]:
     runner = Runner(model)
-    options = _Background.run_options()
-    if options is None:
-        return runner.run(feeds)
     if options.terminate:  # cancelled while the session was being built
         raise KeyboardInterrupt
     return runner.run(feeds, options)
