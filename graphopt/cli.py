@@ -59,19 +59,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.model:
         raise UserError("export: name a model (graphopt export --list shows them)")
     exporter = get_exporter(args.model)
-    from .export import cache_key
-    from .ir import atomic_write_bytes, cache_dir
+    from .export import cached_export_path
+    from .ir import atomic_write_bytes
     from .outputs import check_output_file
 
     out = Path(args.output or f"{exporter.name}.onnx")
     if out.is_dir():  # like cp: into the folder, under the exporter's name
         out = out / f"{exporter.name}.onnx"
     # Checked before exporting (which can take minutes): an existing file is refused unless --force, or unless it
-    # is byte for byte the export already in the cache (a repeated command: nothing to do). The cache entry's name
-    # is export_cached's; were it to differ, the file is merely refused as different.
-    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    # is byte for byte the export already in the cache (a repeated command: nothing to do).
     try:
-        cached = cache_dir() / f"{exporter.name}-{cache_key(exporter.name, {}, ckpt, args.opset, None, 0)}.onnx"
+        cached = cached_export_path(exporter.name, {}, args.checkpoint, args.opset)
     except OSError:  # an unreadable checkpoint: export_cached names it
         cached = None
     if not check_output_file(out, force=args.force, same_as=cached if cached and cached.is_file() else None):

@@ -32,6 +32,7 @@ __all__ = [
     "exporter_names",
     "cache_key",
     "cache_dir",
+    "cached_export_path",
     "export_cached",
     "load_checkpoint",
 ]
@@ -235,6 +236,15 @@ def export_to_bytes(exporter: Exporter, args: Mapping[str, Any], checkpoint: Pat
     return buf.getvalue()
 
 
+def cached_export_path(name: str, args: Mapping[str, Any] | None = None, checkpoint: str | Path | None = None,
+                       opset: int | None = None, input_size: tuple[int, int, int] | None = None,
+                       seed: int = 0) -> Path:
+    """Where ``export_cached`` keeps (or will keep) this export; reading the checkpoint may raise ``OSError``."""
+    ckpt = Path(checkpoint) if checkpoint else None
+    key = cache_key(name, dict(args or {}), ckpt, opset, tuple(input_size) if input_size else None, seed)
+    return cache_dir() / f"{name}-{key}.onnx"
+
+
 def export_cached(name: str, args: Mapping[str, Any] | None = None, checkpoint: str | Path | None = None,
                   opset: int | None = None, input_size: tuple[int, int, int] | None = None, seed: int = 0,
                   progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
@@ -245,8 +255,7 @@ def export_cached(name: str, args: Mapping[str, Any] | None = None, checkpoint: 
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and not ckpt.is_file():
         raise UserError(f"checkpoint {ckpt}: no such file")
-    key = cache_key(name, args, ckpt, opset, tuple(input_size) if input_size else None, seed)
-    path = cache_dir() / f"{name}-{key}.onnx"
+    path = cached_export_path(name, args, ckpt, opset, input_size, seed)
     if path.is_file():
         if progress:
             progress(f"export: reusing cached {path}")
