@@ -82,12 +82,11 @@ def _upstream(model: onnx.ModelProto, target: str, is_boundary: Callable[[str], 
 
 
 def _elem_type(value: np.ndarray) -> int:
-    """The ONNX element type of an array (ml_dtypes' bfloat16, and strings, included)."""
-    if value.dtype.name == "bfloat16":
-        return onnx.TensorProto.BFLOAT16
-    if value.dtype == object or value.dtype.kind in "US":
-        return onnx.TensorProto.STRING
-    return helper.np_dtype_to_tensor_dtype(value.dtype)
+    """The ONNX element type of an array (ml_dtypes' bfloat16, and strings, included), as graphopt.inputs names
+    it."""
+    from .inputs import DTYPES, _name_of_array
+
+    return DTYPES.get(_name_of_array(value)) or helper.np_dtype_to_tensor_dtype(value.dtype)
 
 
 def _savable(value: np.ndarray) -> np.ndarray:

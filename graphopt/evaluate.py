@@ -74,10 +74,6 @@ class _Run:
     fixed_batch: int | None  # the model's batch dimension when it is not dynamic
 
     @property
-    def input_name(self) -> str:
-        return self.inputs[0].name
-
-    @property
     def item_shape(self) -> tuple[int, ...]:
         return self.inputs[0].item_shape
 
