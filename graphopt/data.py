@@ -661,9 +661,9 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
         folder = Path(names_from)
         if not folder.is_dir():
             raise UserError(f"--names-from {folder}: no such folder")
-        found = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".bin", ".npy") and p.is_file()),
-                       key=lambda p: natural_key(str(p)))
-        names = [p.name.split(".")[0] for p in found]
+        from .backends import _stem, input_files  # backends imports this module: here, not at the top
+
+        names = [_stem(p) for p in input_files(folder)]
         if len(names) != n:
             raise UserError(f"--names-from {folder}: {len(names)} .bin/.npy files, but {src} holds {n} items "
                             "(item k takes the k-th file's name, in natural order)")
