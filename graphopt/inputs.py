@@ -169,18 +169,19 @@ def _load_skeleton(model) -> onnx.ModelProto:
     raise TypeError(f"not a model: {type(model).__name__}")
 
 
-def _weight_names(model) -> set[str]:
+def _weight_names(model, skeleton: onnx.ModelProto) -> set[str]:
     from .protoio import SplitModel
 
     names = set(model.weights) if isinstance(model, SplitModel) else set()
-    return names | {i.name for i in _load_skeleton(model).graph.initializer}
+    return names | {i.name for i in skeleton.graph.initializer}
 
 
-def model_inputs(model) -> list[ModelInput]:
+def model_inputs(model, skeleton: onnx.ModelProto | None = None) -> list[ModelInput]:
     """The real inputs of ``model`` (a ModelProto, ``SplitModel``, path or bytes), in the graph's order: graph
-    inputs minus initializers and the weights graphopt feeds as inputs."""
-    skeleton = _load_skeleton(model)
-    weights = _weight_names(model)
+    inputs minus initializers and the weights graphopt feeds as inputs. ``skeleton``: ``model`` already loaded
+    (a path is read once)."""
+    skeleton = _load_skeleton(model) if skeleton is None else skeleton
+    weights = _weight_names(model, skeleton)
     out = []
     for vi in skeleton.graph.input:
         if vi.name in weights:
@@ -485,8 +486,8 @@ def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
     the model expects): a spec naming no input of the model, a dtype other than the model's, a shape of another rank
     or contradicting a fixed dim, a negative dim, an input graphopt cannot make values for (a sequence or map)."""
     specs = list(specs)
-    model_ins = model_inputs(model)
     skeleton = _load_skeleton(model)
+    model_ins = model_inputs(model, skeleton)
     by_name = {m.name: m for m in model_ins}
     prefix = f"{where}: " if where and not where.endswith(": ") else where
     paths = dict(paths or {})
