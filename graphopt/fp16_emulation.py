@@ -618,11 +618,12 @@ class Fp16Emulator:
     # -- running ----------------------------------------------------------------------------------------------
     def run(self, batches: Sequence[Mapping[str, np.ndarray] | np.ndarray],
             fp16: np.ndarray | Sequence[bool] | None = None,
-            gelu_high_performance: bool = False) -> "Outputs":
+            gelu_high_performance: bool = False, count: bool = True) -> "Outputs":
         """Outputs over every feed with units ``fp16`` (default none) in fp16: ``graphopt.verify.Outputs``, each
         output concatenated over the feeds and kept per feed, so ``compare_outputs`` compares feed by feed.
         ``batches`` are feeds (dicts input name -> array, every input of the model; integer and bool inputs pass
-        through unchanged, only float32 tensors are rounded) or bare arrays for ``input_name``."""
+        through unchanged, only float32 tensors are rounded) or bare arrays for ``input_name``. ``count``: a trial
+        of the search (``runs``), not a check that the feeds run."""
         from .verify import Outputs
 
         mask = np.zeros(len(self.units), bool) if fp16 is None else np.asarray(fp16, bool)
@@ -645,7 +646,7 @@ class Fp16Emulator:
                                 f"{str(e).splitlines()[0]}") from None
             for n, o in zip(self.output_names, res):
                 outs[n].append(np.asarray(o))
-        self.runs += 1
+        self.runs += count
         return Outputs.of_feeds(outs)
 
     def fp16_flop_share(self, fp16: np.ndarray) -> float | None:

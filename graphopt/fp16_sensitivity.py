@@ -229,8 +229,7 @@ def fit_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout, ba
         return batches, note, False
     if emulator is not None:
         try:
-            emulator.run(batches[:1])
-            emulator.runs -= 1  # a check, not a trial
+            emulator.run(batches[:1], count=False)
         except UserError:
             batches, note = regroup_feeds(feeds, layout, batch, items, what, regroup=False)
             return batches, note, False
