@@ -165,6 +165,7 @@ class BatchLayout:
 
 
 def batch_layout(model) -> BatchLayout:
+    """How ``model`` takes items (``BatchLayout``); a fixed batch of 0, which takes none, is a ``UserError``."""
     from .inputs import model_inputs
 
     ins = [m for m in model_inputs(model) if m.kind == "tensor"]
@@ -175,6 +176,9 @@ def batch_layout(model) -> BatchLayout:
         first = next((m for m in ins if m.dims), None)
         if first is not None:
             fixed, fixed_input = first.dims[0], first.name
+    if fixed is not None and fixed < 1:
+        raise UserError(f"model input {fixed_input!r} has a fixed batch size of {fixed}: it takes no items, so there "
+                        "is nothing to measure fp16 precision on")
     return BatchLayout(batched, regroupable, fixed, fixed_input)
 
 
@@ -193,9 +197,6 @@ def regroup_feeds(feeds: Sequence[Mapping[str, np.ndarray]], layout: BatchLayout
     feeds = [_ordered(f, layout.batched) for f in feeds]
     if not feeds:
         raise UserError(f"{what}: no items to measure on")
-    if layout.fixed is not None and layout.fixed < 1:
-        raise UserError(f"model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it takes no "
-                        "items, so there is nothing to measure fp16 precision on")
     names = list(feeds[0])
     if regroup and layout.regroupable and all(list(f) == names for f in feeds) and all(
             len({np.shape(f[k])[1:] for f in feeds}) == 1 for k in names):
@@ -591,9 +592,6 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
     if samples < 1:
         raise UserError(f"--samples {samples}: must be at least 1")
     layout = batch_layout(model)
-    if layout.fixed is not None and layout.fixed < 1:
-        raise UserError(f"model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it takes no "
-                        "items, so there is nothing to measure fp16 precision on")
     ins = {m.name: m for m in model_inputs(model)}
     given = {d for sp in specs if sp.name in ins and (sp.shape is not None or sp.data is not None)
              for d in ins[sp.name].dims or () if isinstance(d, str)}

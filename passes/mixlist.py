@@ -167,10 +167,10 @@ class Mixlist(Pass):
         what = "mixlist (mode: measured)"
         feeds, real_data = self.calibration or (None, False)
         model = to_model(graph)
-        layout = batch_layout(model)
-        if layout.fixed is not None and layout.fixed < 1:
-            raise UserError(f"{what}: model input {layout.fixed_input!r} has a fixed batch size of {layout.fixed}: it "
-                            "takes no items, so there is nothing to measure fp16 precision on")
+        try:
+            layout = batch_layout(model)
+        except UserError as e:
+            raise UserError(f"{what}: {e}") from None
         emulator = Fp16Emulator(model, reduce_accumulation=self.reduce_accumulation)
         warnings: list[str] = []
         if feeds:  # every input of every verification feed, regrouped into batches of 8 where the batch allows
