@@ -81,18 +81,11 @@ def config_files(configs: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
-def atc_commands(*, model: str, output_stem: str, input_name: str | None = None,
-                 item_shape: Sequence[int] | None = None, batch_sizes: Sequence[int], soc_version: str,
-                 log: str = "error", precision_mode: str | None = None, configs: Mapping[str, Any] | None = None,
-                 extra_args: Sequence[str] = (),
-                 inputs: Sequence[tuple[str, Sequence[int | None]]] | None = None) -> list[list[str]]:
+def atc_commands(*, model: str, output_stem: str, inputs: Sequence[tuple[str, Sequence[int | None]]],
+                 batch_sizes: Sequence[int], soc_version: str, log: str = "error", precision_mode: str | None = None,
+                 configs: Mapping[str, Any] | None = None, extra_args: Sequence[str] = ()) -> list[list[str]]:
     """One ``atc`` command per batch size. ``inputs``: ``(name, dims)`` of every model input, None where the batch
-    size goes (``InputPlan.atc_inputs()``); or the single-input form ``input_name`` + ``item_shape`` (the batch
-    first, then ``item_shape``)."""
-    if inputs is None:
-        if input_name is None or item_shape is None:
-            raise ValueError("atc_commands: give inputs, or input_name and item_shape")
-        inputs = [(input_name, (None, *item_shape))]
+    size goes (``InputPlan.atc_inputs()``)."""
     configs = configs or {}
     files = config_files(configs)
     mode = configs.get("precision_mode") or precision_mode

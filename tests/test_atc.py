@@ -39,7 +39,7 @@ def test_keep_dtype_cfg_one_entry_per_line():
 
 def test_commands_carry_shapes_and_precision_flags():
     configs = {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}, "op_precision": {"Gelu": "high_performance"}}
-    cmds = atc_commands(model="model.onnx", output_stem="vit", input_name="input", item_shape=(3, 224, 224),
+    cmds = atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                         batch_sizes=(1, 8), soc_version="Ascend310P3", configs=configs)
     assert cmds[1] == ["atc", "--framework=5", "--model=model.onnx", "--output=vit_bs8", "--input_format=NCHW",
                        "--input_shape=input:8,3,224,224", "--soc_version=Ascend310P3", "--log=error",
@@ -50,13 +50,13 @@ def test_commands_carry_shapes_and_precision_flags():
 
 def test_mixlist_with_an_incompatible_precision_mode_is_refused():
     with pytest.raises(UserError, match="only honours --modify_mixlist with allow_mix_precision"):
-        atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(1,),
+        atc_commands(model="m.onnx", output_stem="m", inputs=[("x", (None, 3, 8, 8))], batch_sizes=(1,),
                      soc_version="Ascend310", precision_mode="force_fp16",
                      configs={"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}})
 
 
 def test_script_is_valid_shell_with_one_command_per_batch():
-    cmds = atc_commands(model="model.onnx", output_stem="m", input_name="image", item_shape=(3, 224, 224),
+    cmds = atc_commands(model="model.onnx", output_stem="m", inputs=[("image", (None, 3, 224, 224))],
                         batch_sizes=(1, 16), soc_version="Ascend310")
     script = atc_script(cmds)
     assert script.startswith("#!/usr/bin/env bash\n")
@@ -73,7 +73,7 @@ ALL_CONFIGS = {"precision_mode": "allow_mix_precision",
 
 
 def test_every_flag_name_and_value_with_all_four_configs():
-    cmds = atc_commands(model="model.onnx", output_stem="vit", input_name="image", item_shape=(3, 224, 224),
+    cmds = atc_commands(model="model.onnx", output_stem="vit", inputs=[("image", (None, 3, 224, 224))],
                         batch_sizes=(1, 16), soc_version="Ascend310P3", log="info",
                         precision_mode="allow_mix_precision", configs=ALL_CONFIGS)
     expected = ["atc", "--framework=5", "--model=model.onnx", "--output=vit_bs{bs}", "--input_format=NCHW",
@@ -92,7 +92,7 @@ def test_every_flag_name_and_value_with_all_four_configs():
 
 
 def test_keep_dtype_alone_with_the_recipes_precision_mode():
-    cmds = atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(4,),
+    cmds = atc_commands(model="m.onnx", output_stem="m", inputs=[("x", (None, 3, 8, 8))], batch_sizes=(4,),
                         soc_version="Ascend310", precision_mode="force_fp16",
                         configs={"keep_dtype": ["stem/Conv"]})
     assert cmds == [["atc", "--framework=5", "--model=m.onnx", "--output=m_bs4", "--input_format=NCHW",
@@ -101,7 +101,7 @@ def test_keep_dtype_alone_with_the_recipes_precision_mode():
 
 
 def test_no_precision_flags_without_configs():
-    cmds = atc_commands(model="m.onnx", output_stem="m", input_name="x", item_shape=(3, 8, 8), batch_sizes=(1,),
+    cmds = atc_commands(model="m.onnx", output_stem="m", inputs=[("x", (None, 3, 8, 8))], batch_sizes=(1,),
                         soc_version="Ascend310")
     assert [a for a in cmds[0] if a.split("=")[0] in ("--precision_mode", "--modify_mixlist",
                                                       "--op_precision_mode", "--keep_dtype")] == []

@@ -101,13 +101,13 @@ def test_all_four_lists(opset17):
 
 def test_atc_command_carries_the_flags():
     configs = {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}, "precision_mode": "allow_mix_precision"}
-    (cmd,) = atc_commands(model="model.onnx", output_stem="vit", input_name="input", item_shape=[3, 224, 224],
+    (cmd,) = atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                           batch_sizes=[8], soc_version="Ascend310P3", configs=configs)
     line = " ".join(cmd)
     assert "--precision_mode=allow_mix_precision --modify_mixlist=ops_info.json" in line
     assert line.startswith("atc --framework=5 --model=model.onnx --output=vit_bs8")
     with pytest.raises(UserError, match="precision_mode"):
-        atc_commands(model="model.onnx", output_stem="vit", input_name="input", item_shape=[3, 224, 224],
+        atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                      batch_sizes=[8], soc_version="Ascend310P3", configs=configs, precision_mode="force_fp16")
 
 
@@ -117,7 +117,7 @@ def test_pipeline_merges_configs_of_the_unchanged_pass(vit_like_opset11):
     assert res.records[0].status == "unchanged" and not res.records[0].changed
     assert res.configs == {"mixlist": VIT_SEED_OPS_INFO, "precision_mode": "allow_mix_precision"}
     assert json.loads(config_files(res.configs)["ops_info.json"]) == VIT_SEED_OPS_INFO
-    (cmd,) = atc_commands(model="model.onnx", output_stem="vit", input_name="input", item_shape=[3, 224, 224],
+    (cmd,) = atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                           batch_sizes=[1], soc_version="Ascend310P3", configs=res.configs)
     assert cmd[-2:] == ["--precision_mode=allow_mix_precision", "--modify_mixlist=ops_info.json"]
 
