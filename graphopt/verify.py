@@ -350,8 +350,10 @@ class Runner:
     input nothing reads). The single-input form of before still works: ``input_name`` (default the first input)
     and ``run`` given bare arrays feeds them to that input."""
 
-    def __init__(self, model, input_name: str | None = None):
+    def __init__(self, model, input_name: str | None = None, what: str = ""):
         from .protoio import SplitModel, split_model
+
+        self.what = what  # names the model in feed errors ("model B")
 
         try:
             if isinstance(model, (str, Path, bytes, SplitModel)):
@@ -371,7 +373,8 @@ class Runner:
                 raise UserError(f"onnxruntime cannot run the model's custom-domain ops ({shown}), so it cannot be "
                                 "verified: turn verification off (--no-verify, or verify: {enabled: false}) or "
                                 "use an onnxruntime build that registers them") from None
-            raise UserError(f"onnxruntime cannot load the model: {_ort_error(e, {})}") from None
+            who = f"{what}: " if what else ""
+            raise UserError(f"{who}onnxruntime cannot load the model: {_ort_error(e, {})}") from None
         names = [i.name for i in self.session.get_inputs() if i.name not in self.weights]
         self.inputs = [self._from_session(n) for n in names]
         self.input_names = names
@@ -405,7 +408,7 @@ class Runner:
         per_output: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         for feed in feeds_of(feeds, self.input_name, self.inputs):
             # Inputs the model does not take are left out: a pass may drop a graph input nothing reads.
-            check_feed(self.inputs, feed, strict=False)
+            check_feed(self.inputs, feed, self.what, strict=False)
             feed = {k: v for k, v in feed.items() if k in self.input_names}
             try:
                 outs = self._run({**feed, **self.weights}, run_options)
