@@ -454,6 +454,17 @@ def check_data_output(outdir: str | Path) -> None:
         raise UserError(f"cannot write {outdir}: Permission denied")
 
 
+def _write_labels(folder: Path, labels: Sequence[tuple[str, int]] | None) -> None:
+    """``labels.txt`` (``<name>.bin <class>`` lines), written under a temporary name and renamed; removed when there
+    are no labels (a stale one from an earlier run would pair files with wrong classes)."""
+    from .ir import atomic_write_text
+
+    if labels:
+        atomic_write_text(folder / LABELS_FILE, "".join(f"{name}.bin {label}\n" for name, label in labels))
+    else:
+        (folder / LABELS_FILE).unlink(missing_ok=True)
+
+
 def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any], item_shape: Sequence[int],
                   settings: dict[str, Any], jobs: int | None = None, progress: bool | None = None) -> DataResult:
     """Write one ``.bin`` per item (in parallel), ``labels.txt`` and ``data.json``; see the module docstring."""
@@ -513,13 +524,7 @@ def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any]
     skipped = [{"file": it.origin, "error": status[it.name][1]} for it in items if status[it.name][0] == "unreadable"]
     good = [it for it in items if status[it.name][0] != "unreadable"]
     labelled = [it for it in good if it.label is not None]
-    labels_path = outdir / LABELS_FILE
-    if labelled:
-        tmp = labels_path.with_name(f"{LABELS_FILE}.tmp-{os.getpid()}")
-        tmp.write_text("".join(f"{it.name}.bin {it.label}\n" for it in labelled))
-        os.replace(tmp, labels_path)
-    else:
-        labels_path.unlink(missing_ok=True)
+    _write_labels(outdir, [(it.name, it.label) for it in labelled])
     result = DataResult(outdir, sum(1 for s, _ in status.values() if s == "written"),
                         sum(1 for s, _ in status.values() if s == "reused"), skipped, len(labelled), len(stale),
                         tuple(item_shape))
@@ -701,10 +706,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
             tmp = folder / f"{name}.bin.tmp-{os.getpid()}"
             np.ascontiguousarray(item).tofile(tmp)
             os.replace(tmp, folder / f"{name}.bin")
-        if labels is not None:
-            (folder / LABELS_FILE).write_text("".join(f"{nm}.bin {int(c)}\n" for nm, c in zip(names, labels)))
-        else:
-            (folder / LABELS_FILE).unlink(missing_ok=True)
+        _write_labels(folder, None if labels is None else [(nm, int(c)) for nm, c in zip(names, labels)])
         _write_json(folder / META_FILE, {
             "format": DATA_FORMAT, "settings": settings, "complete": True,
             "layout": f"one raw {dtype} array of {list(a.shape[1:])} per .bin file, native byte order",
