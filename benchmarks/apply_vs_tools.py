@@ -39,8 +39,8 @@ def _child(task: str, src: str, out: str, recipe: str) -> None:
 
         onnx.save(onnx.load(src), out)
     elif task in ("graphopt", "graphopt_verify", "graphopt_warm"):
-        from graphopt.apply import apply_recipe
-        from graphopt.recipe import load_recipe
+        from graphopt.commands.apply import apply_recipe
+        from graphopt.commands.recipe import load_recipe
 
         apply_recipe(load_recipe(recipe), out, verify=task == "graphopt_verify", progress=lambda m: None)
     elif task == "onnxsim":
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         _child(*args.child)
         return 0
 
-    from graphopt.apply import source_model_path
-    from graphopt.recipe import load_recipe
+    from graphopt.commands.apply import source_model_path
+    from graphopt.commands.recipe import load_recipe
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

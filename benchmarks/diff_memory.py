@@ -25,7 +25,7 @@ TARGET_RATIO = 4.0
 # by exec) is printed beside it as a cross-check.
 _CHILD = """
 import json, resource, sys
-from graphopt.cli import main
+from graphopt.commands.cli import main
 code = main(sys.argv[1:])
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -57,7 +57,7 @@ def vit_b32_onnx(tmp: Path) -> Path:
     """ViT-B/32 (random weights): the ``vit_b32`` exporter through the export cache when it exists, else timm's
     ``vit_base_patch32_224`` exported here."""
     try:
-        from graphopt.export import export_cached, get_exporter
+        from graphopt.commands.export import export_cached, get_exporter
 
         get_exporter("vit_b32")
     except Exception as e:  # noqa: BLE001 - the exporter is not there yet

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
 
-    from graphopt.apply import apply_recipe
-    from graphopt.backends import TimingOptions
-    from graphopt.evaluate import EvalOptions, evaluate
-    from graphopt.recipe import load_recipe
+    from graphopt.commands.apply import apply_recipe
+    from graphopt.ascend.backends import TimingOptions
+    from graphopt.commands.evaluate import EvalOptions, evaluate
+    from graphopt.commands.recipe import load_recipe
 
     quiet = lambda msg: None  # noqa: E731
     recipe = load_recipe(REPO / "recipes" / "efficientnet_lite0.yaml")

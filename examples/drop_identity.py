@@ -5,8 +5,8 @@ from dataclasses import field
 
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import replace_uses
-from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.ir import replace_uses
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["DropIdentity"]
 

@@ -15,11 +15,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .inputs import InputSpec, merge_specs, model_inputs, resolve_inputs
-from .ir import to_graph, to_model
-from .pass_infra import Pass, PassResult
-from .recipe import Tolerance, load_recipe
-from .verify import Comparison, Runner, compare_outputs
+from .core.inputs import InputSpec, merge_specs, model_inputs, resolve_inputs
+from .core.ir import to_graph, to_model
+from .core.pass_infra import Pass, PassResult
+from .commands.recipe import load_recipe
+from .core.tolerance import Tolerance
+from .core.verify import Comparison, Runner, compare_outputs
 
 __all__ = ["model_from_text", "run_pass", "compare_models", "assert_pass_verified", "assert_pass_unchanged",
            "assert_recipe_verified", "STRICT_FP32", "InputSpec"]
@@ -54,7 +55,7 @@ def compare_models(a: onnx.ModelProto, b: onnx.ModelProto, *, input_name: str | 
     """Run both models in onnxruntime on the same (seeded) inputs and compare every output.
 
     ``inputs``: feeds (dicts name -> array, every input), or arrays for one input (``input_name``, default the
-    first). Without them, seeded feeds of every input of ``a`` (``graphopt.inputs``; each symbolic dim 2 unless
+    first). Without them, seeded feeds of every input of ``a`` (``graphopt.core.inputs``; each symbolic dim 2 unless
     ``shape`` (of ``input_name``, default the first input) or ``specs`` say otherwise)."""
     if inputs is None:
         given = list(specs)
@@ -99,7 +100,7 @@ def assert_pass_unchanged(model: onnx.ModelProto, p: Pass) -> PassResult:
 def assert_recipe_verified(recipe: str | Path, outdir: str | Path, **kwargs: Any) -> dict:
     """Apply a recipe with verification on; every changed pass verified, the output model within tolerance of
     the input model. Returns the report."""
-    from .apply import apply_recipe
+    from .commands.apply import apply_recipe
 
     report = apply_recipe(load_recipe(recipe), outdir, verify=True, progress=lambda m: None, **kwargs)
     for rec in report["passes"]:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from graphopt.errors import UserError
-from graphopt.export import Exporter, load_checkpoint, register_exporter, square_image
+from graphopt.core.errors import UserError
+from graphopt.commands.export import Exporter, load_checkpoint, register_exporter, square_image
 
 __all__ = ["MODEL_PACKAGE", "WEIGHTS_PACKAGE", "packaged_weights_path", "build_efficientnet_lite0"]
 

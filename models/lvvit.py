@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphopt.export import Exporter, register_exporter, square_image
+from graphopt.commands.export import Exporter, register_exporter, square_image
 
 __all__ = ["LVViT", "build_lvvit_s"]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphopt.export import Exporter, register_exporter, square_image
+from graphopt.commands.export import Exporter, register_exporter, square_image
 
 __all__ = [
     "shift_feat",

@@ -31,8 +31,8 @@ from typing import Any
 
 from torch import nn
 
-from graphopt.errors import UserError
-from graphopt.export import Exporter, register_exporter, square_image
+from graphopt.core.errors import UserError
+from graphopt.commands.export import Exporter, register_exporter, square_image
 
 __all__ = [
     "create_timm_model",

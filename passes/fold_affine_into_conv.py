@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, make_name, producer
-from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.ir import const_value, make_name, producer
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["FoldAffineIntoConv", "channel_vector"]
 

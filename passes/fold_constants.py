@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, producer, replace_uses
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.quiet import ort_log_severity
-from graphopt.shape_probe import slice_range
+from graphopt.core.ir import const_value, ensure_shapes, make_name, producer, replace_uses
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.quiet import ort_log_severity
+from graphopt.core.shape_probe import slice_range
 
 __all__ = ["FoldConstants", "ShapeValue", "shape_value", "fold_shape_values",
            "constant_reshape_targets", "lower_constant_nodes", "fold_constant_nodes", "if_condition_cone",
@@ -361,7 +361,7 @@ def _evaluate(nodes: list[gs.Node], targets: list[gs.Tensor], root: gs.Graph) ->
     options = ort.SessionOptions()
     # Each op's own kernel, as written: no fusion of what is being folded.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
+    options.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
     try:
         session = ort.InferenceSession(_model_for(nodes, targets, root), options, providers=["CPUExecutionProvider"])
         return session.run([t.name for t in targets], {})

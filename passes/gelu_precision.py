@@ -10,9 +10,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, opset_of, producer
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.pattern import NoMatch, rank_of
+from graphopt.core.ir import const_value, ensure_shapes, make_name, opset_of, producer
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pattern import NoMatch, rank_of
 
 __all__ = ["GeluPrecision", "GeluMatch", "find_gelus", "match_erf_gelu", "match_tanh_gelu", "CONST_RTOL"]
 

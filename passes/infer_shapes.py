@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import inferred_types
-from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.ir import inferred_types
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["InferShapes"]
 

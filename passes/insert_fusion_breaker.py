@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import const_value, ensure_shapes, make_name, producer, set_tensors, shape_model
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.pattern import NoMatch, match_path_down, single_consumer
+from graphopt.core.ir import const_value, ensure_shapes, make_name, producer, set_tensors, shape_model
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pattern import NoMatch, match_path_down, single_consumer
 
 __all__ = ["InsertFusionBreaker", "BREAKER_PREFIX", "is_breaker"]
 

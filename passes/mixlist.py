@@ -8,11 +8,11 @@ from typing import Any, Literal
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.atc import ascend_op_type
-from graphopt.errors import UserError
-from graphopt.ir import to_model
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.recipe import tolerance_problem
+from graphopt.ascend.atc import ascend_op_type
+from graphopt.core.errors import UserError
+from graphopt.core.ir import to_model
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.tolerance import tolerance_problem
 
 __all__ = ["Mixlist", "is_onnx_op_type"]
 
@@ -35,7 +35,7 @@ class Mixlist(Pass):
     why reductions like LayerNorm's mean/variance are kept fp32. The ViT seed's list is exactly
     ``keep_fp32: [LayerNorm]`` -> ``{"black-list": {"to-add": ["LayerNorm"]}}``.
 
-    Names may be ONNX op types (``LayerNormalization``, mapped to Ascend's names when ``graphopt.atc`` writes
+    Names may be ONNX op types (``LayerNormalization``, mapped to Ascend's names when ``graphopt.ascend.atc`` writes
     ops_info.json) or Ascend op types (``LayerNorm``), which are passed through unchecked. With
     ``require_present: true`` an ONNX op type in ``keep_fp32`` or ``allow_fp16`` that no node of the graph has is
     dropped from the list and named in ``stats["absent"]`` rather than failing the recipe. Presence is only
@@ -44,7 +44,7 @@ class Mixlist(Pass):
     so for such graphs name the Ascend op (``LayerNorm``), as the seed does. The same holds for ``Gelu`` below
     opset 20, which is also an ONNX name: use ``require_present: false`` to list it for a decomposed GELU.
 
-    ``mode: measured`` chooses the lists itself (``graphopt.fp16_sensitivity``; the graph is still not touched):
+    ``mode: measured`` chooses the lists itself (``graphopt.ascend.fp16_sensitivity``; the graph is still not touched):
     ATC's fp16 modes are emulated in onnxruntime on the graph the pass receives, with the pipeline's verification
     feeds as calibration data (``calibration``: every input of the model, integer and bool ones passed
     through unchanged; regrouped into batches of 8 when every input has a symbolic batch, whole feeds when the
@@ -86,7 +86,7 @@ class Mixlist(Pass):
         "help": "measured: fp16 ReduceMean/ReduceSum accumulate in fp16 (Ascend310) or fp32 (Ascend310P/910)"})
     gelu_modes: bool = field(default=True, metadata={
         "help": "measured: try Gelu=high_performance (tanh) and choose it when the target holds"})
-    # Set by the pipeline before run() (graphopt.pipeline): (one input's verification arrays or None, input name,
+    # Set by the pipeline before run() (graphopt.core.pipeline): (one input's verification arrays or None, input name,
     # real data), read for its real-data flag; and the whole verification feeds (every input), or None.
     calibration: Any = field(default=None, init=False, repr=False, compare=False)  # (feeds, real_data): pipeline
 
@@ -160,8 +160,8 @@ class Mixlist(Pass):
         return PassResult(False, stats, configs)
 
     def _run_measured(self, graph: gs.Graph) -> PassResult:
-        from graphopt.fp16_emulation import Fp16Emulator
-        from graphopt.fp16_sensitivity import (RANDOM_INPUTS_WARNING, Target, analyse, batch_layout, feed_items,
+        from graphopt.ascend.fp16_emulation import Fp16Emulator
+        from graphopt.ascend.fp16_sensitivity import (RANDOM_INPUTS_WARNING, Target, analyse, batch_layout, feed_items,
                                                feeds_calibration, fit_feeds)
 
         what = "mixlist (mode: measured)"

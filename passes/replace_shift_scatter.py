@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import (const_value, ensure_shapes, make_name, node_inputs, producer, set_tensors,
+from graphopt.core.ir import (const_value, ensure_shapes, make_name, node_inputs, producer, set_tensors,
                          shape_model)
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.pattern import NoMatch
-from graphopt.quiet import ort_log_severity
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pattern import NoMatch
+from graphopt.core.quiet import ort_log_severity
 
 __all__ = ["ReplaceShiftScatter", "ShiftGroup", "decompose_shift_map", "simulate_scatter_chain"]
 
@@ -452,7 +452,7 @@ def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
+    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

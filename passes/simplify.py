@@ -6,10 +6,10 @@ from dataclasses import field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.errors import PassError, UserError
-from graphopt.ir import (constant_nbytes, constants_to_initializers, op_counts, replace_graph, structure_signature,
+from graphopt.core.errors import PassError, UserError
+from graphopt.core.ir import (constant_nbytes, constants_to_initializers, op_counts, replace_graph, structure_signature,
                          to_graph, to_model)
-from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["Simplify", "PROTOBUF_LIMIT"]
 

@@ -6,9 +6,9 @@ from dataclasses import field
 
 import onnx_graphsurgeon as gs
 
-from graphopt.ir import ensure_shapes, make_name, opset_of, producer, replace_uses, set_tensors
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.pattern import NoMatch
+from graphopt.core.ir import ensure_shapes, make_name, opset_of, producer, replace_uses, set_tensors
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pattern import NoMatch
 
 __all__ = ["SoftmaxTranspose", "swap_perm", "compose_perms", "fuse_transpose_pair"]
 

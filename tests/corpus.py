@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 
-from graphopt.export import cache_dir
-from graphopt.ir import atomic_write_bytes
+from graphopt.commands.export import cache_dir
+from graphopt.core.ir import atomic_write_bytes
 from graphs import torch_onnx
 
 __all__ = ["ZooModel", "ZOO", "CORPUS_FORMAT", "export_zoo_model", "custom_models", "pass_configs", "PASS_ARGS",
@@ -274,7 +274,7 @@ def pass_configs(repo: Path) -> dict[str, list[dict[str, Any]]]:
     whose list equals an earlier one is folded into it)."""
     import yaml
 
-    from graphopt.pass_infra import all_passes, pass_params
+    from graphopt.core.pass_infra import all_passes, pass_params
 
     configs: dict[str, list[dict[str, Any]]] = {}
     for name, cls in all_passes().items():

@@ -36,7 +36,7 @@ def torch_onnx(module, args: tuple, *, opset: int, inputs: Sequence[str] = ("x",
 
 def cli(capsys, *args) -> tuple[int, str, list[str]]:
     """The CLI in process: (exit code, stdout, the 'graphopt: ...' lines of stderr); never a traceback."""
-    from graphopt.cli import main
+    from graphopt.commands.cli import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

@@ -84,14 +84,14 @@ def quiet() -> None:
 def corpus_dir() -> Path:
     import onnxruntime as ort
 
-    from graphopt.export import cache_dir
+    from graphopt.commands.export import cache_dir
 
     key = hashlib.sha256(json.dumps([onnx.__version__, ort.__version__, CORPUS_FORMAT]).encode()).hexdigest()[:12]
     return cache_dir() / "node-corpus" / f"onnx{onnx.__version__}-ort{ort.__version__}-{key}"
 
 
 def _session(data: bytes):
-    """An onnxruntime session with ``graphopt.verify.comparison_session``'s options (CPU, basic optimisations
+    """An onnxruntime session with ``graphopt.core.verify.comparison_session``'s options (CPU, basic optimisations
     only, Pad_Fusion off), on one thread: the pool already keeps every core busy with one model each."""
     import onnxruntime as ort
 
@@ -495,7 +495,7 @@ def _line(e: BaseException) -> str:
 
 
 def _classify_error(e: Exception) -> tuple[str, str]:
-    from graphopt.errors import GraphoptError, PassError
+    from graphopt.core.errors import GraphoptError, PassError
 
     if not isinstance(e, GraphoptError):
         return "crash", _line(e)
@@ -515,8 +515,8 @@ def _classify_error(e: Exception) -> tuple[str, str]:
 
 def classify(config: Config, data: bytes, case: dict[str, Any]) -> tuple[str, str]:
     """(category, one-line detail) of running ``config`` over the model ``data`` (a cached ``case``)."""
-    from graphopt.pass_infra import get_pass
-    from graphopt.pipeline import run_pipeline
+    from graphopt.core.pass_infra import get_pass
+    from graphopt.core.pipeline import run_pipeline
 
     model = onnx.load_from_string(data)
     args = config.arguments(model)
@@ -632,7 +632,7 @@ def _sweep_models(args: tuple[str, list[str], list[Config]]) -> list[Row]:
 def builtin_pass_names() -> list[str]:
     """The registry as a fresh process sees it (built-in and entry-point passes, none of the test-only passes
     that test modules register in the test session)."""
-    from graphopt.pass_infra import all_passes
+    from graphopt.core.pass_infra import all_passes
 
     return list(all_passes())
 

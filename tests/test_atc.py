@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
-from graphopt.atc import atc_commands, atc_script, config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
-from graphopt.errors import UserError
+from graphopt.ascend.atc import atc_commands, atc_script, config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.core.errors import UserError
 
 
 def test_ops_info_matches_the_vit_seed():

@@ -139,7 +139,7 @@ def test_usage_mistakes_are_one_line():
 def test_version_names_graphopt_and_the_libraries_that_decide_its_results(capsys):
     from importlib import metadata
 
-    from graphopt.cli import main
+    from graphopt.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -17,11 +17,12 @@ import onnx
 import pytest
 
 from corpus import ZOO, custom_models, export_zoo_model, pass_configs
-from graphopt.errors import GraphoptError, UserError
-from graphopt.ir import load_model
-from graphopt.pipeline import run_pipeline
-from graphopt.recipe import PassSpec, Tolerance, build_pass
-from graphopt.verify import Runner, compare_outputs, make_inputs
+from graphopt.core.errors import GraphoptError, UserError
+from graphopt.core.ir import load_model
+from graphopt.core.pipeline import run_pipeline
+from graphopt.commands.recipe import PassSpec, build_pass
+from graphopt.core.tolerance import Tolerance
+from graphopt.core.verify import Runner, compare_outputs, make_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = pass_configs(REPO)

@@ -19,12 +19,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.backends import (collect_outputs, find_ais_results, load_summary_json, parse_printed_summary,
+from graphopt.ascend.backends import (collect_outputs, find_ais_results, load_summary_json, parse_printed_summary,
                                read_output_file)
-from graphopt.cli import main
-from graphopt.data import load_cifar_batch, preprocess_image
-from graphopt.errors import UserError
-from graphopt.evaluate import accuracy
+from graphopt.commands.cli import main
+from graphopt.commands.data import load_cifar_batch, preprocess_image
+from graphopt.core.errors import UserError
+from graphopt.commands.evaluate import accuracy
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "ais_bench"
 QUICK = ["--warmup", "0", "--min-iterations", "1", "--min-seconds", "0"]
@@ -114,7 +114,7 @@ def test_preprocess_matches_torchvision_and_timm():
 
 
 def test_recipe_preprocess_section_defaults_and_errors(tmp_path):
-    from graphopt.recipe import parse_recipe
+    from graphopt.commands.recipe import parse_recipe
 
     tiny_classifier(tmp_path / "t.onnx", size=128)
     base = {"model": {"onnx": "t.onnx"}, "input": {"name": "x", "shape": [1, 3, 128, 128]}}
@@ -327,7 +327,7 @@ def test_printed_summaries_every_wording():
 @pytest.mark.parametrize("layout, dirname, fmt", [("bin_current", "bs2", "bin"), ("npy_current", "bs1", "npy"),
                                                   ("txt_2022", None, "txt")])
 def test_output_layouts_postprocess_alike(layout, dirname, fmt):
-    from graphopt.data import read_labels_file
+    from graphopt.commands.data import read_labels_file
 
     out = FIXTURES / layout / "out"
     folder, summary_path = find_ais_results(out, dirname)
@@ -515,9 +515,10 @@ def test_bit_cifar10_test_batch_onnxruntime_equals_pytorch(tmp_path, repo, capsy
     import torch
     import yaml
 
-    from graphopt.export import get_exporter
-    from graphopt.recipe import Tolerance, load_recipe
-    from graphopt.verify import compare_outputs
+    from graphopt.commands.export import get_exporter
+    from graphopt.commands.recipe import load_recipe
+    from graphopt.core.tolerance import Tolerance
+    from graphopt.core.verify import compare_outputs
 
     # The repository's recipe without its passes and their verification (test_recipes applies those; onnxsim on BiT
     # takes half a minute), with the seed's CIFAR-10 preprocessing unless the recipe states its own.

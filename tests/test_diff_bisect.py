@@ -12,15 +12,16 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
-from graphopt.apply import apply_recipe
-from graphopt.bisect import bisect_recipe
-from graphopt.cli import main
-from graphopt.diff import diff_models, seeded_feeds
-from graphopt.errors import VerificationFailed
-from graphopt.ir import const_value, make_name
-from graphopt.name_map import pass_name_map, summarize
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.recipe import Tolerance, load_recipe
+from graphopt.commands.apply import apply_recipe
+from graphopt.commands.bisect import bisect_recipe
+from graphopt.commands.cli import main
+from graphopt.commands.diff import diff_models, seeded_feeds
+from graphopt.core.errors import VerificationFailed
+from graphopt.core.ir import const_value, make_name
+from graphopt.core.name_map import pass_name_map, summarize
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.commands.recipe import load_recipe
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import model_from_text
 
 GRAPH = """
@@ -212,7 +213,7 @@ def _two_layer(w2_nudge: float) -> onnx.ModelProto:
 def test_diff_of_large_and_external_weights_shares_the_equal_ones(tmp_path, capsys, monkeypatch):
     import tempfile
 
-    from graphopt.diff import SubgraphRunner
+    from graphopt.commands.diff import SubgraphRunner
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -250,7 +251,7 @@ def test_bisect_names_the_pass_and_saves_a_subgraph_that_reproduces(workdir, cap
     assert sub["before"]["ops"] == ["Constant", "Add"] and sub["after"]["ops"] == ["Add"]
     assert sub["before"]["inputs"] == sub["after"]["inputs"] == ["h"]
     assert sub["check"]["reproduces"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([".graphopt", *report["files"]])  # graphopt.outputs
+    assert sorted(p.name for p in out.iterdir()) == sorted([".graphopt", *report["files"]])  # graphopt.core.outputs
     # On its own: only the saved files, fresh sessions.
     outs = {}
     for side in ("before", "after"):

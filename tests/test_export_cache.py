@@ -5,8 +5,8 @@ import torch
 
 import pytest
 
-from graphopt.errors import UserError
-from graphopt.export import Exporter, export_cached, load_checkpoint, register_exporter
+from graphopt.core.errors import UserError
+from graphopt.commands.export import Exporter, export_cached, load_checkpoint, register_exporter
 
 
 class _Tiny(torch.nn.Module):
@@ -75,7 +75,7 @@ def test_builtin_table_matches_what_the_model_modules_register():
     import pkgutil
 
     import graphopt.models as models
-    from graphopt.export import _EXPORTERS
+    from graphopt.commands.export import _EXPORTERS
 
     for mod in pkgutil.iter_modules(models.__path__):
         importlib.import_module(f"graphopt.models.{mod.name}")
@@ -89,7 +89,7 @@ def test_cache_hit_needs_no_torch_import(tmp_path):
     import sys
 
     code = ("import sys, os; os.environ['GRAPHOPT_CACHE'] = sys.argv[1]\n"
-            "from graphopt.export import export_cached, cache_key\n"
+            "from graphopt.commands.export import export_cached, cache_key\n"
             "key = cache_key('lvvit_s', {}, None, 13, (3, 224, 224), 0)\n"
             "open(os.path.join(sys.argv[1], f'lvvit_s-{key}.onnx'), 'wb').write(b'x')\n"
             "path, cached = export_cached('lvvit_s', {}, None, 13, (3, 224, 224))\n"

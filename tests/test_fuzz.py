@@ -44,11 +44,12 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from graphopt.errors import PassError, UserError, VerificationFailed  # noqa: E402
-from graphopt.pass_infra import all_passes, pass_params  # noqa: E402
-from graphopt.pipeline import run_pipeline  # noqa: E402
-from graphopt.recipe import Tolerance, parse_recipe  # noqa: E402
-from graphopt.verify import Runner, compare_outputs, make_inputs  # noqa: E402
+from graphopt.core.errors import PassError, UserError, VerificationFailed  # noqa: E402
+from graphopt.core.pass_infra import all_passes, pass_params  # noqa: E402
+from graphopt.core.pipeline import run_pipeline  # noqa: E402
+from graphopt.commands.recipe import parse_recipe  # noqa: E402
+from graphopt.core.tolerance import Tolerance
+from graphopt.core.verify import Runner, compare_outputs, make_inputs  # noqa: E402
 
 SCALE = int(os.environ.get("GRAPHOPT_FUZZ_EXAMPLES", "1"))
 SHRINK = os.environ.get("GRAPHOPT_FUZZ_SHRINK", "") not in ("", "0")

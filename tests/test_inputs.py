@@ -1,4 +1,4 @@
-"""Any model in (graphopt.inputs, issue 15): several inputs, integer, bool, fp16, scalar, zero-size and symbolic
+"""Any model in (graphopt.core.inputs, issue 15): several inputs, integer, bool, fp16, scalar, zero-size and symbolic
 inputs, through the inputs spec, the Runner, the comparison, `graphopt apply`, `graphopt verify` and the ATC
 hand-off; integer and bool outputs compared exactly; errors naming the input, never a weight."""
 from __future__ import annotations
@@ -14,13 +14,13 @@ from onnx import TensorProto as T
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from graphopt.errors import UserError
-from graphopt.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, model_inputs, resolve_inputs
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.protoio import split_model
-from graphopt.recipe import OutputTolerance, Tolerance
+from graphopt.core.errors import UserError
+from graphopt.core.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, model_inputs, resolve_inputs
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.protoio import split_model
+from graphopt.core.tolerance import OutputTolerance, Tolerance
 from graphopt.testing import assert_pass_verified, compare_models
-from graphopt.verify import Runner, compare_outputs, make_inputs
+from graphopt.core.verify import Runner, compare_outputs, make_inputs
 from graphs import cli
 
 
@@ -134,7 +134,7 @@ def test_spec_errors_name_the_input(spec, message):
 def test_fixed_dims_and_zero_size_and_every_dtype():
     dtypes = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float16",
               "float32", "float64"]
-    from graphopt.inputs import DTYPES
+    from graphopt.core.inputs import DTYPES
 
     ins = [_vi(f"x_{d}", DTYPES[d], [2, 3]) for d in dtypes] + [_vi("empty", T.FLOAT, ["N", 0, 3])]
     outs = [_vi(f"y_{d}", DTYPES[d], [2, 3]) for d in dtypes] + [_vi("empty_out", T.FLOAT, ["N", 0, 3])]

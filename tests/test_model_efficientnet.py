@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-from graphopt.errors import UserError
-from graphopt.export import _apply_checkpoint, cache_key, export_cached, get_exporter, load_checkpoint
+from graphopt.core.errors import UserError
+from graphopt.commands.export import _apply_checkpoint, cache_key, export_cached, get_exporter, load_checkpoint
 from graphopt.models.efficientnet_lite import packaged_weights_path
 
 SIZE = (3, 224, 224)

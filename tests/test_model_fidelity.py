@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from graphopt.errors import UserError
-from graphopt.pass_infra import get_pass
-from graphopt.pipeline import run_pipeline
-from graphopt.protoio import graph_from_split, split_graph, split_model
+from graphopt.core.errors import UserError
+from graphopt.core.pass_infra import get_pass
+from graphopt.core.pipeline import run_pipeline
+from graphopt.core.protoio import graph_from_split, split_graph, split_model
 
 OPTIONAL_CASES = ["test_identity_opt", "test_if_opt", "test_loop16_seq_none",
                   "test_optional_has_element_optional_input", "test_optional_get_element_optional_tensor"]

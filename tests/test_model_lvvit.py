@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphopt.export import export_to_bytes, get_exporter, load_checkpoint
+from graphopt.commands.export import export_to_bytes, get_exporter, load_checkpoint
 
 SIZE = (3, 224, 224)
 

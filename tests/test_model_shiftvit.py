@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graphopt.export import export_to_bytes, get_exporter, load_checkpoint
+from graphopt.commands.export import export_to_bytes, get_exporter, load_checkpoint
 from graphopt.models.shiftvit import ShiftModule, build_shiftvit_t_light, shift_feat
 from graphs import torch_onnx
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graphopt.errors import UserError
-from graphopt.export import _apply_checkpoint, export_cached, get_exporter, load_checkpoint
+from graphopt.core.errors import UserError
+from graphopt.commands.export import _apply_checkpoint, export_cached, get_exporter, load_checkpoint
 from graphopt.models.timm_models import bit_upstream_to_timm_key, convert_bit_checkpoint
 
 SPECS = {

@@ -23,9 +23,9 @@ import onnx.helper as oh
 import pytest
 
 import node_corpus as nc
-from graphopt.errors import PassError, UserError
-from graphopt import pass_infra
-from graphopt.pass_infra import Pass, PassResult, all_passes
+from graphopt.core.errors import PassError, UserError
+from graphopt.core import pass_infra
+from graphopt.core.pass_infra import Pass, PassResult, all_passes
 
 REPO = Path(__file__).resolve().parent.parent
 

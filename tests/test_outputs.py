@@ -1,4 +1,4 @@
-"""Commands never destroy data they did not write (graphopt.outputs).
+"""Commands never destroy data they did not write (graphopt.core.outputs).
 
 apply, bisect, precision and eval mark their folders (``.graphopt``, naming the command) and replace an existing
 ``-o`` only when it is their own earlier output; anything else is refused with one line and exit 2 before any work
@@ -20,13 +20,13 @@ import numpy as np
 import onnx
 import pytest
 
-import graphopt.apply
-import graphopt.bisect
-import graphopt.evaluate
-import graphopt.fp16_sensitivity
-from graphopt.cli import main
-from graphopt.outputs import MARKER, marker_kind
-from graphopt.pass_infra import Pass, register_pass
+import graphopt.commands.apply
+import graphopt.commands.bisect
+import graphopt.commands.evaluate
+import graphopt.ascend.fp16_sensitivity
+from graphopt.commands.cli import main
+from graphopt.core.outputs import MARKER, marker_kind
+from graphopt.core.pass_infra import Pass, register_pass
 from graphopt.testing import model_from_text
 from graphs import TINY
 
@@ -64,10 +64,10 @@ def no_work(monkeypatch) -> None:
     def started(*args, **kwargs):
         raise AssertionError("work started before the output location was checked")
 
-    monkeypatch.setattr(graphopt.apply, "source_model_path", started)
-    monkeypatch.setattr(graphopt.bisect, "source_model_path", started)
-    monkeypatch.setattr(graphopt.fp16_sensitivity, "_recipe_model", started)
-    monkeypatch.setattr(graphopt.evaluate, "_choose_backend", started)
+    monkeypatch.setattr(graphopt.commands.apply, "source_model_path", started)
+    monkeypatch.setattr(graphopt.commands.bisect, "source_model_path", started)
+    monkeypatch.setattr(graphopt.ascend.fp16_sensitivity, "_recipe_model", started)
+    monkeypatch.setattr(graphopt.commands.evaluate, "_choose_backend", started)
 
 
 def snapshot(path: Path) -> dict[str, tuple[bytes | None, int]]:
@@ -199,7 +199,7 @@ def test_unwritable_output_is_refused_before_the_first_pass(work, capsys, monkey
     import tempfile
 
     ran = []
-    monkeypatch.setattr(graphopt.apply, "run_pipeline", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(graphopt.commands.apply, "run_pipeline", lambda *a, **k: ran.append(1))
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(work / ".run.x1y2z3"))
@@ -347,7 +347,7 @@ def test_eval_output_rules(work, capsys, monkeypatch, evaluated):
 def cached_export(tmp_path, monkeypatch):
     """GRAPHOPT_CACHE holding an export of shiftvit_t_light (the TINY model's bytes under its cache key): graphopt
     export then copies it without running torch."""
-    from graphopt.export import cache_key
+    from graphopt.commands.export import cache_key
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -25,7 +25,7 @@ def test_wheel_installs_passes_and_models_under_graphopt(tmp_path, repo):
     assert install.returncode == 0, install.stderr
     # Run the installed copy (not the checkout) from an unrelated folder.
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = "import graphopt, graphopt.passes; from graphopt.pass_infra import all_passes; " \
+    code = "import graphopt, graphopt.passes; from graphopt.core.pass_infra import all_passes; " \
            "print(graphopt.__file__); print(graphopt.passes.__file__); print(sorted(all_passes()))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                          timeout=300)

@@ -9,9 +9,9 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from graphopt.ir import op_counts
+from graphopt.core.ir import op_counts
 from graphopt.passes.fold_affine_into_conv import FoldAffineIntoConv, channel_vector
-from graphopt.recipe import Tolerance
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified
 from graphs import torch_onnx
 

@@ -5,11 +5,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.ir import op_counts
-from graphopt.pass_infra import get_pass
+from graphopt.core.ir import op_counts
+from graphopt.core.pass_infra import get_pass
 from graphopt.testing import (STRICT_FP32, assert_pass_unchanged, assert_pass_verified, compare_models,
                               model_from_text)
-from graphopt.verify import make_inputs
+from graphopt.core.verify import make_inputs
 
 FoldConstants = get_pass("fold_constants")
 

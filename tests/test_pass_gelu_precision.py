@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphopt.atc import config_files
+from graphopt.ascend.atc import config_files
 from graphopt.passes.gelu_precision import GeluPrecision
-from graphopt.pipeline import run_pipeline
-from graphopt.recipe import Tolerance
+from graphopt.core.pipeline import run_pipeline
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified, model_from_text, run_pass
-from graphopt.verify import make_inputs
+from graphopt.core.verify import make_inputs
 from graphs import torch_onnx
 
 # A fused Gelu against the decomposed form of the same approximation: the same function, rounding apart

@@ -8,7 +8,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from graphopt.recipe import Tolerance, parse_recipe
+from graphopt.commands.recipe import parse_recipe
+
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified, model_from_text, run_pass
 from graphopt.passes.insert_fusion_breaker import BREAKER_PREFIX, InsertFusionBreaker
 from graphs import torch_onnx

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from graphopt.atc import atc_commands, config_files, ops_info_json
-from graphopt.errors import UserError
+from graphopt.ascend.atc import atc_commands, config_files, ops_info_json
+from graphopt.core.errors import UserError
 from graphopt.passes.mixlist import Mixlist
-from graphopt.pipeline import run_pipeline
-from graphopt.recipe import Tolerance
+from graphopt.core.pipeline import run_pipeline
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified
-from graphopt.verify import make_inputs
+from graphopt.core.verify import make_inputs
 from graphs import torch_onnx
 
 VIT_SEED_OPS_INFO = {"black-list": {"to-add": ["LayerNorm"]}}

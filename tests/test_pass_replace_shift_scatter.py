@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphopt.ir import op_counts
+from graphopt.core.ir import op_counts
 from graphopt.models.shiftvit import ShiftModule
 from graphopt.passes.replace_shift_scatter import (ReplaceShiftScatter, ShiftGroup, decompose_shift_map,
                                                    simulate_scatter_chain)
-from graphopt.pattern import NoMatch
-from graphopt.recipe import Tolerance
+from graphopt.core.pattern import NoMatch
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import (assert_pass_unchanged, assert_pass_verified, compare_models, model_from_text,
                               run_pass)
 from graphs import torch_onnx
@@ -334,7 +334,7 @@ def test_simulate_refuses_duplicate_indices():
 
 @pytest.fixture(scope="module")
 def shiftvit() -> onnx.ModelProto:
-    from graphopt.export import export_cached
+    from graphopt.commands.export import export_cached
 
     path, _ = export_cached("shiftvit_t_light")
     return onnx.load(str(path))
@@ -358,7 +358,7 @@ def test_shiftvit_t_light_all_scatters_removed(shiftvit):
 def test_shape_proxy_gives_the_full_inference_shapes_outside_the_chains(shiftvit):
     """The proxy model (each chain's last ScatterND -> Cast of its source, dead index arithmetic dropped) types
     every tensor it keeps as inference over the whole graph does, chain sources included, from far fewer nodes."""
-    from graphopt.ir import inferred_types, to_graph
+    from graphopt.core.ir import inferred_types, to_graph
     from graphopt.passes.replace_shift_scatter import _find_chains, _match_structure, shape_proxy
 
     graph = to_graph(shiftvit)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt.ir import op_counts
-from graphopt.pass_infra import get_pass
+from graphopt.core.ir import op_counts
+from graphopt.core.pass_infra import get_pass
 from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
 
 Simplify = get_pass("simplify")
@@ -73,7 +73,7 @@ def test_infer_shapes_leaves_a_fully_shaped_graph_alone():
 def test_infer_shapes_keeps_what_it_inferred_before_an_unknown_op_and_writes_nothing(tmp_path, monkeypatch):
     """onnxruntime's inference entry point saves sym_shape_infer_temp.onnx into the working directory and drops
     its partial result when an op stops it; graphopt keeps the shapes before and beside that op, writes nothing."""
-    from graphopt.ir import infer_shapes
+    from graphopt.core.ir import infer_shapes
 
     model = model_from_text("""
     <ir_version: 8, opset_import: ["" : 13, "custom" : 1]>
@@ -99,8 +99,8 @@ def test_onnxsim_failure_is_one_clean_line_naming_the_pass(monkeypatch):
     stops with a deliberate PassError quoting onnxsim's first line, not the pipeline's wrapper of a raw crash."""
     import onnxsim
 
-    from graphopt.errors import PassError
-    from graphopt.pipeline import run_pipeline
+    from graphopt.core.errors import PassError
+    from graphopt.core.pipeline import run_pipeline
 
     def fail(*args, **kwargs):
         raise RuntimeError("Nodes in a graph must be topologically sorted, however input 'a' of node:\nname: ...")

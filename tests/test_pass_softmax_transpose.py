@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt.ir import op_counts
-from graphopt.pass_infra import get_pass
+from graphopt.core.ir import op_counts
+from graphopt.core.pass_infra import get_pass
 from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
 
 SoftmaxTranspose = get_pass("softmax_transpose")

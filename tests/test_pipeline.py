@@ -9,10 +9,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphopt.apply import apply_recipe
-from graphopt.errors import PassError, VerificationFailed
-from graphopt.pass_infra import Pass, PassResult, register_pass
-from graphopt.recipe import load_recipe
+from graphopt.commands.apply import apply_recipe
+from graphopt.core.errors import PassError, VerificationFailed
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.commands.recipe import load_recipe
 from graphopt.testing import model_from_text
 
 TINY = """
@@ -140,8 +140,8 @@ def test_reference_outputs_computed_beside_the_first_pass(workdir, monkeypatch):
     the output with them."""
     import threading
 
-    import graphopt.pipeline as pipeline
-    from graphopt.errors import UserError
+    import graphopt.core.pipeline as pipeline
+    from graphopt.core.errors import UserError
 
     threads = []
     real = pipeline._outputs
@@ -214,7 +214,7 @@ class RenameOutput(Pass):
                            "before it gave it; the outputs now: 'renamed')"),
 ])
 def test_changed_or_missing_output_is_the_pass_failure_through_the_cli(workdir, capsys, bad_pass, message):
-    from graphopt.cli import main
+    from graphopt.commands.cli import main
 
     recipe(workdir, f"- simplify\n- {bad_pass}\n")  # writes tiny.yaml
     code = main(["apply", str(workdir / "tiny.yaml"), "-o", str(workdir / "run")])
@@ -246,7 +246,7 @@ class EditInsideIfQuietly(Pass):
 
 def test_unreported_edit_inside_a_subgraph_is_caught():
     """The honesty check hashes subgraphs by content: an edit inside an If branch is an edit."""
-    from graphopt.pipeline import run_pipeline
+    from graphopt.core.pipeline import run_pipeline
 
     with pytest.raises(PassError, match=r"test_edit_inside_if_quietly \(passes\[0\]\) reported no change but "
                                         "modified the graph"):
@@ -281,7 +281,7 @@ def test_string_weights_survive_a_pass_that_changes_nothing():
     back (raw_data), so the untouched model could not be saved (the ONNX backend's LabelEncoder tensor-mapping
     test, under every pass)."""
     from graphopt.passes.softmax_transpose import SoftmaxTranspose
-    from graphopt.pipeline import run_pipeline
+    from graphopt.core.pipeline import run_pipeline
 
     keys = onnx.helper.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
     graph = onnx.helper.make_graph(

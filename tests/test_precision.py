@@ -1,5 +1,5 @@
-"""fp16 emulation, sensitivity search and generated precision configs (graphopt.fp16_emulation,
-graphopt.fp16_sensitivity, the mixlist pass's measured mode), on small synthetic graphs."""
+"""fp16 emulation, sensitivity search and generated precision configs (graphopt.ascend.fp16_emulation,
+graphopt.ascend.fp16_sensitivity, the mixlist pass's measured mode), on small synthetic graphs."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.atc import config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
-from graphopt.cli import main
-from graphopt.fp16_emulation import Fp16Emulator, gelu_exact, gelu_tanh, round_fp16
-from graphopt.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, load_calibration
+from graphopt.ascend.atc import config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.commands.cli import main
+from graphopt.ascend.fp16_emulation import Fp16Emulator, gelu_exact, gelu_tanh, round_fp16
+from graphopt.ascend.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, load_calibration
 from graphopt.passes.mixlist import Mixlist
-from graphopt.pipeline import run_pipeline
-from graphopt.recipe import Tolerance
+from graphopt.core.pipeline import run_pipeline
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, model_from_text
 
 UNCHANGED = Tolerance(max_abs=0.0, cosine=None, top1_agreement=None)
@@ -348,8 +348,8 @@ def _softmax_model(signature: str) -> onnx.ModelProto:
 
 
 def test_rebatch_refuses_what_cannot_be_measured_and_keeps_fixed_batches_whole():
-    from graphopt.errors import UserError
-    from graphopt.fp16_sensitivity import rebatch
+    from graphopt.core.errors import UserError
+    from graphopt.ascend.fp16_sensitivity import rebatch
 
     items = np.arange(10, dtype=np.float32).reshape(5, 2)
     assert [b.shape for b in rebatch([items], 2)] == [(2, 2), (2, 2), (1, 2)]
@@ -396,7 +396,7 @@ def test_cli_precision_on_zero_size_and_fixed_batch_inputs(tmp_path, capsys, sig
 
 
 def test_mixlist_measured_on_a_fixed_batch_of_zero_is_a_user_error():
-    from graphopt.errors import UserError
+    from graphopt.core.errors import UserError
 
     model = _softmax_model("float[0, 8] x) => (float[0, 8] y")
     with pytest.raises(UserError, match="mixlist \\(mode: measured\\): model input 'x' has a fixed batch size of 0"):
@@ -445,7 +445,7 @@ def test_emulator_runs_feeds_with_a_bool_input_and_compares_integer_outputs_exac
     feeds = _gated_feeds(2)
     ref = emu.run(feeds)
     assert ref["label"].dtype == np.int64 and [s for s in ref.batch_shapes["y"]] == [(4, 10), (4, 10)]
-    from graphopt.verify import compare_outputs
+    from graphopt.core.verify import compare_outputs
 
     cmp = compare_outputs(ref, emu.run(feeds, emu.assignment("force_fp16")), Target().tolerance())
     label = next(o for o in cmp.outputs if o.name == "label")
@@ -544,7 +544,7 @@ def test_cli_precision_on_an_fp16_model_says_so_in_one_line(tmp_path, capsys):
 def test_feeds_are_regrouped_only_where_the_model_still_runs():
     """Every input's first dim symbolic, but one is a shape vector, not a batch: joining feeds along it makes a
     Reshape the model refuses, so whole feeds are measured instead (the screen keeps them whole too)."""
-    from graphopt.fp16_sensitivity import batch_layout, fit_feeds
+    from graphopt.ascend.fp16_sensitivity import batch_layout, fit_feeds
 
     model = model_from_text('<ir_version: 8, opset_import: ["" : 17]>\n'
                             'g (float[N, 4] x, int64[N] shape) => (float[?, ?] y) {\n'

@@ -1,4 +1,4 @@
-"""graphopt.protoio: models read with their weights straight into arrays, streamed back out byte for byte."""
+"""graphopt.core.protoio: models read with their weights straight into arrays, streamed back out byte for byte."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from graphopt import ir, protoio
-from graphopt.errors import UserError
-from graphopt.verify import Runner
+from graphopt.core import ir, protoio
+from graphopt.core.errors import UserError
+from graphopt.core.verify import Runner
 
 
 def mixed_model() -> onnx.ModelProto:

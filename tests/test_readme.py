@@ -1,7 +1,7 @@
 """The README's "Writing a pass" shows the real example files verbatim, and its CLI table the real commands."""
 from __future__ import annotations
 
-from graphopt.cli import build_parser
+from graphopt.commands.cli import build_parser
 
 
 def test_readme_embeds_the_example_files_verbatim(repo):
@@ -18,7 +18,7 @@ def test_readme_documents_every_command(repo):
 
 
 def test_readme_lists_every_built_in_pass(repo):
-    from graphopt.pass_infra import all_passes
+    from graphopt.core.pass_infra import all_passes
 
     readme = (repo / "README.md").read_text()
     for name, cls in all_passes().items():

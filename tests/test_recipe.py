@@ -6,8 +6,8 @@ import textwrap
 import onnx
 import pytest
 
-from graphopt.errors import UserError
-from graphopt.recipe import load_recipe
+from graphopt.core.errors import UserError
+from graphopt.commands.recipe import load_recipe
 from graphopt.testing import model_from_text
 from graphs import TINY
 
@@ -154,7 +154,7 @@ def test_tolerance_range_ends(tmp_path, tiny_onnx, tolerance, expected):
 
 
 def test_tolerance_built_in_code_is_checked_too():
-    from graphopt.recipe import Tolerance
+    from graphopt.core.tolerance import Tolerance
 
     with pytest.raises(ValueError, match="tolerance cosine: must be within"):
         Tolerance(cosine=2.0)
@@ -168,7 +168,7 @@ def test_tolerance_built_in_code_is_checked_too():
     ("1.5e3", 1500.0), ("-1e-4", -1e-4), ("+1e-4", 1e-4), ("-.5", -0.5), (".5", 0.5), ("1.", 1.0),
 ])
 def test_yaml_floats_are_read_as_yaml_1_2_reads_them(text, value):
-    from graphopt.recipe import load_yaml
+    from graphopt.commands.recipe import load_yaml
 
     got = load_yaml(f"v: {text}")["v"]
     assert type(got) is float and got == value
@@ -179,7 +179,7 @@ def test_yaml_floats_are_read_as_yaml_1_2_reads_them(text, value):
     ("true", True), ("null", None), (".inf", float("inf")), ("1_000.5", 1000.5),
 ])
 def test_yaml_other_scalars_are_unchanged(text, value):
-    from graphopt.recipe import load_yaml
+    from graphopt.commands.recipe import load_yaml
 
     got = load_yaml(f"v: {text}")["v"]
     assert type(got) is type(value) and got == value

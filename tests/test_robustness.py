@@ -19,13 +19,13 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from graphopt import ir, protoio
-from graphopt.cli import main
-from graphopt.errors import UserError
-from graphopt.ir import load_model, save_model
-from graphopt.pass_infra import get_pass
+from graphopt.core import ir, protoio
+from graphopt.commands.cli import main
+from graphopt.core.errors import UserError
+from graphopt.core.ir import load_model, save_model
+from graphopt.core.pass_infra import get_pass
 from graphopt.testing import compare_models, model_from_text
-from graphopt.verify import Runner, make_inputs
+from graphopt.core.verify import Runner, make_inputs
 from graphs import TINY, cli
 
 
@@ -401,7 +401,7 @@ def test_a_pass_that_raises_is_a_pass_error(work, capsys, monkeypatch):
 
 
 def test_a_pass_that_breaks_numerics_exits_1(work, capsys, monkeypatch):
-    from graphopt.pass_infra import PassResult
+    from graphopt.core.pass_infra import PassResult
 
     def wrong(self, graph):
         node = next(n for n in graph.nodes if n.op == "Softmax")
@@ -437,9 +437,9 @@ def test_custom_domain_model_through_the_cli(work, capsys):
 ])
 def test_a_misbehaving_pass_is_a_pass_error(misbehaviour, message, monkeypatch):
     """Whatever a (third-party) pass does to the graph, the pipeline names it; it never writes the result."""
-    from graphopt.errors import PassError
-    from graphopt.pass_infra import PassResult
-    from graphopt.pipeline import run_pipeline
+    from graphopt.core.errors import PassError
+    from graphopt.core.pass_infra import PassResult
+    from graphopt.core.pipeline import run_pipeline
 
     def run(self, graph):
         mul, softmax = graph.nodes

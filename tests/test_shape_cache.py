@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt import ir
+from graphopt.core import ir
 from graphopt.testing import model_from_text
 
 MODEL = """

@@ -1,4 +1,4 @@
-"""Shape inference by probing (``graphopt.shape_probe``): ONNX's inference at two concrete sizes of the symbolic
+"""Shape inference by probing (``graphopt.core.shape_probe``): ONNX's inference at two concrete sizes of the symbolic
 dims. It must agree with onnxruntime's symbolic inference wherever that one knows a shape, name the dims that
 follow a symbol, and give up (None: the caller falls back on symbolic inference) rather than guess."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import onnx
 import pytest
 from corpus import ZOO, export_zoo_model
 
-from graphopt import ir, shape_probe
-from graphopt.shape_probe import probe_infer
+from graphopt.core import ir, shape_probe
+from graphopt.core.shape_probe import probe_infer
 from graphopt.testing import model_from_text
 
 
@@ -122,7 +122,7 @@ def test_weights_are_typed_inputs_while_probing_and_kept_in_the_result():
     small enough to be shape arithmetic stay constants; the result is the whole model, weights included."""
     import numpy as np
 
-    from graphopt.shape_probe import _weightless
+    from graphopt.core.shape_probe import _weightless
 
     w = onnx.numpy_helper.from_array(np.ones((64, 32), np.float32), "w")
     target = onnx.numpy_helper.from_array(np.array([-1, 4, 8], np.int64), "target")
@@ -147,7 +147,7 @@ def test_shape_arithmetic_is_evaluated_as_onnx_defines_it():
     import numpy as np
     import onnxruntime as ort
 
-    from graphopt.shape_probe import _evaluate
+    from graphopt.core.shape_probe import _evaluate
 
     a = np.array([-7, 7, -8, 9], np.int64)
     b = np.array([2, -2, 3, 4], np.int64)
@@ -196,7 +196,7 @@ def test_symbolic_fallback_shapes_are_sound(name, monkeypatch):
     import numpy as np
     import onnxruntime as ort
 
-    from graphopt.pass_infra import get_pass
+    from graphopt.core.pass_infra import get_pass
 
     monkeypatch.setenv("GRAPHOPT_SHAPE_CACHE", "0")
     case = _node_case(name)
@@ -270,7 +270,7 @@ def test_a_clamped_slice_is_not_sized_by_the_probe_sizes(fallback, monkeypatch):
     import numpy as np
     import onnxruntime as ort
 
-    from graphopt.pass_infra import get_pass
+    from graphopt.core.pass_infra import get_pass
 
     monkeypatch.setenv("GRAPHOPT_SHAPE_CACHE", "0")
     model = _position_slice(True)
@@ -318,7 +318,7 @@ def test_graph_inputs_keep_their_declared_shapes():
     import numpy as np
     import onnxruntime as ort
 
-    from graphopt.pass_infra import get_pass
+    from graphopt.core.pass_infra import get_pass
 
     model = model_from_text("""
     <ir_version: 8, opset_import: ["" : 17]>

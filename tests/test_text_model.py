@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.errors import UserError
-from graphopt.export import cache_dir
-from graphopt.ir import atomic_write_bytes
-from graphopt.verify import Runner
-from graphopt.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.errors import UserError
+from graphopt.commands.export import cache_dir
+from graphopt.core.ir import atomic_write_bytes
+from graphopt.core.verify import Runner
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphs import cli, torch_onnx
 
 CONFIG = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
@@ -136,7 +136,7 @@ class ScaleTokenEmbeddings(Pass):
     def run(self, graph):
         import onnx_graphsurgeon as gs
 
-        from graphopt.ir import const_value, make_name
+        from graphopt.core.ir import const_value, make_name
 
         inputs = {t.name for t in graph.inputs}
         node = next(n for n in graph.nodes if n.op == "Gather" and n.inputs[1].name in inputs
@@ -213,9 +213,9 @@ def test_bisect_a_text_encoder_names_the_planted_pass(bert, tmp_path, capsys):
     assert sub["before"]["inputs"] == sub["after"]["inputs"] == ["input_ids"]
     assert sub["after"]["input_types"] == {"input_ids": "int64 [2, 16]"}
     # the saved token ids: int64, the very feed bisect ran (the recipe's verification set)
-    from graphopt.apply import input_plan, verification_feeds
-    from graphopt.ir import load_split
-    from graphopt.recipe import load_recipe
+    from graphopt.commands.apply import input_plan, verification_feeds
+    from graphopt.core.ir import load_split
+    from graphopt.commands.recipe import load_recipe
 
     r = load_recipe(recipe)
     feeds = verification_feeds(r, input_plan(r, load_split(bert, "model")))

@@ -1,13 +1,13 @@
-"""The one numeric comparison (``graphopt.verify.compare_outputs``): each criterion checked on its own, at its
+"""The one numeric comparison (``graphopt.core.verify.compare_outputs``): each criterion checked on its own, at its
 boundary, and outputs that cannot be compared value by value (missing, reshaped, another dtype) failing it."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from graphopt.recipe import Tolerance
+from graphopt.core.tolerance import Tolerance
 from graphopt.testing import model_from_text
-from graphopt.verify import Outputs, Runner, compare_outputs
+from graphopt.core.verify import Outputs, Runner, compare_outputs
 
 # Every criterion set, none at its default, so a pair can fail one and pass the three others.
 ALL = Tolerance(max_abs=0.5, max_rel=0.5, cosine=0.95, top1_agreement=0.75)
@@ -140,7 +140,7 @@ def test_shape_change_of_runner_outputs_is_shown_per_sample():
 def test_cli_verify_of_models_with_different_output_shapes_exits_1(tmp_path, capsys):
     import onnx
 
-    from graphopt.cli import main
+    from graphopt.commands.cli import main
 
     a = model_from_text('<ir_version: 8, opset_import: ["" : 13]>\ng (float[N, 2] x) => (float[N, 2] y) '
                         '{ y = Relu(x) }')
@@ -164,7 +164,7 @@ FLAGS = [("--cosine", "2", "--cosine: must be within (0, 1]"),
 @pytest.mark.parametrize("command, flag, value, message", [(c, *f) for c in ("verify", "diff") for f in FLAGS]
                          + [("verify", "--top1", "1.5", "--top1: must be within [0, 1]")])
 def test_cli_tolerance_flags_out_of_range_are_bad_input(tmp_path, capsys, command, flag, value, message):
-    from graphopt.cli import main
+    from graphopt.commands.cli import main
 
     # the models are never read: the flags are refused first (the files need not exist)
     code = main([command, str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), flag, value])

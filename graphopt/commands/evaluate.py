@@ -2,12 +2,12 @@
 
 Per batch size: compile with ATC when ``atc`` is on PATH (the commands of ``atc.sh``), run ais_bench when it is
 installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs and a summary JSON in
-ais_bench's layout (see ``graphopt.backends``); then one postprocess reads either: top-1 / top-5 against the
+ais_bench's layout (see ``graphopt.ascend.backends``); then one postprocess reads either: top-1 / top-5 against the
 data folder's ``labels.txt`` when the model has a class-score output (float, rank 2, several columns; the first
 such output), else throughput only (the table says which); and latency percentiles from the per-call times.
 
 Data: a single-input model reads ``DIR/*.bin`` (``graphopt data``'s folder) or ``DIR/<input>/``; a model with
-several inputs one sub-folder per input, ``DIR/<input>/*.bin`` (``graphopt.data.input_folder_name``), item k of
+several inputs one sub-folder per input, ``DIR/<input>/*.bin`` (``graphopt.commands.data.input_folder_name``), item k of
 every input in files of the same name. Each file holds one item in the model's input dtype (int64 token ids, bool
 masks, fp16, ...), its size checked against the item shape (the run's verification shape without the batch, what
 ``atc.sh`` compiles). ais_bench gets ``--input DIR/a,DIR/b`` in the model's input order; onnxruntime stacks each
@@ -34,11 +34,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends import (OUTPUT_FORMATS, AtcJob, BinInput, OnnxRuntimeBackend, TimingOptions, ais_bench_argv,
+from ..ascend.backends import (OUTPUT_FORMATS, AtcJob, BinInput, OnnxRuntimeBackend, TimingOptions, ais_bench_argv,
                        ais_bench_command, atc_jobs, collect_outputs, find_atc, input_files, latency_stats,
                        run_ais_bench, run_atc)
-from .errors import UserError
-from .outputs import check_output_dir, staged_dir
+from ..core.errors import UserError
+from ..core.outputs import check_output_dir, staged_dir
 
 __all__ = ["EvalOptions", "evaluate", "accuracy", "eval_markdown", "compare_markdown", "plot_throughput",
            "load_eval", "dry_run_lines", "add_cli", "DEFAULT_BATCH_SIZES"]
@@ -94,7 +94,7 @@ def _class_output(proto) -> tuple[int | None, int | None]:
 def _load_run(run_dir: str | Path) -> _Run:
     import onnx
 
-    from .inputs import model_inputs, resolve_inputs
+    from ..core.inputs import model_inputs, resolve_inputs
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -119,7 +119,7 @@ def _load_run(run_dir: str | Path) -> _Run:
     if not model_ins:
         raise UserError(f"{model}: has no inputs")
     if any(m.name not in shapes for m in model_ins):
-        plan = resolve_inputs(proto)  # the defaults of graphopt.inputs for what the report does not say
+        plan = resolve_inputs(proto)  # the defaults of graphopt.core.inputs for what the report does not say
         for inp in plan.inputs:
             shapes.setdefault(inp.name, tuple(inp.shape))
     any_batch = any(m.has_batch for m in model_ins)
@@ -154,7 +154,7 @@ class _Data:
 
 def _input_dirs(data: Path, run: _Run) -> tuple[list[Path], bool]:
     """Each input's folder: ``DIR`` itself for a single-input model whose files are there (the flat layout),
-    else ``DIR/<input folder name>`` (``graphopt.data.input_folder_name``)."""
+    else ``DIR/<input folder name>`` (``graphopt.commands.data.input_folder_name``)."""
     from .data import input_folder_name
 
     if len(run.inputs) == 1 and (not data.is_dir() or input_files(data)
@@ -280,7 +280,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
              out: str | Path | None = None, log: Callable[[str], None] = _stderr, *,
              force: bool = False) -> dict[str, Any]:
     """Evaluate a run directory on a prepared data folder; writes and returns the result (see module docstring).
-    The results folder is written as a whole and marked (``graphopt.outputs``): an existing one that is not an
+    The results folder is written as a whole and marked (``graphopt.core.outputs``): an existing one that is not an
     earlier eval folder is refused before any work, unless ``force``."""
     t_start = time.perf_counter()
     if options.outfmt not in OUTPUT_FORMATS:

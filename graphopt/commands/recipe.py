@@ -8,8 +8,6 @@ valid names for an unknown one. See the README's "Recipe format" for the keys.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
 import types
 import typing
@@ -19,9 +17,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .errors import UserError
-from .inputs import DTYPES, InputSpec, dtype_name
-from .pass_infra import Pass, all_passes, get_pass, pass_params, plugin_errors, type_name
+from ..core.errors import UserError, closest
+from ..core.inputs import DTYPES, InputSpec, dtype_name
+from ..core.tolerance import CRITERIA, OutputTolerance, Tolerance, tolerance_problem
+from ..core.pass_infra import Pass, all_passes, get_pass, pass_params, plugin_errors, type_name
 
 __all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA",
            "AtcSpec", "PreprocessSpec", "load_recipe", "parse_recipe", "closest", "check_value", "build_pass",
@@ -30,15 +29,6 @@ __all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolera
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                    "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
 EMITS = ("model", "report", "atc")
-
-
-def closest(name: str, valid: Iterable[str]) -> str:
-    """' (did you mean: a, b?)' or ' (valid: ...)' suffix for an unknown name."""
-    valid = sorted(valid)
-    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    if near:
-        return f" (did you mean: {', '.join(near)}?)"
-    return f" (valid: {', '.join(valid)})" if len(valid) <= 12 else ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,80 +67,6 @@ def load_yaml(text: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Recipe sections
-
-
-def tolerance_problem(criterion: str, value: Any) -> str | None:
-    """Why ``value`` cannot be the threshold of ``criterion`` (None when it can): a threshold no comparison can
-    meet, or one every comparison meets, is a mistake in the recipe or flag, not a pass that broke numerics.
-
-    ``max_abs``, ``max_rel``: a finite number >= 0 (an error bound). ``cosine``: within (0, 1]: a cosine
-    similarity is at most 1 (identical direction), and a threshold at or below 0 accepts unrelated or opposite
-    outputs (and any output with inf or NaN, whose cosine counts as 0). ``top1_agreement``: within [0, 1], a share
-    of rows. ``None`` switches a criterion off."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"expected a number or null, got {type(value).__name__} {value!r}"
-    if criterion in ("max_abs", "max_rel"):
-        if not (math.isfinite(value) and value >= 0):
-            return f"must be a finite number >= 0 (an error bound), got {value}"
-    elif criterion == "cosine":
-        if not 0 < value <= 1:
-            return (f"must be within (0, 1] (a cosine similarity: 1 is identical, 0 or less accepts unrelated "
-                    f"outputs), got {value}")
-    elif criterion == "top1_agreement":
-        if not 0 <= value <= 1:
-            return f"must be within [0, 1] (a share of rows), got {value}"
-    else:
-        raise ValueError(f"unknown tolerance criterion {criterion!r}")
-    return None
-
-
-CRITERIA = ("max_abs", "max_rel", "cosine", "top1_agreement")
-
-
-@dataclass(frozen=True)
-class OutputTolerance:
-    """One output's own thresholds (``verify.tolerance.outputs.NAME``): each criterion in ``overrides`` replaces the
-    global one for that output (``None`` switches it off there); the others fall back to the global ones. ``top1``:
-    whether the output holds class scores (top-1 agreement measured), None to infer it (rank 2, more than one
-    column, a float dtype)."""
-
-    name: str
-    overrides: tuple[tuple[str, float | None], ...] = ()
-    top1: bool | None = None
-
-    def __post_init__(self) -> None:
-        for criterion, value in self.overrides:
-            problem = tolerance_problem(criterion, value)
-            if problem:
-                raise ValueError(f"tolerance outputs.{self.name}.{criterion}: {problem}")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Verification thresholds. ``None`` disables a criterion; at least one must be set. Each set one is checked
-    by ``tolerance_problem`` (a ``ValueError`` here: recipes and flags are checked before, with their own names).
-    ``outputs``: per-output thresholds (``for_output``)."""
-
-    max_abs: float | None = 1e-4
-    max_rel: float | None = None
-    cosine: float | None = 0.99999
-    top1_agreement: float | None = 1.0
-    outputs: tuple[OutputTolerance, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in CRITERIA:
-            problem = tolerance_problem(name, getattr(self, name))
-            if problem:
-                raise ValueError(f"tolerance {name}: {problem}")
-
-    def for_output(self, name: str) -> tuple["Tolerance", bool | None]:
-        """The thresholds for output ``name`` (the global ones with its overrides) and its ``top1`` declaration."""
-        own = next((o for o in self.outputs if o.name == name), None)
-        if own is None:
-            return self, None
-        return dataclasses.replace(self, outputs=(), **dict(own.overrides)), own.top1
 
 
 @dataclass(frozen=True)
@@ -218,7 +134,7 @@ class Recipe:
     path: Path | None
     model: ModelSpec
     # What the recipe says about the model's inputs (``inputs:``, or ``input:`` as a list of one); inputs not
-    # listed are fed as ``graphopt.inputs`` says. ``graphopt.inputs.resolve_inputs(model, recipe.inputs)``.
+    # listed are fed as ``graphopt.core.inputs`` says. ``graphopt.core.inputs.resolve_inputs(model, recipe.inputs)``.
     inputs: tuple[InputSpec, ...]
     passes: tuple[PassSpec, ...]
     verify: VerifySpec
@@ -471,7 +387,7 @@ INPUT_KEYS = ("name", "shape", "dtype", "range", "values", "data")
 
 
 def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSpec:
-    """One ``inputs:`` entry (or the ``input:`` section): every key but ``name`` optional (see graphopt.inputs)."""
+    """One ``inputs:`` entry (or the ``input:`` section): every key but ``name`` optional (see graphopt.core.inputs)."""
     i = _Section(data, where, file, INPUT_KEYS)
     name = i.get("name", str)
     shape = i.get("shape", list[int], None)

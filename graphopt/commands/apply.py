@@ -2,7 +2,7 @@
 
 The run directory is written as a whole: every file goes into a fresh temporary folder beside it, which then
 replaces the old directory, so a failed or interrupted run leaves either the previous complete result or nothing.
-It is marked as an apply run; an existing folder that is not one is refused before any work (``graphopt.outputs``).
+It is marked as an apply run; an existing folder that is not one is refused before any work (``graphopt.core.outputs``).
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .atc import atc_commands, atc_script, config_files
-from .ir import constant_nbytes, external_data_threshold, load_split, save_model
-from .outputs import check_output_dir, staged_dir
-from .pipeline import PipelineResult, run_pipeline
+from ..ascend.atc import atc_commands, atc_script, config_files
+from ..core.ir import constant_nbytes, external_data_threshold, load_split, save_model
+from ..core.outputs import check_output_dir, staged_dir
+from ..core.pipeline import PipelineResult, run_pipeline
 from .recipe import Recipe
 from .report import report_json, report_markdown
-from .inputs import InputPlan, resolve_inputs
+from ..core.inputs import InputPlan, resolve_inputs
 
 __all__ = ["apply_recipe", "source_model_path", "verification_feeds", "input_plan", "write_run_dir",
            "recipe_inputs"]
@@ -43,7 +43,7 @@ def source_model_path(recipe: Recipe, progress: Callable[[str], None] = _stderr)
 
 def input_plan(recipe: Recipe, model) -> InputPlan:
     """The recipe's ``inputs:`` merged with ``model``'s inputs (a ``SplitModel``, ModelProto or path): every
-    input's dtype, shape and values (``graphopt.inputs``); a spec the model contradicts is a one-line error
+    input's dtype, shape and values (``graphopt.core.inputs``); a spec the model contradicts is a one-line error
     naming the recipe and the YAML path."""
     return resolve_inputs(model, recipe.inputs, where=str(recipe.path or "recipe"), paths=recipe.input_paths())
 
@@ -62,7 +62,7 @@ def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = fr
     """Write ``files`` (name -> bytes, text, or a model: a graph, ``SplitModel`` or ``onnx.ModelProto``, saved by
     ``ir.save_model``, with external data ``<name>.data`` when ``external_models`` says so or, for None, when it
     is large) into a fresh folder that then replaces ``outdir`` as a whole, marked as a ``kind`` output
-    (``graphopt.outputs``: an existing ``outdir`` that is not one is refused unless ``force``). On any failure
+    (``graphopt.core.outputs``: an existing ``outdir`` that is not one is refused unless ``force``). On any failure
     (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a previous
     ``outdir`` is left as it was."""
     with staged_dir(outdir, kind, force=force, inputs=inputs) as tmp:
@@ -76,7 +76,7 @@ def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = fr
 
 
 def recipe_inputs(recipe: Recipe) -> list[Path | None]:
-    """The files a recipe reads: an output folder must never hold them (``graphopt.outputs``)."""
+    """The files a recipe reads: an output folder must never hold them (``graphopt.core.outputs``)."""
     return [recipe.path, recipe.model.onnx, recipe.model.checkpoint, recipe.verify.data,
             *(s.data for s in recipe.inputs)]
 
@@ -84,12 +84,12 @@ def recipe_inputs(recipe: Recipe) -> list[Path | None]:
 def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
                  progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
     """Run the recipe and write the run directory; returns the report dict. An existing ``outdir`` that is not
-    a previous run is refused before any work, unless ``force`` (``graphopt.outputs``)."""
+    a previous run is refused before any work, unless ``force`` (``graphopt.core.outputs``)."""
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
     check_output_dir(outdir, "apply", force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
-    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.protoio)
+    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.core.protoio)
     plan = input_plan(recipe, model)
     had_external = model.had_external_data
     do_verify = recipe.verify.enabled if verify is None else verify
@@ -133,7 +133,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "ops_before": result.ops_before,
         "ops_after": result.ops_after,
         "configs": result.configs,
-        "name_map": result.name_map,  # output model tensor -> input model tensor (graphopt.name_map)
+        "name_map": result.name_map,  # output model tensor -> input model tensor (graphopt.core.name_map)
         "files": sorted(list(files) + data_files + ["report.json", "report.md"]),
         "seconds": round(time.perf_counter() - t0, 3),
     }

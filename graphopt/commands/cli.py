@@ -10,15 +10,16 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import GraphoptError, UserError
-from .inputs import BATCH_DEFAULT, DIM_DEFAULT
-from .quiet import quiet_libraries
+from ..core.errors import GraphoptError, UserError
+from ..core.inputs import BATCH_DEFAULT, DIM_DEFAULT
+from ..core.quiet import quiet_libraries
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
            "comparison_tolerance", "add_force_argument", "input_specs"]
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
-COMMAND_MODULES = ("data", "evaluate", "diff", "bisect", "fp16_sensitivity")
+COMMAND_MODULES = ("graphopt.commands.data", "graphopt.commands.evaluate", "graphopt.commands.diff",
+                   "graphopt.commands.bisect", "graphopt.ascend.fp16_sensitivity")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
-    from .pass_infra import all_passes, pass_params
+    from ..core.pass_infra import all_passes, pass_params
 
     for name, cls in all_passes().items():
         print(f"{name}: {cls.summary()}")
@@ -60,8 +61,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError("export: name a model (graphopt export --list shows them)")
     exporter = get_exporter(args.model)
     from .export import cached_export_path
-    from .ir import atomic_write_bytes
-    from .outputs import check_output_file
+    from ..core.ir import atomic_write_bytes
+    from ..core.outputs import check_output_file
 
     out = Path(args.output or f"{exporter.name}.onnx")
     if out.is_dir():  # like cp: into the folder, under the exporter's name
@@ -85,12 +86,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .inputs import resolve_inputs
-    from .ir import load_split
-    from .verify import Runner, compare_outputs
+    from ..core.inputs import resolve_inputs
+    from ..core.ir import load_split
+    from ..core.verify import Runner, compare_outputs
 
     tol = comparison_tolerance(args, top1=args.top1)  # before reading the models: a bad flag is refused at once
-    # Held once each, as arrays onnxruntime reads in place (graphopt.protoio), and the weights B shares with A
+    # Held once each, as arrays onnxruntime reads in place (graphopt.core.protoio), and the weights B shares with A
     # held once for both: two large models fit in memory.
     a = load_split(args.a, "model A")
     b = load_split(args.b, "model B", reuse=a.weights)
@@ -116,9 +117,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def input_specs(args: argparse.Namespace, model) -> tuple[list, dict[str, str], str | None]:
     """The ``InputSpec`` list of ``--input`` (repeatable: ``NAME:SHAPE[:DTYPE]``, or a bare ``NAME``, which
     ``--shape`` then shapes), ``--shape`` (the first input's when no bare ``--input`` names one) and ``--range``
-    (repeatable ``NAME:LO,HI``), for ``graphopt.inputs.resolve_inputs``; with the flag each came from (for
+    (repeatable ``NAME:LO,HI``), for ``graphopt.core.inputs.resolve_inputs``; with the flag each came from (for
     errors) and the input a ``--data`` ``.npy`` feeds (the bare ``--input``, else None: the first)."""
-    from .inputs import InputSpec, merge_specs, model_inputs, parse_input_flag, parse_range_flag
+    from ..core.inputs import InputSpec, merge_specs, model_inputs, parse_input_flag, parse_range_flag
 
     specs, paths, primary = [], {}, None
     given = args.input if isinstance(args.input, list) else ([args.input] if args.input else [])
@@ -159,7 +160,7 @@ def parse_shape(text: str | None) -> list[int] | None:
 def comparison_tolerance(args: argparse.Namespace, top1: float | None):
     """The ``Tolerance`` of ``--max-abs``, ``--max-rel``, ``--cosine`` (and ``--top1``); a threshold no comparison
     can meet or every one meets is bad input (exit 2) naming the flag, not a failed comparison."""
-    from .recipe import Tolerance, tolerance_problem
+    from ..core.tolerance import Tolerance, tolerance_problem
 
     given = {"max_abs": ("--max-abs", args.max_abs), "max_rel": ("--max-rel", args.max_rel),
              "cosine": ("--cosine", args.cosine), "top1_agreement": ("--top1", top1)}
@@ -184,7 +185,7 @@ def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
                    help="real inputs: an .npz with one array per input name (first axis the items), or an "
                         ".npy / folder of float32 .bin files for the first input")
     p.add_argument("--shape", help="the first input's shape, e.g. 1,3,224,224 (default: the model's, symbolic dims "
-                   "as graphopt.inputs says)")
+                   "as graphopt.core.inputs says)")
     p.add_argument("--samples", type=int, default=samples)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-abs", type=float, default=1e-4)
@@ -193,7 +194,7 @@ def add_comparison_arguments(p: argparse.ArgumentParser, samples: int) -> None:
 
 
 def add_force_argument(p: argparse.ArgumentParser, metavar: str, folder: bool = True) -> None:
-    """``--force``: replace an existing -o that graphopt did not write (``graphopt.outputs`` lists what it never
+    """``--force``: replace an existing -o that graphopt did not write (``graphopt.core.outputs`` lists what it never
     replaces)."""
     what = "folder that is not an earlier output of this command" if folder else "file"
     p.add_argument("--force", action="store_true",
@@ -269,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top1", type=float, default=1.0)
     p.set_defaults(func=_cmd_verify)
     for name in COMMAND_MODULES:  # each adds its own subcommand(s)
-        importlib.import_module(f"{__package__}.{name}").add_cli(sub)
+        importlib.import_module(name).add_cli(sub)
     for p in sub.choices.values():
         # -v after the subcommand as well as before it. SUPPRESS: a subcommand's default does not overwrite a -v
         # given before it (argparse copies a subparser's defaults over the main parser's values).
@@ -307,7 +308,7 @@ def _stop_background_work(code: int, own_process: bool, interrupted: bool) -> No
     the middle of onnxruntime calls even once every thread has ended (measured: 1 in 10 tries on ShiftViT). So
     when graphopt owns the process it ends here after a Ctrl-C, and after an error when a thread is still
     running; called as a library it waits up to ``_STOP_TIMEOUT`` for the threads and returns."""
-    pipeline = sys.modules.get(f"{__package__}.pipeline")
+    pipeline = sys.modules.get("graphopt.core.pipeline")
     if own_process and interrupted:
         if pipeline is not None:
             pipeline.stop_background(0.0)

@@ -6,13 +6,18 @@ place and says whether it changed anything, with counters in ``stats``. A pass k
 other passes: configuration it wants handed to the compiler (an op precision mode, a mixlist) goes in
 ``PassResult.configs`` and the pipeline writes the files.
 
-Third-party passes register through the entry-point group ``graphopt.passes`` (each entry point names a Pass
-subclass, or a module whose import registers passes).
+Passes come from three places, all loaded the same way (importing a module registers the passes it defines):
+the built-in ``graphopt.passes``; the entry-point group ``graphopt.passes`` of installed packages (each entry point
+names a Pass subclass, or a module whose import registers passes); and modules named by a recipe's ``plugins:`` or
+``graphopt --plugin MODULE`` (``load_plugin``). The built-in package is imported by name, as plugins are: the
+framework does not depend on the passes written on it.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
+import sys
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -30,6 +35,7 @@ __all__ = [
     "pass_params",
     "ENTRY_POINT_GROUP",
     "plugin_errors",
+    "load_plugin",
 ]
 
 ENTRY_POINT_GROUP = "graphopt.passes"
@@ -46,7 +52,7 @@ class PassResult:
     ``op_precision`` {OpType: mode}, ``mixlist`` {"black-list": {"to-add": [...]}, ...}, ``precision_mode`` str,
     ``keep_dtype`` [node names or OpType::TypeName]. ``renamed`` ({new tensor name: old name}) declares tensors
     the pass renamed, or kept under their name with a different producer op, so ``graphopt diff`` and the name
-    map in ``report.json`` can trace them (``graphopt.name_map``); tensors keeping name and producer op type are
+    map in ``report.json`` can trace them (``graphopt.core.name_map``); tensors keeping name and producer op type are
     traced without it."""
 
     changed: bool
@@ -125,7 +131,7 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import passes  # noqa: F401  (built-in passes register on import)
+    importlib.import_module("graphopt.passes")  # the built-in passes register on import
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -134,12 +140,25 @@ def _load_all() -> None:
             text = str(e).strip().splitlines()
             _PLUGIN_ERRORS[ep.name] = (f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: "
                                        f"{text[0] if text else ''}")
-            import sys
-
             print(f"graphopt: warning: {_PLUGIN_ERRORS[ep.name]}; its passes are unavailable", file=sys.stderr)
             continue
         if isinstance(obj, type) and issubclass(obj, Pass) and obj.name not in _REGISTRY:
             register_pass(obj.name or ep.name)(obj)
+
+
+def load_plugin(module: str) -> None:
+    """Import ``module`` (a dotted name on ``sys.path``), registering the passes it defines. A module that cannot
+    be imported raises ``UserError`` naming it and why, in one line; loading one twice is a no-op."""
+    from .errors import UserError
+
+    _load_all()
+    if module in sys.modules:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure of a user's module is one line, not a traceback
+        text = str(e).strip().splitlines()
+        raise UserError(f"plugin {module!r} failed to load: {type(e).__name__}: {text[0] if text else ''}") from None
 
 
 def plugin_errors() -> dict[str, str]:

@@ -15,7 +15,7 @@ import json
 import shlex
 from typing import Any, Mapping, Sequence
 
-from .errors import UserError
+from ..core.errors import UserError
 
 __all__ = ["ASCEND_OP_TYPES", "ascend_op_type", "ops_info_json", "op_precision_ini", "keep_dtype_cfg",
            "atc_commands", "atc_script", "config_files"]

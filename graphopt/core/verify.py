@@ -153,7 +153,7 @@ def _exact_kind(dtype: np.dtype) -> str | None:
 
 def compare_outputs(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], tolerance) -> Comparison:
     """Compare two dicts of outputs (same names; arrays with the batch first, or ``Runner`` outputs, compared feed
-    by feed) against ``tolerance`` (a ``recipe.Tolerance``: per-output thresholds and ``top1`` declarations in its
+    by feed) against ``tolerance`` (a ``graphopt.core.tolerance.Tolerance``: per-output thresholds and ``top1`` declarations in its
     ``outputs``)."""
     diffs = []
     ref_shapes, got_shapes = getattr(ref, "batch_shapes", {}), getattr(got, "batch_shapes", {})
@@ -313,7 +313,7 @@ def comparison_session(model):
     from .protoio import SplitModel, session
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
+    opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # Pad_Fusion folds a zero Pad into a following MaxPool, whose own padding is -inf: wrong whenever the
     # padded input can be negative (BiT's stem: conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
@@ -340,11 +340,11 @@ def _ort_error(e: Exception, weights: Mapping[str, Any]) -> str:
 
 class Runner:
     """Runs an ONNX model in onnxruntime (CPU) on a verification set (a list of feeds, each a dict input name ->
-    array holding every input of the model; see ``graphopt.inputs``), one session per model. ``model`` may be a
+    array holding every input of the model; see ``graphopt.core.inputs``), one session per model. ``model`` may be a
     path, which onnxruntime loads with the external data beside it, or a ``protoio.SplitModel``, whose weights it
     reads without a copy (how models over 2 GB run; a ModelProto that large is split first).
 
-    ``inputs``: the model's real inputs (``graphopt.inputs.ModelInput``), weights left out. Each feed is checked
+    ``inputs``: the model's real inputs (``graphopt.core.inputs.ModelInput``), weights left out. Each feed is checked
     against them before onnxruntime sees it (``inputs.check_feed``: a missing input, a wrong dtype or rank is one
     line naming the input; inputs the model does not take are left out of a feed, since a pass may drop a graph
     input nothing reads). The single-input form of before still works: ``input_name`` (default the first input)

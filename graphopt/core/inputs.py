@@ -10,7 +10,7 @@ and ``plan.feeds(samples, seed)`` makes the verification set.
 Vocabulary (the API other modules build on):
 
 - a **feed** is a dict input name -> numpy array, one ``session.run``; a **verification set** is a list of feeds.
-  Every input of the model is in every feed. ``Runner.run(feeds)`` (``graphopt.verify``) runs one.
+  Every input of the model is in every feed. ``Runner.run(feeds)`` (``graphopt.core.verify``) runs one.
 - the **batch** of an input is its first dim when that dim is symbolic (or unknown) in the model; a fixed first
   dim stays what the model says. Rank-0 inputs (scalars) have no batch: each feed holds one scalar.
 
@@ -504,7 +504,7 @@ def resolve_inputs(model, specs: Iterable[InputSpec] = (), *, where: str = "",
     seen: set[str] = set()
     for s in specs:
         if s.name not in by_name:
-            from .recipe import closest
+            from .errors import closest
 
             names = [m.name for m in model_ins]
             hint = closest(s.name, names) if names else ""

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..core.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "GROUND_TRUTH_FILES", "Item", "DataResult", "preprocess_image", "read_labels_file",
            "load_cifar_batch", "imagenet_items", "cifar10_items", "folder_items", "write_dataset", "prepare_data",
@@ -434,7 +434,7 @@ def _read_meta(outdir: Path) -> dict[str, Any] | None:
 def check_data_output(outdir: str | Path) -> None:
     """``-o DIR`` may be written: new (its parent writable), empty, or a folder graphopt data wrote, which is
     resumed; anything else is a one-line ``UserError``, raised before any work."""
-    from .outputs import check_parent
+    from ..core.outputs import check_parent
 
     outdir = Path(outdir)
     if not os.path.lexists(outdir):
@@ -457,7 +457,7 @@ def check_data_output(outdir: str | Path) -> None:
 def _write_labels(folder: Path, labels: Sequence[tuple[str, int]] | None) -> None:
     """``labels.txt`` (``<name>.bin <class>`` lines), written under a temporary name and renamed; removed when there
     are no labels (a stale one from an earlier run would pair files with wrong classes)."""
-    from .ir import atomic_write_text
+    from ..core.ir import atomic_write_text
 
     if labels:
         atomic_write_text(folder / LABELS_FILE, "".join(f"{name}.bin {label}\n" for name, label in labels))
@@ -480,7 +480,7 @@ def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from .ir import write_error  # not at the top: the worker processes import this module, and not onnx
+        from ..core.ir import write_error  # not at the top: the worker processes import this module, and not onnx
 
         raise write_error(outdir, e) from None
     meta_path = outdir / META_FILE
@@ -585,7 +585,7 @@ def prepare_data(kind: str, src: str | Path, outdir: str | Path, recipe_path: st
 
 
 def _npz_model_inputs(model: str | Path) -> dict[str, Any]:
-    from .inputs import model_inputs
+    from ..core.inputs import model_inputs
 
     path = Path(model)
     if path.is_dir():
@@ -603,7 +603,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
     """Write ``DIR/<input>/<item>.bin`` for every array of ``src`` (see the module docstring); returns a summary
     (``inputs``: name -> {folder, dtype, item_shape}, ``items``, ``labelled``, ``missing``: model inputs the file
     does not hold)."""
-    from .inputs import _name_of_array, np_dtype
+    from ..core.inputs import _name_of_array, np_dtype
 
     src, outdir = Path(src), Path(outdir)
     if not src.is_file():
@@ -666,7 +666,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
         folder = Path(names_from)
         if not folder.is_dir():
             raise UserError(f"--names-from {folder}: no such folder")
-        from .backends import _stem, input_files  # backends imports this module: here, not at the top
+        from ..ascend.backends import _stem, input_files  # backends imports this module: here, not at the top
 
         names = [_stem(p) for p in input_files(folder)]
         if len(names) != n:
@@ -693,7 +693,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            from .ir import write_error
+            from ..core.ir import write_error
 
             raise write_error(folder, e) from None
         dtype = _name_of_array(a)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import UserError
-from .ir import atomic_write_bytes, cache_dir
+from ..core.errors import UserError
+from ..core.ir import atomic_write_bytes, cache_dir
 
 __all__ = [
     "Exporter",
@@ -84,7 +84,7 @@ def register_exporter(exporter: Exporter) -> Exporter:
 
 
 def _builtin() -> dict[str, tuple[str, tuple[str, ...]]]:
-    from .models import EXPORTERS  # a plain table: no model module (no torch) is imported
+    from ..models import EXPORTERS  # a plain table: no model module (no torch) is imported
 
     return EXPORTERS
 
@@ -96,9 +96,9 @@ def exporter_names() -> list[str]:
 
 def get_exporter(name: str) -> Exporter:
     if name not in _EXPORTERS and name in _builtin():
-        importlib.import_module(f"{__package__}.models.{_builtin()[name][0]}")
+        importlib.import_module(f"graphopt.models.{_builtin()[name][0]}")
     if name not in _EXPORTERS:
-        from .recipe import closest
+        from ..core.errors import closest
 
         raise UserError(f"unknown exporter {name!r}{closest(name, exporter_names())}")
     return _EXPORTERS[name]
@@ -127,7 +127,7 @@ def _module_source(name: str) -> tuple[str | None, tuple[str, ...]]:
     """(sha256 of the exporter's module source, extra distributions), found without importing the module."""
     if name in _builtin():
         module, dists = _builtin()[name]
-        spec = importlib.util.find_spec(f"{__package__}.models.{module}")
+        spec = importlib.util.find_spec(f"graphopt.models.{module}")
         path = spec.origin if spec else None
     else:  # registered at run time (a user's or a test's exporter): its module is already imported
         path, dists = inspect.getsourcefile(_EXPORTERS[name].build), ()

@@ -32,10 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .data import natural_key
-from .errors import GraphoptError, UserError
-from .outputs import record_files
-from .quiet import ort_log_severity
+from ..commands.data import natural_key
+from ..core.errors import GraphoptError, UserError
+from ..core.outputs import record_files
+from ..core.quiet import ort_log_severity
 
 __all__ = ["ToolFailed", "AtcJob", "PADDING_FILE", "OUTPUT_FORMATS", "find_atc", "ais_bench_command",
            "atc_jobs", "run_atc", "ais_bench_argv", "run_ais_bench", "parse_printed_summary", "load_summary_json",
@@ -178,7 +178,7 @@ def atc_jobs(run_dir: str | Path, batch_sizes: Sequence[int]) -> list[AtcJob]:
 def _batched_inputs(run_dir: Path) -> set[str] | None:
     """Names of the run's model inputs whose first dim is the batch (symbolic in ``model.onnx``); None when the
     model cannot be read (then only the first input of ``--input_shape`` takes the batch, as before)."""
-    from .inputs import model_inputs
+    from ..core.inputs import model_inputs
 
     try:
         return {m.name for m in model_inputs(run_dir / "model.onnx") if m.has_batch}
@@ -510,7 +510,7 @@ class BinInput:
 
     @property
     def item_nbytes(self) -> int:
-        from .inputs import np_dtype
+        from ..core.inputs import np_dtype
 
         return int(np.prod(self.item_shape, dtype=np.int64)) * np_dtype(self.dtype).itemsize
 
@@ -521,7 +521,7 @@ class BinInput:
 def read_item(path: Path, inp: BinInput) -> np.ndarray:
     """One item file of ``inp``: raw ``.bin`` in the input's dtype, or ``.npy`` (cast to it), shaped as an item.
     A size or shape that does not fit is one line naming the file and the input."""
-    from .inputs import np_dtype
+    from ..core.inputs import np_dtype
 
     dt = np_dtype(inp.dtype)
     if path.suffix.lower() == ".npy":
@@ -555,7 +555,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
+        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
         if self.threads:
             opts.intra_op_num_threads = self.threads
         self.disabled_optimizers = ("Pad_Fusion",) if _pad_pool_inputs(self.model_path) else ()

@@ -52,13 +52,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .atc import ascend_op_type
-from .errors import UserError
-from .ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
-from .quiet import ort_log_severity
-from .pattern import NoMatch
+from ..core.errors import UserError
+from ..core.ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
+from ..core.quiet import ort_log_severity
+from ..core.pattern import NoMatch
 
 if TYPE_CHECKING:
-    from .verify import Outputs
+    from ..core.verify import Outputs
 
 __all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "UNITS_INPUT", "GELU_INPUT", "Unit",
            "LayerNormMatch", "match_decomposed_layernorm", "unit_ascend_type", "Fp16Emulator", "round_fp16",
@@ -367,7 +367,7 @@ class Fp16Emulator:
         self.reduce_accumulation = reduce_accumulation
         self.stats: dict[str, int] = {"unknown_dtype": 0, "reductions_fp16_accumulated": 0,
                                       "reductions_rounded_only": 0, "gelu_units": 0, "layernorm_units": 0}
-        from .inputs import model_inputs
+        from ..core.inputs import model_inputs
 
         self.model_inputs = model_inputs(model)
         self._checked = False
@@ -390,8 +390,8 @@ class Fp16Emulator:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.quiet)
-        # Basic optimisations only, as graphopt.verify.Runner: measure the graph as written.
+        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
+        # Basic optimisations only, as graphopt.core.verify.Runner: measure the graph as written.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
@@ -404,7 +404,7 @@ class Fp16Emulator:
     # -- units ------------------------------------------------------------------------------------------------
     def _find_units(self, graph: gs.Graph) -> dict[int, int]:
         """Group nodes into units (patterns first) and record the data flow; returns id(node) -> unit index."""
-        from .passes.gelu_precision import find_gelus
+        from ..passes.gelu_precision import find_gelus
 
         outs = {id(t) for t in graph.outputs}
         # (kind, nodes, x, y, whether high_performance differs from it)
@@ -619,12 +619,12 @@ class Fp16Emulator:
     def run(self, batches: Sequence[Mapping[str, np.ndarray] | np.ndarray],
             fp16: np.ndarray | Sequence[bool] | None = None,
             gelu_high_performance: bool = False, count: bool = True) -> "Outputs":
-        """Outputs over every feed with units ``fp16`` (default none) in fp16: ``graphopt.verify.Outputs``, each
+        """Outputs over every feed with units ``fp16`` (default none) in fp16: ``graphopt.core.verify.Outputs``, each
         output concatenated over the feeds and kept per feed, so ``compare_outputs`` compares feed by feed.
         ``batches`` are feeds (dicts input name -> array, every input of the model; integer and bool inputs pass
         through unchanged, only float32 tensors are rounded) or bare arrays for ``input_name``. ``count``: a trial
         of the search (``runs``), not a check that the feeds run."""
-        from .verify import Outputs
+        from ..core.verify import Outputs
 
         mask = np.zeros(len(self.units), bool) if fp16 is None else np.asarray(fp16, bool)
         if mask.shape != (len(self.units),):
@@ -634,7 +634,7 @@ class Fp16Emulator:
         for x in batches:
             feed = dict(x) if isinstance(x, Mapping) else {self.input_name: x}
             if not self._checked:
-                from .inputs import check_feed
+                from ..core.inputs import check_feed
 
                 check_feed(self.model_inputs, feed, "fp16 emulation")
                 self._checked = True

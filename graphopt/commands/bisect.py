@@ -13,7 +13,7 @@
    and the saved files are loaded back into fresh onnxruntime sessions to confirm that they reproduce the
    difference on their own.
 
-The inputs are the recipe's (``inputs:``, or the single ``input:``; ``graphopt.inputs``): every input of the model,
+The inputs are the recipe's (``inputs:``, or the single ``input:``; ``graphopt.core.inputs``): every input of the model,
 of any dtype, as ``graphopt apply`` verifies with. A subgraph's inputs are saved with their own dtypes (token ids
 stay int64, a mask stays bool), and integer and bool tensors are compared exactly.
 """
@@ -35,13 +35,14 @@ from onnx import helper, numpy_helper
 from .apply import input_plan, recipe_inputs, source_model_path, verification_feeds, write_run_dir
 from .diff import (DEFAULT_BUDGET_MB, SubgraphRunner, TensorDiff, diff_models, plot_diff, tensor_diff,
                    tensor_tolerance)
-from .errors import UserError
-from .ir import load_split, node_inputs
-from .name_map import compose, pass_name_map, tensor_producers
-from .outputs import check_output_dir
-from .protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
-from .recipe import Recipe, Tolerance
-from .verify import Runner, compare_outputs, comparison_session
+from ..core.errors import UserError
+from ..core.ir import load_split, node_inputs
+from ..core.name_map import compose, pass_name_map, tensor_producers
+from ..core.outputs import check_output_dir
+from ..core.protoio import SplitModel, check_split, graph_from_split, split_graph, split_model
+from .recipe import Recipe
+from ..core.tolerance import Tolerance
+from ..core.verify import Runner, compare_outputs, comparison_session
 
 __all__ = ["bisect_recipe", "minimal_pair", "check_reproduces", "add_cli"]
 
@@ -82,9 +83,9 @@ def _upstream(model: onnx.ModelProto, target: str, is_boundary: Callable[[str], 
 
 
 def _elem_type(value: np.ndarray) -> int:
-    """The ONNX element type of an array (ml_dtypes' bfloat16, and strings, included), as graphopt.inputs names
+    """The ONNX element type of an array (ml_dtypes' bfloat16, and strings, included), as graphopt.core.inputs names
     it."""
-    from .inputs import DTYPES, _name_of_array
+    from ..core.inputs import DTYPES, _name_of_array
 
     return DTYPES.get(_name_of_array(value)) or helper.np_dtype_to_tensor_dtype(value.dtype)
 
@@ -96,8 +97,8 @@ def _savable(value: np.ndarray) -> np.ndarray:
 
 
 def _describe_value(value: np.ndarray) -> str:
-    """``int64 [2, 16]``, as graphopt.inputs shows an input."""
-    from .inputs import _name_of_array
+    """``int64 [2, 16]``, as graphopt.core.inputs shows an input."""
+    from ..core.inputs import _name_of_array
 
     return f"{_name_of_array(np.asarray(value))} {list(np.shape(value))}"
 
@@ -270,7 +271,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     ``outdir`` (default ``runs/<name>-bisect``). Returns the report (also ``bisect.json``); its ``responsible``
     is None when the recipe's output model is within tolerance, and then nothing is written. An existing
     ``outdir`` that is not an earlier bisect folder is refused before any work, unless ``force``
-    (``graphopt.outputs``)."""
+    (``graphopt.core.outputs``)."""
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / f"{recipe.name}-bisect"
     inputs_read = recipe_inputs(recipe)

@@ -1,21 +1,21 @@
 """``graphopt diff``: a layer-wise comparison of two models on the same inputs, in memory-bounded batches.
 
 Verification says *that* two models differ; this says *where*. The two models run on the same inputs and every
-tensor they share is compared with the metrics of ``graphopt.verify`` (max abs / max rel error, cosine). Shared
-tensors are those of the name map (``graphopt.name_map``: a recipe's ``report.json`` carries one from the output
+tensor they share is compared with the metrics of ``graphopt.core.verify`` (max abs / max rel error, cosine). Shared
+tensors are those of the name map (``graphopt.core.name_map``: a recipe's ``report.json`` carries one from the output
 model back to the input model), or, without a map, those with the same name and producer op type. The first tensor
 in the later model's topological order that is outside tolerance is the first divergence; its producer is the op
 to look at.
 
-Inputs: every input of the models, of any dtype, as ``graphopt verify`` feeds them (``graphopt.inputs``: the
+Inputs: every input of the models, of any dtype, as ``graphopt verify`` feeds them (``graphopt.core.inputs``: the
 model's inputs, ``--input NAME:SHAPE[:DTYPE]``, ``--range``, ``--data FILE.npz``). Integer and bool tensors are
-compared exactly, as outputs are (``graphopt.verify``): an intermediate integer tensor (a shape, an index) that
+compared exactly, as outputs are (``graphopt.core.verify``): an intermediate integer tensor (a shape, an index) that
 differs in one element is divergent, whatever the float tolerances. Each feed's tensors are compared with that
 feed's, so feeds of different shapes (real data) compare too.
 
 Memory stays bounded however large the model. Marking every tensor as an output at once (what Polygraphy does)
 holds every activation in memory, and rewriting a large model's protobuf for each run copies its weights. Instead
-each model is read once as a weightless graph plus its weights as arrays (``graphopt.protoio``); each run is a
+each model is read once as a weightless graph plus its weights as arrays (``graphopt.core.protoio``); each run is a
 session of a small graph that computes only one batch of tensors (a byte budget, from shape inference), pruned
 to the nodes and weights those tensors need, with the weights fed as inputs that onnxruntime reads in place. One
 session at a time is alive and nothing is written to disk.
@@ -32,13 +32,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import UserError
-from .inputs import InputSpec, check_feed, model_inputs, resolve_inputs
-from .ir import copy_fields, infer_shapes, load_split, node_inputs
-from .name_map import model_producers, shared_tensors
-from .protoio import SplitModel, split_model, weights_as_inputs
-from .recipe import Tolerance
-from .verify import Outputs, compare_outputs, comparison_session
+from ..core.errors import UserError
+from ..core.inputs import InputSpec, check_feed, model_inputs, resolve_inputs
+from ..core.ir import copy_fields, infer_shapes, load_split, node_inputs
+from ..core.name_map import model_producers, shared_tensors
+from ..core.protoio import SplitModel, split_model, weights_as_inputs
+from ..core.tolerance import Tolerance
+from ..core.verify import Outputs, compare_outputs, comparison_session
 
 __all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
            "load_name_map", "seeded_feeds", "plot_diff", "tensor_tolerance", "add_cli",
@@ -372,7 +372,7 @@ def seeded_feeds(model: onnx.ModelProto | SplitModel | str | Path, samples: int,
                  input_name: str | None = None, shape: Sequence[int] | None = None,
                  specs: Sequence[InputSpec] = ()) -> list[dict[str, np.ndarray]]:
     """Seeded feeds for every input of ``model`` (any dtype), as ``graphopt verify`` makes them
-    (``graphopt.inputs``): ``specs`` as given, and ``input_name`` (default the first input) shaped ``shape`` when
+    (``graphopt.core.inputs``): ``specs`` as given, and ``input_name`` (default the first input) shaped ``shape`` when
     given."""
     specs = list(specs)
     if shape is not None:
@@ -380,7 +380,7 @@ def seeded_feeds(model: onnx.ModelProto | SplitModel | str | Path, samples: int,
         if not names:
             raise UserError("diff: the model has no inputs")
         specs.append(InputSpec(input_name or names[0], tuple(shape)))
-    from .inputs import merge_specs
+    from ..core.inputs import merge_specs
 
     return resolve_inputs(model, merge_specs(specs), where="diff").feeds(samples, seed)
 
@@ -479,7 +479,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         for t in result.divergent[1:1 + args.show]:
             print(f"  then {t.describe()}")
     if args.json:
-        from .ir import atomic_write_text
+        from ..core.ir import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"inputs": plan.describe(), **result.as_dict()}, indent=2,
                                                 default=str) + "\n")

@@ -2,15 +2,15 @@
 
 After every pass that changed the graph, the runner cleans up and sorts the graph, checks it with
 ``onnx.checker``, runs it in onnxruntime on the same inputs as the graph before the pass, and compares
-(``graphopt.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two;
+(``graphopt.core.verify``). The outputs of the last verified graph are kept, so each pass costs one session, not two;
 the input model's outputs are computed in a background thread beside the first pass.
 The graph is never serialized with its weights: the checker reads its weightless skeleton and onnxruntime is fed the
-weights' arrays as graph inputs (``graphopt.protoio``), so verifying costs no copy of them.
+weights' arrays as graph inputs (``graphopt.core.protoio``), so verifying costs no copy of them.
 A pass outside tolerance stops the run (``VerificationFailed`` naming the pass and the worst output), or, with
 ``on_fail: skip``, is dropped and the graph before it restored.
 
 The verification inputs are a list of feeds (dicts input name -> array, every input of the model: see
-``graphopt.inputs``); a list of bare arrays, the single-input form of before, feeds the model's first input (or
+``graphopt.core.inputs``); a list of bare arrays, the single-input form of before, feeds the model's first input (or
 ``input_name``).
 
 A pass that measures rather than rewrites (``mixlist`` with ``mode: measured``) declares a ``calibration``
@@ -51,7 +51,7 @@ class PassRecord:
     verify: dict[str, Any] | None
     status: str  # "applied" | "unchanged" | "skipped"
     configs: dict[str, Any] = field(default_factory=dict)
-    name_map: dict[str, int] | None = None  # counts: kept, renamed, replaced, new (graphopt.name_map)
+    name_map: dict[str, int] | None = None  # counts: kept, renamed, replaced, new (graphopt.core.name_map)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "where": self.where, "changed": self.changed, "status": self.status,
@@ -235,14 +235,14 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                  tolerance=None, progress: Callable[[str], None] = _progress_noop,
                  real_data: bool = False) -> PipelineResult:
     """Run ``passes`` (each ``(pass, where, on_fail)``) on ``model``; verify each when ``inputs`` is given: a
-    list of feeds (``graphopt.inputs``: ``resolve_inputs(model, specs).feeds(samples, seed)``), or bare arrays for
+    list of feeds (``graphopt.core.inputs``: ``resolve_inputs(model, specs).feeds(samples, seed)``), or bare arrays for
     the model's first input (or ``input_name``). ``real_data``: ``inputs`` are real data (a recipe's
     ``verify.data``), not seeded random arrays; measuring passes, which calibrate on them, warn otherwise."""
     from .inputs import feeds_of, model_inputs
 
     verify = inputs is not None
     if tolerance is None:  # the recipe's defaults
-        from .recipe import Tolerance
+        from .tolerance import Tolerance
 
         tolerance = Tolerance()
     split = model if isinstance(model, SplitModel) else split_model(model)
@@ -320,7 +320,7 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
                 cmp = compare_outputs(prev, got, tolerance)
                 verdict = cmp.summary()
                 if not cmp.passed:
-                    from .diff import describe_divergence, first_divergence
+                    from ..commands.diff import describe_divergence, first_divergence
 
                     progress(f"{label}: FAILED verification; locating the first divergent tensor ...")
                     verdict["first_divergent"] = first_divergence(  # both share the graphs' weight arrays

@@ -1,6 +1,6 @@
 """``graphopt precision``: which ops lose accuracy in fp16, the smallest set to keep in fp32, and ATC's configs.
 
-On the fp16 emulation of ``graphopt.fp16_emulation`` (one onnxruntime session; a trial is one run with another
+On the fp16 emulation of ``graphopt.ascend.fp16_emulation`` (one onnxruntime session; a trial is one run with another
 switch vector), against the fp32 outputs of the same calibration inputs:
 
 1. **Baselines**: fp32, ``force_fp16``, ``allow_fp32_to_fp16`` and ``allow_mix_precision`` (no mixlist).
@@ -9,7 +9,7 @@ switch vector), against the fp32 outputs of the same calibration inputs:
 3. **Worst nodes**: "only this unit in fp16" for up to ``node_trials`` units, taken in turn from each type (most
    sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
 4. **Search** for the cheapest fp32 keep-set meeting the target (top-1 agreement with fp32 and cosine, as
-   ``graphopt.verify`` measures them): op types are added greedily in order of how much keeping each alone helps
+   ``graphopt.core.verify`` measures them): op types are added greedily in order of how much keeping each alone helps
    (``force_fp16`` error minus "everything but it" error) per unit of cost (its Conv/MatMul/Gemm FLOPs plus its
    output elements: keeping a cube op in fp32 is what costs speed), then each kept type is dropped again if the
    target holds without it (costliest first), and a kept Conv/MatMul/Gemm type is narrowed to its most sensitive
@@ -25,14 +25,14 @@ switch vector), against the fp32 outputs of the same calibration inputs:
    follow their inputs) and that is the *predicted* accuracy reported, with the share of Conv/MatMul/Gemm FLOPs
    left in fp16.
 
-Calibration data (``feeds_calibration``): feeds of every input of the model, as ``graphopt.inputs`` makes them
+Calibration data (``feeds_calibration``): feeds of every input of the model, as ``graphopt.core.inputs`` makes them
 (the recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; integer and bool inputs are fed unchanged, only
 float32 tensors are emulated in fp16), from an ``.npz`` (one array per input name) or ``.npy``; for a one-input
 model also a folder of images (preprocessed as the recipe's ``preprocess:`` says) or of ``.bin`` files from
 ``graphopt data`` (with its ``labels.txt``); without data, seeded random feeds, with a warning: random inputs
 rarely reach the activation outliers that make real models fp16-sensitive. Items are regrouped into batches when
 every input has a symbolic batch (``regroup_feeds``); a model that fixes its batch is measured in whole feeds.
-Outputs are compared by ``graphopt.verify.compare_outputs``, feed by feed: integer and bool outputs exactly, top-1
+Outputs are compared by ``graphopt.core.verify.compare_outputs``, feed by feed: integer and bool outputs exactly, top-1
 agreement for class-score outputs only.
 """
 from __future__ import annotations
@@ -48,10 +48,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import UserError
+from ..core.errors import UserError
 from .fp16_emulation import Fp16Emulator, Unit
-from .recipe import Tolerance, tolerance_problem
-from .verify import compare_outputs
+from ..core.tolerance import Tolerance, tolerance_problem
+from ..core.verify import compare_outputs
 
 __all__ = ["Target", "Calibration", "PrecisionSearch", "analyse", "generated_configs", "load_calibration",
            "rebatch", "RANDOM_INPUTS_WARNING", "report_markdown", "plot_sensitivity", "run_precision", "add_cli"]
@@ -80,9 +80,9 @@ class Target:
                 raise UserError(f"precision target {name}: {problem}")
 
     def tolerance(self, outputs: Sequence[Any] = ()) -> Tolerance:
-        """The thresholds as ``graphopt.verify`` applies them; ``outputs``: a recipe's per-output tolerances, of
+        """The thresholds as ``graphopt.core.verify`` applies them; ``outputs``: a recipe's per-output tolerances, of
         which only the ``top1`` declarations (class scores or not) are kept."""
-        from .recipe import OutputTolerance
+        from ..core.tolerance import OutputTolerance
 
         declared = tuple(OutputTolerance(o.name, (), o.top1) for o in outputs if o.top1 is not None)
         return Tolerance(max_abs=None, max_rel=None, cosine=self.cosine, top1_agreement=self.top1, outputs=declared)
@@ -166,7 +166,7 @@ class BatchLayout:
 
 def batch_layout(model) -> BatchLayout:
     """How ``model`` takes items (``BatchLayout``); a fixed batch of 0, which takes none, is a ``UserError``."""
-    from .inputs import model_inputs
+    from ..core.inputs import model_inputs
 
     ins = [m for m in model_inputs(model) if m.kind == "tensor"]
     batched = tuple(m.name for m in ins if m.has_batch)
@@ -504,7 +504,7 @@ def _image_items(path: Path, shape: Sequence[int], preprocess, pattern: str | No
                  label_regex: str | None, limit: int) -> tuple[np.ndarray, list[int] | None]:
     from PIL import Image
 
-    from .data import folder_items, preprocess_image
+    from ..commands.data import folder_items, preprocess_image
 
     items, _ = folder_items(path, pattern, labels_file, label_regex)
     items = items[:limit]
@@ -528,7 +528,7 @@ def load_calibration(data: str | Path | None, shape: Sequence[int], *, preproces
     """Calibration inputs in batches of ``batch``: images, ``.bin`` files (with ``labels.txt``), a ``.npy``, or
     (no ``data``) ``samples`` seeded standard-normal items with ``RANDOM_INPUTS_WARNING``. ``fixed_batch``: whole
     batches only (``rebatch``), labels trimmed to match."""
-    from .verify import load_input_data, make_inputs
+    from ..core.verify import load_input_data, make_inputs
 
     item_shape = [1, *shape[1:]]
     if samples < 1:
@@ -545,7 +545,7 @@ def load_calibration(data: str | Path | None, shape: Sequence[int], *, preproces
         files = sorted(str(p) for p in path.glob("*.bin"))  # the order load_input_data reads them in
         items = np.concatenate(load_input_data(path, item_shape, dtype))[:samples]
         if (path / "labels.txt").is_file() and len(files) >= len(items):
-            from .data import read_labels_file
+            from ..commands.data import read_labels_file
 
             known = read_labels_file(path / "labels.txt")
             stems = [Path(f).name.split(".")[0] for f in files[:len(items)]]
@@ -577,7 +577,7 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
                       primary: str | None = None, preprocess=None, pattern: str | None = None,
                       labels_file: str | None = None, label_regex: str | None = None,
                       emulator: Fp16Emulator | None = None) -> tuple[Calibration, Any, bool]:
-    """Calibration feeds for every input of ``model`` and the ``InputPlan`` they follow (``graphopt.inputs``:
+    """Calibration feeds for every input of ``model`` and the ``InputPlan`` they follow (``graphopt.core.inputs``:
     ``specs`` from a recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; inputs not named take the
     model's shape, symbolic dims their defaults, values by kind: integer and bool inputs are never emulated).
 
@@ -587,7 +587,7 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
     ``.npy`` for ``primary`` (default the first input), or, for a model with one input, a folder of images (with
     ``preprocess``) or of ``.bin`` files (``load_calibration``, labels included). Returns the calibration, the
     plan, and whether its batches were regrouped (``fit_feeds``, checked on ``emulator`` when given)."""
-    from .inputs import model_inputs, resolve_inputs
+    from ..core.inputs import model_inputs, resolve_inputs
 
     if samples < 1:
         raise UserError(f"--samples {samples}: must be at least 1")
@@ -758,9 +758,9 @@ def _stderr(msg: str) -> None:
 
 def _recipe_model(recipe, progress: Callable[[str], None]) -> onnx.ModelProto:
     """The recipe's model after its graph passes (unverified; a measured mixlist is left out)."""
-    from .apply import source_model_path
-    from .ir import load_model
-    from .pipeline import run_pipeline
+    from ..commands.apply import source_model_path
+    from ..core.ir import load_model
+    from ..core.pipeline import run_pipeline
 
     src, _ = source_model_path(recipe, progress)
     model = load_model(src, "model")
@@ -776,7 +776,7 @@ def _already_fp16(model: onnx.ModelProto, emu: Fp16Emulator) -> str | None:
     """Why ``model`` computes in fp16 already (no float32 op to emulate, float16 inputs or weights), else None."""
     if emu.units:
         return None
-    from .inputs import model_inputs
+    from ..core.inputs import model_inputs
 
     half = [m.name for m in model_inputs(model) if m.dtype in ("float16", "bfloat16")]
     weights = sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16,
@@ -796,14 +796,14 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                   paths: Mapping[str, str] | None = None, primary: str | None = None) -> dict[str, Any]:
     """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report. An
     existing ``outdir`` that is not an earlier precision folder is refused before any work, unless ``force``
-    (``graphopt.outputs``). The inputs: every input of the model (``feeds_calibration``), as the recipe's
+    (``graphopt.core.outputs``). The inputs: every input of the model (``feeds_calibration``), as the recipe's
     ``inputs:`` says, or ``specs`` (``--input`` / ``--range``: ``cli.input_specs``, over the recipe's)."""
-    from .apply import recipe_inputs, write_run_dir
+    from ..commands.apply import recipe_inputs, write_run_dir
     from .atc import config_files
-    from .inputs import merge_specs, model_inputs
-    from .ir import load_model
-    from .outputs import check_output_dir
-    from .recipe import PreprocessSpec, load_recipe
+    from ..core.inputs import merge_specs, model_inputs
+    from ..core.ir import load_model
+    from ..core.outputs import check_output_dir
+    from ..commands.recipe import PreprocessSpec, load_recipe
 
     source = Path(source)
     recipe = load_recipe(source) if source.suffix in (".yaml", ".yml") else None
@@ -871,7 +871,7 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
 
 
 def _cmd_precision(args: Any) -> int:
-    from .cli import input_specs
+    from ..commands.cli import input_specs
 
     target = Target(top1=args.target_top1, cosine=args.target_cosine)
     import argparse
@@ -900,7 +900,7 @@ def _cmd_precision(args: Any) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    from .cli import add_force_argument
+    from ..commands.cli import add_force_argument
 
     p = subparsers.add_parser("precision", help="measure fp16 sensitivity per op type (ATC's precision modes "
                                                 "emulated in onnxruntime), find the smallest fp32 keep-set "
@@ -913,7 +913,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
                    help="an input's shape (batch first) and dtype, as graphopt verify takes it, e.g. "
                         "input_ids:1,32:int64 (repeatable); inputs not given take the model's shape and graphopt's "
-                        "defaults (graphopt.inputs); the batch is regrouped into batches of 8 unless the model fixes "
+                        "defaults (graphopt.core.inputs); the batch is regrouped into batches of 8 unless the model fixes "
                         "it")
     p.add_argument("--range", action="append", default=[], metavar="NAME:LO,HI",
                    help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable)")
