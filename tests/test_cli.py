@@ -1,11 +1,13 @@
 """The command line: exit codes 0 / 1 / 2, one-line errors without tracebacks."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import onnx
 import pytest
 
@@ -147,3 +149,76 @@ def test_version_names_graphopt_and_the_libraries_that_decide_its_results(capsys
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith(f"graphopt {metadata.version('graphopt')} (onnx ")
     assert f"onnxruntime {metadata.version('onnxruntime')}" in out[0]
+
+
+def test_passes_into_a_closed_pipe_is_quiet():
+    """`graphopt passes | head -1`: the reader closes the pipe early; no BrokenPipeError traceback, exit 0."""
+    proc = subprocess.run(f"{sys.executable} -m graphopt passes | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+
+
+def test_inspect_prints_inputs_outputs_and_op_counts(tmp_path, capsys):
+    from graphs import cli
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>
+        g (float[N, 3] x, int64[4] idx, bool flag) => (float[N, 3] y, float16 z) {
+            a = Relu(x)
+            b = my.domain.Custom(a)
+            y = If(flag) <then_branch = t () => (float[N, 3] o) { o = Abs(b) },
+                          else_branch = e () => (float[N, 3] o2) { o2 = Neg(b) }>
+            z = Constant<value = float16 {1}>()
+        }""")
+    onnx.save(model, tmp_path / "m.onnx")
+    code, out, errors = cli(capsys, "inspect", tmp_path / "m.onnx")
+    assert code == 0 and not errors
+    assert "| input  | x    | float32 | [N, 3] |" in out
+    assert "| input  | idx  | int64 | [4] |" in out
+    assert "| input  | flag | bool | [] |" in out
+    assert "| output | z    | float16 | [] |" in out
+    assert "opset ai.onnx 17, my.domain 1" in out
+    assert "6 nodes of 6 op types (2 subgraphs counted in)" in out
+    for row in ("| Relu | 1 |", "| my.domain::Custom | 1 |", "| If | 1 |", "| Abs | 1 |", "| Neg | 1 |"):
+        assert row in out
+    code, out, errors = cli(capsys, "inspect", tmp_path / "m.onnx", "--json")
+    info = json.loads(out)
+    assert info["inputs"][0] == {"name": "x", "dtype": "float32", "shape": ["N", 3]}
+    assert info["op_counts"]["If"] == 1 and info["nodes"] == 6 and info["subgraphs"] == 2
+    assert info["external_data"] == {}
+
+
+def test_inspect_reports_external_data_and_parameters(tmp_path, capsys):
+    from graphs import cli
+
+    w = onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 64])], [w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
+    code, out, _ = cli(capsys, "inspect", tmp_path / "m.onnx", "--json")
+    info = json.loads(out)
+    assert info["parameters"] == 64 * 64 and info["initializers"] == 1
+    assert info["external_data"] == {"m.weights": {"bytes_referenced": 64 * 64 * 4, "file_bytes": 64 * 64 * 4}}
+    code, out, _ = cli(capsys, "inspect", tmp_path / "m.onnx")
+    assert "external data m.weights: 16.0 KiB referenced, file 16.0 KiB" in out
+    assert "4,096 parameters" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"not an onnx file at all", "not a readable ONNX file"),
+    (b"", "holds no graph"),
+])
+def test_inspect_bad_input_is_one_line(tmp_path, capsys, content, message):
+    from graphs import cli
+
+    path = tmp_path / "m.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    code, out, errors = cli(capsys, "inspect", path)
+    assert code == 2 and out == ""
+    assert len(errors) == 1 and message in errors[0] and str(path) in errors[0]

@@ -59,3 +59,78 @@ def test_a_recipe_naming_a_pass_of_a_broken_plugin_says_why(broken_plugin, tmp_p
     assert lines[1].startswith("graphopt: error: r.yaml: passes[0].pass: unknown pass 'broken' (valid: ")
     assert lines[1].endswith("; plugin 'broken' (broken_plugin_passes:BrokenPass) failed to load: ImportError: "
                              "needs libfoo 2.0")
+
+
+PLUGIN = '''
+from dataclasses import field
+
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+
+
+@register_pass("drop_identity_plugin")
+class DropIdentity(Pass):
+    """Bypass every Identity whose output is not a graph output."""
+
+    only_named: str = field(default="", metadata={"help": "only the Identity of this name"})
+
+    def run(self, graph):
+        n = 0
+        for node in list(graph.nodes):
+            if node.op == "Identity" and node.outputs[0] not in graph.outputs and node.name.startswith(self.only_named):
+                for consumer in list(node.outputs[0].outputs):
+                    consumer.inputs[consumer.inputs.index(node.outputs[0])] = node.inputs[0]
+                node.outputs.clear()
+                n += 1
+        return PassResult(n > 0, {"bypassed": n})
+'''
+
+IDENTITY_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 3] y) {
+    a = Identity(x)
+    y = Relu(a)
+}
+"""
+
+
+@pytest.fixture
+def plugin_module(tmp_path) -> dict[str, str]:
+    """A module on PYTHONPATH (not installed: no entry point) whose import registers a pass."""
+    site = tmp_path / "plugsite"
+    site.mkdir()
+    (site / "my_plugin_passes.py").write_text(PLUGIN)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def test_plugin_flag_registers_the_module_passes(plugin_module):
+    proc = graphopt(plugin_module, "--plugin", "my_plugin_passes", "passes")
+    assert proc.returncode == 0, proc.stderr
+    assert "drop_identity_plugin: Bypass every Identity" in proc.stdout
+    assert "only_named: str (default '')" in proc.stdout
+    # after the subcommand too, as -v
+    proc = graphopt(plugin_module, "passes", "--plugin", "my_plugin_passes")
+    assert proc.returncode == 0 and "drop_identity_plugin:" in proc.stdout
+    assert "drop_identity_plugin:" not in graphopt(plugin_module, "passes").stdout
+
+
+def test_plugin_flag_runs_the_pass_in_a_recipe(plugin_module, tmp_path):
+    import onnx
+
+    from graphopt.testing import model_from_text
+
+    onnx.save(model_from_text(IDENTITY_MODEL), tmp_path / "m.onnx")
+    (tmp_path / "r.yaml").write_text("model: {onnx: m.onnx}\npasses: [drop_identity_plugin]\n")
+    proc = graphopt(plugin_module, "--plugin", "my_plugin_passes", "apply", "r.yaml", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = onnx.load(tmp_path / "out" / "model.onnx")
+    assert [n.op_type for n in out.graph.node] == ["Relu"]
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_exit_2(plugin_module):
+    proc = graphopt(plugin_module, "--plugin", "no_such_plugin_mod", "passes")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["graphopt: error: plugin 'no_such_plugin_mod' failed to load: "
+                                        "ModuleNotFoundError: No module named 'no_such_plugin_mod'"]
+    assert proc.stdout == ""

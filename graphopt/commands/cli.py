@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..core.errors import GraphoptError, UserError
 from ..core.inputs import BATCH_DEFAULT, DIM_DEFAULT
+from ..core.pass_infra import load_plugin
 from ..core.quiet import quiet_libraries
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_comparison_arguments",
@@ -19,7 +20,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_compar
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("graphopt.commands.data", "graphopt.commands.evaluate", "graphopt.commands.diff",
-                   "graphopt.commands.bisect", "graphopt.ascend.fp16_sensitivity")
+                   "graphopt.commands.bisect", "graphopt.ascend.fp16_sensitivity", "graphopt.commands.inspect")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show progress and the libraries' own log lines and warnings (onnxruntime, "
                              "onnx-graphsurgeon, torch), which graphopt otherwise keeps quiet")
     parser.add_argument("--version", action=_VersionAction, help="print graphopt's and its libraries' versions")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, registering the passes it defines (repeatable; recipes can "
+                             "name theirs under plugins:)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("apply", help="run a recipe: export, passes (each verified), report, ATC hand-off")
@@ -280,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="library log lines and warnings too")
         else:
             own.default = argparse.SUPPRESS
+        p.add_argument("--plugin", action="append", dest="sub_plugin", default=[], metavar="MODULE",
+                       help="import MODULE first, registering the passes it defines (repeatable)")
     return parser
 
 
@@ -323,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     try:  # parsing included: building the parser imports every command's module, which takes a moment
         args = build_parser().parse_args(argv)
         quiet_libraries(args.verbose)
+        for module in args.plugin + args.sub_plugin:
+            load_plugin(module)
         return args.func(args)
+    except BrokenPipeError:  # `graphopt passes | head`: the reader has what it wanted
+        # Python flushes stdout again at exit, into the closed pipe: point it at devnull so that says nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except GraphoptError as e:
         print(f"graphopt: error: {e}", file=sys.stderr)
         _stop_background_work(e.exit_code, own_process=argv is None, interrupted=False)
