@@ -14,8 +14,8 @@ from torch import nn
 
 from graphopt.core.ir import op_counts
 from graphopt.models.shiftvit import ShiftModule
-from graphopt.passes.replace_shift_scatter import (ReplaceShiftScatter, ShiftGroup, decompose_shift_map,
-                                                   simulate_scatter_chain)
+from graphopt.passes._scatter_chain import ShiftGroup, decompose_shift_map, simulate_scatter_chain
+from graphopt.passes.replace_shift_scatter import ReplaceShiftScatter
 from graphopt.core.pattern import NoMatch
 from graphopt.core.tolerance import Tolerance
 from graphopt.testing import (assert_pass_unchanged, assert_pass_verified, compare_models, model_from_text,
@@ -359,10 +359,10 @@ def test_shape_proxy_gives_the_full_inference_shapes_outside_the_chains(shiftvit
     """The proxy model (each chain's last ScatterND -> Cast of its source, dead index arithmetic dropped) types
     every tensor it keeps as inference over the whole graph does, chain sources included, from far fewer nodes."""
     from graphopt.core.ir import inferred_types, to_graph
-    from graphopt.passes.replace_shift_scatter import _find_chains, _match_structure, shape_proxy
+    from graphopt.passes._scatter_chain import find_chains, match_structure, shape_proxy
 
     graph = to_graph(shiftvit)
-    chains = [c for c in _find_chains(graph) if _match_structure(c) is None]
+    chains = [c for c in find_chains(graph) if match_structure(c) is None]
     assert len(chains) == 12 and all(c.src is not None for c in chains)
     proxy = shape_proxy(graph, chains)
     assert len(proxy.graph.node) < len(shiftvit.graph.node) / 3
@@ -413,16 +413,16 @@ class StagedShifts(nn.Module):
 
 def count_sessions(monkeypatch) -> list[int]:
     """Node counts of the probe models the pass opens onnxruntime sessions on, as it opens them."""
-    import graphopt.passes.replace_shift_scatter as rss
+    import graphopt.core.subgraph_check as subgraph_check
 
     sizes: list[int] = []
-    real = rss._session
+    real = subgraph_check.create_session
 
-    def counting(model: onnx.ModelProto):
+    def counting(model: onnx.ModelProto, *args, **kwargs):
         sizes.append(len(model.graph.node))
-        return real(model)
+        return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(rss, "_session", counting)
+    monkeypatch.setattr(subgraph_check, "create_session", counting)
     return sizes
 
 
