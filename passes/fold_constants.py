@@ -3,20 +3,19 @@ dynamic batch, no-op removal, in the main graph and (folding) inside If / Loop /
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import const_value, ensure_shapes, make_name, producer, replace_uses
+from graphopt.core.ir import ensure_shapes, producer, replace_uses
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
-from graphopt.core.quiet import ort_log_severity
-from graphopt.core.shape_probe import slice_range
+from graphopt.core.sessions import create_session
 
-__all__ = ["FoldConstants", "ShapeValue", "shape_value", "fold_shape_values",
-           "constant_reshape_targets", "lower_constant_nodes", "fold_constant_nodes", "if_condition_cone",
-           "remove_noops"]
+from ._shape_folding import const_ints, constant_reshape_targets, default_domain, fold_shape_values, is_output
+
+__all__ = ["FoldConstants", "lower_constant_nodes", "fold_constant_nodes", "if_condition_cone", "remove_noops"]
 
 # Never evaluated at fold time: their outputs are random draws, not functions of their inputs.
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -30,10 +29,6 @@ _ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 # Element types a folded value may have: numpy holds them exactly and onnx-graphsurgeon writes them back as the
 # same ONNX type (bfloat16 / float8 / int4 / strings do not round-trip through numpy and gs reliably).
 _FOLDABLE_KINDS = "biuf"
-_INT_LIMITS = {onnx.TensorProto.INT64: (-(2**63), 2**63 - 1), onnx.TensorProto.INT32: (-(2**31), 2**31 - 1),
-               onnx.TensorProto.INT16: (-(2**15), 2**15 - 1), onnx.TensorProto.INT8: (-128, 127),
-               onnx.TensorProto.UINT64: (0, 2**64 - 1), onnx.TensorProto.UINT32: (0, 2**32 - 1),
-               onnx.TensorProto.UINT16: (0, 2**16 - 1), onnx.TensorProto.UINT8: (0, 255)}
 
 
 def _static(shape) -> bool:
@@ -57,154 +52,6 @@ def _onnx_dtype(t: gs.Tensor) -> int | None:
         return None
 
 
-def _default_domain(node: gs.Node) -> bool:
-    """An ai.onnx op (gs reads a node without a domain field as domain None, one with it as "")."""
-    return (node.domain or "") in ("", "ai.onnx")
-
-
-def _is_output(t: gs.Tensor, graph: gs.Graph) -> bool:
-    return any(o is t for o in graph.outputs)
-
-
-# --- shape values: the value of shape arithmetic, element by element ---------------------------------------------
-
-@dataclass(frozen=True)
-class ShapeValue:
-    """The value of a rank-0 or rank-1 integer tensor computed from ``Shape`` ops: each element an int where it is
-    known, the symbol of the dim it copies (``"batch"``) where that dim is symbolic, None where it is unknown."""
-
-    elements: tuple
-    scalar: bool  # rank 0 (one element) rather than rank 1
-    dtype: int  # ONNX element type
-
-    @property
-    def static(self) -> bool:
-        return all(isinstance(e, int) for e in self.elements)
-
-    def array(self) -> np.ndarray:
-        values = np.array(self.elements, dtype=onnx.helper.tensor_dtype_to_np_dtype(self.dtype))
-        return values.reshape(()) if self.scalar else values
-
-
-# Attributes each modelled op may carry; any other attribute (a newer opset's, a typo a runtime ignores) means
-# the op is not modelled: its value stays unknown and the node unfolded here.
-_SHAPE_OPS = {"Shape": {"start", "end"}, "Size": set(), "Identity": set(), "Cast": {"to", "saturate", "round_mode"},
-              "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"}, "Concat": {"axis"}, "Unsqueeze": {"axes"},
-              "Squeeze": {"axes"}}
-
-
-def _const_ints(t: gs.Tensor | None) -> np.ndarray | None:
-    v = const_value(t) if t is not None and not t.is_empty() else None
-    return None if v is None or v.dtype.kind not in "iu" else v
-
-
-def _input(node: gs.Node, i: int) -> gs.Tensor | None:
-    return node.inputs[i] if len(node.inputs) > i and not node.inputs[i].is_empty() else None
-
-
-def _axis_ok(axes) -> bool:
-    """Axes naming the only axis of a rank-1 tensor."""
-    if axes is None or len(axes) != 1:
-        return False
-    axis = np.asarray(axes).reshape(-1)[0]
-    return isinstance(axis, (int, np.integer)) and int(axis) in (0, -1)
-
-
-def shape_value(t: gs.Tensor, memo: dict | None = None, opset: int | None = None) -> ShapeValue | None:
-    """What ``t`` holds if it is integer shape arithmetic (``ShapeValue``), None when it is anything else.
-
-    Follows constants and, with ONNX's full semantics of every attribute and input, Shape (start / end), Size,
-    Identity, Cast to an integer type, Gather on axis 0 (negative indices), Slice (opset 1 attributes or inputs:
-    axes, negative steps, clamping), Concat, Unsqueeze of a scalar and Squeeze to one. A dim of unknown size is
-    an unknown element; only dims the shape annotations give as numbers become numbers. ``opset``: the graph's
-    default-domain opset (for Slice / Unsqueeze / Squeeze, whose parameters moved from attributes to inputs)."""
-    memo = {} if memo is None else memo
-    key = id(t)
-    if key not in memo:
-        memo[key] = None  # a cycle (invalid graph) reads as unknown
-        memo[key] = _shape_value(t, memo, opset)
-    return memo[key]
-
-
-def _shape_value(t: gs.Tensor, memo: dict, opset: int | None) -> ShapeValue | None:
-    v = _const_ints(t)
-    if v is not None:
-        return ShapeValue(tuple(int(x) for x in v.reshape(-1)), v.ndim == 0,
-                          onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) if v.ndim <= 1 else None
-    node = producer(t)
-    if node is None or not _default_domain(node) or node.op not in _SHAPE_OPS \
-            or not set(node.attrs) <= _SHAPE_OPS[node.op] or len(node.outputs) != 1 or not node.inputs:
-        return None
-    a = node.attrs
-    if node.op in ("Shape", "Size"):
-        shape = node.inputs[0].shape
-        if shape is None:
-            return None
-        dims = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else d if isinstance(d, str) and d
-                     else None for d in shape)
-        if node.op == "Size":
-            return ShapeValue((int(np.prod(dims, dtype=np.int64)),), True, onnx.TensorProto.INT64) \
-                if all(isinstance(d, int) for d in dims) else None
-        # Shape-15's start / end: negative counts from the end, both clamped to [0, rank] (Python's slicing).
-        return ShapeValue(dims[int(a.get("start", 0)):int(a["end"]) if "end" in a else None], False,
-                          onnx.TensorProto.INT64)
-    data = shape_value(node.inputs[0], memo, opset)
-    if data is None:
-        return None
-    if node.op == "Identity":
-        return data
-    if node.op == "Cast":
-        to = int(a["to"])
-        if to not in _INT_LIMITS:
-            return None
-        lo, hi = _INT_LIMITS[to]
-        # A symbolic dim fits int32 / int64 (tensors that size do not exist); a narrower type may wrap it.
-        return ShapeValue(tuple(e if isinstance(e, int) and lo <= e <= hi
-                                else e if isinstance(e, str) and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-                                else None for e in data.elements), data.scalar, to)
-    if data.scalar and node.op != "Unsqueeze":
-        return None
-    n = len(data.elements)
-    if node.op == "Gather":
-        idx = _const_ints(_input(node, 1))
-        if not _axis_ok([a.get("axis", 0)]) or idx is None or idx.ndim > 1 \
-                or any(not -n <= int(i) < n for i in idx.reshape(-1)):
-            return None  # out of range: an error at run time, not ours to fold
-        return ShapeValue(tuple(data.elements[int(i)] for i in idx.reshape(-1)), idx.ndim == 0, data.dtype)
-    if node.op == "Slice":
-        if opset is not None and opset < 10:
-            if len(node.inputs) != 1:
-                return None
-            starts, ends, axes, steps = a.get("starts"), a.get("ends"), a.get("axes", [0]), [1]
-        else:
-            if a:
-                return None
-            starts, ends = _const_ints(_input(node, 1)), _const_ints(_input(node, 2))
-            axes = _const_ints(_input(node, 3)) if _input(node, 3) is not None else [0]
-            steps = _const_ints(_input(node, 4)) if _input(node, 4) is not None else [1]
-            if _input(node, 3) is not None and axes is None or _input(node, 4) is not None and steps is None:
-                return None
-        if starts is None or ends is None or len(starts) != 1 or len(ends) != 1 or not _axis_ok(axes) \
-                or len(steps) != 1 or int(np.asarray(steps).reshape(-1)[0]) == 0:
-            return None
-        start, end, step = (int(np.asarray(x).reshape(-1)[0]) for x in (starts, ends, steps))
-        return ShapeValue(tuple(data.elements[i] for i in slice_range(n, start, end, step)), False, data.dtype)
-    if node.op == "Concat":
-        parts = [data] + [shape_value(i, memo, opset) for i in node.inputs[1:]]
-        if not _axis_ok([a.get("axis")]) or any(p is None or p.scalar or p.dtype != data.dtype for p in parts):
-            return None
-        return ShapeValue(tuple(e for p in parts for e in p.elements), False, data.dtype)
-    if node.op in ("Unsqueeze", "Squeeze"):
-        axes = a.get("axes") if opset is not None and opset < 13 else _const_ints(_input(node, 1))
-        if (opset is None or opset >= 13) and a:
-            return None
-        if node.op == "Unsqueeze":
-            return ShapeValue(data.elements, False, data.dtype) if data.scalar and _axis_ok(axes) else None
-        no_axes = axes is None and (opset is not None and opset < 13 or _input(node, 1) is None)
-        return ShapeValue(data.elements, True, data.dtype) if n == 1 and (no_axes or _axis_ok(axes)) else None
-    return None
-
-
 def if_condition_cone(graph: gs.Graph) -> set[int]:
     """The ids of the nodes of ``graph`` that the condition of an If in it is computed from.
 
@@ -223,59 +70,6 @@ def if_condition_cone(graph: gs.Graph) -> set[int]:
     return cone
 
 
-def fold_shape_values(graph: gs.Graph, opset: int, keep: set[int] = frozenset()) -> int:
-    """Replace each tensor of ``graph`` that shape arithmetic computes from static dims alone with its value
-    (graph outputs keep their producer, nodes in ``keep`` stay). Returns the count."""
-    memo: dict = {}
-    folded = 0
-    for node in graph.nodes:
-        if node.op not in _SHAPE_OPS or len(node.outputs) != 1 or id(node) in keep:
-            continue
-        out = node.outputs[0]
-        if isinstance(out, gs.Constant) or _is_output(out, graph):
-            continue
-        v = shape_value(out, memo, opset)
-        if v is not None and v.static:
-            out.to_constant(v.array())
-            out.inputs.clear()
-            folded += 1
-    return folded
-
-
-def constant_reshape_targets(graph: gs.Graph, opset: int | None = None) -> tuple[int, Counter]:
-    """Give each Reshape whose target is computed from ``Shape`` ops a constant target: known dims as numbers, a
-    dim that copies the reshaped tensor's own dim at the same position (a dynamic batch) as 0, which Reshape
-    reads as "keep this dim" (``allowzero`` 0). Exact whenever the shapes are; the dead Shape arithmetic goes at
-    the next cleanup. Returns (targets made constant, reasons others were left)."""
-    done, left = 0, Counter()
-    memo: dict = {}
-    for node in graph.nodes:
-        if node.op != "Reshape" or len(node.inputs) != 2 or _const_ints(node.inputs[1]) is not None:
-            continue
-        if node.attrs.get("allowzero", 0):
-            left["allowzero=1: 0 would mean a zero dim"] += 1
-            continue
-        v, data_shape = shape_value(node.inputs[1], memo, opset), node.inputs[0].shape
-        if v is None or v.scalar or any(e is None for e in v.elements):
-            left["target is not shape arithmetic"] += 1
-            continue
-        target = []
-        for i, e in enumerate(v.elements):
-            if isinstance(e, int):
-                target.append(e)
-            elif data_shape is not None and i < len(data_shape) and data_shape[i] == e:
-                target.append(0)
-            else:
-                break
-        if len(target) != len(v.elements):
-            left["a dynamic dim that is not the input's at the same position"] += 1
-            continue
-        const = gs.Constant(make_name(graph, f"{node.name or 'reshape'}_target"), np.array(target, dtype=np.int64))
-        node.inputs[1] = const
-        done += 1
-    return done, left
-
-
 # --- constant subgraphs, evaluated by onnxruntime -----------------------------------------------------------------
 
 def lower_constant_nodes(graph: gs.Graph) -> int:
@@ -285,7 +79,7 @@ def lower_constant_nodes(graph: gs.Graph) -> int:
     lowered = 0
     for node in graph.nodes:
         if node.op != "Constant" or len(node.attrs) != 1 or len(node.outputs) != 1 \
-                or _is_output(node.outputs[0], graph):
+                or is_output(node.outputs[0], graph):
             continue
         (key, value), = node.attrs.items()
         if key == "value" and isinstance(value, gs.Constant):
@@ -356,15 +150,9 @@ def _model_for(nodes: list[gs.Node], outputs: list[gs.Tensor], root: gs.Graph) -
 
 
 def _evaluate(nodes: list[gs.Node], targets: list[gs.Tensor], root: gs.Graph) -> list | None:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # Each op's own kernel, as written: no fusion of what is being folded.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
     try:
-        session = ort.InferenceSession(_model_for(nodes, targets, root), options, providers=["CPUExecutionProvider"])
-        return session.run([t.name for t in targets], {})
+        # "evaluate": each op's own kernel, as written, no fusion of what is being folded.
+        return create_session(_model_for(nodes, targets, root), "evaluate").run([t.name for t in targets], {})
     except Exception:  # noqa: BLE001 - a node onnxruntime cannot evaluate stays a node
         return None
 
@@ -396,7 +184,7 @@ def fold_constant_nodes(graph: gs.Graph, root: gs.Graph, keep: set[int] = frozen
         inputs = [t for t in node.inputs if not t.is_empty()] + _outer_reads(node)
         if not all(id(t) in const for t in inputs) or not any(not t.is_empty() for t in node.outputs):
             continue
-        if any(_is_output(t, graph) for t in node.outputs):
+        if any(is_output(t, graph) for t in node.outputs):
             continue
         if id(node) in keep:
             left["computes an If condition"] += 1
@@ -435,7 +223,7 @@ def _noop_reason(node: gs.Node) -> str | None:
     """Why ``node`` computes its input unchanged, or None."""
     if node.op == "Identity":
         return "Identity"
-    if not _default_domain(node) or not node.inputs or len(node.outputs) != 1:
+    if not default_domain(node) or not node.inputs or len(node.outputs) != 1:
         return None
     x = node.inputs[0]
     if node.op == "Cast" and "to" in node.attrs:
@@ -443,13 +231,13 @@ def _noop_reason(node: gs.Node) -> str | None:
         if dtype is not None and dtype == int(node.attrs["to"]):
             return "Cast to the same dtype"
     if node.op == "Reshape" and len(node.inputs) == 2:
-        target = _const_ints(node.inputs[1])
+        target = const_ints(node.inputs[1])
         # Equal to a static input shape element for element: the same shape whether a 0 in it copies (allowzero
         # 0) or is a zero dim (allowzero 1), since a 0 there is the input's dim too.
         if target is not None and _static(x.shape) and list(x.shape) == [int(d) for d in target.reshape(-1)]:
             return "Reshape to the same shape"
     if node.op in ("Squeeze", "Unsqueeze") and len(node.inputs) == 2:
-        axes = _const_ints(node.inputs[1])
+        axes = const_ints(node.inputs[1])
         if axes is None or axes.size != 0:
             return None
         if node.op == "Unsqueeze":
@@ -464,7 +252,7 @@ def remove_noops(graph: gs.Graph) -> Counter:
     """Bypass nodes that return their input unchanged (graph outputs keep their producer, so their names stay)."""
     removed: Counter = Counter()
     for node in list(graph.nodes):
-        if len(node.outputs) != 1 or _is_output(node.outputs[0], graph) or not node.inputs:
+        if len(node.outputs) != 1 or is_output(node.outputs[0], graph) or not node.inputs:
             continue
         reason = _noop_reason(node)
         if reason is None:
@@ -503,7 +291,8 @@ class FoldConstants(Pass):
     fold_shapes: bool = field(default=True, metadata={"help": "also fold Shape-based arithmetic with static shapes"})
     infer_shapes: bool = field(default=True, metadata={
         "help": "infer shapes first (symbolic dims kept), so shape arithmetic on static dims folds everywhere"})
-    remove_noops: bool = field(default=True, metadata={"help": "bypass Identity / same-dtype Cast / same-shape Reshape"})
+    remove_noops: bool = field(default=True, metadata={
+        "help": "bypass Identity / same-dtype Cast / same-shape Reshape"})
     reshape_targets: bool = field(default=True, metadata={
         "help": "constant Reshape targets where only a dynamic batch kept them computed (the batch as 0)"})
 
