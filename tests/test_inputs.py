@@ -15,12 +15,15 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from graphopt.core.errors import UserError
-from graphopt.core.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, model_inputs, resolve_inputs
+from graphopt.core.feeds import make_inputs
+from graphopt.core.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, resolve_inputs
+from graphopt.core.model_inputs import model_inputs
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphopt.core.protoio import split_model
 from graphopt.core.tolerance import OutputTolerance, Tolerance
 from graphopt.testing import assert_pass_verified, compare_models
-from graphopt.core.verify import Runner, compare_outputs, make_inputs
+from graphopt.core.runner import Runner
+from graphopt.core.verify import compare_outputs
 from graphs import cli
 
 
@@ -134,7 +137,7 @@ def test_spec_errors_name_the_input(spec, message):
 def test_fixed_dims_and_zero_size_and_every_dtype():
     dtypes = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float16",
               "float32", "float64"]
-    from graphopt.core.inputs import DTYPES
+    from graphopt.core.model_inputs import DTYPES
 
     ins = [_vi(f"x_{d}", DTYPES[d], [2, 3]) for d in dtypes] + [_vi("empty", T.FLOAT, ["N", 0, 3])]
     outs = [_vi(f"y_{d}", DTYPES[d], [2, 3]) for d in dtypes] + [_vi("empty_out", T.FLOAT, ["N", 0, 3])]
@@ -157,8 +160,8 @@ def test_bfloat16_runs_where_onnxruntime_runs_it():
     feeds = resolve_inputs(m).feeds(2)
     assert feeds[0]["x"].dtype.name == "bfloat16"
     out = Runner(m).run(feeds)
-    assert out["y"].dtype.name == "bfloat16" and np.array_equal(out["y"].astype(np.float32),
-                                                                 np.concatenate([f["x"] for f in feeds]).astype(np.float32))
+    fed = np.concatenate([f["x"] for f in feeds]).astype(np.float32)
+    assert out["y"].dtype.name == "bfloat16" and np.array_equal(out["y"].astype(np.float32), fed)
     assert compare_outputs(out, Runner(m).run(feeds), Tolerance()).passed
 
 

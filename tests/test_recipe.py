@@ -1,6 +1,7 @@
 """Recipe validation: every mistake is one line naming the file and YAML path, raised before anything runs."""
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import onnx
@@ -9,7 +10,7 @@ import pytest
 from graphopt.core.errors import UserError
 from graphopt.commands.recipe import load_recipe
 from graphopt.testing import model_from_text
-from graphs import TINY
+from graphs import TINY, cli
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_tolerance_built_in_code_is_checked_too():
     ("1.5e3", 1500.0), ("-1e-4", -1e-4), ("+1e-4", 1e-4), ("-.5", -0.5), (".5", 0.5), ("1.", 1.0),
 ])
 def test_yaml_floats_are_read_as_yaml_1_2_reads_them(text, value):
-    from graphopt.commands.recipe import load_yaml
+    from graphopt.commands.yaml_reader import load_yaml
 
     got = load_yaml(f"v: {text}")["v"]
     assert type(got) is float and got == value
@@ -179,7 +180,7 @@ def test_yaml_floats_are_read_as_yaml_1_2_reads_them(text, value):
     ("true", True), ("null", None), (".inf", float("inf")), ("1_000.5", 1000.5),
 ])
 def test_yaml_other_scalars_are_unchanged(text, value):
-    from graphopt.commands.recipe import load_yaml
+    from graphopt.commands.yaml_reader import load_yaml
 
     got = load_yaml(f"v: {text}")["v"]
     assert type(got) is type(value) and got == value
@@ -190,3 +191,64 @@ def test_exponent_without_dot_in_a_recipe(tmp_path, tiny_onnx):
                           "preprocess: {scale: 1e-2}\n"))
     assert r.verify.tolerance.max_abs == 1e-4 and r.verify.tolerance.max_rel == 5e-3
     assert r.preprocess.scale == 1e-2
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+from graphopt.core.pass_infra import Pass, PassResult, register_pass
+
+
+@register_pass("recipe_plugin_identity")
+@dataclass
+class RecipePluginIdentity(Pass):
+    '''Changes nothing: a pass only a plugin registers.'''
+
+    times: int = 1
+
+    def run(self, graph):
+        return PassResult(False)
+"""
+
+
+def test_plugins_are_loaded_before_the_passes_are_resolved(tmp_path, tiny_onnx, monkeypatch):
+    (tmp_path / "recipe_plugin_ok.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = load_recipe(write(tmp_path, BASE + "plugins: [recipe_plugin_ok]\n"
+                          "passes:\n  - pass: recipe_plugin_identity\n    times: 2\n"))
+    assert r.plugins == ("recipe_plugin_ok",)
+    assert [p.name for p in r.passes] == ["recipe_plugin_identity"] and r.passes[0].args == {"times": 2}
+    assert r.build_passes()[0].times == 2
+
+
+@pytest.mark.parametrize("module_text, message", [
+    (None, "r.yaml: plugins[1]: plugin 'recipe_plugin_missing' failed to load: ModuleNotFoundError: "
+           "No module named 'recipe_plugin_missing'"),
+    ("raise RuntimeError('no licence found')\n",
+     "r.yaml: plugins[1]: plugin 'recipe_plugin_missing' failed to load: RuntimeError: no licence found"),
+])
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, tiny_onnx, monkeypatch, module_text, message):
+    (tmp_path / "recipe_plugin_ok.py").write_text(PLUGIN)
+    if module_text is not None:
+        (tmp_path / "recipe_plugin_missing.py").write_text(module_text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "recipe_plugin_missing", raising=False)
+    path = write(tmp_path, BASE + "plugins: [recipe_plugin_ok, recipe_plugin_missing]\n"
+                 "passes:\n  - pass: recipe_plugin_identity\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    assert str(e.value) == f"{path.parent}/{message}"
+
+
+def test_plugins_must_be_module_names(tmp_path, tiny_onnx):
+    with pytest.raises(UserError, match=r"r\.yaml: plugins: expected list\[str\], got str 'my_pkg.passes'"):
+        load_recipe(write(tmp_path, BASE + "plugins: my_pkg.passes\n"))
+
+
+def test_a_failing_plugin_exits_2_with_one_line(tmp_path, tiny_onnx, capsys):
+    code, _, errors = cli(capsys, "apply", write(tmp_path, BASE + "plugins: [recipe_plugin_absent]\n"),
+                          "-o", tmp_path / "out")
+    assert code == 2
+    assert errors == [f"graphopt: error: {tmp_path}/r.yaml: plugins[0]: plugin 'recipe_plugin_absent' failed to load: "
+                      "ModuleNotFoundError: No module named 'recipe_plugin_absent'"]
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,8 @@ import pytest
 
 from graphopt.core.tolerance import Tolerance
 from graphopt.testing import model_from_text
-from graphopt.core.verify import Outputs, Runner, compare_outputs
+from graphopt.core.runner import Outputs, Runner
+from graphopt.core.verify import compare_outputs
 
 # Every criterion set, none at its default, so a pair can fail one and pass the three others.
 ALL = Tolerance(max_abs=0.5, max_rel=0.5, cosine=0.95, top1_agreement=0.75)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..core.errors import UserError
+from ..core.errors import UserError, closest
 from ..core.ir import atomic_write_bytes, cache_dir
 
 __all__ = [
@@ -98,8 +98,6 @@ def get_exporter(name: str) -> Exporter:
     if name not in _EXPORTERS and name in _builtin():
         importlib.import_module(f"graphopt.models.{_builtin()[name][0]}")
     if name not in _EXPORTERS:
-        from ..core.errors import closest
-
         raise UserError(f"unknown exporter {name!r}{closest(name, exporter_names())}")
     return _EXPORTERS[name]
 

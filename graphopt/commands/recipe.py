@@ -1,299 +1,101 @@
-"""Recipes: loading and validation.
+"""Recipes: reading a recipe file into a validated ``Recipe``.
 
-A recipe is YAML, read with ``YamlLoader``: PyYAML's safe loader, except that plain numbers are floats as YAML 1.2
-reads them (``1e-4`` is a float, not the string YAML 1.1 makes of it). It is validated completely before anything
-runs; every mistake becomes one line naming the recipe file and the YAML path (``passes[2].axis``), with the closest
-valid names for an unknown one. See the README's "Recipe format" for the keys.
+A recipe is YAML (``yaml_reader.YamlLoader``), validated completely before anything runs: every mistake becomes one
+line naming the recipe file and the YAML path (``passes[2].axis``), with the closest valid names for an unknown one.
+The modules a recipe lists under ``plugins:`` are imported first, so the passes they register can be named. See the
+README's "Recipe format" for the keys; ``recipe_schema`` holds the sections as dataclasses.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
 from ..core.errors import UserError, closest
-from ..core.inputs import DTYPES, InputSpec, dtype_name
+from ..core.inputs import InputSpec
+from ..core.model_inputs import DTYPES, dtype_name
+from ..core.pass_infra import all_passes, load_plugin, pass_params, plugin_errors
 from ..core.tolerance import CRITERIA, OutputTolerance, Tolerance, tolerance_problem
-from ..core.pass_infra import Pass, all_passes, get_pass, pass_params, plugin_errors, type_name
+from .export import exporter_names
+from .recipe_schema import (EMITS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PRECISION_MODES, AtcSpec, ModelSpec,
+                            PassSpec, PreprocessSpec, Recipe, VerifySpec, build_pass)
+from .yaml_reader import Section, check_value, load_yaml, resolve_path
 
-__all__ = ["Recipe", "ModelSpec", "InputSpec", "PassSpec", "VerifySpec", "Tolerance", "OutputTolerance", "CRITERIA",
-           "AtcSpec", "PreprocessSpec", "load_recipe", "parse_recipe", "closest", "check_value", "build_pass",
-           "tolerance_problem", "YamlLoader", "load_yaml"]
+__all__ = ["load_recipe", "parse_recipe", "INPUT_KEYS", "TOP_KEYS"]
 
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
-                   "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
-EMITS = ("model", "report", "atc")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# YAML
-
-
-FLOAT_TAG = "tag:yaml.org,2002:float"
-# YAML 1.1's float forms (as PyYAML's resolver has them) with the exponent sign optional, plus YAML 1.2's forms 1.1
-# lacks: digits with an exponent but no dot (1e-4, 2E5) and a signed leading dot (-.5). PyYAML implements YAML 1.1,
-# where `max_abs: 1e-4` is the string '1e-4'; every user writing it means the number.
-_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X)
-
-
-class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python objects: a recipe cannot run code) reading plain floats as YAML 1.2 does."""
-
-
-# The float resolver replaced where it stands in each first-character list, so resolution order is unchanged.
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, _FLOAT_RE if tag == FLOAT_TAG else regexp) for tag, regexp in resolvers]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _first in "-+0123456789.":  # every character a float can start with
-    if not any(tag == FLOAT_TAG for tag, _ in YamlLoader.yaml_implicit_resolvers.setdefault(_first, [])):
-        YamlLoader.yaml_implicit_resolvers[_first].append((FLOAT_TAG, _FLOAT_RE))
-
-
-def load_yaml(text: str) -> Any:
-    """YAML text as graphopt reads every YAML file (``YamlLoader``); raises ``yaml.YAMLError``."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Recipe sections
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    exporter: str | None = None
-    onnx: Path | None = None
-    args: Mapping[str, Any] = field(default_factory=dict)
-    checkpoint: Path | None = None
-    opset: int | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class PassSpec:
-    name: str
-    args: Mapping[str, Any]
-    on_fail: str  # "stop" | "skip"
-    where: str  # YAML path, e.g. "passes[2]"
-
-
-@dataclass(frozen=True)
-class VerifySpec:
-    enabled: bool = True
-    samples: int = 2
-    seed: int = 0
-    data: Path | None = None
-    tolerance: Tolerance = Tolerance()
-    on_fail: str = "stop"
-
-
-@dataclass(frozen=True)
-class AtcSpec:
-    soc_version: str = "Ascend310P3"
-    batch_sizes: tuple[int, ...] = (1,)
-    precision_mode: str | None = None
-    log: str = "error"
-    extra_args: tuple[str, ...] = ()
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How ``graphopt data`` turns an image into the model's input (the seed's preprocessing).
-
-    RGB pixels (0..255) -> resize (``(s,)``: shorter side to s, aspect kept; ``(h, w)``: exactly) -> center crop
-    ``(h, w)`` -> ``x * scale`` -> ``(x - mean) / std`` per channel -> float32 CHW. ``None`` resize / crop are
-    filled in when the recipe is parsed: crop = the input's H, W; resize = shorter side crop / 0.875 (256 for 224).
-    """
-
-    resize: tuple[int, ...] | None = None
-    crop: tuple[int, int] | None = None
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    scale: float = 1 / 255
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    path: Path | None
-    model: ModelSpec
-    # What the recipe says about the model's inputs (``inputs:``, or ``input:`` as a list of one); inputs not
-    # listed are fed as ``graphopt.core.inputs`` says. ``graphopt.core.inputs.resolve_inputs(model, recipe.inputs)``.
-    inputs: tuple[InputSpec, ...]
-    passes: tuple[PassSpec, ...]
-    verify: VerifySpec
-    emit: tuple[str, ...]
-    atc: AtcSpec
-    preprocess: PreprocessSpec = PreprocessSpec()
-    inputs_key: str = "inputs"  # how the recipe wrote them: "input" (one mapping) or "inputs" (a list)
-
-    def input_paths(self) -> dict[str, str]:
-        """Input name -> the YAML path of its entry (``input``, ``inputs[1]``), for error messages."""
-        if self.inputs_key == "input":
-            return {s.name: "input" for s in self.inputs}
-        return {s.name: f"inputs[{k}]" for k, s in enumerate(self.inputs)}
-
-    @property
-    def input(self) -> InputSpec | None:
-        """The first input the recipe names (its ``input:``), None when it names none. The single-input view of
-        verbs that feed one input; multi-input code uses ``inputs``."""
-        return self.inputs[0] if self.inputs else None
-
-    def build_passes(self) -> list[Pass]:
-        return [build_pass(p) for p in self.passes]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Type checking of YAML values against Python annotations
-
-
-def _is_instance(value: Any, tp: Any) -> bool:
-    if tp is Any:
-        return True
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Literal:
-        return any(type(value) is type(a) and value == a for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_instance(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple, typing.Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_is_instance(v, a) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        return all(_is_instance(v, inner) for v in value)
-    if origin in (dict, typing.Mapping):
-        if not isinstance(value, dict):
-            return False
-        kt, vt = args if args else (Any, Any)
-        return all(_is_instance(k, kt) and _is_instance(v, vt) for k, v in value.items())
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def check_value(value: Any, tp: Any, where: str, file: str) -> Any:
-    if not _is_instance(value, tp):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise UserError(f"{file}: {where}: expected {type_name(tp)}, got {type(value).__name__} {shown}")
-    if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)
-                       and isinstance(value, int) and not isinstance(value, bool) and int not in typing.get_args(tp)):
-        return float(value)
-    return value
-
-
-def build_pass(spec: PassSpec) -> Pass:
-    cls = get_pass(spec.name)
-    assert cls is not None, spec.name  # validated when the recipe was parsed
-    return cls(**spec.args)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parsing
-
-
-class _Section:
-    """A mapping being read, tracking its YAML path and reporting unknown keys."""
-
-    def __init__(self, data: Any, where: str, file: str, keys: Iterable[str]):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise UserError(f"{file}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-        self.data, self.where, self.file = data, where, file
-        known = list(keys)
-        for key in data:
-            if not isinstance(key, str) or key not in known:
-                raise UserError(f"{file}: {self.path(str(key))}: unknown key{closest(str(key), known)}")
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, tp: Any, default: Any = dataclasses.MISSING) -> Any:
-        if key not in self.data:
-            if default is dataclasses.MISSING:
-                raise UserError(f"{self.file}: {self.path(key)}: required key is missing")
-            return default
-        return check_value(self.data[key], tp, self.path(key), self.file)
-
-
-def _resolve(base: Path | None, value: str | None, where: str, file: str, must_exist: bool = True) -> Path | None:
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    if must_exist and not p.exists():
-        raise UserError(f"{file}: {where}: {value}: no such file")
-    return p
+TOP_KEYS = ("name", "plugins", "model", "input", "inputs", "passes", "verify", "emit", "atc", "preprocess")
+INPUT_KEYS = ("name", "shape", "dtype", "range", "values", "data")
 
 
 def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
+    """A recipe's YAML data (``path`` names it in errors and anchors its relative paths), validated."""
     file = str(path) if path else "<recipe>"
     base = path.parent if path else None
-    top = _Section(data, "", file,
-                   ["name", "model", "input", "inputs", "passes", "verify", "emit", "atc", "preprocess"])
+    top = Section(data, "", file, TOP_KEYS)
     name = top.get("name", str, path.stem if path else "recipe")
+    plugins = _load_plugins(top, file)
+    model = _parse_model(top, file, base)
+    specs = _parse_inputs(top, file, base)
+    passes = _parse_passes(top.get("passes", list, []), file)
+    verify = _parse_verify(top, file, base)
+    emit = tuple(top.get("emit", list[typing.Literal[EMITS]], list(EMITS)))  # type: ignore[valid-type]
+    atc = _parse_atc(top, file)
+    first_shape = specs[0].shape if specs and specs[0].shape is not None else ()
+    preprocess = _parse_preprocess(top.get("preprocess", dict, {}), tuple(first_shape), file)
+    return Recipe(name, path, model, tuple(specs), tuple(passes), verify, emit, atc, preprocess,
+                  "input" if "input" in top.data else "inputs", plugins)
 
-    m = _Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])
+
+def _load_plugins(top: Section, file: str) -> tuple[str, ...]:
+    """Import every module of ``plugins:`` (before the passes are looked up: they register some)."""
+    modules = tuple(top.get("plugins", list[str], []))
+    for k, module in enumerate(modules):
+        try:
+            load_plugin(module)
+        except UserError as e:
+            raise UserError(f"{file}: plugins[{k}]: {e}") from None
+    return modules
+
+
+def _parse_model(top: Section, file: str, base: Path | None) -> ModelSpec:
+    m = Section(top.get("model", dict), "model", file, ["exporter", "onnx", "args", "checkpoint", "opset", "seed"])
     exporter = m.get("exporter", str | None, None)
     onnx_path = m.get("onnx", str | None, None)
     if (exporter is None) == (onnx_path is None):
         raise UserError(f"{file}: model: give exactly one of model.exporter or model.onnx")
     if exporter is not None:
-        from .export import exporter_names
-
         names = exporter_names()
         if exporter not in names:
             raise UserError(f"{file}: model.exporter: unknown exporter {exporter!r}{closest(exporter, names)}")
-    model = ModelSpec(
+    return ModelSpec(
         exporter=exporter,
-        onnx=_resolve(base, onnx_path, "model.onnx", file),
+        onnx=resolve_path(base, onnx_path, "model.onnx", file),
         args=m.get("args", dict[str, Any], {}),
-        checkpoint=_resolve(base, m.get("checkpoint", str | None, None), "model.checkpoint", file),
+        checkpoint=resolve_path(base, m.get("checkpoint", str | None, None), "model.checkpoint", file),
         opset=m.get("opset", int | None, None),
         seed=m.get("seed", int, 0),
     )
 
+
+def _parse_inputs(top: Section, file: str, base: Path | None) -> list[InputSpec]:
     if "input" in top.data and "inputs" in top.data:
         raise UserError(f"{file}: inputs: give either input: (one input) or inputs: (a list of them), not both")
     if "input" in top.data:
-        specs = [_parse_input(top.get("input", dict), "input", file, base)]
-    else:
-        raw_inputs = top.get("inputs", list, [])
-        specs = [_parse_input(e, f"inputs[{k}]", file, base) for k, e in enumerate(raw_inputs)]
-        names = [sp.name for sp in specs]
-        dup = next((n for k, n in enumerate(names) if n in names[:k]), None)
-        if dup is not None:
-            raise UserError(f"{file}: inputs[{names.index(dup, names.index(dup) + 1)}].name: input {dup!r} is "
-                            "listed twice")
-    first_shape = specs[0].shape if specs and specs[0].shape is not None else ()
+        return [_parse_input(top.get("input", dict), "input", file, base)]
+    raw_inputs = top.get("inputs", list, [])
+    specs = [_parse_input(e, f"inputs[{k}]", file, base) for k, e in enumerate(raw_inputs)]
+    names = [sp.name for sp in specs]
+    dup = next((n for k, n in enumerate(names) if n in names[:k]), None)
+    if dup is not None:
+        raise UserError(f"{file}: inputs[{names.index(dup, names.index(dup) + 1)}].name: input {dup!r} is "
+                        "listed twice")
+    return specs
 
-    raw_passes = top.get("passes", list, [])
+
+def _parse_passes(raw_passes: list, file: str) -> list[PassSpec]:
     passes = []
     registry = all_passes()
     for k, entry in enumerate(raw_passes):
@@ -326,10 +128,13 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         except (ValueError, TypeError) as e:
             raise UserError(f"{file}: {where}: {e}") from None
         passes.append(spec)
+    return passes
 
-    v = _Section(top.get("verify", dict, {}), "verify", file, ["enabled", "samples", "seed", "data", "tolerance",
-                                                                "on_fail"])
-    t = _Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [*CRITERIA, "outputs"])
+
+def _parse_verify(top: Section, file: str, base: Path | None) -> VerifySpec:
+    v = Section(top.get("verify", dict, {}), "verify", file, ["enabled", "samples", "seed", "data", "tolerance",
+                                                               "on_fail"])
+    t = Section(v.get("tolerance", dict, {}), "verify.tolerance", file, [*CRITERIA, "outputs"])
     criteria = {f.name: t.get(f.name, float | None, f.default) for f in dataclasses.fields(Tolerance)
                 if f.name in CRITERIA}
     for criterion, value in criteria.items():
@@ -339,7 +144,7 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     per_output = []
     for out_name, entry in t.get("outputs", dict[str, Any], {}).items():
         where = f"verify.tolerance.outputs.{out_name}"
-        o = _Section(entry, where, file, [*CRITERIA, "top1"])
+        o = Section(entry, where, file, [*CRITERIA, "top1"])
         overrides = []
         for criterion in CRITERIA:
             if criterion in o.data:
@@ -355,40 +160,34 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     samples = v.get("samples", int, 2)
     if samples < 1:
         raise UserError(f"{file}: verify.samples: must be at least 1, got {samples}")
-    verify = VerifySpec(
+    return VerifySpec(
         enabled=v.get("enabled", bool, True),
         samples=samples,
         seed=v.get("seed", int, 0),
-        data=_resolve(base, v.get("data", str | None, None), "verify.data", file),
+        data=resolve_path(base, v.get("data", str | None, None), "verify.data", file),
         tolerance=tol,
         on_fail=v.get("on_fail", typing.Literal["stop", "skip"], "stop"),
     )
 
-    emit = tuple(top.get("emit", list[typing.Literal[EMITS]], list(EMITS)))  # type: ignore[valid-type]
 
-    a = _Section(top.get("atc", dict, {}), "atc", file, ["soc_version", "batch_sizes", "precision_mode", "log",
-                                                        "extra_args"])
+def _parse_atc(top: Section, file: str) -> AtcSpec:
+    a = Section(top.get("atc", dict, {}), "atc", file, ["soc_version", "batch_sizes", "precision_mode", "log",
+                                                       "extra_args"])
     batch_sizes = tuple(a.get("batch_sizes", list[int], [1]))
     if not batch_sizes or any(b <= 0 for b in batch_sizes):
         raise UserError(f"{file}: atc.batch_sizes: expected positive integers, got {list(batch_sizes)}")
-    atc = AtcSpec(
+    return AtcSpec(
         soc_version=a.get("soc_version", str, "Ascend310P3"),
         batch_sizes=batch_sizes,
         precision_mode=a.get("precision_mode", typing.Literal[PRECISION_MODES] | None, None),  # type: ignore
         log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
         extra_args=tuple(a.get("extra_args", list[str], [])),
     )
-    preprocess = _parse_preprocess(top.get("preprocess", dict, {}), tuple(first_shape), file)
-    return Recipe(name, path, model, tuple(specs), tuple(passes), verify, emit, atc, preprocess,
-                  "input" if "input" in top.data else "inputs")
-
-
-INPUT_KEYS = ("name", "shape", "dtype", "range", "values", "data")
 
 
 def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSpec:
     """One ``inputs:`` entry (or the ``input:`` section): every key but ``name`` optional (see graphopt.core.inputs)."""
-    i = _Section(data, where, file, INPUT_KEYS)
+    i = Section(data, where, file, INPUT_KEYS)
     name = i.get("name", str)
     shape = i.get("shape", list[int], None)
     if shape is not None and any(d < 0 for d in shape):
@@ -406,7 +205,7 @@ def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSp
     values = i.get("values", list[int | float | bool | str], None)
     if values is not None and not values:
         raise UserError(f"{file}: {where}.values: expected at least one value")
-    data_path = _resolve(base, i.get("data", str | None, None), f"{where}.data", file)
+    data_path = resolve_path(base, i.get("data", str | None, None), f"{where}.data", file)
     if data_path is not None and data_path.suffix not in (".npy", ".npz"):
         raise UserError(f"{file}: {where}.data: {data_path.name}: expected a .npy or .npz file")
     given = [k for k in ("range", "values", "data") if i.data.get(k) is not None]
@@ -418,7 +217,7 @@ def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSp
 
 def _parse_preprocess(data: Any, shape: tuple[int, ...], file: str) -> PreprocessSpec:
     """The ``preprocess:`` section; crop must give the input's H, W (the .bin files are the model's input)."""
-    s = _Section(data, "preprocess", file, [f.name for f in dataclasses.fields(PreprocessSpec)])
+    s = Section(data, "preprocess", file, [f.name for f in dataclasses.fields(PreprocessSpec)])
 
     def size(key: str) -> tuple[int, ...] | None:
         v = s.get(key, int | list[int] | None, None)
