@@ -136,13 +136,13 @@ class ReplaceShiftScatter(Pass):
     only if at every probe batch size it writes the whole batch, moves no element between batch items, and reads
     as the same groups; the rewrite slices and pads axes >= 1 only, so it serves any batch size.
 
-    Before rewriting, the replacement is run next to the original chain on random inputs at each probe batch
-    size and must match exactly. Chains whose extracted copies are the same model up to names (ShiftViT's blocks
-    of one stage: same ops, attributes, constants, wiring and source shape) are probed and checked once; the
-    others of the kind take that outcome. Left alone, with the reason in ``stats["skipped"]``: a buffer that is not
-    zeros_like, updates read from another tensor or through value-changing ops, indices that depend on values or
-    are not a shifted box, overlapping writes, channels never written, chain results used elsewhere, non-static
-    non-batch dims.
+    Before rewriting, the replacement is run next to the original chain on seeded random inputs at each probe
+    batch size and must match exactly (``graphopt.core.subgraph_check``). Chains whose extracted copies are the
+    same model up to names (ShiftViT's blocks of one stage: same ops, attributes, constants, wiring and source
+    shape) are probed and checked once; the others of the kind take that outcome. Left alone, with the reason in
+    ``stats["skipped"]``: a buffer that is not zeros_like, updates read from another tensor or through
+    value-changing ops, indices that depend on values or are not a shifted box, overlapping writes, channels never
+    written, chain results used elsewhere, non-static non-batch dims.
     """
 
     probe_batches: list[int] = field(default_factory=lambda: [1, 3], metadata={
