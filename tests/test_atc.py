@@ -1,4 +1,4 @@
-"""The ATC hand-off: config files in exactly the formats ATC reads, and the commands."""
+"""The ATC hand-off: config files in exactly the formats ATC reads, the jobs as records, and the commands."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import shlex
 
 import pytest
 
-from graphopt.ascend.atc import atc_commands, atc_script, config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.ascend.atc import (AtcInput, atc_commands, atc_jobs, atc_script, config_files, jobs_for_batch_sizes,
+                                 jobs_json, keep_dtype_cfg, op_precision_ini, ops_info_json, read_atc_jobs)
 from graphopt.core.errors import UserError
 
 
@@ -56,12 +57,51 @@ def test_mixlist_with_an_incompatible_precision_mode_is_refused():
 
 
 def test_script_is_valid_shell_with_one_command_per_batch():
-    cmds = atc_commands(model="model.onnx", output_stem="m", inputs=[("image", (None, 3, 224, 224))],
-                        batch_sizes=(1, 16), soc_version="Ascend310")
-    script = atc_script(cmds)
+    jobs = atc_jobs(model="model.onnx", output_stem="m", inputs=[("image", (None, 3, 224, 224))],
+                    batch_sizes=(1, 16), soc_version="Ascend310", extra_args=["--op_select_implmode=high precision"])
+    script = atc_script(jobs)
     assert script.startswith("#!/usr/bin/env bash\n")
     lines = [l for l in script.splitlines() if l.startswith("atc ")]
-    assert [shlex.split(l) for l in lines] == cmds
+    assert [shlex.split(l) for l in lines] == [j.argv() for j in jobs]
+    assert lines[0].endswith(" '--op_select_implmode=high precision'")
+
+
+# Two inputs: an image whose batch is symbolic, and a table whose first dim is fixed by the model.
+TWO_INPUTS = [("image", (None, 3, 8, 8)), ("table", (5, 4))]
+
+
+def test_jobs_round_trip_through_their_json(tmp_path):
+    jobs = atc_jobs(model="model.onnx", output_stem="two", inputs=TWO_INPUTS, batch_sizes=(1, 4),
+                    soc_version="Ascend310P3", configs=ALL_CONFIGS, extra_args=["--log=debug"])
+    (tmp_path / "atc_jobs.json").write_text(jobs_json(jobs))
+    assert read_atc_jobs(tmp_path) == jobs
+    assert jobs[1].inputs == (AtcInput("image", (4, 3, 8, 8), True), AtcInput("table", (5, 4), False))
+    assert jobs[1].argv()[5] == "--input_shape=image:4,3,8,8;table:5,4"
+    assert jobs[1].input_format == "ND" and jobs[1].output == "two_bs4"
+
+
+def test_a_batch_size_the_run_lacks_comes_from_the_first_jobs_shapes():
+    recorded = atc_jobs(model="model.onnx", output_stem="two", inputs=TWO_INPUTS, batch_sizes=(1, 4),
+                        soc_version="Ascend310P3", configs=ALL_CONFIGS)
+    got = jobs_for_batch_sizes(recorded, (4, 16))
+    assert got[0] is recorded[1]
+    (want,) = atc_jobs(model="model.onnx", output_stem="two", inputs=TWO_INPUTS, batch_sizes=(16,),
+                       soc_version="Ascend310P3", configs=ALL_CONFIGS)
+    assert got[1] == want and got[1].argv()[3:6] == ["--output=two_bs16", "--input_format=ND",
+                                                     "--input_shape=image:16,3,8,8;table:5,4"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"no atc_jobs.json beside atc.sh \(an older graphopt wrote this run\): re-run graphopt apply"),
+    ('{"format": "graphopt-atc-jobs-0", "jobs": []}', "not graphopt's ATC jobs .*re-run graphopt apply"),
+    ('{"format": "graphopt-atc-jobs-1", "jobs": [{"model": "m.onnx"}]}', "not graphopt's ATC jobs"),
+])
+def test_a_run_without_readable_jobs_is_one_user_error(tmp_path, content, message):
+    (tmp_path / "atc.sh").write_text("#!/usr/bin/env bash\natc --framework=5\n")
+    if content is not None:
+        (tmp_path / "atc_jobs.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        read_atc_jobs(tmp_path)
 
 
 # The flags as ATC's options reference spells them (CANN's atc CLI options; see the README's "The Ascend hand-off"):

@@ -19,12 +19,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.ascend.backends import (collect_outputs, find_ais_results, load_summary_json, parse_printed_summary,
-                               read_output_file)
+from graphopt.ascend.ais_bench import (collect_outputs, find_ais_results, load_summary_json, parse_printed_summary,
+                                       read_output_file)
+from graphopt.ascend.eval_inputs import accuracy
 from graphopt.commands.cli import main
-from graphopt.commands.data import load_cifar_batch, preprocess_image
+from graphopt.core.datasets import load_cifar_batch, preprocess_image
 from graphopt.core.errors import UserError
-from graphopt.commands.evaluate import accuracy
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "ais_bench"
 QUICK = ["--warmup", "0", "--min-iterations", "1", "--min-seconds", "0"]
@@ -327,7 +327,7 @@ def test_printed_summaries_every_wording():
 @pytest.mark.parametrize("layout, dirname, fmt", [("bin_current", "bs2", "bin"), ("npy_current", "bs1", "npy"),
                                                   ("txt_2022", None, "txt")])
 def test_output_layouts_postprocess_alike(layout, dirname, fmt):
-    from graphopt.commands.data import read_labels_file
+    from graphopt.core.datasets import read_labels_file
 
     out = FIXTURES / layout / "out"
     folder, summary_path = find_ais_results(out, dirname)
@@ -364,6 +364,20 @@ def test_dry_run_lists_the_atc_sh_commands(tiny_run, tiny_data, capsys, monkeypa
     assert "derived: atc.sh has no batch size 8" in atc_lines[2]
     ais = [l for l in stdout.splitlines() if "ais_bench" in l and l.startswith(("python", "/"))]
     assert len(ais) == 3 and f"--model {run}/tiny_bs4.om --input {tiny_data}" in ais[1]
+    assert "atc_jobs.json" in json.loads((run / ".graphopt").read_text())["files"]  # apply's file, replaceable
+
+
+def test_a_run_without_atc_jobs_is_one_line_saying_to_rerun_apply(tmp_path, tiny_run, tiny_data, capsys,
+                                                                    monkeypatch):
+    run, _ = tiny_run
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old)
+    (old / "atc_jobs.json").unlink()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, _, stderr = run_cli("eval", old, "--data", tiny_data, "--dry-run", capsys=capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr == (f"graphopt: error: {old}: no atc_jobs.json beside atc.sh (an older graphopt wrote this run): "
+                      "re-run graphopt apply on its recipe\n")
 
 
 def test_backend_ais_bench_without_it_is_a_user_error(tiny_run, tiny_data, capsys, monkeypatch):

@@ -1,5 +1,6 @@
-"""fp16 emulation, sensitivity search and generated precision configs (graphopt.ascend.fp16_emulation,
-graphopt.ascend.fp16_sensitivity, the mixlist pass's measured mode), on small synthetic graphs."""
+"""fp16 emulation, calibration data, sensitivity search and generated precision configs
+(graphopt.ascend.fp16_emulation, graphopt.ascend.calibration, graphopt.ascend.fp16_sensitivity, graphopt precision,
+the mixlist pass's measured mode), on small synthetic graphs."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,11 @@ import onnx
 import pytest
 
 from graphopt.ascend.atc import config_files, keep_dtype_cfg, op_precision_ini, ops_info_json
+from graphopt.ascend.calibration import RANDOM_INPUTS_WARNING, load_calibration
+from graphopt.ascend.fp16_emulation import Fp16Emulator
+from graphopt.ascend.fp16_sensitivity import Target, analyse
+from graphopt.ascend.fp16_units import gelu_exact, gelu_tanh, round_fp16
 from graphopt.commands.cli import main
-from graphopt.ascend.fp16_emulation import Fp16Emulator, gelu_exact, gelu_tanh, round_fp16
-from graphopt.ascend.fp16_sensitivity import RANDOM_INPUTS_WARNING, Target, analyse, load_calibration
 from graphopt.passes.mixlist import Mixlist
 from graphopt.core.pipeline import run_pipeline
 from graphopt.core.tolerance import Tolerance
@@ -349,7 +352,7 @@ def _softmax_model(signature: str) -> onnx.ModelProto:
 
 def test_rebatch_refuses_what_cannot_be_measured_and_keeps_fixed_batches_whole():
     from graphopt.core.errors import UserError
-    from graphopt.ascend.fp16_sensitivity import rebatch
+    from graphopt.ascend.calibration import rebatch
 
     items = np.arange(10, dtype=np.float32).reshape(5, 2)
     assert [b.shape for b in rebatch([items], 2)] == [(2, 2), (2, 2), (1, 2)]
@@ -544,7 +547,7 @@ def test_cli_precision_on_an_fp16_model_says_so_in_one_line(tmp_path, capsys):
 def test_feeds_are_regrouped_only_where_the_model_still_runs():
     """Every input's first dim symbolic, but one is a shape vector, not a batch: joining feeds along it makes a
     Reshape the model refuses, so whole feeds are measured instead (the screen keeps them whole too)."""
-    from graphopt.ascend.fp16_sensitivity import batch_layout, fit_feeds
+    from graphopt.ascend.calibration import batch_layout, fit_feeds
 
     model = model_from_text('<ir_version: 8, opset_import: ["" : 17]>\n'
                             'g (float[N, 4] x, int64[N] shape) => (float[?, ?] y) {\n'

@@ -43,314 +43,26 @@ ATC's modes, as emulated (``Fp16Emulator.assignment``):
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .atc import ascend_op_type
 from ..core.errors import UserError
-from ..core.ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
-from ..core.quiet import ort_log_severity
+from ..core.inputs import model_inputs
+from ..core.ir import const_value, infer_shapes, producer, to_graph, to_model
 from ..core.pattern import NoMatch
+from ..core.sessions import create_session
+from .atc import ascend_op_type
+from .fp16_units import (CUBE_OPS, DATA_MOVEMENT_OPS, GELU_INPUT, PRECISION_MODES, REDUCE_OPS, UNITS_INPUT,
+                         Fp16Editor, Unit, cube_flops, int_dims, is_float, match_decomposed_layernorm, numel,
+                         SQRT_2_OVER_PI, reduce_axes, unit_ascend_type)
 
 if TYPE_CHECKING:
     from ..core.verify import Outputs
 
-__all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "UNITS_INPUT", "GELU_INPUT", "Unit",
-           "LayerNormMatch", "match_decomposed_layernorm", "unit_ascend_type", "Fp16Emulator", "round_fp16",
-           "gelu_exact", "gelu_tanh"]
-
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype")
-CUBE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-# Exact in any dtype: they move or select values, so an fp16 value stays fp16 and an fp32 one fp32 through them.
-DATA_MOVEMENT_OPS = frozenset({
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather",
-    "GatherElements", "GatherND", "Identity", "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout",
-    "Shape", "Size", "Constant", "ConstantOfShape", "Cast", "Where", "ScatterND", "ScatterElements", "Range",
-    "NonZero", "Equal", "Less", "Greater", "Not", "And", "Or"})
-REDUCE_OPS = frozenset({"ReduceMean", "GlobalAveragePool", "ReduceSum"})
-UNITS_INPUT = "graphopt_fp16_units"
-GELU_INPUT = "graphopt_gelu_high_performance"
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def round_fp16(x: np.ndarray) -> np.ndarray:
-    """fp32 -> fp16 -> fp32 (round to nearest even; overflow to inf), as the emulated graph rounds."""
-    with np.errstate(over="ignore"):
-        return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
-
-
-def gelu_exact(x: np.ndarray) -> np.ndarray:
-    from math import erf
-
-    return (0.5 * x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0)))).astype(np.float32)
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return (0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))).astype(np.float32)
-
-
-@dataclass
-class Unit:
-    """What ATC compiles as one op. ``kind`` is the ONNX op type, or ``LayerNorm`` / ``Gelu`` for a pattern ATC
-    fuses; ``ascend_type`` the name ATC's configs use; ``fused`` means ATC replaces the nodes by one op, so their
-    node names do not survive compilation (keep such units by op type, never by node name)."""
-
-    index: int
-    kind: str
-    ascend_type: str
-    nodes: list[str]
-    fused: bool = False
-    cube_flops: int = 0  # multiply-adds x 2 of a Conv/MatMul/Gemm, per batch item (symbolic dims count as 1)
-    elements: int = 0  # output elements per batch item
-    inputs: list[str] = field(default_factory=list)  # float non-constant tensors read from outside the unit
-    outputs: list[str] = field(default_factory=list)
-    gelu_exact: bool = False  # a GELU whose high_performance mode differs from it (erf form, Gelu approximate=none)
-
-    def as_dict(self) -> dict:
-        return {"index": self.index, "kind": self.kind, "ascend_type": self.ascend_type, "nodes": self.nodes,
-                "fused": self.fused, "cube_flops": self.cube_flops}
-
-
-@dataclass
-class LayerNormMatch:
-    x: gs.Tensor
-    y: gs.Tensor
-    nodes: list[gs.Node]
-
-
-def _is_float(t: gs.Tensor) -> bool:
-    """fp32 (the only dtype the emulation rounds); False when unknown."""
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values).dtype == np.float32
-    if t.dtype is None:
-        return False
-    if isinstance(t.dtype, int):
-        return t.dtype == onnx.TensorProto.FLOAT
-    try:
-        return np.dtype(t.dtype) == np.float32
-    except TypeError:
-        return False
-
-
-def _ints(shape) -> list[int] | None:
-    if shape is None:
-        return None
-    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
-
-
-def _numel(shape, skip_batch: bool = True) -> int:
-    dims = _ints(shape)
-    if dims is None:
-        return 0
-    out = 1
-    for k, d in enumerate(dims):
-        if k == 0 and skip_batch:
-            continue
-        out *= max(d, 1)
-    return out
-
-
-def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
-    """Normalised reduction axes of a ReduceMean/ReduceSum/GlobalAveragePool; None when not constant."""
-    if node.op == "GlobalAveragePool":
-        return list(range(2, rank))
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name:
-        value = const_value(node.inputs[1])
-        if value is None:
-            return None
-        axes = value.reshape(-1).tolist()
-    if axes is None or len(axes) == 0:
-        if node.attrs.get("noop_with_empty_axes", 0):
-            return []
-        return list(range(rank))
-    return sorted(int(a) % rank for a in axes)
-
-
-def match_decomposed_layernorm(mean: gs.Node, outs: set[int]) -> LayerNormMatch | NoMatch:
-    """The opset < 17 export of LayerNorm around its first ReduceMean: ``d = x - mean(x)``,
-    ``y = d / sqrt(mean(d^2) + eps)`` (``d^2`` as ``Pow(d, 2)`` or ``d * d``), then optionally ``* gamma``
-    and ``+ beta`` (constants). Both means must reduce the same axes."""
-    if mean.op != "ReduceMean" or not mean.inputs:
-        return NoMatch("not a ReduceMean")
-    x = mean.inputs[0]
-    m = mean.outputs[0]
-    if id(m) in outs or len(m.outputs) != 1 or m.outputs[0].op != "Sub":
-        return NoMatch("mean(x) does not feed exactly one Sub")
-    sub = m.outputs[0]
-    if len(sub.inputs) != 2 or sub.inputs[0] is not x or sub.inputs[1] is not m:
-        return NoMatch("Sub is not x - mean(x)")
-    d = sub.outputs[0]
-    users = list(d.outputs)
-    if id(d) in outs or len(users) != 2:
-        return NoMatch(f"x - mean(x) has {len(users)} consumers, expected 2 (square and Div)")
-    square = next((u for u in users if (u.op == "Pow" and u.inputs[0] is d)
-                   or (u.op == "Mul" and len(u.inputs) == 2 and u.inputs[0] is d and u.inputs[1] is d)), None)
-    div = next((u for u in users if u.op == "Div" and u.inputs[0] is d), None)
-    if square is None or div is None:
-        return NoMatch("x - mean(x) is not squared and divided")
-    if square.op == "Pow":
-        exp = const_value(square.inputs[1])
-        if exp is None or exp.size != 1 or float(exp.reshape(())) != 2.0:
-            return NoMatch("Pow exponent is not 2")
-
-    def single(t: gs.Tensor, op: str, what: str) -> gs.Node | NoMatch:
-        if id(t) in outs or len(t.outputs) != 1 or t.outputs[0].op != op:
-            return NoMatch(f"{what} does not feed exactly one {op}")
-        return t.outputs[0]
-
-    var = single(square.outputs[0], "ReduceMean", "(x - mean)^2")
-    if isinstance(var, NoMatch):
-        return var
-    rank = len(x.shape) if x.shape is not None else None
-    if rank is not None and _reduce_axes(var, rank) != _reduce_axes(mean, rank):
-        return NoMatch("the two means reduce different axes")
-    add = single(var.outputs[0], "Add", "variance")
-    if isinstance(add, NoMatch):
-        return add
-    eps = [const_value(t) for t in add.inputs]
-    if not any(e is not None and e.size == 1 for e in eps):
-        return NoMatch("variance + eps: eps is not a constant scalar")
-    sqrt = single(add.outputs[0], "Sqrt", "variance + eps")
-    if isinstance(sqrt, NoMatch):
-        return sqrt
-    if len(sqrt.outputs[0].outputs) != 1 or div.inputs[1] is not sqrt.outputs[0]:
-        return NoMatch("sqrt(variance + eps) does not divide x - mean(x)")
-    nodes = [mean, sub, square, var, add, sqrt, div]
-    y = div.outputs[0]
-    for op in ("Mul", "Add"):  # the affine part, when its operand is a constant
-        if id(y) in outs or len(y.outputs) != 1 or y.outputs[0].op != op:
-            break
-        nxt = y.outputs[0]
-        other = nxt.inputs[1] if nxt.inputs[0] is y else nxt.inputs[0]
-        if const_value(other) is None:
-            break
-        nodes.append(nxt)
-        y = nxt.outputs[0]
-    return LayerNormMatch(x, y, nodes)
-
-
-def unit_ascend_type(kind: str, node: gs.Node | None = None) -> str:
-    """Ascend op type of a unit: MatMul with an operand of rank > 2 is BatchMatMulV2, else ``atc``'s map."""
-    if kind == "MatMul" and node is not None:
-        ranks = [len(t.shape) for t in node.inputs if t.shape is not None]
-        if any(r > 2 for r in ranks):
-            return "BatchMatMulV2"
-    return ascend_op_type(kind)
-
-
-def _cube_flops(node: gs.Node) -> int:
-    out = node.outputs[0]
-    if node.op in ("Conv", "ConvTranspose"):
-        w = node.inputs[1].shape if len(node.inputs) > 1 else None
-        if w is None or out.shape is None:
-            return 0
-        kernel = _numel(w, skip_batch=True)  # Cin/groups x kh x kw
-        if node.op == "ConvTranspose":  # every input element meets Cout/groups x kh x kw weights
-            x = node.inputs[0].shape
-            return 2 * _numel(x) * kernel if x is not None else 0
-        return 2 * _numel(out.shape) * kernel
-    if node.op in ("MatMul", "Gemm"):
-        a = node.inputs[0].shape
-        if a is None or out.shape is None:
-            return 0
-        dims = _ints(a)
-        if node.op == "Gemm" and node.attrs.get("transA", 0):
-            k = dims[0]
-        else:
-            k = dims[-1]
-        return 2 * _numel(out.shape, skip_batch=len(out.shape) > 1) * max(k, 1)
-    return 0
-
-
-class _Editor:
-    """Adds the emulation's nodes: fp16 rounding, and ``If(switch)`` selections whose then-branch computes the
-    fp16 value (so nothing of it runs while the switch is off) and whose else-branch passes the fp32 value on."""
-
-    def __init__(self, graph: gs.Graph):
-        self.g = graph
-        self.sink: list[gs.Node] = graph.nodes
-        self.rounded_consts: dict[int, gs.Constant] = {}
-        self.opset = int(graph.opset)
-
-    def var(self, base: str, dtype=np.float32) -> gs.Variable:
-        return gs.Variable(make_name(self.g, base), dtype=dtype)
-
-    def const(self, base: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(make_name(self.g, base), np.asarray(value))
-
-    def node(self, op: str, inputs: list, base: str, attrs: dict | None = None, dtype=np.float32) -> gs.Variable:
-        out = self.var(f"{base}_out", dtype)
-        self.sink.append(gs.Node(op, make_name(self.g, base), attrs or {}, inputs, [out]))
-        return out
-
-    def round(self, t: gs.Tensor) -> gs.Tensor:
-        """``t`` rounded to fp16 and back; a constant is rounded here, once."""
-        value = const_value(t)
-        if value is not None:
-            if id(t) not in self.rounded_consts:
-                self.rounded_consts[id(t)] = self.const(f"{t.name}_fp16", round_fp16(value))
-            return self.rounded_consts[id(t)]
-        h = self.node("Cast", [t], f"{t.name}_to_fp16", {"to": onnx.TensorProto.FLOAT16}, dtype=np.float16)
-        return self.node("Cast", [h], f"{t.name}_fp16", {"to": onnx.TensorProto.FLOAT})
-
-    def _branch(self, build, base: str) -> gs.Graph:
-        saved, self.sink = self.sink, []
-        try:
-            t = build()
-            if not self.sink or producer(t) is None or producer(t) not in self.sink:
-                t = self.node("Identity", [t], f"{base}_pass")
-            return gs.Graph(nodes=self.sink, outputs=[t], name=make_name(self.g, base), opset=self.g.opset)
-        finally:
-            self.sink = saved
-
-    def select(self, switch: gs.Tensor, on, off, base: str, out: gs.Variable | None = None) -> gs.Variable:
-        """``If(switch)``: ``on()`` builds the then-branch's value, ``off()`` the else-branch's."""
-        then_g = self._branch(on, f"{base}_on")
-        else_g = self._branch(off, f"{base}_off")
-        out = out if out is not None else self.var(f"{base}_sel")
-        self.sink.append(gs.Node("If", make_name(self.g, base), {"then_branch": then_g, "else_branch": else_g},
-                                 [switch], [out]))
-        return out
-
-    def tree_reduce(self, x16: gs.Tensor, shape: list[int], axes: list[int], mean: bool,
-                    like: gs.Tensor, base: str) -> gs.Tensor:
-        """fp16 reduction of ``x16`` (fp16 values): for a mean, ``x * fp16(1/N)`` first, as TBE's reduce_mean_d;
-        then a pairwise tree sum with every partial sum rounded to fp16; reshaped like ``like``."""
-        rank = len(shape)
-        kept = [i for i in range(rank) if i not in axes]
-        n = int(np.prod([shape[a] for a in axes])) if axes else 1
-        t = x16
-        if axes != list(range(rank - len(axes), rank)):
-            t = self.node("Transpose", [t], f"{base}_acc_perm", {"perm": kept + axes})
-        k = len(kept)
-        t = self.node("Reshape", [t, self.const(f"{base}_acc_shape", np.array([0] * k + [n], np.int64))],
-                      f"{base}_acc_flat")
-        if mean:
-            inv = self.const(f"{base}_acc_inv_n", round_fp16(np.array(1.0 / n, np.float32)))
-            t = self.round(self.node("Mul", [t, inv], f"{base}_acc_scale"))
-        p = 1 << max(n - 1, 0).bit_length()
-        if p != n:  # zeros add nothing to a sum
-            pads = np.array([0] * (k + 1) + [0] * k + [p - n], np.int64)
-            if self.opset >= 11:
-                t = self.node("Pad", [t, self.const(f"{base}_acc_pads", pads)], f"{base}_acc_pad")
-            else:
-                t = self.node("Pad", [t], f"{base}_acc_pad", {"pads": pads.tolist()})
-        ones = self.const(f"{base}_acc_pair", np.ones((2, 1), np.float32))
-        level = 0
-        while p > 1:
-            pairs = self.const(f"{base}_acc_pairs{level}", np.array([0] * k + [p // 2, 2], np.int64))
-            t = self.node("Reshape", [t, pairs], f"{base}_acc_pairs{level}")
-            t = self.round(self.node("MatMul", [t, ones], f"{base}_acc_sum{level}"))
-            p //= 2
-            level += 1
-        target = self.node("Shape", [like], f"{base}_acc_like", dtype=np.int64)
-        return self.node("Reshape", [t, target], f"{base}_acc_out")
+__all__ = ["Fp16Emulator"]
 
 
 class Fp16Emulator:
@@ -367,8 +79,6 @@ class Fp16Emulator:
         self.reduce_accumulation = reduce_accumulation
         self.stats: dict[str, int] = {"unknown_dtype": 0, "reductions_fp16_accumulated": 0,
                                       "reductions_rounded_only": 0, "gelu_units": 0, "layernorm_units": 0}
-        from ..core.inputs import model_inputs
-
         self.model_inputs = model_inputs(model)
         self._checked = False
         graph = to_graph(infer_shapes(model))
@@ -387,16 +97,9 @@ class Fp16Emulator:
         self._find_units(graph)
         self._build(graph)
         self.model = to_model(graph)
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = ort_log_severity()  # fatal only unless -v (graphopt.core.quiet)
-        # Basic optimisations only, as graphopt.core.verify.Runner: measure the graph as written.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
-            self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
-                                                providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=["Pad_Fusion"])
+            # "compare": the graph as written, as graphopt.core.verify measures it
+            self.session = create_session(self.model, "compare")
         except Exception as e:
             raise UserError(f"onnxruntime cannot load the fp16-emulation graph: {str(e).splitlines()[0]}") from None
         self.runs = 0
@@ -441,7 +144,7 @@ class Fp16Emulator:
                 continue
             if any(not isinstance(t, gs.Constant) and t.dtype is None for t in n.outputs):
                 self.stats["unknown_dtype"] += 1
-            if n.op in DATA_MOVEMENT_OPS or not any(_is_float(t) for t in n.outputs) \
+            if n.op in DATA_MOVEMENT_OPS or not any(is_float(t) for t in n.outputs) \
                     or n.domain not in (None, "", "ai.onnx") or any(isinstance(v, gs.Graph) for v in n.attrs.values()):
                 continue
             member[id(n)] = self._add_unit(n.op, [n], False, False)
@@ -463,7 +166,7 @@ class Fp16Emulator:
         for n in nodes:
             for t in n.inputs:
                 p = producer(t) if isinstance(t, gs.Variable) else None
-                if isinstance(t, gs.Variable) and _is_float(t) and (p is None or id(p) not in ids) \
+                if isinstance(t, gs.Variable) and is_float(t) and (p is None or id(p) not in ids) \
                         and const_value(t) is None and t.name not in inputs:
                     inputs.append(t.name)
             for t in n.outputs:
@@ -471,15 +174,15 @@ class Fp16Emulator:
                     outputs.append(t.name)
         ascend = "LayerNorm" if kind == "LayerNorm" else unit_ascend_type(kind, nodes[0])
         unit = Unit(len(self.units), kind, ascend, [n.name for n in nodes], fused,
-                    sum(_cube_flops(n) for n in nodes if n.op in CUBE_OPS),
-                    _numel(nodes[-1].outputs[0].shape) if nodes[-1].outputs else 0, inputs, outputs, gelu_exact)
+                    sum(cube_flops(n) for n in nodes if n.op in CUBE_OPS),
+                    numel(nodes[-1].outputs[0].shape) if nodes[-1].outputs else 0, inputs, outputs, gelu_exact)
         self.units.append(unit)
         self._unit_nodes.append(list(nodes))
         return unit.index
 
     # -- the emulated graph -----------------------------------------------------------------------------------
     def _build(self, graph: gs.Graph) -> None:
-        ed = _Editor(graph)
+        ed = Fp16Editor(graph)
         mask = gs.Variable(UNITS_INPUT, dtype=np.bool_, shape=[len(self.units)])
         hp = gs.Variable(GELU_INPUT, dtype=np.bool_, shape=[])
         graph.inputs.extend([mask, hp])
@@ -497,16 +200,16 @@ class Fp16Emulator:
                 original = list(node.inputs)
                 for i, t in enumerate(original):
                     value = const_value(t) if t is not None and t.name else None
-                    is_float = value.dtype == np.float32 if value is not None else (
-                        t is not None and bool(t.name) and _is_float(t))
-                    if not is_float or id(t) in internal:
+                    floating = value.dtype == np.float32 if value is not None else (
+                        t is not None and bool(t.name) and is_float(t))
+                    if not floating or id(t) in internal:
                         continue
                     if id(t) not in selected:
                         selected[id(t)] = ed.select(g, lambda t=t: ed.round(t), lambda t=t: t,
                                                     f"unit{unit.index}_in")
                     node.inputs[i] = selected[id(t)]
                 for k, y in enumerate(list(node.outputs)):
-                    if not _is_float(y):
+                    if not is_float(y):
                         continue
                     raw = ed.var(f"{y.name}_fp32")
                     node.outputs[k] = raw
@@ -522,11 +225,11 @@ class Fp16Emulator:
                 t.shape = None
         graph.toposort()
 
-    def _fp16_output(self, ed: _Editor, node: gs.Node, original: list, raw: gs.Tensor, base: str) -> gs.Tensor:
+    def _fp16_output(self, ed: Fp16Editor, node: gs.Node, original: list, raw: gs.Tensor, base: str) -> gs.Tensor:
         """The node's output as fp16 computes it (its inputs, read through their switches, are fp16 values)."""
         if node.op in REDUCE_OPS:
-            shape = _ints(original[0].shape)
-            axes = _reduce_axes(node, len(shape)) if shape is not None else None
+            shape = int_dims(original[0].shape)
+            axes = reduce_axes(node, len(shape)) if shape is not None else None
             known = shape is not None and axes is not None and all(shape[a] > 0 for a in axes)
             if self.reduce_accumulation == "fp16" and known and axes:
                 self.stats["reductions_fp16_accumulated"] += 1
@@ -535,7 +238,7 @@ class Fp16Emulator:
         return ed.round(raw)
 
     @staticmethod
-    def _add_gelu_tanh(ed: _Editor, x: gs.Tensor, y: gs.Tensor, hp: gs.Tensor, base: str) -> list[gs.Node]:
+    def _add_gelu_tanh(ed: Fp16Editor, x: gs.Tensor, y: gs.Tensor, hp: gs.Tensor, base: str) -> list[gs.Node]:
         """Build the tanh GELU from the unit's input; its output becomes If(hp, tanh form, exact form)."""
         start = len(ed.g.nodes)
         c = lambda name, v: ed.const(f"{base}_gelu_{name}", np.array(v, np.float32))  # noqa: E731
@@ -543,7 +246,7 @@ class Fp16Emulator:
         x3 = ed.node("Mul", [x2, x], f"{base}_gelu_x3")
         kx3 = ed.node("Mul", [x3, c("kappa", 0.044715)], f"{base}_gelu_kx3")
         inner = ed.node("Add", [x, kx3], f"{base}_gelu_inner")
-        z = ed.node("Mul", [inner, c("beta", _SQRT_2_OVER_PI)], f"{base}_gelu_z")
+        z = ed.node("Mul", [inner, c("beta", SQRT_2_OVER_PI)], f"{base}_gelu_z")
         th = ed.node("Tanh", [z], f"{base}_gelu_tanh")
         one = ed.node("Add", [th, c("one", 1.0)], f"{base}_gelu_1p")
         xh = ed.node("Mul", [x, one], f"{base}_gelu_xh")

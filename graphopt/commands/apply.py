@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..ascend.atc import atc_commands, atc_script, config_files
+from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs_json
 from ..core.ir import constant_nbytes, external_data_threshold, load_split, save_model
 from ..core.outputs import check_output_dir, staged_dir
 from ..core.pipeline import PipelineResult, run_pipeline
@@ -108,12 +108,12 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     configs = config_files(result.configs)
     files.update(configs)
     if "atc" in recipe.emit:
-        cmds = atc_commands(model="model.onnx", output_stem=recipe.name, inputs=plan.atc_inputs(),
-                            batch_sizes=recipe.atc.batch_sizes,
-                            soc_version=recipe.atc.soc_version, log=recipe.atc.log,
-                            precision_mode=recipe.atc.precision_mode, configs=result.configs,
-                            extra_args=recipe.atc.extra_args)
-        files["atc.sh"] = atc_script(cmds)
+        jobs = atc_jobs(model="model.onnx", output_stem=recipe.name, inputs=plan.atc_inputs(),
+                        batch_sizes=recipe.atc.batch_sizes, soc_version=recipe.atc.soc_version, log=recipe.atc.log,
+                        precision_mode=recipe.atc.precision_mode, configs=result.configs,
+                        extra_args=recipe.atc.extra_args)
+        files["atc.sh"] = atc_script(jobs)
+        files[ATC_JOBS_FILE] = jobs_json(jobs)  # what graphopt eval reads: the jobs as records
     # External data when the source had it (the output stays a pair of files) or the model is large.
     external = had_external or constant_nbytes(result.graph) > external_data_threshold()
     data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str)) and external]
@@ -126,7 +126,8 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "input": {"name": primary, "shape": list(plan[primary].shape) if primary else None},
         "inputs": plan.describe(),
         "verification": None if not do_verify else {
-            "samples": len(inputs), "inputs": "real data" if recipe.verify.data else f"seeded normal (seed {recipe.verify.seed})",
+            "samples": len(inputs),
+            "inputs": "real data" if recipe.verify.data else f"seeded normal (seed {recipe.verify.seed})",
             "tolerance": asdict(recipe.verify.tolerance)},
         "passes": [r.as_dict() for r in result.records],
         "final_verify": result.final_verify,

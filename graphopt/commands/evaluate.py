@@ -1,17 +1,12 @@
 """``graphopt eval``: accuracy and throughput of a run directory, per batch size, as the seeds tabulate them.
 
-Per batch size: compile with ATC when ``atc`` is on PATH (the commands of ``atc.sh``), run ais_bench when it is
-installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs and a summary JSON in
-ais_bench's layout (see ``graphopt.ascend.backends``); then one postprocess reads either: top-1 / top-5 against the
-data folder's ``labels.txt`` when the model has a class-score output (float, rank 2, several columns; the first
-such output), else throughput only (the table says which); and latency percentiles from the per-call times.
-
-Data: a single-input model reads ``DIR/*.bin`` (``graphopt data``'s folder) or ``DIR/<input>/``; a model with
-several inputs one sub-folder per input, ``DIR/<input>/*.bin`` (``graphopt.commands.data.input_folder_name``), item k of
-every input in files of the same name. Each file holds one item in the model's input dtype (int64 token ids, bool
-masks, fp16, ...), its size checked against the item shape (the run's verification shape without the batch, what
-``atc.sh`` compiles). ais_bench gets ``--input DIR/a,DIR/b`` in the model's input order; onnxruntime stacks each
-input's items into the batch. ``labels.txt`` is read from ``DIR``, else from the first input folder that has one.
+Per batch size: compile with ATC when ``atc`` is on PATH (the run's ATC jobs, ``atc_jobs.json``: what ``atc.sh``
+runs), run ais_bench when it is installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs
+and a summary JSON in ais_bench's layout (``graphopt.ascend.ort_backend``); then one postprocess reads either:
+top-1 / top-5 against the data folder's ``labels.txt`` when the model has a class-score output (float, rank 2,
+several columns; the first such output), else throughput only (the table says which); and latency percentiles from
+the per-call times. The run and data folders are read as ``graphopt.ascend.eval_inputs`` describes; ais_bench gets
+``--input DIR/a,DIR/b`` in the model's input order; onnxruntime stacks each input's items into the batch.
 
 Throughput is ``batch size x 1000 / median per-call latency (ms)``, over at least ``min_iterations`` timed calls
 and ``min_seconds`` of compute after ``warmup`` untimed calls. What a call includes is stated with the numbers:
@@ -32,16 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from ..ascend.backends import (OUTPUT_FORMATS, AtcJob, BinInput, OnnxRuntimeBackend, TimingOptions, ais_bench_argv,
-                       ais_bench_command, atc_jobs, collect_outputs, find_atc, input_files, latency_stats,
-                       run_ais_bench, run_atc)
+from ..ascend.ais_bench import OUTPUT_FORMATS, ais_bench_argv, collect_outputs, run_ais_bench, summary_latency
+from ..ascend.atc import AtcJob, jobs_for_batch_sizes, read_atc_jobs
+from ..ascend.cann_tools import ais_bench_command, find_atc, run_atc
+from ..ascend.eval_inputs import EvalData, EvalRun, accuracy, check_data, input_dirs, load_run
+from ..ascend.ort_backend import OnnxRuntimeBackend, TimingOptions
 from ..core.errors import UserError
 from ..core.outputs import check_output_dir, staged_dir
 
-__all__ = ["EvalOptions", "evaluate", "accuracy", "eval_markdown", "compare_markdown", "plot_throughput",
+__all__ = ["EvalOptions", "evaluate", "eval_markdown", "compare_markdown", "plot_throughput",
            "load_eval", "dry_run_lines", "add_cli", "DEFAULT_BATCH_SIZES"]
+
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 EVAL_FILE = "eval.json"
@@ -60,184 +56,6 @@ class EvalOptions:
     limit: int | None = None
     threads: int | None = None
 
-
-@dataclass(frozen=True)
-class _Run:
-    """What ``graphopt apply`` left in a run directory that eval needs."""
-
-    path: Path
-    name: str
-    model: Path
-    inputs: tuple[BinInput, ...]  # every model input, in the model's order
-    classes: int | None  # columns of the class-score output; None: no such output (throughput only)
-    class_output: int | None  # its index among the model's outputs
-    fixed_batch: int | None  # the model's batch dimension when it is not dynamic
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        return self.inputs[0].item_shape
-
-
-_FLOATS = (1, 10, 11, 16)  # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
-
-
-def _class_output(proto) -> tuple[int | None, int | None]:
-    """(index, classes) of the first class-score output: float, rank 2, a fixed number of columns above one."""
-    for k, out in enumerate(proto.graph.output):
-        tt = out.type.tensor_type
-        dims = tt.shape.dim if tt.HasField("shape") else ()
-        if tt.elem_type in _FLOATS and len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 1:
-            return k, dims[1].dim_value
-    return None, None
-
-
-def _load_run(run_dir: str | Path) -> _Run:
-    import onnx
-
-    from ..core.inputs import model_inputs, resolve_inputs
-
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"run directory {path}: no such folder (graphopt apply writes one)")
-    model = path / "model.onnx"
-    if not model.is_file():
-        raise UserError(f"run directory {path}: no model.onnx (the recipe's emit must include model)")
-    proto = onnx.load(str(model), load_external_data=False)
-    report_path = path / "report.json"
-    name, shapes = path.name, {}
-    if report_path.is_file():
-        try:
-            report = json.loads(report_path.read_text())
-            name = report["recipe"]["name"]
-            if report.get("input", {}).get("name") and report["input"].get("shape") is not None:
-                shapes[report["input"]["name"]] = tuple(report["input"]["shape"])
-            for d in report.get("inputs") or ():  # every input's verification shape (what atc.sh compiles)
-                shapes[d["name"]] = tuple(d["shape"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{report_path}: not a graphopt report (recipe.name, input.name, input.shape)") from None
-    model_ins = model_inputs(proto)
-    if not model_ins:
-        raise UserError(f"{model}: has no inputs")
-    if any(m.name not in shapes for m in model_ins):
-        plan = resolve_inputs(proto)  # the defaults of graphopt.core.inputs for what the report does not say
-        for inp in plan.inputs:
-            shapes.setdefault(inp.name, tuple(inp.shape))
-    any_batch = any(m.has_batch for m in model_ins)
-    inputs, fixed_batch = [], None
-    for m in model_ins:
-        if m.kind != "tensor" or m.dtype is None or m.dtype == "string":
-            raise UserError(f"{model}: input {m.name!r} is {m.describe()}: graphopt eval feeds numeric tensors "
-                            "from .bin files")
-        shape = shapes[m.name]
-        stacked = len(shape) > 0 and (m.has_batch or not any_batch)
-        if stacked and not m.has_batch and fixed_batch is None:
-            fixed_batch = int(m.dims[0]) if m.dims else None
-        inputs.append(BinInput(m.name, m.dtype, tuple(shape[1:]) if stacked else tuple(shape), stacked))
-    class_output, classes = _class_output(proto)
-    return _Run(path, name, model, tuple(inputs), classes, class_output, fixed_batch or None)
-
-
-@dataclass(frozen=True)
-class _Data:
-    """A data folder resolved against a run: per input (the model's order) its folder and files, item k of every
-    input at position k; labels by the first input's file stems."""
-
-    root: Path
-    dirs: tuple[Path, ...]
-    files: dict[str, list[Path]]
-    labels: dict[str, int]
-    flat: bool  # one input, its files directly in root
-
-    def first(self, run: _Run) -> list[Path]:
-        return self.files[run.inputs[0].name]
-
-
-def _input_dirs(data: Path, run: _Run) -> tuple[list[Path], bool]:
-    """Each input's folder: ``DIR`` itself for a single-input model whose files are there (the flat layout),
-    else ``DIR/<input folder name>`` (``graphopt.commands.data.input_folder_name``)."""
-    from .data import input_folder_name
-
-    if len(run.inputs) == 1 and (not data.is_dir() or input_files(data)
-                                 or not (data / input_folder_name(run.inputs[0].name)).is_dir()):
-        return [data], True
-    return [data / input_folder_name(i.name) for i in run.inputs], False
-
-
-def _check_data(data_dir: str | Path, run: _Run, limit: int | None) -> _Data:
-    from .data import LABELS_FILE, META_FILE, read_labels_file
-
-    data = Path(data_dir)
-    if not data.is_dir():
-        raise UserError(f"--data {data}: no such folder (graphopt data writes one)")
-    dirs, flat = _input_dirs(data, run)
-    names = ", ".join(repr(i.name) for i in run.inputs)
-    for inp, d in zip(run.inputs, dirs):
-        if not d.is_dir():
-            raise UserError(f"--data {data}: no folder {d.name}/ for input {inp.name!r} (a model with several "
-                            f"inputs takes one sub-folder per input, named after it: {names})")
-    files: dict[str, list[Path]] = {}
-    first = run.inputs[0]
-    for inp, d in zip(run.inputs, dirs):
-        meta_path = d / META_FILE
-        if meta_path.is_file():
-            try:
-                settings = json.loads(meta_path.read_text())["settings"]
-                shape, dtype = settings.get("item_shape"), settings.get("dtype")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                shape = dtype = None
-            if shape is not None and tuple(shape) != inp.item_shape:
-                raise UserError(f"--data {d}: items are {shape}, the model's input {inp.name!r} takes "
-                                f"{list(inp.item_shape)} (prepare the data with this run's recipe)")
-            if dtype is not None and dtype != inp.dtype:
-                raise UserError(f"--data {d}: items are {dtype}, the model's input {inp.name!r} takes {inp.dtype}")
-        found = input_files(d)
-        if not found:
-            raise UserError(f"--data {d}: no .bin or .npy files" + ("" if flat else f" for input {inp.name!r}"))
-        files[inp.name] = found
-    order = files[first.name][:limit] if limit else files[first.name]
-    for inp, d in zip(run.inputs[1:], dirs[1:]):  # items are matched across inputs by name
-        by_stem = {p.name.split(".")[0]: p for p in files[inp.name]}
-        matched = []
-        for f in order:
-            stem = f.name.split(".")[0]
-            if stem not in by_stem:
-                raise UserError(f"--data {d}: no {stem}.bin for input {inp.name!r}, which {dirs[0].name}/ has for "
-                                f"input {first.name!r} (each input's folder holds a file of the same name per item)")
-            matched.append(by_stem[stem])
-        if len(files[inp.name]) != len(files[first.name]):
-            extra = sorted(set(by_stem) - {f.name.split(".")[0] for f in files[first.name]})
-            raise UserError(f"--data {d}: {extra[0]} has no file for input {first.name!r} in {dirs[0].name}/ "
-                            "(each input's folder holds a file of the same name per item)")
-        files[inp.name] = matched
-    files[first.name] = order
-    for inp in run.inputs:
-        for f in files[inp.name]:
-            if f.suffix.lower() == ".bin" and f.stat().st_size != inp.item_nbytes:
-                raise UserError(f"--data {f}: {f.stat().st_size} bytes, but one item of input {inp.describe()} "
-                                f"is {inp.item_nbytes} bytes (prepared for another model or input?)")
-    labels_at = [data / LABELS_FILE] + [d / LABELS_FILE for d in dirs]
-    labels_path = next((p for p in labels_at if p.is_file()), None)
-    labels = read_labels_file(labels_path) if labels_path else {}
-    return _Data(data, tuple(dirs), files, labels, flat)
-
-
-def accuracy(rows: Mapping[str, np.ndarray], labels: Mapping[str, int], names: Sequence[str]) -> dict[str, Any]:
-    """Top-1 / top-5 over the inputs ``names`` that have a label; inputs without an output count as wrong."""
-    labelled = [n for n in names if n in labels]
-    missing = [n for n in labelled if n not in rows]
-    top1 = top5 = 0
-    for n in labelled:
-        if n not in rows:
-            continue
-        row = np.asarray(rows[n], dtype=np.float64)
-        label = labels[n]
-        top1 += int(row.argmax() == label)
-        k = min(5, row.size)
-        top5 += int(label in np.argpartition(-row, k - 1)[:k])
-    count = len(labelled)
-    return {"labelled": count, "evaluated": count - len(missing), "missing_outputs": len(missing),
-            "top1": top1 / count if count else None, "top5": top5 / count if count else None,
-            "top1_correct": top1, "top5_correct": top5}
 
 
 def _choose_backend(requested: str, log: Callable[[str], None]) -> tuple[str, list[str] | None, str | None]:
@@ -261,12 +79,14 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
     """The ATC and ais_bench commands ``graphopt eval`` would run with the CANN tools installed."""
     run_dir = Path(run_dir)
     out_root = Path(out) if out else run_dir / "eval"
-    jobs = atc_jobs(run_dir, options.batch_sizes)
+    recorded = read_atc_jobs(run_dir)
+    jobs = jobs_for_batch_sizes(recorded, options.batch_sizes)
     ais = ais_bench_command() or ["python3", "-m", "ais_bench"]
-    dirs, _ = _input_dirs(Path(data_dir), _load_run(run_dir))  # one folder per input, in the model's order
+    dirs, _ = input_dirs(Path(data_dir), load_run(run_dir))  # one folder per input, in the model's order
     lines = [f"# in {run_dir}:"]
     for job in jobs:
-        derived = "" if job.from_script else f"  # derived: atc.sh has no batch size {job.batch_size}"
+        derived = ("" if any(r.batch_size == job.batch_size for r in recorded)
+                   else f"  # derived: atc.sh has no batch size {job.batch_size}")
         lines.append(job.shell() + derived)
     lines.append("# then, per batch size:")
     for job in jobs:
@@ -287,8 +107,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
         raise UserError(f"--outfmt {options.outfmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
     if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
         raise UserError(f"--batch-sizes: expected positive integers, got {list(options.batch_sizes)}")
-    run = _load_run(run_dir)
-    data = _check_data(data_dir, run, options.limit)
+    run = load_run(run_dir)
+    data = check_data(data_dir, run, options.limit)
     out_root = Path(out) if out else run.path / "eval"
     inputs_read = [run.path, data.root]
     check_output_dir(out_root, "eval", force=force, inputs=inputs_read)
@@ -301,19 +121,19 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, options: EvalOptions = E
     return result
 
 
-def _evaluate(run: _Run, data: _Data, options: EvalOptions, backend: str, ais: list[str] | None, atc: str | None,
-              staging: Path, out_root: Path, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, ais: list[str] | None,
+              atc: str | None, staging: Path, out_root: Path, log: Callable[[str], None],
+              t_start: float) -> dict[str, Any]:
     """``evaluate`` writing into ``staging``, which becomes ``out_root``."""
     outputs = staging / "outputs"
     outputs.mkdir()
+    atc_ran = atc is not None and options.backend != "onnxruntime"
     jobs: dict[int, AtcJob] = {}
-    atc_ran = False
-    if atc is not None and options.backend != "onnxruntime":
-        jobs = {j.batch_size: j for j in atc_jobs(run.path, options.batch_sizes)}
+    if atc_ran or backend == "ais_bench":
+        jobs = {j.batch_size: j for j in jobs_for_batch_sizes(read_atc_jobs(run.path), options.batch_sizes)}
+    if atc_ran:
         run_atc(run.path, list(jobs.values()), atc, log)
-        atc_ran = True
-    if backend == "ais_bench" and not jobs:
-        jobs = {j.batch_size: j for j in atc_jobs(run.path, options.batch_sizes)}
+    elif backend == "ais_bench":
         absent = [j for j in jobs.values() if j.om_path(run.path) is None]
         if absent and options.backend == "ais_bench":
             raise UserError(f"--backend ais_bench: no {absent[0].expected_om(run.path)} and atc is not on PATH to "
@@ -372,15 +192,7 @@ def _evaluate(run: _Run, data: _Data, options: EvalOptions, backend: str, ais: l
             info = summary.get("filesinfo") or {}
             produced = sum(1 for v in info.values() if v.get("outfiles")) if info else None
         acc = accuracy(rows, labels if scored else {}, names)
-        times = summary.get("npu_compute_time_list") or []
-        if times:  # every call's time: exact percentiles
-            st = latency_stats(times)
-            lat = {"p50": st["p50"], "p90": st["p90"], "p99": st["percentile(99%)"], "mean": st["mean"]}
-            calls = st["count"]
-        else:  # only the printed summary: its median and 99th percentile
-            npu = summary.get("NPU_compute_time") or {}
-            lat = {"p50": npu.get("median"), "p90": None, "p99": npu.get("percentile(99%)"), "mean": npu.get("mean")}
-            calls = npu.get("count")
+        lat, calls = summary_latency(summary)
         throughput = 1000.0 * bs / lat["p50"] if lat["p50"] else summary.get("throughput")
         rows_out.append({"batch_size": bs, "throughput": throughput,
                          "throughput_from": "median latency" if lat["p50"] else "the tool's own figure",
