@@ -99,10 +99,10 @@ class InputPlan:
 
     def feeds(self, samples: int, seed: int = 0, data: str | Path | None = None,
               primary: str | None = None) -> list[dict[str, np.ndarray]]:
-        """``samples`` feeds: seeded values (the module docstring's defaults), except the inputs given data (their
-        ``InputSpec.data``, or ``data``: an ``.npz`` with one array per input name, or a ``.npy`` / folder of
-        float32 ``.bin`` files for input ``primary``, default the first), whose items make at most ``samples``
-        feeds (all the data makes, when fewer)."""
+        """``samples`` feeds: seeded values (the defaults ``graphopt.core.inputs`` lists), except the inputs given
+        data (their ``InputSpec.data``, or ``data``: an ``.npz`` with one array per input name, or a ``.npy`` /
+        folder of float32 ``.bin`` files for input ``primary``, default the first), whose items make at most
+        ``samples`` feeds (all the data makes, when fewer)."""
         real = self._data_feeds(data, samples, primary)
         count = samples if not real else min(len(v) for v in real.values())
         rng = np.random.default_rng(seed)
@@ -233,8 +233,8 @@ def _check_dims(inp: Input, shape: Sequence[int], src: str) -> None:
 
 
 def feeds_of(inputs: Sequence[Any], input_name: str | None, model_ins: Sequence[ModelInput]) -> list[dict]:
-    """A verification set from what callers pass: feeds (dicts) as they are; bare arrays (the single-input form
-    of before) as feeds of ``input_name`` (default the first input)."""
+    """A verification set from what callers pass: feeds (dicts) as they are; bare arrays (the single-input
+    form) as feeds of ``input_name`` (default the first input)."""
     out = []
     for x in inputs:
         if isinstance(x, Mapping):

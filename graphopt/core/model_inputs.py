@@ -57,6 +57,7 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def array_dtype_name(a: np.ndarray) -> str:
+    """An array's dtype by the names of ``DTYPES`` (numpy strings and objects are ``string``)."""
     if a.dtype == object or a.dtype.kind in "US":
         return "string"
     if a.dtype.name == "bfloat16":
@@ -93,6 +94,8 @@ class ModelInput:
 
 
 def load_skeleton(model) -> onnx.ModelProto:
+    """``model`` (a ModelProto, ``SplitModel``, serialized bytes or a path) as a ModelProto; a path is read without
+    its external data, which reading the inputs never needs."""
     from .protoio import SplitModel
 
     if isinstance(model, SplitModel):

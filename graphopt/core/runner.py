@@ -109,7 +109,7 @@ class Runner:
     ``inputs``: the model's real inputs (``graphopt.core.model_inputs.ModelInput``), weights left out. Each feed is
     checked against them before onnxruntime sees it (``check_feed``: a missing input, a wrong dtype or rank is one
     line naming the input; inputs the model does not take are left out of a feed, since a pass may drop a graph
-    input nothing reads). The single-input form of before still works: ``input_name`` (default the first input)
+    input nothing reads). The single-input form works too: ``input_name`` (default the first input)
     and ``run`` given bare arrays feeds them to that input."""
 
     def __init__(self, model, input_name: str | None = None, what: str = ""):

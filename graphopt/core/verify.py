@@ -178,7 +178,7 @@ def _compare_one(name: str, a: np.ndarray, b: np.ndarray, pairs, tol, declared: 
     elif all(x.ndim >= 2 for x, _ in pairs):  # per sample: each feed's rows
         cosine = min(_cosine(*(np.where(np.isfinite(x) & np.isfinite(y), v, 0.0).astype(np.float64)
                                for v in (x, y))) for x, y in pairs if x.size) if any(x.size for x, _ in pairs) else 1.0
-    else:  # vectors and scalars: all feeds as one row, as before
+    else:  # vectors and scalars: all feeds as one row
         cosine = _cosine(np.where(finite, a64, 0.0).ravel(), np.where(finite, b64, 0.0).ravel())
     if not np.isfinite(max_abs):
         cosine = min(cosine, 0.0)
