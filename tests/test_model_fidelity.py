@@ -1,7 +1,7 @@
 """Every valid ONNX model in, nothing lost: the graph passes work on (onnx-graphsurgeon's) must hold the model
 faithfully, or the model is refused with one clean line. onnx-graphsurgeon skips TYPE_PROTO attributes (Optional's
 ``type``), cannot export optional-typed tensors, drops node doc strings and the model's metadata;
-``protoio.import_graph`` / ``export_graph`` keep them."""
+``forms.import_graph`` / ``export_graph`` keep them."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 from graphopt.core.errors import UserError
 from graphopt.core.pass_infra import get_pass
 from graphopt.core.pipeline import run_pipeline
-from graphopt.core.protoio import graph_from_split, split_graph, split_model
+from graphopt.core.forms import graph_from_split, split_graph, split_model
 
 OPTIONAL_CASES = ["test_identity_opt", "test_if_opt", "test_loop16_seq_none",
                   "test_optional_has_element_optional_input", "test_optional_get_element_optional_tensor"]

@@ -1,4 +1,4 @@
-"""graphopt.core.protoio: models read with their weights straight into arrays, streamed back out byte for byte."""
+"""graphopt.core.wire and onnx_files: models read with their weights straight into arrays, streamed back out byte for byte."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from graphopt.core import ir, protoio
+from graphopt.core import files, forms, ir, onnx_files, wire
 from graphopt.core.errors import UserError
 from graphopt.core.verify import Runner
 
@@ -55,16 +55,16 @@ def saved(tmp_path):
     return model, path
 
 
-def _written(split: protoio.SplitModel) -> bytes:
+def _written(split: wire.SplitModel) -> bytes:
     buf = io.BytesIO()
-    n = protoio.write_inline(buf, split)
+    n = wire.write_inline(buf, split)
     assert n == len(buf.getvalue())
     return buf.getvalue()
 
 
 def test_read_holds_large_weights_as_arrays_and_the_rest_inline(saved):
     model, path = saved
-    split = protoio.read_split(path)
+    split = wire.read_split(path)
     assert list(split.weights) == ["w", "w16", "idx"]  # the skeleton's order
     for name, arr in split.weights.items():
         want = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
@@ -77,22 +77,22 @@ def test_read_holds_large_weights_as_arrays_and_the_rest_inline(saved):
 
 def test_written_file_equals_the_whole_model_serialized(saved):
     model, path = saved
-    assert _written(protoio.read_split(path)) == model.SerializeToString()
+    assert _written(wire.read_split(path)) == model.SerializeToString()
 
 
 def test_split_graph_writes_what_gs_export_would(saved):
     _, path = saved
-    graph = protoio.graph_from_split(protoio.read_split(path))
-    assert _written(protoio.split_graph(graph)) == ir.to_model(graph).SerializeToString()
+    graph = forms.graph_from_split(wire.read_split(path))
+    assert _written(forms.split_graph(graph)) == ir.to_model(graph).SerializeToString()
 
 
 def test_graph_constants_are_the_arrays_not_copies(saved):
     _, path = saved
-    split = protoio.read_split(path)
-    graph = protoio.graph_from_split(split)
+    split = wire.read_split(path)
+    graph = forms.graph_from_split(split)
     for name, arr in split.weights.items():
         assert graph.tensors()[name].values is arr
-    again = protoio.split_graph(graph)
+    again = forms.split_graph(graph)
     assert all(again.weights[n] is split.weights[n] for n in split.weights)
 
 
@@ -103,7 +103,7 @@ def test_external_data_is_read_into_arrays(saved, tmp_path):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # onnx.save_model moves the weights of the model it saves out of it
     onnx.save_model(copy, ext / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
-    split = protoio.read_split(ext / "m.onnx")
+    split = wire.read_split(ext / "m.onnx")
     assert split.had_external_data
     assert set(split.weights) >= {"w", "idx"}
     assert _written(split) == model.SerializeToString()
@@ -114,7 +114,7 @@ def test_reuse_shares_only_byte_identical_weights(saved, tmp_path, external):
     """B read with reuse=A's weights: a weight equal to A's (bytes, type, shape) is A's array; one that differs
     in a single element, or only in shape, is B's own, with B's values."""
     model, path = saved
-    a = protoio.read_split(path)
+    a = wire.read_split(path)
     b_model = onnx.ModelProto()
     b_model.CopyFrom(model)
     for t in b_model.graph.initializer:
@@ -127,7 +127,7 @@ def test_reuse_shares_only_byte_identical_weights(saved, tmp_path, external):
     onnx.save_model(b_model, folder / "b.onnx", save_as_external_data=external, location="b.data",
                     size_threshold=1024)
     reuse = {**a.weights, "idx": a.weights["idx"].reshape(10, 20)}  # same bytes, other shape
-    b = protoio.read_split(folder / "b.onnx", reuse=reuse)
+    b = wire.read_split(folder / "b.onnx", reuse=reuse)
     assert b.weights["w"] is a.weights["w"]
     assert b.weights["w16"] is not a.weights["w16"]
     assert b.weights["idx"] is not reuse["idx"] and b.weights["idx"].shape == (200,)
@@ -135,9 +135,9 @@ def test_reuse_shares_only_byte_identical_weights(saved, tmp_path, external):
         if t.name in ("w", "idx"):
             assert np.array_equal(b.weights[t.name], onnx.numpy_helper.to_array(t))
     assert b.weights["w16"][-1, -1] == a.weights["w16"][-1, -1] + 1
-    assert protoio._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdef"), chunk=3)
-    assert not protoio._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdeX"), chunk=3)
-    assert not protoio._file_holds(io.BytesIO(b"abc"), 2, memoryview(b"cd"), chunk=3)  # the file ends first
+    assert wire._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdef"), chunk=3)
+    assert not wire._file_holds(io.BytesIO(b"abcdefgh"), 2, memoryview(b"cdeX"), chunk=3)
+    assert not wire._file_holds(io.BytesIO(b"abc"), 2, memoryview(b"cd"), chunk=3)  # the file ends first
 
 
 def test_missing_external_data_is_a_one_line_error(saved, tmp_path):
@@ -147,7 +147,7 @@ def test_missing_external_data_is_a_one_line_error(saved, tmp_path):
     onnx.save_model(model, ext / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
     (ext / "m.onnx.data").unlink()
     with pytest.raises(UserError, match=r"external data file 'm.onnx.data' .* is missing"):
-        ir.load_split(ext / "m.onnx")
+        onnx_files.load_split(ext / "m.onnx")
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.9, 0.9999])
@@ -157,7 +157,7 @@ def test_truncated_file_is_a_one_line_error(saved, tmp_path, cut):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(data[: int(len(data) * cut)])
     with pytest.raises(UserError, match=r"cut.onnx: (not a readable ONNX model|invalid ONNX model)") as e:
-        ir.load_split(bad)
+        onnx_files.load_split(bad)
     assert "\n" not in str(e.value)
 
 
@@ -165,11 +165,11 @@ def test_empty_and_garbage_files(tmp_path):
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
     with pytest.raises(UserError, match=r"empty.onnx: not an ONNX model \(empty graph\)"):
-        ir.load_split(empty)
+        onnx_files.load_split(empty)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(np.random.default_rng(1).bytes(5000))
     with pytest.raises(UserError, match="junk.onnx: (not a readable ONNX model|not an ONNX model|invalid)"):
-        ir.load_split(junk)
+        onnx_files.load_split(junk)
 
 
 def test_raw_data_of_the_wrong_size_is_refused_by_the_checker(tmp_path):
@@ -178,37 +178,37 @@ def test_raw_data_of_the_wrong_size_is_refused_by_the_checker(tmp_path):
     w.raw_data = w.raw_data[:-4]
     path = tmp_path / "bad.onnx"
     path.write_bytes(model.SerializeToString())
-    split = protoio.read_split(path)
+    split = wire.read_split(path)
     assert "w" not in split.weights  # kept inline, as read
     with pytest.raises(UserError, match=r"bad.onnx: invalid ONNX model \(.*raw_data size"):
-        ir.load_split(path)
+        onnx_files.load_split(path)
 
 
 def test_checker_sees_structure_errors_in_the_skeleton(saved):
     _, path = saved
-    split = protoio.read_split(path)
+    split = wire.read_split(path)
     split.skeleton.graph.node[0].input[0] = "nowhere"
     with pytest.raises(onnx.checker.ValidationError, match="nowhere"):
-        protoio.check_split(split)
-    protoio.check_split(protoio.read_split(path))  # and the untouched model passes
+        onnx_files.check_split(split)
+    onnx_files.check_split(wire.read_split(path))  # and the untouched model passes
 
 
 def test_onnxruntime_runs_the_split_model_as_the_whole_one(saved):
     model, path = saved
     x = [np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)]
     want = Runner(model.SerializeToString()).run(x)
-    got = Runner(protoio.read_split(path)).run(x)
+    got = Runner(wire.read_split(path)).run(x)
     assert np.array_equal(want["y"], got["y"])
 
 
 def test_save_model_streams_a_graph_and_keeps_external_data(saved, tmp_path):
     model, path = saved
-    graph = protoio.graph_from_split(ir.load_split(path))
-    assert ir.save_model(graph, tmp_path / "out.onnx") == [tmp_path / "out.onnx"]
+    graph = forms.graph_from_split(onnx_files.load_split(path))
+    assert onnx_files.save_model(graph, tmp_path / "out.onnx") == [tmp_path / "out.onnx"]
     assert (tmp_path / "out.onnx").read_bytes() == ir.to_model(graph).SerializeToString()
-    files = ir.save_model(graph, tmp_path / "ext" / "out.onnx", external=True)
+    files = onnx_files.save_model(graph, tmp_path / "ext" / "out.onnx", external=True)
     assert [f.name for f in files] == ["out.onnx", "out.onnx.data"]
-    back = {t.name: t for t in ir.load_model(tmp_path / "ext" / "out.onnx").graph.initializer}
+    back = {t.name: t for t in onnx_files.load_model(tmp_path / "ext" / "out.onnx").graph.initializer}
     assert set(back) == {t.name for t in model.graph.initializer} - {"bf16"}  # unused: onnx-graphsurgeon drops it
     for t in model.graph.initializer[:-1]:
         assert np.array_equal(onnx.numpy_helper.to_array(back[t.name]).view(np.uint8),
@@ -221,43 +221,43 @@ def test_saving_starts_the_writeback_chunk_by_chunk(saved, tmp_path, monkeypatch
     fsync only waits for the tail; the bytes are the same, inline or as external data (whose writer seeks)."""
     model, path = saved
     started = []
-    monkeypatch.setattr(ir, "_WRITEBACK_CHUNK", 1024)
-    real = ir._start_writeback
-    monkeypatch.setattr(ir, "_start_writeback", lambda fd, off, n: (started.append((off, n)), real(fd, off, n)))
-    split = ir.load_split(path)
-    ir.save_model(split, tmp_path / "out.onnx")
+    monkeypatch.setattr(files, "_WRITEBACK_CHUNK", 1024)
+    real = files._start_writeback
+    monkeypatch.setattr(files, "_start_writeback", lambda fd, off, n: (started.append((off, n)), real(fd, off, n)))
+    split = onnx_files.load_split(path)
+    onnx_files.save_model(split, tmp_path / "out.onnx")
     data = (tmp_path / "out.onnx").read_bytes()
     assert data == model.SerializeToString()
     # consecutive ranges from the start, each at least a chunk, covering all but a tail under one write's size
     assert started[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(started, started[1:]))
     assert all(n >= 1024 for _, n in started) and sum(n for _, n in started) > len(data) - 4096
     started.clear()
-    ir.save_model(split, tmp_path / "ext" / "out.onnx", external=True)
-    assert started and ir.load_model(tmp_path / "ext" / "out.onnx").graph.initializer[0].raw_data == \
+    onnx_files.save_model(split, tmp_path / "ext" / "out.onnx", external=True)
+    assert started and onnx_files.load_model(tmp_path / "ext" / "out.onnx").graph.initializer[0].raw_data == \
         model.graph.initializer[0].raw_data
 
 
 def test_split_model_of_a_proto_matches_reading_its_file(saved):
     model, path = saved
-    from_proto = protoio.split_model(model)
-    assert list(from_proto.weights) == list(protoio.read_split(path).weights)
+    from_proto = forms.split_model(model)
+    assert list(from_proto.weights) == list(wire.read_split(path).weights)
     assert _written(from_proto) == model.SerializeToString()
 
 
 def test_over_two_gib_refused_before_writing():
     model = mixed_model()
-    split = protoio.split_model(model)
+    split = forms.split_model(model)
     # A view standing in for a 2 GiB weight: write_inline sizes the message before writing a byte.
     split.weights["w"] = np.broadcast_to(np.float32(0), (1 << 29, 1))
     buf = io.BytesIO()
     with pytest.raises(ValueError, match="over protobuf's 2 GiB limit"):
-        protoio.write_inline(buf, split)
+        wire.write_inline(buf, split)
     assert buf.getvalue() == b""
 
 
 def test_session_feeds_the_weights_in_place_and_lists_only_the_model_inputs(saved):
     model, path = saved
-    split = protoio.read_split(path)
+    split = wire.read_split(path)
     runner = Runner(split)
     assert runner.input_name == "x"
     assert all(np.shares_memory(runner.weights[n], split.weights[n]) for n in split.weights)  # no copy
@@ -272,6 +272,6 @@ def test_session_of_a_model_listing_its_initializers_as_inputs(tmp_path):
     model.ir_version = 3
     path = tmp_path / "ir3.onnx"
     path.write_bytes(model.SerializeToString())
-    runner = Runner(protoio.read_split(path))
+    runner = Runner(wire.read_split(path))
     assert runner.input_name == "x"
     assert runner.run([np.ones((1, 32), np.float32)])["y"].shape == (1, 4)

@@ -19,10 +19,10 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from graphopt.core import ir, protoio
+from graphopt.core import files, ir, onnx_files, wire
 from graphopt.commands.cli import main
 from graphopt.core.errors import UserError
-from graphopt.core.ir import load_model, save_model
+from graphopt.core.onnx_files import load_model, save_model
 from graphopt.core.pass_infra import get_pass
 from graphopt.testing import compare_models, model_from_text
 from graphopt.core.verify import Runner, make_inputs
@@ -144,7 +144,7 @@ def test_unreadable_model_permission_error(work, capsys, monkeypatch):
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(protoio, "open", denied, raising=False)  # the reader's open()
+    monkeypatch.setattr(wire, "open", denied, raising=False)  # the reader's open()
     code, _, err = cli(capsys, "apply", work / "recipe.yaml", "-o", work / "out")
     assert code == 2 and err == [f"graphopt: error: model {work / 'model.onnx'}: permission denied"]
     assert not (work / "out").exists()
@@ -154,7 +154,7 @@ def test_read_error_is_one_line(work, capsys, monkeypatch):
     def eio(path, *args, **kwargs):
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(protoio, "open", eio, raising=False)
+    monkeypatch.setattr(wire, "open", eio, raising=False)
     code, _, err = cli(capsys, "apply", work / "recipe.yaml", "-o", work / "out")
     assert code == 2 and err == [f"graphopt: error: model {work / 'model.onnx'}: cannot be read (Input/output error)"]
 
@@ -335,7 +335,7 @@ def test_output_below_a_regular_file(work, capsys):
 def test_atomic_write_turns_oserror_into_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", enospc)
     with pytest.raises(UserError, match=r"cannot write .*x\.bin: No space left on device"):
-        ir.atomic_write_bytes(tmp_path / "x.bin", b"data")
+        files.atomic_write_bytes(tmp_path / "x.bin", b"data")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -509,7 +509,7 @@ def test_large_model_through_apply(external, capsys, monkeypatch):
     second model in memory, never serialized into one message, and onnxruntime is handed the arrays."""
     import onnx_graphsurgeon as gs
 
-    total = ir.constant_nbytes(weighted_model())
+    total = onnx_files.constant_nbytes(weighted_model())
     exported: list[int] = []
     real_export = gs.export_onnx
 
@@ -538,7 +538,7 @@ def test_large_model_through_apply(external, capsys, monkeypatch):
     assert "model.onnx.data" in out  # the "wrote ..." line lists it
     assert digest(external / "model.onnx", external / "model.onnx.data") == source
     assert exported and max(exported) < total / 4, exported  # every export was a data-less skeleton
-    assert sessions and all(t is protoio.SplitModel for t in sessions), sessions  # ORT given the arrays
+    assert sessions and all(t is wire.SplitModel for t in sessions), sessions  # ORT given the arrays
     run = external / "out"
     assert {"model.onnx", "model.onnx.data"} <= {p.name for p in run.iterdir()}
     result = load_model(run / "model.onnx")
@@ -570,7 +570,7 @@ def test_model_over_2gb(tmp_path):
         w = (rng.standard_normal((dim, dim), dtype=np.float32) / dim ** 0.5).astype(np.float32)
         model.graph.initializer.append(onnx.numpy_helper.from_array(w, f"w{i}"))
         del w
-    assert ir.constant_nbytes(model) > 2 ** 31
+    assert onnx_files.constant_nbytes(model) > 2 ** 31
     save_model(model, tmp_path / "big.onnx")
     del model
     path = tmp_path / "recipe.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt.core import ir
+from graphopt.core import shapes
 from graphopt.testing import model_from_text
 
 MODEL = """
@@ -29,59 +29,59 @@ def cache(tmp_path, monkeypatch):
 
 def test_a_repeated_inference_reads_the_cache(cache, monkeypatch):
     model = model_from_text(MODEL)
-    first = ir.infer_shapes(model)
+    first = shapes.infer_shapes(model)
     assert _shapes(first)["a"] == _shapes(first)["b"] == [8, "N"]
     assert len(list(cache.iterdir())) == 1
 
     def fail(_):
         raise AssertionError("inferred again instead of reading the cache")
 
-    monkeypatch.setattr(ir, "_infer_uncached", fail)
-    assert ir.infer_shapes(model) == first
+    monkeypatch.setattr(shapes, "_infer_uncached", fail)
+    assert shapes.infer_shapes(model) == first
     other = model_from_text(MODEL.replace("Relu", "Sigmoid"))
     with pytest.raises(AssertionError, match="inferred again"):  # another model: another key
-        ir.infer_shapes(other)
+        shapes.infer_shapes(other)
 
 
 def test_damaged_entry_is_inferred_again_and_replaced(cache):
     model = model_from_text(MODEL)
-    first = ir.infer_shapes(model)
+    first = shapes.infer_shapes(model)
     (entry,) = cache.iterdir()
     entry.write_bytes(b"not a model")
-    assert ir.infer_shapes(model) == first
+    assert shapes.infer_shapes(model) == first
     assert entry.read_bytes() == first.SerializeToString()
 
 
 def test_disabled_or_unwritable_cache_changes_nothing(cache, monkeypatch, tmp_path):
     model = model_from_text(MODEL)
     monkeypatch.setenv("GRAPHOPT_SHAPE_CACHE", "0")
-    expected = ir.infer_shapes(model)
+    expected = shapes.infer_shapes(model)
     assert not cache.exists()
     monkeypatch.delenv("GRAPHOPT_SHAPE_CACHE")
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would go")
     monkeypatch.setenv("GRAPHOPT_CACHE", str(blocker))
-    assert ir.infer_shapes(model) == expected
+    assert shapes.infer_shapes(model) == expected
 
 
 def test_least_recently_used_entries_go_first(cache, monkeypatch):
     import os
 
-    monkeypatch.setattr(ir, "_SHAPE_CACHE_ENTRIES", 2)
+    monkeypatch.setattr(shapes, "_SHAPE_CACHE_ENTRIES", 2)
     models = [model_from_text(MODEL.replace("Relu", op)) for op in ("Relu", "Sigmoid", "Tanh")]
     for m in models[:2]:
-        ir.infer_shapes(m)
+        shapes.infer_shapes(m)
         for entry in cache.iterdir():  # distinct ages without sleeping
             os.utime(entry, (entry.stat().st_atime, entry.stat().st_mtime - 10))
-    ir.infer_shapes(models[0])  # a hit: the first entry is the most recently used again
-    ir.infer_shapes(models[2])
+    shapes.infer_shapes(models[0])  # a hit: the first entry is the most recently used again
+    shapes.infer_shapes(models[2])
     assert len(list(cache.iterdir())) == 2
 
     def fail(_):
         raise AssertionError("evicted")
 
-    monkeypatch.setattr(ir, "_infer_uncached", fail)
-    ir.infer_shapes(models[0])
-    ir.infer_shapes(models[2])
+    monkeypatch.setattr(shapes, "_infer_uncached", fail)
+    shapes.infer_shapes(models[0])
+    shapes.infer_shapes(models[2])
     with pytest.raises(AssertionError, match="evicted"):
-        ir.infer_shapes(models[1])
+        shapes.infer_shapes(models[1])

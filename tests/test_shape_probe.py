@@ -7,8 +7,9 @@ import onnx
 import pytest
 from corpus import ZOO, export_zoo_model
 
-from graphopt.core import ir, shape_probe
+from graphopt.core import ir, onnx_files, shape_probe
 from graphopt.core.shape_probe import probe_infer
+from graphopt.core.shapes import _infer_uncached, infer_shapes
 from graphopt.testing import model_from_text
 
 
@@ -95,11 +96,11 @@ def test_agrees_with_symbolic_inference_on_the_zoo(name, monkeypatch):
     """Every tensor the fallback (onnxruntime's symbolic inference) shapes gets the same type and static dims from
     probing, and its batch dims stay the batch; probing shapes every model of the zoo (none falls back)."""
     spec = next(m for m in ZOO if m.name == name)
-    model = ir.shape_model(ir.to_graph(ir.load_model(export_zoo_model(spec))))
+    model = ir.shape_model(ir.to_graph(onnx_files.load_model(export_zoo_model(spec))))
     probed = probe_infer(model)
     assert probed is not None
     monkeypatch.setattr(shape_probe, "probe_infer", lambda m: None)
-    symbolic = ir._infer_uncached(model)  # onnxruntime's symbolic inference, completed by ONNX's
+    symbolic = _infer_uncached(model)  # onnxruntime's symbolic inference, completed by ONNX's
     p, s = _shapes(probed), _shapes(symbolic)
     compared = 0
     for tensor, (dims, dtype) in s.items():
@@ -202,7 +203,7 @@ def test_symbolic_fallback_shapes_are_sound(name, monkeypatch):
     case = _node_case(name)
     model = _batch_symbolic(case.model)
     assert probe_infer(model) is None  # the fallback is what is tested
-    inferred = ir.infer_shapes(model)
+    inferred = infer_shapes(model)
     # The real shapes: every tensor made an output, run on the case's inputs.
     traced = onnx.ModelProto()
     traced.CopyFrom(case.model)
@@ -276,7 +277,7 @@ def test_a_clamped_slice_is_not_sized_by_the_probe_sizes(fallback, monkeypatch):
     model = _position_slice(True)
     if fallback:  # as for BERT, where probing gives up elsewhere
         monkeypatch.setattr(shape_probe, "probe_infer", lambda model: None)
-    shapes = _shapes(ir.infer_shapes(model))
+    shapes = _shapes(infer_shapes(model))
     width = shapes["p"][0][1]
     assert shapes["p"][0][0] == 1 and width != 64 and (width == "S" if fallback else width.startswith("unk__")), shapes
     assert shapes["z"][0][1] != 64 and shapes["xf"][0] == ["N", "S"], shapes
@@ -313,7 +314,7 @@ def test_graph_inputs_keep_their_declared_shapes():
     """onnxruntime's symbolic inference merges the symbol N with the 5 it meets (``x * slope``, slope [N]
     broadcast against x's last dim) and rewrites the inputs to [5, 4, 5] and [5]; onnxruntime then rejects every
     other batch ("Got invalid dimensions for input"). Inputs keep their declared types, graph outputs their
-    declared dims, and nothing derived from the merge (y as [5, 4, 5]) is kept: through ``ir.infer_shapes`` and
+    declared dims, and nothing derived from the merge (y as [5, 4, 5]) is kept: through ``shapes.infer_shapes`` and
     the infer_shapes pass."""
     import numpy as np
     import onnxruntime as ort
@@ -328,7 +329,7 @@ def test_graph_inputs_keep_their_declared_shapes():
         w = Neg(m)
     }""")
     assert probe_infer(model) is None  # at N = 97 the broadcast fails: the symbolic fallback is what is tested
-    inferred = ir.infer_shapes(model)
+    inferred = infer_shapes(model)
     assert [i.SerializeToString() for i in inferred.graph.input] == [
         i.SerializeToString() for i in model.graph.input]
     shapes = _shapes(inferred)

@@ -1,6 +1,6 @@
 """Shape inference by probing: ONNX's own (C++) inference at concrete sizes for the symbolic input dims.
 
-onnxruntime's symbolic shape inference (``ir.infer_shapes``'s fallback) imports sympy, which alone costs about
+onnxruntime's symbolic shape inference (``shapes.infer_shapes``'s fallback) imports sympy, which alone costs about
 0.9 s, and then runs in Python (0.5 s on ViT-B/32). ONNX's C++ inference takes milliseconds, but with a symbolic
 batch it loses every shape behind a computed ``Reshape`` target (``x.reshape(B, N, -1)``) or a computed ``Expand``
 (the cls token of a ViT), and before opset 13 it does not follow shape arithmetic at all. Here the symbolic input
@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .protoio import WEIGHT_MIN_BYTES, copy_fields
+from .wire import WEIGHT_MIN_BYTES, copy_fields
 
 __all__ = ["probe_infer", "probe_runs", "slice_range"]
 
@@ -89,7 +89,7 @@ def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
     sizes. Unlike ``probe_infer`` it stops at nothing: a node it cannot infer (a custom op, a subgraph, an inconsistency
     at these sizes) only leaves its outputs, and whatever depends on them, out; an input dim with no name gets its own
     symbol; the graph outputs' declared shapes are not imposed (a stale static batch there would make every other
-    size fail). ``ir.infer_shapes`` checks onnxruntime's symbolic inference against it. ``[]`` when there are too
+    size fail). ``shapes.infer_shapes`` checks onnxruntime's symbolic inference against it. ``[]`` when there are too
     many symbols."""
     light = _weightless(model)
     symbols: dict[str, int] = {}
