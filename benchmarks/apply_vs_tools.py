@@ -1,7 +1,7 @@
 """graphopt apply against onnxslim and onnxsim on the same exported files, with the load + save floor.
 
     python -m benchmarks.apply_vs_tools [--recipes vit_b32,twins_pcpvt_s,shiftvit,lvvit] [--repeat 3]
-                                        [--latency-reps 20]
+                                        [--latency-reps 20] [--tasks floor,graphopt,graphopt_verify]
 
 Each measurement runs in its own child process (fresh interpreter, so peak RSS is that task's alone), ``--repeat``
 times round robin across the tasks; the median time (and the largest peak RSS) is reported:
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("floor", "graphopt", "graphopt_verify", "graphopt_warm", "onnxsim", "onnxslim")
 
 
 def _child(task: str, src: str, out: str, recipe: str) -> None:
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=4, metavar=("TASK", "SRC", "OUT", "RECIPE"))
     parser.add_argument("--recipes", default="vit_b32,twins_pcpvt_s,shiftvit,lvvit")
-    parser.add_argument("--latency-reps", type=int, default=20)
+    parser.add_argument("--latency-reps", type=int, default=20,
+                        help="timed runs per session for the latency comparison (0: none)")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"the measurements to make, comma-separated (default all: {','.join(TASKS)})")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each task (round robin across tasks); the median time is reported")
     parser.add_argument("--latency", nargs=6, metavar=("NAIVE", "OPTIMIZED", "INPUT", "ITEM_SHAPE", "BATCH", "REPS"))
@@ -141,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             size_mb = src.stat().st_size / 1e6
             print(f"{name}: {src} ({size_mb:.0f} MB)", flush=True)
             tasks = []
-            for task in ("floor", "graphopt", "graphopt_verify", "graphopt_warm", "onnxsim", "onnxslim"):
+            for task in args.tasks.split(","):
+                if task not in TASKS:
+                    parser.error(f"--tasks: unknown task {task!r} (tasks: {', '.join(TASKS)})")
                 if task in ("onnxsim", "onnxslim"):
                     try:
                         __import__(task)
@@ -150,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                 tasks.append(task)
             runs: dict[str, list[dict]] = {t: [] for t in tasks}
-            prime = Path(tmp) / f"{name}-prime"
-            _measure("graphopt_warm", src, prime, recipe_path)  # untimed: caches the inferred shapes
+            if "graphopt_warm" in tasks:
+                _measure("graphopt_warm", src, Path(tmp) / f"{name}-prime", recipe_path)  # untimed: caches shapes
             for _ in range(args.repeat):  # round robin: a slow spell of the host hits every task alike
                 for task in tasks:
                     out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in ("floor", "onnxsim", "onnxslim")
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             item = list(recipe.input.shape[1:])
             lat = {}
             optimized = Path(tmp) / f"{name}-graphopt" / "model.onnx"
-            if optimized.is_file():
+            if optimized.is_file() and args.latency_reps > 0:
                 for bs in (1, 8):
                     # In a child too: Linux children inherit the parent's peak RSS, so the parent stays small.
                     lat[bs] = tuple(json.loads(subprocess.run(

@@ -3,7 +3,7 @@ run in fp16), given by hand (``mode: static``) or measured on the fp16 emulation
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -86,9 +86,10 @@ class Mixlist(Pass):
         "help": "measured: fp16 ReduceMean/ReduceSum accumulate in fp16 (Ascend310) or fp32 (Ascend310P/910)"})
     gelu_modes: bool = field(default=True, metadata={
         "help": "measured: try Gelu=high_performance (tanh) and choose it when the target holds"})
-    # Set by the pipeline before run() (graphopt.core.pipeline): (one input's verification arrays or None, input name,
-    # real data), read for its real-data flag; and the whole verification feeds (every input), or None.
-    calibration: Any = field(default=None, init=False, repr=False, compare=False)  # (feeds, real_data): pipeline
+    # What the pass manager supplies before run() (graphopt.core.pipeline): ``calibration``, (the verification feeds
+    # or None when verification is off, whether they are real data). Not a recipe key.
+    requires: ClassVar[tuple[str, ...]] = ("calibration",)
+    calibration: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         lists = {"keep_fp32": self.keep_fp32, "allow_fp16": self.allow_fp16,

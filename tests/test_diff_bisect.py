@@ -15,7 +15,8 @@ import pytest
 from graphopt.commands.apply import apply_recipe
 from graphopt.commands.bisect import bisect_recipe
 from graphopt.commands.cli import main
-from graphopt.commands.diff import diff_models, seeded_feeds
+from graphopt.commands.diff import seeded_feeds
+from graphopt.core.divergence import diff_models
 from graphopt.core.errors import VerificationFailed
 from graphopt.core.ir import const_value, make_name
 from graphopt.core.name_map import pass_name_map, summarize
@@ -213,7 +214,7 @@ def _two_layer(w2_nudge: float) -> onnx.ModelProto:
 def test_diff_of_large_and_external_weights_shares_the_equal_ones(tmp_path, capsys, monkeypatch):
     import tempfile
 
-    from graphopt.commands.diff import SubgraphRunner
+    from graphopt.core.divergence import SubgraphRunner
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
@@ -135,31 +136,31 @@ def test_input_model_is_never_modified(workdir):
 
 
 def test_reference_outputs_computed_beside_the_first_pass(workdir, monkeypatch):
-    """The input model's outputs come from a background thread while the first pass runs; a model onnxruntime
-    cannot run says so (not the first pass's own failure); a run where no pass changes anything still compares
-    the output with them."""
+    """The input model's outputs come from a background thread while the first pass runs, and each pass's from
+    another while the next pass runs; a model onnxruntime cannot run says so (not the first pass's own failure); a
+    run where no pass changes anything still compares the output with them."""
     import threading
 
-    import graphopt.core.pipeline as pipeline
+    import graphopt.core.pass_verification as verification
     from graphopt.core.errors import UserError
 
     threads = []
-    real = pipeline._outputs
+    real = verification._outputs
 
     def outputs(*args):
         threads.append(threading.current_thread().name)
         return real(*args)
 
-    monkeypatch.setattr(pipeline, "_outputs", outputs)
+    monkeypatch.setattr(verification, "_outputs", outputs)
     report = apply_recipe(recipe(workdir, "- softmax_transpose\n"), workdir / "run", progress=lambda m: None)
-    assert threads == ["graphopt-reference"] and report["passes"][0]["verify"]["passed"]
+    assert threads == ["graphopt-reference", "graphopt-verify"] and report["passes"][0]["verify"]["passed"]
     report = apply_recipe(recipe(workdir, "- gelu_precision\n"), workdir / "run", progress=lambda m: None)
     assert report["passes"][0]["status"] == "unchanged" and report["final_verify"]["passed"]
 
     def cannot_run(*args):
         raise UserError("onnxruntime cannot load the model: test")
 
-    monkeypatch.setattr(pipeline, "_outputs", cannot_run)
+    monkeypatch.setattr(verification, "_outputs", cannot_run)
     with pytest.raises(UserError, match="cannot load the model: test"):
         apply_recipe(recipe(workdir, "- test_raise\n"), workdir / "run", progress=lambda m: None)
 
@@ -293,3 +294,112 @@ def test_string_weights_survive_a_pass_that_changes_nothing():
     assert not result.records[0].changed
     out = result.model
     assert onnx.numpy_helper.to_array(out.graph.initializer[0]).tolist() == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pass manager: instruments around each pass, requirements a pass declares, verification beside the next pass
+
+
+def test_custom_instrument_sees_every_pass_and_skip():
+    from graphopt.core.instruments import (Honesty, Instrument, NameMapping, Normalize, OnFailSkip, PipelineRun,
+                                           Timing)
+    from graphopt.core.pass_verification import FinalCheck
+    from graphopt.core.pipeline import PassManager
+    from graphopt.core.protoio import graph_from_split, split_model
+    from graphopt.passes.gelu_precision import GeluPrecision
+    from graphopt.passes.softmax_transpose import SoftmaxTranspose
+
+    seen = []
+
+    class Recorder(Instrument):
+        def before_run(self, run):
+            seen.append(("before_run", len(run.steps)))
+
+        def before_pass(self, ctx):
+            seen.append(("before_pass", ctx.pass_.name))
+
+        def after_pass(self, ctx):
+            seen.append(("after_pass", ctx.pass_.name, ctx.result.changed, ctx.seconds > 0))
+
+        def on_error(self, ctx, error):
+            seen.append(("on_error", ctx.pass_.name, type(error).__name__))
+
+        def on_skip(self, ctx, failure):
+            seen.append(("on_skip", ctx.pass_.name, failure.summary))
+
+        def after_run(self, run):
+            seen.append(("after_run", [r.status for r in run.records]))
+
+    steps = [(SoftmaxTranspose(), "passes[0]", "stop"), (Raise(), "passes[1]", "skip"),
+             (GeluPrecision(), "passes[2]", "stop")]
+    run = PipelineRun(graph_from_split(split_model(model_from_text(TINY))), steps)
+    PassManager([Timing(), Honesty(), Normalize(), NameMapping(), FinalCheck(), OnFailSkip(), Recorder()]).run(run)
+    assert seen == [("before_run", 3),
+                    ("before_pass", "softmax_transpose"), ("after_pass", "softmax_transpose", True, True),
+                    ("before_pass", "test_raise"), ("on_error", "test_raise", "RuntimeError"),
+                    ("on_skip", "test_raise", "raised RuntimeError: boom"),
+                    ("before_pass", "gelu_precision"), ("after_pass", "gelu_precision", False, True),
+                    ("after_run", ["applied", "skipped", "unchanged"])]
+    assert run.last is not None and [n.op for n in run.graph.nodes].count("Transpose") == 2  # the skip kept it
+
+
+def test_failure_verified_beside_the_next_pass_is_reported_before_that_pass_crashes(workdir):
+    """Pass 1's outputs are computed while pass 2 runs; pass 2 crashing must not hide that pass 1 broke
+    numerics (the run would have stopped before pass 2)."""
+    with pytest.raises(VerificationFailed, match=r"pass test_break_softmax_axis \(passes\[0\]\) broke numerics"):
+        apply_recipe(recipe(workdir, "- test_break_softmax_axis\n- test_raise\n"), workdir / "run",
+                     progress=lambda m: None)
+
+
+@register_pass("test_needs_calibration")
+class NeedsCalibration(Pass):
+    """Test-only: declares that it needs the calibration data and reports what it got."""
+
+    requires = ("calibration",)
+    calibration = None
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        feeds, real_data = self.calibration
+        return PassResult(False, {"feeds": None if feeds is None else len(feeds), "real_data": real_data})
+
+
+@register_pass("test_undeclared_calibration")
+class UndeclaredCalibration(Pass):
+    """Test-only: has a ``calibration`` attribute but does not require it, so the pipeline leaves it alone."""
+
+    calibration = "untouched"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        return PassResult(False, {"calibration": self.calibration})
+
+
+@register_pass("test_needs_the_moon")
+class NeedsTheMoon(Pass):
+    """Test-only: requires something no pipeline supplies."""
+
+    requires = ("moon",)
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        return PassResult(False)
+
+
+def test_calibration_is_supplied_to_the_passes_that_require_it():
+    from graphopt.core.pipeline import run_pipeline
+
+    model = model_from_text(TINY)
+    feeds = [{"x": np.ones((2, 2, 3, 4), np.float32)}] * 3
+    steps = [(NeedsCalibration(), "passes[0]", "stop"), (UndeclaredCalibration(), "passes[1]", "stop")]
+    result = run_pipeline(model, steps, inputs=feeds, real_data=True)
+    assert result.records[0].stats == {"feeds": 3, "real_data": True}
+    assert result.records[1].stats == {"calibration": "untouched"}
+    result = run_pipeline(model, steps[:1], inputs=None)
+    assert result.records[0].stats == {"feeds": None, "real_data": False}
+
+
+def test_a_requirement_the_pipeline_cannot_supply_stops_the_run_before_any_pass():
+    from graphopt.core.pipeline import run_pipeline
+
+    with pytest.raises(PassError, match=r"pass test_needs_the_moon \(passes\[1\]\) requires 'moon', which this "
+                                        r"pipeline cannot supply \(it supplies: calibration\)"):
+        run_pipeline(model_from_text(TINY), [(Raise(), "passes[0]", "stop"), (NeedsTheMoon(), "passes[1]", "stop")],
+                     inputs=None)

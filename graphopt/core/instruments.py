@@ -1,0 +1,294 @@
+"""Instruments: what the pass manager (``graphopt.core.pipeline``) does around each pass, one concern per object.
+
+An instrument has hooks the manager calls in the order the instruments are listed (each a no-op by default):
+``before_run(run)``; for each pass ``before_pass(ctx)``, the pass, ``after_pass(ctx)``; ``on_error(ctx, error)``
+when the pass or an ``after_pass`` hook raised (before the error propagates); ``on_skip(ctx, failure)`` when a pass
+with ``on_fail: skip`` failed and is dropped; ``after_run(run)``. ``ctx`` (``PassContext``) is one pass's step;
+``run`` (``PipelineRun``) what the whole run shares, the graph among it.
+
+The instruments here: the requirements a pass declares (``Requirements``), timing, the honesty check (a pass that
+says "no change" must not have edited), the cleanup and sort of a changed graph, the name map, ``on_fail: skip``
+and progress. Verification is ``graphopt.core.pass_verification``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from .errors import PassError
+from .name_map import compose, pass_name_map, summarize, tensor_producers
+from .pass_infra import Pass, PassResult
+from .protoio import SplitModel, graph_from_split, split_graph
+
+__all__ = ["PassRecord", "PipelineRun", "PassContext", "PassFailure", "Instrument", "Requirements", "Timing",
+           "Honesty", "Normalize", "NameMapping", "OnFailSkip", "Progress", "fingerprint"]
+
+
+@dataclass
+class PassRecord:
+    name: str
+    where: str
+    changed: bool
+    stats: dict[str, Any]
+    seconds: float
+    verify: dict[str, Any] | None
+    status: str  # "applied" | "unchanged" | "skipped"
+    configs: dict[str, Any] = field(default_factory=dict)
+    name_map: dict[str, int] | None = None  # counts: kept, renamed, replaced, new (graphopt.core.name_map)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "where": self.where, "changed": self.changed, "status": self.status,
+                "stats": self.stats, "seconds": round(self.seconds, 4), "verify": self.verify,
+                "configs": self.configs, "name_map": self.name_map}
+
+
+@dataclass
+class PipelineRun:
+    """What every pass of a run shares. ``last``: the graph as a ``SplitModel`` sharing the graph's weight arrays,
+    as the last checked pass left it (the input model before any; None when verification is off until the end);
+    ``traced``: output tensor -> input model tensor."""
+
+    graph: gs.Graph
+    steps: Sequence[tuple[Pass, str, str]]
+    last: SplitModel | None = None
+    records: list[PassRecord] = field(default_factory=list)
+    configs: dict[str, Any] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)  # the passes that ran, in order
+    traced: dict[str, str] = field(default_factory=dict)
+    final_verify: dict[str, Any] | None = None
+
+
+@dataclass
+class PassContext:
+    """One pass's step: the pass, where the recipe lists it, its on_fail, its 1-based index; what the pass and the
+    instruments found (``result``, ``seconds``, ``verify``, ``pass_map`` this pass's own name map, ``name_map`` its
+    counts) and its ``record`` once the manager made it."""
+
+    run: PipelineRun
+    pass_: Pass
+    where: str
+    on_fail: str
+    index: int
+    result: PassResult | None = None
+    seconds: float = 0.0
+    verify: dict[str, Any] | None = None
+    pass_map: dict[str, str] | None = None
+    name_map: dict[str, int] | None = None
+    record: PassRecord | None = None
+
+    @property
+    def label(self) -> str:
+        return f"[{self.index}/{len(self.run.steps)}] {self.pass_.name}"
+
+    @property
+    def who(self) -> str:
+        return f"pass {self.pass_.name} ({self.where})"
+
+
+class PassFailure(Exception):
+    """A failure ``on_fail: skip`` absorbs: the pass raised, or broke numerics. ``error`` is raised (``from
+    cause``) when the pass does not skip; otherwise the pass is recorded as skipped with ``changed``, ``stats`` and
+    ``verify``, and progress says ``summary``."""
+
+    def __init__(self, error: Exception, summary: str, *, changed: bool, stats: dict[str, Any],
+                 verify: dict[str, Any] | None = None, cause: BaseException | None = None) -> None:
+        super().__init__(str(error))
+        self.error, self.summary, self.cause = error, summary, cause
+        self.changed, self.stats, self.verify = changed, stats, verify
+
+
+class Instrument:
+    """The hooks, each a no-op: subclasses override those they need (see the module docstring)."""
+
+    def before_run(self, run: PipelineRun) -> None:
+        pass
+
+    def before_pass(self, ctx: PassContext) -> None:
+        pass
+
+    def after_pass(self, ctx: PassContext) -> None:
+        pass
+
+    def on_error(self, ctx: PassContext, error: Exception) -> None:
+        pass
+
+    def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
+        pass
+
+    def after_run(self, run: PipelineRun) -> None:
+        pass
+
+
+class Requirements(Instrument):
+    """What passes declare they need, supplied. A pass lists the names in ``requires`` (a class attribute); each
+    is set as the pass's attribute of that name before it runs. ``supplies``: name -> value. A pass requiring a
+    name the pipeline does not supply stops the run before any pass runs."""
+
+    def __init__(self, supplies: dict[str, Any]) -> None:
+        self.supplies = supplies
+
+    def before_run(self, run: PipelineRun) -> None:
+        for p, where, _ in run.steps:
+            for name in getattr(p, "requires", ()):
+                if name not in self.supplies:
+                    offered = ", ".join(sorted(self.supplies)) or "nothing"
+                    raise PassError(f"pass {p.name} ({where}) requires {name!r}, which this pipeline cannot supply "
+                                    f"(it supplies: {offered})")
+
+    def before_pass(self, ctx: PassContext) -> None:
+        for name in getattr(ctx.pass_, "requires", ()):
+            setattr(ctx.pass_, name, self.supplies[name])
+
+
+class Timing(Instrument):
+    """``ctx.seconds``: the pass's own run time (listed first after the pass, so no other hook is counted)."""
+
+    def before_pass(self, ctx: PassContext) -> None:
+        self._t0 = time.perf_counter()
+
+    def after_pass(self, ctx: PassContext) -> None:
+        ctx.seconds = time.perf_counter() - self._t0
+
+    def on_error(self, ctx: PassContext, error: Exception) -> None:
+        if ctx.result is None:  # the pass itself raised
+            ctx.seconds = time.perf_counter() - self._t0
+
+
+def fingerprint(graph: gs.Graph) -> int:
+    """A hash of what ``graph`` computes as the objects hold it: nodes (op, domain, attributes, the identities of
+    their input and output tensors), tensor names, constants' arrays (by identity: a pass that changes a weight
+    replaces its array or writes into it, and the latter is not seen) and dtypes, graph inputs and outputs. A
+    subgraph attribute (If's branches, Loop's and Scan's bodies) is hashed by its contents the same way, nested
+    ones too: hashing the ``gs.Graph`` object alone would miss every edit made inside it. Not the shapes and
+    dtypes inferred for computed tensors: annotations that passes fill in."""
+    seen: dict[int, tuple] = {}
+
+    def tensor(t) -> int:
+        if id(t) not in seen:
+            lazy = getattr(t, "_values", None)
+            # (a sparse initializer's lazy values hold a SparseTensorProto, whose data type is its values')
+            proto = getattr(lazy, "tensor", None)
+            proto = getattr(proto, "values", proto)
+            if isinstance(lazy, LazyValues) and getattr(proto, "data_type", None) == onnx.TensorProto.STRING:
+                # Not loaded: onnx-graphsurgeon writes a loaded string array as raw_data, which strings cannot use,
+                # so loading one here would make an untouched model unexportable. Passes never write into strings.
+                seen[id(t)] = (t.name, id(lazy), t.export_dtype)
+            elif isinstance(t, gs.Constant):  # ``values`` loads lazy values once: the array's identity is stable after
+                seen[id(t)] = (t.name, id(t.values), t.export_dtype)
+            else:  # its shape and dtype are annotations (passes infer them), not what is computed
+                seen[id(t)] = (t.name,)
+        return id(t)
+
+    def attr(v):
+        if isinstance(v, gs.Graph):
+            return contents(v)
+        if isinstance(v, gs.Constant):  # a tensor attribute (Constant's value): its name, array and dtype
+            return ("tensor", tensor(v))
+        if isinstance(v, np.ndarray):
+            return id(v)
+        if isinstance(v, (list, tuple)):
+            return tuple(attr(x) for x in v)
+        return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
+
+    def contents(g: gs.Graph) -> tuple:
+        # A subgraph's tensors that come from the outer scope are the outer graph's objects: the same ids.
+        parts = [g.name, tuple(map(tensor, g.inputs)), tuple(map(tensor, g.outputs))]
+        for node in g.nodes:
+            parts.append((node.op, node.domain, node.name, tuple(map(tensor, node.inputs)),
+                          tuple(map(tensor, node.outputs)),
+                          tuple((k, attr(v)) for k, v in node.attrs.items())))
+        return tuple(parts)
+
+    parts = contents(graph)
+    return hash((parts, tuple(seen.items())))
+
+
+class Honesty(Instrument):
+    """Holds a pass to its word: one that reports no change must not have edited the graph, since its result then
+    skips verification."""
+
+    def before_pass(self, ctx: PassContext) -> None:
+        self._before = fingerprint(ctx.run.graph)
+
+    def after_pass(self, ctx: PassContext) -> None:
+        if not ctx.result.changed and fingerprint(ctx.run.graph) != self._before:
+            raise PassError(f"{ctx.who} reported no change but modified the graph: its result would skip "
+                            "verification (a pass returns PassResult(changed=True, ...) when it edits)")
+
+
+class Normalize(Instrument):
+    """A changed graph cleaned up (dead nodes and tensors dropped) and sorted, as every later step expects it."""
+
+    def after_pass(self, ctx: PassContext) -> None:
+        if not ctx.result.changed:
+            return
+        try:
+            ctx.run.graph.cleanup().toposort()
+        except Exception as e:  # noqa: BLE001 - a cycle, a dangling tensor: the pass broke the graph
+            raise PassError(f"{ctx.who} left a graph that cannot be sorted: "
+                            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}") from None
+
+
+class NameMapping(Instrument):
+    """The name map (``graphopt.core.name_map``): each changed pass's own map (``ctx.pass_map``, its counts in
+    ``ctx.name_map``) composed into the run's, output tensor -> input model tensor; a skipped pass's is undone."""
+
+    def before_run(self, run: PipelineRun) -> None:
+        run.traced = {name: name for name in tensor_producers(run.graph)}
+
+    def before_pass(self, ctx: PassContext) -> None:
+        self._names = tensor_producers(ctx.run.graph)
+        self._traced = ctx.run.traced
+
+    def after_pass(self, ctx: PassContext) -> None:
+        if not ctx.result.changed:
+            return
+        graph = ctx.run.graph
+        names_after = tensor_producers(graph)
+        ctx.pass_map = pass_name_map(self._names, names_after, ctx.result.renamed, {t.name for t in graph.outputs})
+        ctx.name_map = summarize(ctx.pass_map, self._names, names_after)
+        ctx.run.traced = compose(ctx.pass_map, self._traced)
+
+    def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
+        ctx.run.traced = self._traced
+
+
+class OnFailSkip(Instrument):
+    """``on_fail: skip``: a pass that fails is dropped and the graph before it restored, from the last checked
+    graph when verification keeps one (no copy), else from a split of the graph taken before the pass."""
+
+    def before_pass(self, ctx: PassContext) -> None:
+        run = ctx.run
+        self._before = run.last if run.last is not None else split_graph(run.graph) if ctx.on_fail == "skip" \
+            else None
+
+    def after_pass(self, ctx: PassContext) -> None:
+        self._before = None
+
+    def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
+        ctx.run.graph = graph_from_split(self._before)
+        self._before = None
+
+
+class Progress(Instrument):
+    """One line when a pass starts, one when it is done or skipped (verification adds its own when it resolves)."""
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.progress = progress
+
+    def before_pass(self, ctx: PassContext) -> None:
+        self.progress(f"{ctx.label} ...")
+
+    def after_pass(self, ctx: PassContext) -> None:
+        status = "applied" if ctx.result.changed else "unchanged"
+        shown = "" if ctx.verify is None else f", max_abs {ctx.verify['max_abs']:.2e}, cosine {ctx.verify['cosine']:.7f}"
+        self.progress(f"{ctx.label}: {status} in {ctx.seconds:.2f}s{shown}")
+
+    def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
+        self.progress(f"{ctx.label}: {failure.summary}; skipped (on_fail: skip)")

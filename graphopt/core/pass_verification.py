@@ -1,0 +1,159 @@
+"""Verification of every pass, as an instrument of the pass manager (``graphopt.core.instruments``).
+
+After every pass that changed the graph, the graph is split into its weightless skeleton and its weights' arrays
+(``graphopt.core.protoio``: no copy of them), checked with ``onnx.checker``, run in onnxruntime on the verification
+feeds and compared with the outputs of the graph before the pass (``graphopt.core.verify``). The outputs of the
+last verified graph are kept, so each pass costs one session, not two.
+
+The onnxruntime work runs in background threads (onnxruntime releases the GIL; ``graphopt.core.background``): the
+input model's outputs beside the first pass, a pass's outputs beside the next pass. A pass's comparison is resolved
+once the next pass is done, before anything depends on it: the next comparison, an error (an earlier pass that
+broke numerics is the failure to report, not what followed it), the end of the run. A pass with ``on_fail: skip``
+is resolved at once, so that a failing one is dropped, and the graph before it restored, before the next pass runs.
+A pass outside tolerance stops the run with ``VerificationFailed`` naming the pass, the worst output and the first
+divergent tensor (``graphopt.core.divergence``). At the end, the output is compared with the input model's outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from .background import Background
+from .divergence import describe_divergence, first_divergence
+from .errors import PassError, UserError, VerificationFailed
+from .instruments import Instrument, PassContext, PassFailure, PipelineRun
+from .protoio import SplitModel, check_split, split_graph
+from .verify import Outputs, Runner, compare_outputs
+
+__all__ = ["Verification", "FinalCheck", "check", "BEFORE"]
+
+# What a pass's outputs are compared with, as its failure message names it ("output 'y' has shape [3] per sample,
+# the graph before it gave [2]").
+BEFORE = "the graph before it"
+
+
+def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], options) -> Outputs:
+    runner = Runner(model)
+    if options.terminate:  # cancelled while the session was being built
+        raise KeyboardInterrupt
+    return runner.run(feeds, options)
+
+
+def _pass_outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], who: str, options) -> Outputs:
+    try:
+        return _outputs(model, feeds, options)
+    except UserError as e:
+        raise PassError(f"{who} produced a graph onnxruntime rejects: {e}") from None
+
+
+def check(split: SplitModel, who: str, note: str = "") -> None:
+    """``onnx.checker`` on ``split``; a failure is a ``PassError`` blaming ``who``."""
+    try:
+        check_split(split)
+    except onnx.checker.ValidationError as e:
+        raise PassError(f"{who} produced an invalid graph{note}: {str(e).strip().splitlines()[0]}") from None
+
+
+@dataclass
+class _Pending:
+    """A pass's verification under way: the graphs before and after it, and its outputs being computed."""
+
+    ctx: PassContext
+    before: SplitModel
+    after: SplitModel
+    outputs: Background
+
+
+class Verification(Instrument):
+    """Checks, runs and compares every changed pass (see the module docstring); ``run.last`` is the graph as the
+    last pass left it, split, which ``on_fail: skip`` restores and the run's result saves without splitting again.
+    """
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], tolerance: Any,
+                 progress: Callable[[str], None]) -> None:
+        self.feeds, self.tolerance, self.progress = feeds, tolerance, progress
+        self._pending: _Pending | None = None
+        self._ref: Outputs | None = None  # the input model's outputs
+        self._prev: Outputs | None = None  # the last verified graph's
+
+    def before_run(self, run: PipelineRun) -> None:
+        # A large export's session takes seconds (ShiftViT's 7021 nodes: 2 s), and nothing needs the outputs
+        # before the first pass is checked.
+        self.progress(f"verify: reference outputs of the input model on {len(self.feeds)} batch(es), beside the "
+                      "first pass")
+        self._reference = Background("graphopt-reference", _outputs, run.last, self.feeds)
+
+    def after_pass(self, ctx: PassContext) -> None:
+        if not ctx.result.changed:
+            return
+        run = ctx.run
+        after = split_graph(run.graph)  # the weights stay the graph's arrays
+        check(after, ctx.who)
+        pending = _Pending(ctx, run.last, after,
+                           Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who))
+        self._settle()  # the previous pass's, which ran beside this one
+        self._pending = pending
+        if ctx.on_fail == "skip":
+            self._settle()
+        run.last = after
+
+    def on_error(self, ctx: PassContext, error: Exception) -> None:
+        self._settle()
+        self._previous()  # a model onnxruntime cannot run says so first: verification was impossible
+
+    def after_run(self, run: PipelineRun) -> None:
+        self._settle()
+        cmp = compare_outputs(self._reference_outputs(), self._previous(), self.tolerance)
+        run.final_verify = cmp.summary()
+        if not cmp.passed:
+            raise VerificationFailed(f"passes {', '.join(run.done)} together drift beyond tolerance from the input "
+                                     f"model: {cmp.describe('the input model')}")
+
+    def _reference_outputs(self) -> Outputs:
+        if self._ref is None:
+            self._ref = self._reference.result()
+        return self._ref
+
+    def _previous(self) -> Outputs:
+        if self._prev is None:
+            self._prev = self._reference_outputs()
+        return self._prev
+
+    def _settle(self) -> None:
+        """Compare the pass under way with the graph before it: its verdict in its context and record, or its
+        failure raised (a ``PassFailure`` when it skips)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        got = pending.outputs.result()
+        cmp = compare_outputs(self._previous(), got, self.tolerance)
+        ctx = pending.ctx
+        ctx.verify = verdict = cmp.summary()
+        if ctx.record is not None:
+            ctx.record.verify = verdict
+        if not cmp.passed:
+            self.progress(f"{ctx.label}: FAILED verification; locating the first divergent tensor ...")
+            verdict["first_divergent"] = first_divergence(  # both share the graphs' weight arrays
+                pending.before, pending.after, self.feeds, ctx.pass_map, self.tolerance)
+            shown = f"{cmp.describe(BEFORE)}{describe_divergence(verdict['first_divergent'])}"
+            error = VerificationFailed(f"{ctx.who} broke numerics: {shown}")
+            if ctx.on_fail != "skip":
+                raise error
+            raise PassFailure(error, f"FAILED verification, {shown}", changed=True, stats=ctx.result.stats,
+                              verify=verdict)
+        self._prev = got
+        if ctx.record is not None:  # its "applied" line is out: the verdict follows it
+            self.progress(f"{ctx.label}: verified, max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}")
+
+
+class FinalCheck(Instrument):
+    """Without verification, which checks after each pass, ``onnx.checker`` once on the output (``run.last``)."""
+
+    def after_run(self, run: PipelineRun) -> None:
+        if any(r.changed for r in run.records):
+            run.last = split_graph(run.graph)
+            check(run.last, f"passes {', '.join(run.done)}",
+                  " (verification, which checks after each pass, names the pass)")
