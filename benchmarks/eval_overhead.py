@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.batch_sizes.split(",")]
 
     from graphopt.commands.apply import apply_recipe
-    from graphopt.ascend.backends import TimingOptions
+    from graphopt.ascend.ort_backend import TimingOptions
     from graphopt.commands.evaluate import EvalOptions, evaluate
     from graphopt.commands.recipe import load_recipe
 

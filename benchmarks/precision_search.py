@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from onnxconverter_common.auto_mixed_precision import auto_convert_mixed_precision
 
     from graphopt.ascend.fp16_emulation import Fp16Emulator
-    from graphopt.ascend.fp16_sensitivity import (PrecisionSearch, Target, _model_input, _recipe_model, analyse,
+    from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, _model_input, analyse
+    from graphopt.commands.precision import _recipe_model
                                           load_calibration)
     from graphopt.commands.recipe import load_recipe
     from graphopt.core.verify import compare_outputs

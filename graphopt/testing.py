@@ -15,12 +15,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .core.inputs import InputSpec, merge_specs, model_inputs, resolve_inputs
+from .core.inputs import InputSpec, merge_specs, resolve_inputs
+from .core.model_inputs import model_inputs
 from .core.ir import to_graph, to_model
 from .core.pass_infra import Pass, PassResult
 from .commands.recipe import load_recipe
 from .core.tolerance import Tolerance
-from .core.verify import Comparison, Runner, compare_outputs
+from .core.verify import Comparison, compare_outputs
+from .core.runner import Runner
 
 __all__ = ["model_from_text", "run_pass", "compare_models", "assert_pass_verified", "assert_pass_unchanged",
            "assert_recipe_verified", "STRICT_FP32", "InputSpec"]

@@ -20,9 +20,11 @@ from corpus import ZOO, custom_models, export_zoo_model, pass_configs
 from graphopt.core.errors import GraphoptError, UserError
 from graphopt.core.ir import load_model
 from graphopt.core.pipeline import run_pipeline
-from graphopt.commands.recipe import PassSpec, build_pass
+from graphopt.commands.recipe_schema import PassSpec, build_pass
 from graphopt.core.tolerance import Tolerance
-from graphopt.core.verify import Runner, compare_outputs, make_inputs
+from graphopt.core.verify import compare_outputs
+from graphopt.core.runner import Runner
+from graphopt.core.feeds import make_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = pass_configs(REPO)

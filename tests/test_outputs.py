@@ -23,7 +23,7 @@ import pytest
 import graphopt.commands.apply
 import graphopt.commands.bisect
 import graphopt.commands.evaluate
-import graphopt.ascend.fp16_sensitivity
+import graphopt.commands.precision
 from graphopt.commands.cli import main
 from graphopt.core.outputs import MARKER, marker_kind
 from graphopt.core.pass_infra import Pass, register_pass
@@ -66,7 +66,7 @@ def no_work(monkeypatch) -> None:
 
     monkeypatch.setattr(graphopt.commands.apply, "source_model_path", started)
     monkeypatch.setattr(graphopt.commands.bisect, "source_model_path", started)
-    monkeypatch.setattr(graphopt.ascend.fp16_sensitivity, "_recipe_model", started)
+    monkeypatch.setattr(graphopt.commands.precision, "_recipe_model", started)
     monkeypatch.setattr(graphopt.commands.evaluate, "_choose_backend", started)
 
 

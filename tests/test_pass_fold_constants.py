@@ -9,7 +9,7 @@ from graphopt.core.ir import op_counts
 from graphopt.core.pass_infra import get_pass
 from graphopt.testing import (STRICT_FP32, assert_pass_unchanged, assert_pass_verified, compare_models,
                               model_from_text)
-from graphopt.core.verify import make_inputs
+from graphopt.core.feeds import make_inputs
 
 FoldConstants = get_pass("fold_constants")
 

@@ -12,7 +12,7 @@ from graphopt.passes.gelu_precision import GeluPrecision
 from graphopt.core.pipeline import run_pipeline
 from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified, model_from_text, run_pass
-from graphopt.core.verify import make_inputs
+from graphopt.core.feeds import make_inputs
 from graphs import torch_onnx
 
 # A fused Gelu against the decomposed form of the same approximation: the same function, rounding apart

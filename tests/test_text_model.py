@@ -15,7 +15,7 @@ import pytest
 from graphopt.core.errors import UserError
 from graphopt.commands.export import cache_dir
 from graphopt.core.ir import atomic_write_bytes
-from graphopt.core.verify import Runner
+from graphopt.core.runner import Runner
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphs import cli, torch_onnx
 

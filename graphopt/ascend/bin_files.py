@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.datasets import natural_key
 from ..core.errors import UserError
-from ..core.inputs import _name_of_array, model_inputs, np_dtype
+from ..core.model_inputs import array_dtype_name as _name_of_array, model_inputs, np_dtype
 
 __all__ = ["BinInput", "read_item", "item_stem", "input_files", "save_output", "model_input_specs",
            "fit_to_input"]

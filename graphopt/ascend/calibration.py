@@ -16,8 +16,9 @@ import numpy as np
 
 from ..core.datasets import LABELS_FILE, folder_items, preprocess_image, read_labels_file
 from ..core.errors import UserError
-from ..core.inputs import model_inputs, resolve_inputs
-from ..core.verify import load_input_data, make_inputs
+from ..core.inputs import resolve_inputs
+from ..core.model_inputs import model_inputs
+from ..core.feeds import load_input_data, make_inputs
 from .fp16_emulation import Fp16Emulator
 
 __all__ = ["RANDOM_INPUTS_WARNING", "Calibration", "feed_items", "rebatch", "screen_batches", "BatchLayout",

@@ -57,7 +57,8 @@ def _class_output(proto) -> tuple[int | None, int | None]:
 def load_run(run_dir: str | Path) -> EvalRun:
     import onnx
 
-    from ..core.inputs import model_inputs, resolve_inputs
+    from ..core.inputs import resolve_inputs
+    from ..core.model_inputs import model_inputs
 
     path = Path(run_dir)
     if not path.is_dir():

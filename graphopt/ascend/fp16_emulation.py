@@ -50,7 +50,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..core.errors import UserError
-from ..core.inputs import model_inputs
+from ..core.model_inputs import model_inputs
 from ..core.ir import const_value, infer_shapes, producer, to_graph, to_model
 from ..core.pattern import NoMatch
 from ..core.sessions import create_session
@@ -60,7 +60,7 @@ from .fp16_units import (CUBE_OPS, DATA_MOVEMENT_OPS, GELU_INPUT, PRECISION_MODE
                          SQRT_2_OVER_PI, reduce_axes, unit_ascend_type)
 
 if TYPE_CHECKING:
-    from ..core.verify import Outputs
+    from ..core.runner import Outputs
 
 __all__ = ["Fp16Emulator"]
 
@@ -327,7 +327,7 @@ class Fp16Emulator:
         ``batches`` are feeds (dicts input name -> array, every input of the model; integer and bool inputs pass
         through unchanged, only float32 tensors are rounded) or bare arrays for ``input_name``. ``count``: a trial
         of the search (``runs``), not a check that the feeds run."""
-        from ..core.verify import Outputs
+        from ..core.runner import Outputs
 
         mask = np.zeros(len(self.units), bool) if fp16 is None else np.asarray(fp16, bool)
         if mask.shape != (len(self.units),):
@@ -337,7 +337,7 @@ class Fp16Emulator:
         for x in batches:
             feed = dict(x) if isinstance(x, Mapping) else {self.input_name: x}
             if not self._checked:
-                from ..core.inputs import check_feed
+                from ..core.model_inputs import check_feed
 
                 check_feed(self.model_inputs, feed, "fp16 emulation")
                 self._checked = True

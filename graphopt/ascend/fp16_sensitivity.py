@@ -51,7 +51,6 @@ from .fp16_units import Unit
 
 __all__ = ["Target", "PrecisionSearch", "analyse", "generated_configs"]
 __all__ += ["RANDOM_INPUTS_WARNING", "batch_layout", "feeds_calibration", "fit_feeds"]  # re-export for the import sweep
-__all__ += ["add_cli"]  # re-export for the import sweep
 
 
 def _noop(msg: str) -> None:
@@ -334,15 +333,3 @@ def generated_configs(emulator: Fp16Emulator, keep_types: Sequence[str], keep_no
     if gelu_mode:
         configs["op_precision"] = {"Gelu": gelu_mode}
     return configs, notes
-
-
-def add_cli(subparsers: Any) -> None:  # re-export for the import sweep
-    from ..commands.precision import add_cli as add  # re-export for the import sweep
-
-    add(subparsers)  # re-export for the import sweep
-
-
-def _recipe_model(recipe: Any, progress: Callable[[str], None]) -> Any:  # re-export for the import sweep
-    from ..commands.precision import _recipe_model as run  # re-export for the import sweep
-
-    return run(recipe, progress)  # re-export for the import sweep

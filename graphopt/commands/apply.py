@@ -17,9 +17,10 @@ from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs
 from ..core.ir import constant_nbytes, external_data_threshold, load_split, save_model
 from ..core.outputs import check_output_dir, staged_dir
 from ..core.pipeline import PipelineResult, run_pipeline
-from .recipe import Recipe
+from .recipe_schema import Recipe
 from .report import report_json, report_markdown
-from ..core.inputs import InputPlan, resolve_inputs
+from ..core.inputs import resolve_inputs
+from ..core.feeds import InputPlan
 
 __all__ = ["apply_recipe", "source_model_path", "verification_feeds", "input_plan", "write_run_dir",
            "recipe_inputs"]

@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_compar
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("graphopt.commands.data", "graphopt.commands.evaluate", "graphopt.commands.diff",
-                   "graphopt.commands.bisect", "graphopt.ascend.fp16_sensitivity", "graphopt.commands.inspect")
+                   "graphopt.commands.bisect", "graphopt.commands.precision", "graphopt.commands.inspect")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -89,7 +89,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ..core.inputs import resolve_inputs
     from ..core.ir import load_split
-    from ..core.verify import Runner, compare_outputs
+    from ..core.verify import compare_outputs
+    from ..core.runner import Runner
 
     tol = comparison_tolerance(args, top1=args.top1)  # before reading the models: a bad flag is refused at once
     # Held once each, as arrays onnxruntime reads in place (graphopt.core.protoio), and the weights B shares with A
@@ -120,7 +121,8 @@ def input_specs(args: argparse.Namespace, model) -> tuple[list, dict[str, str], 
     ``--shape`` then shapes), ``--shape`` (the first input's when no bare ``--input`` names one) and ``--range``
     (repeatable ``NAME:LO,HI``), for ``graphopt.core.inputs.resolve_inputs``; with the flag each came from (for
     errors) and the input a ``--data`` ``.npy`` feeds (the bare ``--input``, else None: the first)."""
-    from ..core.inputs import InputSpec, merge_specs, model_inputs, parse_input_flag, parse_range_flag
+    from ..core.inputs import InputSpec, merge_specs, parse_input_flag, parse_range_flag
+    from ..core.model_inputs import model_inputs
 
     specs, paths, primary = [], {}, None
     given = args.input if isinstance(args.input, list) else ([args.input] if args.input else [])

@@ -236,7 +236,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
     (``inputs``: name -> {folder, dtype, item_shape}, ``items``, ``labelled``, ``missing``: model inputs the file
     does not hold)."""
     from ..ascend.bin_files import fit_to_input, input_files, item_stem, model_input_specs
-    from ..core.inputs import _name_of_array
+    from ..core.model_inputs import array_dtype_name
 
     src, outdir = Path(src), Path(outdir)
     if not src.is_file():
@@ -305,7 +305,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
             from ..core.ir import write_error
 
             raise write_error(folder, e) from None
-        dtype = _name_of_array(a)
+        dtype = array_dtype_name(a)
         settings = {"kind": "npz", "source": str(src.resolve()), "input": k, "item_shape": list(a.shape[1:]),
                     "dtype": dtype}
         _write_json(folder / META_FILE, {"format": DATA_FORMAT, "settings": settings, "complete": False})

@@ -28,14 +28,16 @@ from ..ascend.calibration import feeds_calibration
 from ..ascend.fp16_emulation import Fp16Emulator
 from ..ascend.fp16_sensitivity import Target, analyse
 from ..core.errors import UserError
-from ..core.inputs import merge_specs, model_inputs
+from ..core.inputs import merge_specs
+from ..core.model_inputs import model_inputs
 from ..core.ir import load_model
 from ..core.outputs import check_output_dir
 from ..core.pipeline import run_pipeline
 from . import apply
 from .apply import recipe_inputs, write_run_dir
 from .cli import add_force_argument, input_specs
-from .recipe import PreprocessSpec, load_recipe
+from .recipe import load_recipe
+from .recipe_schema import PreprocessSpec
 
 __all__ = ["report_markdown", "plot_sensitivity", "preprocess_values", "run_precision", "add_cli"]
 
