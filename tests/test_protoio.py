@@ -1,4 +1,4 @@
-"""graphopt.core.wire and onnx_files: models read with their weights straight into arrays, streamed back out byte for byte."""
+"""graphopt.core.wire and onnx_files: models read with their weights straight into arrays, streamed back out."""
 from __future__ import annotations
 
 import io

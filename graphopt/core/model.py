@@ -113,7 +113,10 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
 
     ``names=False``: tensors by their order of first appearance instead of their names, so graphs that differ in
     naming alone hash equal. Wiring is by tensor object in every form: a subgraph reading an outer tensor reads
-    the outer graph's object."""
+    the outer graph's object.
+
+    The walk is over the onnx-graphsurgeon graph: a ``ModelProto`` is imported first, which costs more than the
+    hash itself (30 ms for 550 nodes against 3 ms): hash the graph you hold where there is one."""
     if isinstance(model, Model):
         graph = model.graph
     elif isinstance(model, onnx.ModelProto):
