@@ -7,8 +7,8 @@ from dataclasses import field
 import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import ensure_shapes, make_name, opset_of, producer, replace_uses, set_tensors
-from graphopt.core.pass_infra import Pass, PassResult, register_pass
-from graphopt.core.pattern import NoMatch
+from graphopt.core.pass_infra import PassResult, register_pass
+from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
 __all__ = ["SoftmaxTranspose", "swap_perm", "compose_perms", "fuse_transpose_pair"]
 
@@ -57,7 +57,7 @@ def fuse_transpose_pair(graph: gs.Graph, outer: gs.Node) -> str | None:
 
 
 @register_pass("softmax_transpose")
-class SoftmaxTranspose(Pass):
+class SoftmaxTranspose(RewritePass):
     """Softmax(x, axis=last) on a rank-r tensor  ->  Transpose(perm swapping 1 and r-1) -> Softmax(axis=1) ->
     Transpose(same perm).
 
@@ -84,52 +84,48 @@ class SoftmaxTranspose(Pass):
         if self.shape is not None and len(self.shape) != self.rank:
             raise ValueError(f"shape {self.shape} does not have rank {self.rank}")
 
-    def _match(self, node: gs.Node, opset: int) -> NoMatch | None:
-        x = node.inputs[0]
+    def prepare(self, graph: gs.Graph) -> None:
+        ensure_shapes(graph, [n.inputs[0] for n in graph.nodes if n.op == "Softmax"])
+
+    def pattern(self, op, x):
+        return op.Softmax(x, axis=op.attr("axis"))
+
+    def check(self, ctx: Match, x: gs.Tensor, axis: int) -> str | None:
         if x.shape is None:
-            return NoMatch("input rank unknown (run infer_shapes first)")
+            return "input rank unknown (run infer_shapes first)"
         rank = len(x.shape)
         if rank != self.rank:
-            return NoMatch(f"rank {rank}, not {self.rank}")
-        default_axis = -1 if opset >= 13 else 1
-        axis = int(node.attrs.get("axis", default_axis)) % rank
-        if axis != self.axis % self.rank:
-            return NoMatch(f"axis {axis}, not {self.axis % self.rank}")
-        if self.shape is not None:
-            for want, got in zip(self.shape, x.shape):
-                if want is not None and want != got:
-                    return NoMatch(f"shape {list(x.shape)} does not match {self.shape}")
+            return f"rank {rank}, not {self.rank}"
+        if axis % rank != self.axis % self.rank:
+            return f"axis {axis % rank}, not {self.axis % self.rank}"
+        if self.shape is not None and any(want is not None and want != got for want, got in zip(self.shape, x.shape)):
+            return f"shape {list(x.shape)} does not match {self.shape}"
         return None
+
+    def rewrite(self, op: NodeBuilder, ctx: Match, x: gs.Tensor, axis: int) -> None:
+        # The Softmax node itself stays (name and place), between two new Transposes: edited here, not replaced.
+        graph, node, y = ctx.graph, ctx.root, ctx.root.outputs[0]
+        rank = len(x.shape)
+        perm = swap_perm(rank, 1, axis % rank)
+        moved_shape = [x.shape[p] for p in perm]
+        xt = gs.Variable(make_name(graph, f"{x.name}_softmax_in_t"), dtype=x.dtype, shape=moved_shape)
+        yt = gs.Variable(make_name(graph, f"{y.name}_softmax_out_t"), dtype=y.dtype, shape=moved_shape)
+        t_in = gs.Node("Transpose", make_name(graph, f"{node.name}_transpose_in"), {"perm": perm}, [x], [xt])
+        set_tensors(node.inputs, [xt])
+        set_tensors(node.outputs, [yt])
+        node.attrs["axis"] = 1
+        t_out = gs.Node("Transpose", make_name(graph, f"{node.name}_transpose_out"), {"perm": perm}, [yt], [y])
+        graph.nodes.extend([t_in, t_out])
+        self._inserted += [t_in, t_out]
 
     def run(self, graph: gs.Graph) -> PassResult:
         opset = opset_of(graph)
-        softmaxes = [n for n in graph.nodes if n.op == "Softmax"]
         if opset < 13:
-            return PassResult(False, {"rewritten": 0, "skipped": {f"opset {opset} < 13": len(softmaxes)}})
-        ensure_shapes(graph, [n.inputs[0] for n in softmaxes])
-        skipped: Counter[str] = Counter()
-        rewritten = 0
-        inserted: list[gs.Node] = []
-        for node in softmaxes:
-            reason = self._match(node, opset)
-            if reason is not None:
-                skipped[reason.reason] += 1
-                continue
-            x, y = node.inputs[0], node.outputs[0]
-            rank = len(x.shape)
-            axis = int(node.attrs.get("axis", -1)) % rank
-            perm = swap_perm(rank, 1, axis)
-            moved_shape = [x.shape[p] for p in perm]
-            xt = gs.Variable(make_name(graph, f"{x.name}_softmax_in_t"), dtype=x.dtype, shape=moved_shape)
-            yt = gs.Variable(make_name(graph, f"{y.name}_softmax_out_t"), dtype=y.dtype, shape=moved_shape)
-            t_in = gs.Node("Transpose", make_name(graph, f"{node.name}_transpose_in"), {"perm": perm}, [x], [xt])
-            set_tensors(node.inputs, [xt])
-            set_tensors(node.outputs, [yt])
-            node.attrs["axis"] = 1
-            t_out = gs.Node("Transpose", make_name(graph, f"{node.name}_transpose_out"), {"perm": perm}, [yt], [y])
-            graph.nodes.extend([t_in, t_out])
-            inserted += [t_in, t_out]
-            rewritten += 1
+            softmaxes = sum(n.op == "Softmax" for n in graph.nodes)
+            return PassResult(False, {"rewritten": 0, "skipped": {f"opset {opset} < 13": softmaxes}})
+        self._inserted: list[gs.Node] = []
+        result = super().run(graph)
+        inserted, rewritten = self._inserted, result.stats["rewritten"]
         fused = Counter()
         if self.fuse_transposes and rewritten:
             graph.cleanup()
@@ -139,11 +135,10 @@ class SoftmaxTranspose(Pass):
                     how = fuse_transpose_pair(graph, t)
                     if how:
                         fused[how] += 1
-        stats = {"rewritten": rewritten, "skipped": dict(skipped)}
         if fused:
-            stats["transposes_fused"] = dict(fused)
+            result.stats["transposes_fused"] = dict(fused)
         # A softmax output keeps its name and its values, now produced by the Transpose back: tell the name map.
         live = graph.tensors()
-        renamed = {t.outputs[0].name: t.outputs[0].name for t in inserted[1::2]
-                   if t.outputs and t.outputs[0].name in live}
-        return PassResult(rewritten > 0, stats, renamed=renamed)
+        result.renamed = {t.outputs[0].name: t.outputs[0].name for t in inserted[1::2]
+                          if t.outputs and t.outputs[0].name in live}
+        return result
