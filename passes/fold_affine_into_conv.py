@@ -8,7 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import const_value, make_name, producer
-from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.pass_infra import PassResult, register_pass
+from graphopt.core.rules import QUIET, Match, NodeBuilder, RewritePass
 
 __all__ = ["FoldAffineIntoConv", "channel_vector"]
 
@@ -34,31 +35,33 @@ def _conv_pads_zero(node: gs.Node) -> bool:
     return not any(node.attrs.get("pads", []))
 
 
-def _affine_chain(conv: gs.Node, channels: int, rank: int,
-                  outputs: set[str]) -> tuple[list[tuple[gs.Node, np.ndarray]], gs.Tensor]:
-    """The Mul/Add-by-channel-constant nodes right before ``conv``, in data order, each read by the next one only
-    (not a graph output either), and the tensor the first one reads."""
-    chain: list[tuple[gs.Node, np.ndarray]] = []
-    x = conv.inputs[0]
-    while True:
-        node = producer(x)
-        if node is None or node.op not in ("Mul", "Add") or len(node.inputs) != 2 or len(x.outputs) != 1 \
-                or x.name in outputs:
-            break
-        values = [const_value(t) for t in node.inputs]
-        k = 1 if values[1] is not None else 0 if values[0] is not None else None
-        if k is None or values[1 - k] is not None:
-            break
-        vec = channel_vector(values[k], channels, rank)
-        if vec is None or np.dtype(values[k].dtype) != np.dtype(node.inputs[1 - k].dtype or values[k].dtype):
-            break
-        chain.insert(0, (node, vec))
-        x = node.inputs[1 - k]
-    return chain, x
+# The longest Mul/Add chain before a Conv that is folded (a norm's affine tail is two).
+MAX_CHAIN = 4
+
+
+def _chain(op, x, depth: int):
+    for i in range(depth):  # c0 is the constant farthest from the Conv
+        x = op.any_of(op.Mul(x, op.const(f"c{i}")), op.Add(x, op.const(f"c{i}")))
+    return x
+
+
+def _pattern(depth: int, bias: bool):
+    if bias:
+        return lambda op, x, b: op.Conv(_chain(op, x, depth), op.const("w"), b)
+    return lambda op, x: op.Conv(_chain(op, x, depth), op.const("w"))
+
+
+def _chain_nodes(conv: gs.Node, depth: int) -> list[gs.Node]:
+    """The ``depth`` matched Mul/Add nodes before ``conv``, in data order."""
+    nodes, t = [], conv.inputs[0]
+    for _ in range(depth):
+        nodes.insert(0, producer(t))
+        t = next(i for i in nodes[0].inputs if const_value(i) is None)
+    return nodes
 
 
 @register_pass("fold_affine_into_conv")
-class FoldAffineIntoConv(Pass):
+class FoldAffineIntoConv(RewritePass):
     """Fold a per-channel affine map just before a Conv into the Conv: ``Conv(x * s + t, W, b)`` becomes
     ``Conv(x, W * s, b + sum(W * t))``, for any chain of ``Mul``/``Add`` by per-channel constants (``[C, 1, 1]`` or
     ``[1, C, 1, 1]``; Add-then-Mul as well), grouped convs included. The GroupNorm of ShiftViT and other
@@ -71,52 +74,68 @@ class FoldAffineIntoConv(Pass):
     floating-point rounding: the new weights are computed in float64 and stored in the weights' dtype.
     """
 
+    # Longest chain first: a chain whose farthest constant is not per-channel falls back to a shorter one.
+    patterns = tuple(_pattern(d, b) for d in range(MAX_CHAIN, 0, -1) for b in (False, True))
+    count_misses = False  # a Conv without an affine chain before it is no candidate
+
+    def _affine(self, ctx: Match, w: np.ndarray, consts: dict[str, np.ndarray]):
+        """(chain nodes, per-channel scale, shift) of a match, or QUIET when it is no per-channel affine map."""
+        if w.dtype.kind != "f" or w.ndim < 3:
+            return QUIET
+        channels = int(ctx.root.attrs.get("group", 1)) * w.shape[1]
+        chain = _chain_nodes(ctx.root, len(consts))
+        scale, shift = np.ones(channels), np.zeros(channels)
+        for i, node in enumerate(chain):
+            value = consts[f"c{i}"]
+            operand = next(t for t in node.inputs if const_value(t) is None) \
+                if sum(const_value(t) is None for t in node.inputs) == 1 else None
+            vec = channel_vector(value, channels, w.ndim)
+            if operand is None or vec is None or np.dtype(value.dtype) != np.dtype(operand.dtype or value.dtype):
+                return QUIET
+            scale, shift = (scale * vec, shift * vec) if node.op == "Mul" else (scale, shift + vec)
+        return chain, scale, shift
+
+    def check(self, ctx: Match, x: gs.Tensor, w: np.ndarray, b: gs.Tensor | None = None,
+              **consts: np.ndarray) -> str | None:
+        affine = self._affine(ctx, w, consts)
+        if isinstance(affine, str):
+            return affine
+        if b is not None and b.name and const_value(b) is None:
+            return "bias is not a constant"
+        if affine[2].any() and not _conv_pads_zero(ctx.root):
+            return "shift before a padded Conv (its border would not see the shift)"
+        return None
+
+    def rewrite(self, op: NodeBuilder, ctx: Match, x: gs.Tensor, w: np.ndarray, b: gs.Tensor | None = None,
+                **consts: np.ndarray) -> None:
+        # The Conv itself takes the new weights (it keeps its name and place); the chain is left dead.
+        graph, conv = ctx.graph, ctx.root
+        chain, scale, shift = self._affine(ctx, w, consts)
+        bias = None if b is None or not b.name else const_value(b)
+        groups, per_group = int(conv.attrs.get("group", 1)), w.shape[1]
+        out_channels = w.shape[0]
+        # Output channel o reads input channels group(o) * per_group ... + per_group - 1.
+        rows = np.arange(out_channels) // (out_channels // groups)
+        expand = (slice(None), slice(None)) + (None,) * (w.ndim - 2)
+        w64 = w.astype(np.float64)
+        new_weight = w64 * scale.reshape(groups, per_group)[rows][expand]
+        new_bias = (np.zeros(out_channels) if bias is None else bias.astype(np.float64)) \
+            + (w64 * shift.reshape(groups, per_group)[rows][expand]).reshape(out_channels, -1).sum(axis=1)
+        base = conv.name or "conv"
+        conv.inputs[0] = x
+        conv.inputs[1] = gs.Constant(make_name(graph, f"{base}_weight_affine"), new_weight.astype(w.dtype))
+        if bias is not None or shift.any():
+            new_b = gs.Constant(make_name(graph, f"{base}_bias_affine"),
+                                new_bias.astype(bias.dtype if bias is not None else w.dtype))
+            if bias is not None:
+                conv.inputs[2] = new_b
+            else:
+                conv.inputs.append(new_b)
+        self._removed.update(n.op for n in chain)
+
     def run(self, graph: gs.Graph) -> PassResult:
-        folded, removed, skipped = 0, Counter(), Counter()
-        outputs = {t.name for t in graph.outputs}
-        for conv in [n for n in graph.nodes if n.op == "Conv"]:
-            weight = const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-            if weight is None or weight.dtype.kind != "f" or weight.ndim < 3:
-                continue
-            has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2].name)
-            bias = const_value(conv.inputs[2]) if has_bias else None
-            groups = int(conv.attrs.get("group", 1))
-            per_group = weight.shape[1]
-            channels = groups * per_group
-            chain, source = _affine_chain(conv, channels, weight.ndim, outputs)
-            if not chain:
-                continue
-            if has_bias and bias is None:
-                skipped["bias is not a constant"] += 1
-                continue
-            scale, shift = np.ones(channels), np.zeros(channels)
-            for node, vec in chain:
-                if node.op == "Mul":
-                    scale, shift = scale * vec, shift * vec
-                else:
-                    shift = shift + vec
-            if shift.any() and not _conv_pads_zero(conv):
-                skipped["shift before a padded Conv (its border would not see the shift)"] += 1
-                continue
-            out_channels = weight.shape[0]
-            # Output channel o reads input channels group(o) * per_group ... + per_group - 1.
-            rows = np.arange(out_channels) // (out_channels // groups)
-            expand = (slice(None), slice(None)) + (None,) * (weight.ndim - 2)
-            w64 = weight.astype(np.float64)
-            new_weight = w64 * scale.reshape(groups, per_group)[rows][expand]
-            new_bias = (np.zeros(out_channels) if bias is None else bias.astype(np.float64)) \
-                + (w64 * shift.reshape(groups, per_group)[rows][expand]).reshape(out_channels, -1).sum(axis=1)
-            base = conv.name or "conv"
-            conv.inputs[0] = source
-            conv.inputs[1] = gs.Constant(make_name(graph, f"{base}_weight_affine"), new_weight.astype(weight.dtype))
-            if has_bias or shift.any():
-                b = gs.Constant(make_name(graph, f"{base}_bias_affine"),
-                                new_bias.astype(bias.dtype if bias is not None else weight.dtype))
-                if has_bias:
-                    conv.inputs[2] = b
-                else:
-                    conv.inputs.append(b)
-            folded += 1
-            removed.update(node.op for node, _ in chain)
-        stats = {"convs": folded, "removed": dict(removed), "skipped": dict(skipped)}
-        return PassResult(folded > 0, stats)
+        self._removed: Counter[str] = Counter()
+        result = super().run(graph)
+        stats = {"convs": result.stats["rewritten"], "removed": dict(self._removed),
+                 "skipped": result.stats["skipped"]}
+        return PassResult(result.changed, stats)

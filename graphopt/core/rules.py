@@ -34,7 +34,12 @@ from .ir import const_value, make_name, opset_of
 from .pass_infra import Pass, PassResult
 from .rule_match import Failure, Found, PatternBuilder, Var, expand, match_at
 
-__all__ = ["Rule", "Match", "NodeBuilder", "RewritePass", "find_matches", "apply_match"]
+__all__ = ["Rule", "Match", "NodeBuilder", "RewritePass", "find_matches", "apply_match", "QUIET"]
+
+# What ``check`` returns to reject a match without counting a reason: the candidate was never one worth a reason
+# (a Conv whose Mul before it multiplies by one number, for a rule folding per-channel scales).
+QUIET = ""
+_CHECKED = 1 << 30  # the progress of a match every node of which matched: it says more than any partial one
 
 
 @dataclass
@@ -107,13 +112,15 @@ class Rule:
       edited the graph itself (to keep a node's name, say).
 
     ``anchor``: op types of the pattern node matching starts from (default: the result's op); a candidate is
-    every node of that type, and each rejected candidate counts one reason. ``const_rtol``: relative tolerance
-    for the float constants of the pattern (an int constant matches exactly).
+    every node of that type, and each rejected candidate counts one reason (the check's, or with
+    ``count_misses`` the one of the structural match that got furthest). ``const_rtol``: relative tolerance for
+    the float constants of the pattern (an int constant matches exactly).
     """
 
     name: ClassVar[str] = ""
     anchor: ClassVar[tuple[str, ...]] = ()
     const_rtol: ClassVar[float] = 0.0
+    count_misses: ClassVar[bool] = True
 
     def pattern_functions(self) -> tuple[Callable, ...]:
         patterns = getattr(self, "patterns", None)
@@ -171,11 +178,11 @@ def find_matches(rule: Rule, graph: gs.Graph, nodes: Iterable[gs.Node] | None = 
                         matches.append(match)
                         claimed.update(id(n) for n in found.graph_nodes())
                         break
-                    found = Failure(reason, 1 << 30)  # all nodes matched: the most telling reason
+                    found = Failure(reason, _CHECKED if reason else _CHECKED - 1)
             if best is None or found.progress > best.progress:
                 best = found
         else:
-            if best is not None:
+            if best is not None and best.reason and (rule.count_misses or best.progress == _CHECKED):
                 skipped[best.reason] += 1
     return matches, skipped
 
