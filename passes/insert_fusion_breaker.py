@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import const_value, ensure_shapes, make_name, producer, set_tensors, shape_model
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
-from graphopt.core.pattern import NoMatch, match_path_down, single_consumer
+from graphopt.core.rules import QUIET, Match, Rule, find_matches
 
 __all__ = ["InsertFusionBreaker", "BREAKER_PREFIX", "is_breaker"]
 
@@ -36,20 +36,6 @@ def is_breaker(node: gs.Node, op: str) -> bool:
         return False
     value = const_value(node.inputs[1])
     return value is not None and value.size == 1 and float(value.reshape(())) == _NEUTRAL[op]
-
-
-def _describe_miss(start: gs.Node, path: list[str]) -> str:
-    """Where the path from ``start`` stops matching, without node names (so reasons aggregate into counts)."""
-    nodes = [start]
-    for op in path[1:]:
-        nxt = single_consumer(nodes[-1].outputs[0])
-        prefix = " -> ".join(path[: len(nodes)])
-        if isinstance(nxt, NoMatch):
-            return f"{prefix}: output has {len(nodes[-1].outputs[0].outputs)} consumers, expected 1"
-        if nxt.op != op:
-            return f"{prefix} -> {nxt.op}, expected {op}"
-        nodes.append(nxt)
-    return "matched"  # not reached: callers only ask about misses
 
 
 def _fill_dtypes(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
@@ -119,7 +105,7 @@ def _depths(graph: gs.Graph) -> dict[int, int]:
 
 
 @register_pass("insert_fusion_breaker")
-class InsertFusionBreaker(Pass):
+class InsertFusionBreaker(Rule, Pass):
     """On input ``input_index`` of the first node of every path ``path[0] -> path[1] -> ...`` (each edge with a
     single consumer), insert an identity-valued op: ``x  ->  Pow(x, 1.0)`` (default), ``Mul(x, 1.0)``,
     ``Add(x, 0.0)`` or ``Identity(x)``.
@@ -167,22 +153,25 @@ class InsertFusionBreaker(Pass):
         if self.occurrence not in ("all", "first", "last"):
             raise ValueError(f"occurrence must be all, first or last, got {self.occurrence!r}")
 
-    def _find(self, graph: gs.Graph) -> tuple[list[gs.Node], Counter[str]]:
-        matches, misses = [], Counter()
-        for node in graph.nodes:
-            if node.op != self.path[0]:
-                continue
-            # A breaker this pass made is never itself a path start (matters when path[0] is the breaker op).
-            if node.name.startswith(BREAKER_PREFIX) and is_breaker(node, self.op):
-                continue
-            if isinstance(match_path_down(node, self.path), NoMatch):
-                misses[_describe_miss(node, self.path)] += 1
-            else:
-                matches.append(node)
-        return matches, misses
+    # The path as a pattern: each node of ``path`` (any domain) reading the one before it at any input, other
+    # inputs free.
+    reasons = {"consumers": "{label}: output has {n} consumers, expected 1"}
+
+    def pattern_functions(self):
+        def pattern(op):
+            v = getattr(op, self.path[0])(_anchor=True, _other_inputs=True, _domain=None, _name=self.path[0])
+            for i, kind in enumerate(self.path[1:], 2):
+                v = getattr(op, kind)(v, _other_inputs=True, _domain=None, _name=" -> ".join(self.path[:i]))
+            return v
+        return (pattern,)
+
+    def check(self, ctx: Match) -> str | None:
+        # A breaker this pass made is never itself a path start (matters when path[0] is the breaker op).
+        return QUIET if ctx.anchor.name.startswith(BREAKER_PREFIX) and is_breaker(ctx.anchor, self.op) else None
 
     def run(self, graph: gs.Graph) -> PassResult:
-        matches, misses = self._find(graph)
+        found, misses = find_matches(self, graph)
+        matches = [m.anchor for m in found]
         if self.occurrence != "all" and len(matches) > 1:
             depth = _depths(graph)
             matches.sort(key=lambda n: (depth[id(n)], n.name))

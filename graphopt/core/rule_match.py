@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from .ir import const_value, producer
 
 __all__ = ["Var", "Const", "Attr", "PNode", "AnyOf", "PatternBuilder", "Failure", "Found", "expand", "match_at",
-           "COMMUTATIVE"]
+           "anchor_of", "COMMUTATIVE", "REASONS"]
 
 # Binary ops whose two operands may be swapped without changing the result.
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd",
@@ -57,9 +57,11 @@ class PNode:
     op: str
     inputs: tuple
     attrs: dict[str, Any]
-    domain: str = ""
+    domain: str | None = ""  # None: any domain
     name: str | None = None  # how reasons call this node's output ("erf(x / sqrt(2))")
     fail: str | None = None  # the reason when the sub-pattern rooted here does not match
+    anchor: bool = False  # matching starts at this node (default: the root)
+    other_inputs: bool = False  # the node may have more inputs; the listed ones may sit at any position
 
     def label(self) -> str:
         return self.name or f"{self.op} output"
@@ -73,14 +75,17 @@ class AnyOf:
 
 
 class PatternBuilder:
-    """``op`` of a pattern function: ``op.<OpType>(*inputs, _domain=, _name=, _fail=, **attrs)`` makes a node."""
+    """``op`` of a pattern function: ``op.<OpType>(*inputs, **attrs)`` makes a node; options: ``_domain``,
+    ``_name`` (the node's output in reasons), ``_fail`` (the reason when the sub-pattern rooted here does not
+    match), ``_anchor`` (matching starts here), ``_other_inputs`` (more inputs allowed, listed ones anywhere)."""
 
     def __getattr__(self, op: str):
         if not op[:1].isupper():
             raise AttributeError(op)
 
-        def make(*inputs, _domain: str = "", _name: str | None = None, _fail: str | None = None, **attrs):
-            return PNode(op, tuple(_lift(v) for v in inputs), attrs, _domain, _name, _fail)
+        def make(*inputs, _domain: str | None = "", _name: str | None = None, _fail: str | None = None,
+                 _anchor: bool = False, _other_inputs: bool = False, **attrs):
+            return PNode(op, tuple(_lift(v) for v in inputs), attrs, _domain, _name, _fail, _anchor, _other_inputs)
 
         return make
 
@@ -145,8 +150,10 @@ class _State:
 
 
 class _Matcher:
-    def __init__(self, root: PNode, anchor: PNode, graph_outputs: set[int], rtol: float, opset: int):
+    def __init__(self, root: PNode, anchor: PNode, graph_outputs: set[int], rtol: float, opset: int,
+                 reasons: dict[str, str]):
         self.root, self.anchor, self.outs, self.rtol, self.opset = root, anchor, graph_outputs, rtol, opset
+        self.reasons = reasons
         self.parent: dict[int, tuple[PNode, PNode | None, int]] = {id(root): (root, None, -1)}
         stack = [root]
         while stack:
@@ -171,10 +178,11 @@ class _Matcher:
     def node(self, p: PNode, node: gs.Node, state: _State,
              given: tuple[int, int] | None = None) -> Iterator[_State]:
         """``given``: (pattern input, node input) already matched, by the walk down that reached ``node``."""
-        if node.op != p.op or (node.domain or "") not in ((p.domain,) if p.domain else ("", "ai.onnx")):
+        domains = None if p.domain is None else (p.domain,) if p.domain else ("", "ai.onnx")
+        if node.op != p.op or (domains is not None and (node.domain or "") not in domains):
             self.fail(p, f"{node.op} where {p.op} was expected", state)
             return
-        if len(node.inputs) != len(p.inputs):
+        if len(node.inputs) < len(p.inputs) or (len(node.inputs) > len(p.inputs) and not p.other_inputs):
             self.fail(p, f"{p.op} has {len(node.inputs)} inputs, expected {len(p.inputs)}", state)
             return
         if any(id(node) == id(n) for n in state.nodes.values()):
@@ -189,8 +197,10 @@ class _Matcher:
                 self.fail(p, f"{p.op} {key}={got}, expected {want}", state)
                 return
         state = state.extend(p, node, **binds)
-        orders = [tuple(range(len(p.inputs)))]
-        if p.op in COMMUTATIVE and len(p.inputs) == 2:
+        orders: Iterable[tuple[int, ...]] = [tuple(range(len(p.inputs)))]
+        if p.other_inputs:
+            orders = itertools.permutations(range(len(node.inputs)), len(p.inputs))
+        elif p.op in COMMUTATIVE and len(p.inputs) == 2:
             orders.append((1, 0))
         for order in orders:
             if given is not None and order[given[0]] != given[1]:
@@ -242,7 +252,9 @@ class _Matcher:
         elif isinstance(v, Const):
             value = const_value(tensor)
             if value is None or value.size == 0 or not self._close(value, v.value):
-                got = "not a constant" if value is None else f"{value.reshape(-1)[:1]}"
+                flat = None if value is None else value.reshape(-1)
+                got = ("not a constant" if flat is None else "an empty constant" if not flat.size else
+                       f"{flat[0]:g}" if np.all(flat == flat[0]) else "a constant of unequal values")
                 self.fail(parent, f"{parent.op} input is {got}, expected {v.value}", state)
                 return
             yield state
@@ -265,10 +277,10 @@ class _Matcher:
         """The one consumer of ``p``'s output (which a rewrite deletes), or None after recording why not."""
         out = node.outputs[0]
         if id(out) in self.outs:
-            self.fail(p, f"{p.label()} is a graph output", state)
+            self.fail(p, self.reasons["graph_output"].format(label=p.label()), state)
             return None
         if len(out.outputs) != 1:
-            self.fail(p, f"{p.label()} has {len(out.outputs)} consumers, expected 1", state)
+            self.fail(p, self.reasons["consumers"].format(label=p.label(), n=len(out.outputs)), state)
             return None
         if any(t.outputs or id(t) in self.outs for t in node.outputs[1:]):
             self.fail(p, f"{p.op} has other outputs in use", state)
@@ -285,7 +297,7 @@ class _Matcher:
         if consumer is None:
             return
         if consumer.op != q.op:
-            self.fail(q, f"{p.label()} feeds {consumer.op}, expected {q.op}", state)
+            self.fail(q, self.reasons["feeds"].format(label=p.label(), found=consumer.op, expected=q.op), state)
             return
         for k, t in enumerate(consumer.inputs):
             if t is node.outputs[0]:
@@ -300,20 +312,27 @@ class _Matcher:
                     yield s
 
 
-def match_at(pattern: PNode, anchor_op: frozenset[str] | None, node: gs.Node, graph_outputs: set[int],
-             rtol: float, opset: int) -> Found | Failure | None:
-    """Match the ``AnyOf``-free ``pattern`` with its anchor (the node of an op in ``anchor_op``, else the root)
-    at ``node``: the first match, or the furthest-reaching failure; None when the anchor's op is not ``node``'s."""
-    anchor = pattern
-    if anchor_op:
-        anchors = [p for p, _, _ in _walk(pattern) if p.op in anchor_op]
-        if len(anchors) != 1:
-            raise ValueError(f"a pattern needs exactly one node of {sorted(anchor_op)} to anchor on, "
-                             f"found {len(anchors)}")
-        anchor = anchors[0]
+# How the matcher words its own reasons; a rule may reword them (``Rule.reasons``).
+REASONS = {"graph_output": "{label} is a graph output", "consumers": "{label} has {n} consumers, expected 1",
+           "feeds": "{label} -> {found}, expected {expected}"}
+
+
+def anchor_of(pattern: PNode) -> PNode:
+    """The node of an ``AnyOf``-free pattern that matching starts from: the one marked ``_anchor``, or the root."""
+    anchors = [p for p, _, _ in _walk(pattern) if p.anchor]
+    if len(anchors) > 1:
+        raise ValueError(f"a pattern has {len(anchors)} nodes marked _anchor, expected at most one")
+    return anchors[0] if anchors else pattern
+
+
+def match_at(pattern: PNode, node: gs.Node, graph_outputs: set[int], rtol: float, opset: int,
+             reasons: dict[str, str] = REASONS) -> Found | Failure | None:
+    """Match the ``AnyOf``-free ``pattern`` with its anchor at ``node``: the first match, or the furthest-reaching
+    failure; None when the anchor's op is not ``node``'s."""
+    anchor = anchor_of(pattern)
     if anchor.op != node.op:
         return None
-    m = _Matcher(pattern, anchor, graph_outputs, rtol, opset)
+    m = _Matcher(pattern, anchor, graph_outputs, rtol, opset, reasons)
     for state in m.run(node):
         return Found(state.nodes, state.bindings, state.nodes[id(pattern)], node)
     return m.best or Failure("no match", 0)

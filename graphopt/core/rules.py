@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from .ir import const_value, make_name, opset_of
 from .pass_infra import Pass, PassResult
-from .rule_match import Failure, Found, PatternBuilder, Var, expand, match_at
+from .rule_match import REASONS, Failure, Found, PatternBuilder, Var, anchor_of, expand, match_at
 
 __all__ = ["Rule", "Match", "NodeBuilder", "RewritePass", "find_matches", "apply_match", "QUIET"]
 
@@ -74,8 +74,9 @@ class Match:
 
 class NodeBuilder:
     """``op`` of a replacement: ``op.<OpType>(*inputs, _domain=, _tag=, **attrs)`` appends a node named
-    ``<root>_<tag>`` (``tag``: the rule's name by default; unique in the graph) and returns its output tensor.
-    Number inputs become scalar constants of the first tensor input's dtype."""
+    ``<root>_<tag>`` (``root``: the matched result node's name, else its op; ``tag``: the rule's name by default;
+    unique in the graph) and returns its output tensor. Number inputs become scalar constants of the first tensor
+    input's dtype."""
 
     def __init__(self, match: Match):
         self._match = match
@@ -87,7 +88,7 @@ class NodeBuilder:
 
         def make(*inputs, _domain: str | None = None, _tag: str | None = None, **attrs) -> gs.Variable:
             graph, root = self._match.graph, self._match.root
-            name = make_name(graph, f"{root.name}_{_tag or self._match.rule.name}")
+            name = make_name(graph, f"{root.name or root.op}_{_tag or self._match.rule.name}")
             dtype = next((t.dtype for t in inputs if isinstance(t, gs.Tensor) and t.dtype is not None), np.float32)
             tensors = [t if isinstance(t, gs.Tensor) else
                        gs.Constant(make_name(graph, f"{name}_c{i}"), np.array(t, dtype=dtype))
@@ -111,16 +112,17 @@ class Rule:
       and its readers; the matched nodes become dead and the pipeline's cleanup drops them), or None when it
       edited the graph itself (to keep a node's name, say).
 
-    ``anchor``: op types of the pattern node matching starts from (default: the result's op); a candidate is
-    every node of that type, and each rejected candidate counts one reason (the check's, or with
+    Matching starts from the pattern node marked ``_anchor=True`` (default: the result's node): a candidate is
+    every node of its op type, and each rejected candidate counts one reason (the check's, or with
     ``count_misses`` the one of the structural match that got furthest). ``const_rtol``: relative tolerance for
-    the float constants of the pattern (an int constant matches exactly).
+    the float constants of the pattern (an int constant matches exactly). ``reasons`` rewords the matcher's own
+    reasons (``graphopt.core.rule_match.REASONS``).
     """
 
     name: ClassVar[str] = ""
-    anchor: ClassVar[tuple[str, ...]] = ()
     const_rtol: ClassVar[float] = 0.0
     count_misses: ClassVar[bool] = True
+    reasons: ClassVar[dict[str, str]] = {}
 
     def pattern_functions(self) -> tuple[Callable, ...]:
         patterns = getattr(self, "patterns", None)
@@ -154,7 +156,8 @@ def find_matches(rule: Rule, graph: gs.Graph, nodes: Iterable[gs.Node] | None = 
     """Every place ``rule`` matches in ``graph`` (no node in two matches), and why each other candidate did not:
     {reason: count}. A candidate is a node of the anchor's op type (from ``nodes``, default all)."""
     patterns = rule.compiled()
-    anchors = frozenset(rule.anchor) or frozenset(p.op for p in patterns)
+    anchors = frozenset(anchor_of(p).op for p in patterns)
+    reasons = {**REASONS, **rule.reasons}
     outs = {id(t) for t in graph.outputs}
     opset = opset_of(graph)
     matches: list[Match] = []
@@ -165,7 +168,7 @@ def find_matches(rule: Rule, graph: gs.Graph, nodes: Iterable[gs.Node] | None = 
             continue
         best: Failure | None = None
         for pattern in patterns:
-            found = match_at(pattern, frozenset(rule.anchor) or None, node, outs, rule.const_rtol, opset)
+            found = match_at(pattern, node, outs, rule.const_rtol, opset, reasons)
             if found is None:
                 continue
             if isinstance(found, Found):
