@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from graphopt.ascend.fp16_emulation import Fp16Emulator
     from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, _model_input, analyse
+    from graphopt.ascend.calibration import load_calibration
     from graphopt.commands.precision import _recipe_model
-                                          load_calibration)
     from graphopt.commands.recipe import load_recipe
     from graphopt.core.verify import compare_outputs
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import const_value, node_inputs, producer, shape_model
+from graphopt.core.ir import const_value, producer, shape_model
+from graphopt.core.graph_walk import node_inputs
 from graphopt.core.pattern import NoMatch
 
 __all__ = ["ShiftGroup", "simulate_scatter_chain", "decompose_shift_map", "Chain", "find_chains", "match_structure",

@@ -7,8 +7,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.core.errors import PassError, UserError
-from graphopt.core.ir import (constant_nbytes, constants_to_initializers, op_counts, replace_graph, structure_signature,
-                         to_graph, to_model)
+from graphopt.core.ir import constants_to_initializers, op_counts, replace_graph
+from graphopt.core.model import structure_hash
+from graphopt.core.ir import to_graph, to_model
+from graphopt.core.onnx_files import constant_nbytes
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
 __all__ = ["Simplify", "PROTOBUF_LIMIT"]
@@ -76,7 +78,7 @@ class Simplify(Pass):
         constants_to_initializers(new)  # onnxsim leaves folded values as Constant nodes
         new.cleanup()
         simplified = to_model(new)
-        changed = structure_signature(simplified) != structure_signature(model)
+        changed = structure_hash(new) != structure_hash(graph)
         if changed:
             replace_graph(graph, new)
         after = op_counts(simplified)

@@ -20,7 +20,7 @@ import onnx
 import onnx.helper as oh
 
 from graphopt.commands.export import cache_dir
-from graphopt.core.ir import atomic_write_bytes
+from graphopt.core.files import atomic_write_bytes
 from graphs import torch_onnx
 
 __all__ = ["ZooModel", "ZOO", "CORPUS_FORMAT", "export_zoo_model", "custom_models", "pass_configs", "PASS_ARGS",

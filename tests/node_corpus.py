@@ -570,7 +570,8 @@ DYNAMIC_SUFFIX = "@N"
 def symbolic_first_dim(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """``model`` with the first dim of every input of rank >= 1 made a symbol (``N``; ``N<size>`` for an input whose
     first dim differed from the first input's), the outputs' dims unknown and the value_info dropped (their fixed
-    dims would contradict it): the same computation on the same feeds, seen as a model with a dynamic batch, which is what shape inference, shape folding and every pass that reads shapes
+    dims would contradict it): the same computation on the same feeds, seen as a model with a dynamic batch, which is
+    what shape inference, shape folding and every pass that reads shapes
     must get right too. None when no input has a dim to make symbolic."""
     variant = onnx.ModelProto()
     variant.CopyFrom(model)

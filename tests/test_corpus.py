@@ -18,7 +18,7 @@ import pytest
 
 from corpus import ZOO, custom_models, export_zoo_model, pass_configs
 from graphopt.core.errors import GraphoptError, UserError
-from graphopt.core.ir import load_model
+from graphopt.core.onnx_files import load_model
 from graphopt.core.pipeline import run_pipeline
 from graphopt.commands.recipe_schema import PassSpec, build_pass
 from graphopt.core.tolerance import Tolerance

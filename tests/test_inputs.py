@@ -19,7 +19,7 @@ from graphopt.core.feeds import make_inputs
 from graphopt.core.inputs import BATCH_DEFAULT, DIM_DEFAULT, InputSpec, resolve_inputs
 from graphopt.core.model_inputs import model_inputs
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
-from graphopt.core.protoio import split_model
+from graphopt.core.forms import split_model
 from graphopt.core.tolerance import OutputTolerance, Tolerance
 from graphopt.testing import assert_pass_verified, compare_models
 from graphopt.core.runner import Runner

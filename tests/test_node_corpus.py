@@ -102,7 +102,8 @@ def test_symbolic_first_dim_variant():
     assert len(out.shape.dim) == 1 and not out.shape.dim[0].HasField("dim_value") and not out.shape.dim[0].dim_param
     onnx.checker.check_model(variant, full_check=True)
     assert variant.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert [n.op_type for n in variant.graph.node] == ["Add"] and ADD.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert [n.op_type for n in variant.graph.node] == ["Add"]
+    assert ADD.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     scalar = oh.make_model(oh.make_graph([oh.make_node("Neg", ["x"], ["y"])], "g",
                                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [])],
                                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])]))

@@ -73,7 +73,7 @@ def test_infer_shapes_leaves_a_fully_shaped_graph_alone():
 def test_infer_shapes_keeps_what_it_inferred_before_an_unknown_op_and_writes_nothing(tmp_path, monkeypatch):
     """onnxruntime's inference entry point saves sym_shape_infer_temp.onnx into the working directory and drops
     its partial result when an op stops it; graphopt keeps the shapes before and beside that op, writes nothing."""
-    from graphopt.core.ir import infer_shapes
+    from graphopt.core.shapes import infer_shapes
 
     model = model_from_text("""
     <ir_version: 8, opset_import: ["" : 13, "custom" : 1]>

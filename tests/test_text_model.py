@@ -14,7 +14,7 @@ import pytest
 
 from graphopt.core.errors import UserError
 from graphopt.commands.export import cache_dir
-from graphopt.core.ir import atomic_write_bytes
+from graphopt.core.files import atomic_write_bytes
 from graphopt.core.runner import Runner
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphs import cli, torch_onnx
@@ -214,7 +214,7 @@ def test_bisect_a_text_encoder_names_the_planted_pass(bert, tmp_path, capsys):
     assert sub["after"]["input_types"] == {"input_ids": "int64 [2, 16]"}
     # the saved token ids: int64, the very feed bisect ran (the recipe's verification set)
     from graphopt.commands.apply import input_plan, verification_feeds
-    from graphopt.core.ir import load_split
+    from graphopt.core.onnx_files import load_split
     from graphopt.commands.recipe import load_recipe
 
     r = load_recipe(recipe)

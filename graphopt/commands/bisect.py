@@ -33,10 +33,11 @@ import onnx
 
 from ..core.divergence import DEFAULT_BUDGET_MB, diff_models, tensor_diff
 from ..core.errors import UserError
-from ..core.ir import load_split
+from ..core.onnx_files import load_split
 from ..core.name_map import compose, pass_name_map, tensor_producers
 from ..core.outputs import check_output_dir
-from ..core.protoio import check_split, graph_from_split, split_graph
+from ..core.onnx_files import check_split
+from ..core.forms import graph_from_split, split_graph
 from ..core.runner import Runner
 from ..core.verify import compare_outputs
 from .apply import input_plan, recipe_inputs, source_model_path, verification_feeds, write_run_dir

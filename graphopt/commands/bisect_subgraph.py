@@ -18,9 +18,10 @@ from onnx import helper, numpy_helper
 
 from ..core.divergence import SubgraphRunner, TensorDiff, tensor_tolerance
 from ..core.errors import UserError
-from ..core.ir import node_inputs
+from ..core.graph_walk import node_inputs
 from ..core.model_inputs import DTYPES, array_dtype_name
-from ..core.protoio import SplitModel, split_model
+from ..core.wire import SplitModel
+from ..core.forms import split_model
 from ..core.sessions import create_session
 from ..core.tolerance import Tolerance
 from ..core.verify import compare_outputs

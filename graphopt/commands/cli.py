@@ -62,7 +62,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError("export: name a model (graphopt export --list shows them)")
     exporter = get_exporter(args.model)
     from .export import cached_export_path
-    from ..core.ir import atomic_write_bytes
+    from ..core.files import atomic_write_bytes
     from ..core.outputs import check_output_file
 
     out = Path(args.output or f"{exporter.name}.onnx")
@@ -88,7 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ..core.inputs import resolve_inputs
-    from ..core.ir import load_split
+    from ..core.onnx_files import load_split
     from ..core.verify import compare_outputs
     from ..core.runner import Runner
 

@@ -103,7 +103,7 @@ def check_data_output(outdir: str | Path) -> None:
 def _write_labels(folder: Path, labels: Sequence[tuple[str, int]] | None) -> None:
     """``labels.txt`` (``<name>.bin <class>`` lines), written under a temporary name and renamed; removed when there
     are no labels (a stale one from an earlier run would pair files with wrong classes)."""
-    from ..core.ir import atomic_write_text
+    from ..core.files import atomic_write_text
 
     if labels:
         atomic_write_text(folder / LABELS_FILE, "".join(f"{name}.bin {label}\n" for name, label in labels))
@@ -126,7 +126,7 @@ def write_dataset(items: Sequence[Item], outdir: str | Path, pre: dict[str, Any]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from ..core.ir import write_error
+        from ..core.files import write_error
 
         raise write_error(outdir, e) from None
     meta_path = outdir / META_FILE
@@ -302,7 +302,7 @@ def prepare_npz(src: str | Path, outdir: str | Path, *, model: str | Path | None
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            from ..core.ir import write_error
+            from ..core.files import write_error
 
             raise write_error(folder, e) from None
         dtype = array_dtype_name(a)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..core.errors import UserError, closest
-from ..core.ir import atomic_write_bytes, cache_dir
+from ..core.files import atomic_write_bytes, cache_dir
 
 __all__ = [
     "Exporter",

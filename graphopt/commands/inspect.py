@@ -135,9 +135,12 @@ def _size(n: int | None) -> str:
     return f"{n / 1024 ** exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
 
 
+def _shape(dims: list[int | str | None] | None) -> str:
+    return "unknown" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     """The human-readable form: a header, then tables of inputs/outputs and op counts."""
-    shape = lambda s: "unknown" if s is None else "[" + ", ".join("?" if d is None else str(d) for d in s) + "]"  # noqa: E731
     total = info["file_bytes"] + sum(e["file_bytes"] or 0 for e in info["external_data"].values())
     opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
     lines = [f"{info['path']}: {_size(total)}, IR {info['ir_version']}, opset {opsets}"
@@ -152,7 +155,7 @@ def format_inspection(info: dict[str, Any]) -> str:
     rows = [("input", v) for v in info["inputs"]] + [("output", v) for v in info["outputs"]]
     width = max((len(v["name"]) for _, v in rows), default=4)
     lines += ["", f"| {'':6} | {'name':{width}} | dtype | shape |", "|---|---|---|---|"]
-    lines += [f"| {kind:6} | {v['name']:{width}} | {v['dtype']} | {shape(v['shape'])} |" for kind, v in rows]
+    lines += [f"| {kind:6} | {v['name']:{width}} | {v['dtype']} | {_shape(v['shape'])} |" for kind, v in rows]
     lines += ["", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in info["op_counts"].items()]
     return "\n".join(lines)

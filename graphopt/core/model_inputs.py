@@ -96,7 +96,7 @@ class ModelInput:
 def load_skeleton(model) -> onnx.ModelProto:
     """``model`` (a ModelProto, ``SplitModel``, serialized bytes or a path) as a ModelProto; a path is read without
     its external data, which reading the inputs never needs."""
-    from .protoio import SplitModel
+    from .wire import SplitModel
 
     if isinstance(model, SplitModel):
         return model.skeleton
@@ -110,7 +110,7 @@ def load_skeleton(model) -> onnx.ModelProto:
 
 
 def _weight_names(model, skeleton: onnx.ModelProto) -> set[str]:
-    from .protoio import SplitModel
+    from .wire import SplitModel
 
     names = set(model.weights) if isinstance(model, SplitModel) else set()
     return names | {i.name for i in skeleton.graph.initializer}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import UserError
-from .ir import current_umask, write_error
+from .files import current_umask, write_error
 
 __all__ = ["MARKER", "KINDS", "marker_kind", "check_output_dir", "check_output_file", "staged_dir",
            "check_parent", "record_files"]
@@ -88,7 +88,7 @@ def _foreign_entries(folder: Path, data: dict) -> list[str]:
 def record_files(folder: str | Path, names: Iterable[str]) -> None:
     """Add ``names`` (entries graphopt made in ``folder`` after writing it, e.g. ATC's ``.om`` files compiled by
     ``graphopt eval``) to ``folder``'s marker, so a later run may replace them."""
-    from .ir import atomic_write_text
+    from .files import atomic_write_text
 
     data = _marker(folder)
     if data is None:

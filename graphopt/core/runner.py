@@ -76,7 +76,8 @@ def comparison_session(model):
     ``create_session(..., "compare")``. Of a path, serialized bytes or a ``SplitModel``; returns it and the feeds it
     needs besides the model's inputs: a ``SplitModel``'s weights become graph inputs fed with their arrays, which
     onnxruntime reads where they are (handed over as initializers, it would copy them all)."""
-    from .protoio import SplitModel, weights_as_inputs
+    from .wire import SplitModel
+    from .forms import weights_as_inputs
 
     if isinstance(model, SplitModel):
         weights = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
@@ -113,7 +114,8 @@ class Runner:
     and ``run`` given bare arrays feeds them to that input."""
 
     def __init__(self, model, input_name: str | None = None, what: str = ""):
-        from .protoio import SplitModel, split_model
+        from .wire import SplitModel
+        from .forms import split_model
 
         self.what = what  # names the model in feed errors ("model B")
 
