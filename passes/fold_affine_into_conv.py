@@ -63,8 +63,9 @@ def _chain_nodes(conv: gs.Node, depth: int) -> list[gs.Node]:
 @register_pass("fold_affine_into_conv")
 class FoldAffineIntoConv(RewritePass):
     """Fold a per-channel affine map just before a Conv into the Conv: ``Conv(x * s + t, W, b)`` becomes
-    ``Conv(x, W * s, b + sum(W * t))``, for any chain of ``Mul``/``Add`` by per-channel constants (``[C, 1, 1]`` or
-    ``[1, C, 1, 1]``; Add-then-Mul as well), grouped convs included. The GroupNorm of ShiftViT and other
+    ``Conv(x, W * s, b + sum(W * t))``, for a chain of up to four ``Mul``/``Add`` by per-channel constants
+    (``[C, 1, 1]`` or ``[1, C, 1, 1]``; Add-then-Mul as well; of a longer chain, the four nearest the Conv),
+    grouped convs included. The GroupNorm of ShiftViT and other
     channels-first blocks ends in such a Mul -> Add before a 1x1 Conv: two full passes over the activation per
     block that the runtime (onnxruntime, ATC) then does not run.
 

@@ -46,7 +46,8 @@ def _tails(op, x, t):
 def _erf_gelu(op, x):
     scaled = op.any_of(op.Div(x, op.const("sqrt2")), op.Mul(x, op.const("inv_sqrt2")), _name="x / sqrt(2)",
                        _fail="Erf input is not x / c or x * c")
-    return _tails(op, x, op.Add(op.Erf(scaled, _name="erf(x / sqrt(2))", _anchor=True), op.const("one"), _name="1 + erf"))
+    erf = op.Erf(scaled, _name="erf(x / sqrt(2))", _anchor=True)
+    return _tails(op, x, op.Add(erf, op.const("one"), _name="1 + erf"))
 
 
 def _tanh_gelu(op, x):
@@ -54,7 +55,8 @@ def _tanh_gelu(op, x):
     inner = op.Add(x, op.Mul(cube, op.const("kappa"), _name="kappa * x^3"), _name="x + kappa * x^3",
                    _fail="tanh form: Tanh argument is not sqrt(2/pi) * (x + 0.044715 * x^3)")
     scaled = op.Mul(inner, op.const("beta"), _name="sqrt(2/pi) * (...)", _fail="Tanh input is not c * (...)")
-    return _tails(op, x, op.Add(op.Tanh(scaled, _name="tanh(...)", _anchor=True), op.const("one"), _name="1 + tanh"))
+    tanh = op.Tanh(scaled, _name="tanh(...)", _anchor=True)
+    return _tails(op, x, op.Add(tanh, op.const("one"), _name="1 + tanh"))
 
 
 # constant binding -> (value GELU needs, how a reason shows it: {f} is the form, {c} the constant found)
@@ -91,7 +93,7 @@ class _GeluRule(Rule):
         return None
 
     def rewrite(self, op: NodeBuilder, ctx: Match, x: gs.Tensor, **consts: np.ndarray) -> gs.Tensor:
-        return op.Gelu(x, approximate="tanh" if "beta" in consts else "none", _tag="gelu")
+        return op.Gelu(x, approximate="tanh" if "beta" in consts else "none")
 
 
 _GELU = _GeluRule()

@@ -128,7 +128,8 @@ class Failure:
 
 @dataclass
 class Found:
-    """A match: pattern node -> graph node (``nodes``, root first) and variable / capture -> binding."""
+    """A match: id(pattern node) -> graph node (``nodes``, in the order matched: the anchor first) and
+    variable / capture -> binding."""
 
     nodes: dict[int, gs.Node]
     bindings: dict[str, Any]
@@ -154,14 +155,8 @@ class _Matcher:
                  reasons: dict[str, str]):
         self.root, self.anchor, self.outs, self.rtol, self.opset = root, anchor, graph_outputs, rtol, opset
         self.reasons = reasons
-        self.parent: dict[int, tuple[PNode, PNode | None, int]] = {id(root): (root, None, -1)}
-        stack = [root]
-        while stack:
-            p = stack.pop()
-            for i, v in enumerate(p.inputs):
-                if isinstance(v, PNode):
-                    self.parent[id(v)] = (v, p, i)
-                    stack.append(v)
+        # id(pattern node) -> (it, the pattern node reading it, at which input)
+        self.parent = {id(p): (p, q, i) for p, q, i in _walk(root)}
         self.best: Failure | None = None
 
     def fail(self, at: PNode, reason: str, state: _State) -> None:
@@ -339,6 +334,7 @@ def match_at(pattern: PNode, node: gs.Node, graph_outputs: set[int], rtol: float
 
 
 def _walk(p: PNode) -> Iterator[tuple[PNode, PNode | None, int]]:
+    """Every node of a pattern tree with the node reading it and at which input (the root: None, -1)."""
     yield p, None, -1
     stack = [p]
     while stack:

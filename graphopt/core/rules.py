@@ -44,8 +44,8 @@ _CHECKED = 1 << 30  # the progress of a match every node of which matched: it sa
 
 @dataclass
 class Match:
-    """One place a rule matched (``ctx`` of ``check`` and ``rewrite``): the graph, the matched nodes (``nodes``,
-    the pattern's result node ``root`` first), the node matching started from (``anchor``) and the bindings."""
+    """One place a rule matched (``ctx`` of ``check`` and ``rewrite``): the graph, the matched nodes (``nodes``),
+    the pattern's result node (``root``), the node matching started from (``anchor``) and the bindings."""
 
     rule: "Rule"
     graph: gs.Graph
