@@ -7,7 +7,6 @@ from dataclasses import field
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import const_value, ensure_shapes, make_name, set_tensors
@@ -23,35 +22,6 @@ __all__ = ["ReplaceShiftScatter"]
 # Largest count of consecutive integers each dtype holds exactly: an element's flat position is its probe value.
 _EXACT_INTEGERS = {np.dtype(np.float16): 2 ** 11, np.dtype(np.float32): 2 ** 24, np.dtype(np.float64): 2 ** 53,
                    np.dtype(np.int32): 2 ** 31 - 1, np.dtype(np.int64): 2 ** 62}
-
-
-def _structure_key(model: onnx.ModelProto) -> bytes:
-    """``model`` serialized with its node and tensor names replaced by their order of appearance: two probe models
-    with the same key compute the same function of their input (same ops, attributes, constants and wiring).
-    A model with a subgraph keeps its names (a subgraph may read outer tensors by name), so it equals no other."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for node in model.graph.node for a in node.attribute):
-        return model.SerializeToString()
-    canon = onnx.ModelProto()
-    canon.CopyFrom(model)
-    g = canon.graph
-    names: dict[str, str] = {"": ""}  # "" marks an omitted optional input
-
-    def rename(name: str) -> str:
-        return names.setdefault(name, f"t{len(names)}")
-
-    for vi in g.input:
-        vi.name = rename(vi.name)
-    for init in g.initializer:
-        init.name = rename(init.name)
-    for k, node in enumerate(g.node):
-        node.name = f"n{k}"
-        node.input[:] = [rename(i) for i in node.input]
-        node.output[:] = [rename(o) for o in node.output]
-    for vi in g.output:
-        vi.name = rename(vi.name)
-    return canon.SerializeToString()
-
 
 
 def _observed(chain: Chain) -> list[gs.Tensor]:
@@ -225,7 +195,7 @@ class ReplaceShiftScatter(Pass):
         shapes = [{src.name: [b] + [int(d) for d in dims[1:]]} for b in batches]
         probe = Subgraph(graph, ancestors, [src], [chain.output], observed=_observed(chain))
         try:
-            key = (_structure_key(probe.model), tuple(batches))
+            key = (probe.structure_key(), tuple(batches))
         except Exception as e:  # noqa: BLE001 - anything that cannot be extracted is a reason to leave the chain alone
             return NoMatch(f"onnxruntime cannot evaluate the chain ({type(e).__name__})")
         known = checked.get(key)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .model import structure_hash
 from .sessions import create_session
 from .tolerance import Tolerance
 from .verify import compare_outputs
@@ -48,6 +49,7 @@ class Subgraph:
         self.outputs = list(outputs)
         self.observed = [t for t in observed if all(t is not o for o in self.outputs)]
         self._opset, self._domains = graph.opset, graph.import_domains
+        self._graph: gs.Graph | None = None
         self._model: onnx.ModelProto | None = None
         self._session = None
 
@@ -57,15 +59,27 @@ class Subgraph:
             self._model = self._build()
         return self._model
 
+    @property
+    def graph(self) -> gs.Graph:
+        """The cut as an onnx-graphsurgeon graph of its own (sharing the enclosing graph's nodes and tensors)."""
+        if self._graph is None:
+            sub = gs.Graph(nodes=self.nodes, outputs=self.outputs + self.observed, opset=self._opset,
+                           import_domains=self._domains, name="subgraph")
+            if not _in_order(self.nodes):
+                # Sorted before the inputs are set: gs's toposort follows a graph input to its producer, which lies
+                # outside the cut. Subgraph bodies (If / Loop / Scan) belong to the enclosing graph: not reordered.
+                sub.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
+            sub.inputs = list(self.inputs)
+            self._graph = sub
+        return self._graph
+
+    def structure_key(self) -> int:
+        """What the cut computes, up to names (``structure_hash``'s content form, every constant by value): two
+        cuts with equal keys are the same function of their inputs, so a check of one holds for the other."""
+        return structure_hash(self.graph, weights="values", names=False)
+
     def _build(self) -> onnx.ModelProto:
-        sub = gs.Graph(nodes=self.nodes, outputs=self.outputs + self.observed, opset=self._opset,
-                       import_domains=self._domains, name="subgraph")
-        if not _in_order(self.nodes):
-            # Sorted before the inputs are set: gs's toposort follows a graph input to its producer, which lies
-            # outside the cut. Subgraph bodies (If / Loop / Scan) belong to the enclosing graph: not reordered.
-            sub.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
-        sub.inputs = list(self.inputs)
-        model = gs.export_onnx(sub, do_type_check=False)
+        model = gs.export_onnx(self.graph, do_type_check=False)
         # gs stamps the newest IR version, which an older onnxruntime refuses; the opsets decide what is needed.
         model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
         # Types of computed tensors left to onnxruntime: an annotation of the enclosing graph may be stale.
