@@ -36,6 +36,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "plugin_errors",
     "load_plugin",
+    "library_passes",
 ]
 
 ENTRY_POINT_GROUP = "graphopt.passes"
@@ -93,6 +94,9 @@ class Pass:
     """
 
     name: ClassVar[str] = ""
+    # In the porting knowledge library: the rewrites ``graphopt optimize`` runs to a fixed point, each safe on any
+    # model (it rewrites only what it fully matches) and needing no parameter.
+    library: ClassVar[bool] = False
 
     def run(self, graph: gs.Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -170,6 +174,13 @@ def plugin_errors() -> dict[str, str]:
 def all_passes() -> dict[str, type[Pass]]:
     _load_all()
     return dict(sorted(_REGISTRY.items()))
+
+
+def library_passes() -> dict[str, type[Pass]]:
+    """The porting knowledge library (``Pass.library``), in the order ``graphopt optimize`` runs them: the order
+    of registration (built-in modules by name, then plugins)."""
+    _load_all()
+    return {name: cls for name, cls in _REGISTRY.items() if cls.library}
 
 
 def get_pass(name: str) -> type[Pass] | None:
