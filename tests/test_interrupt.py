@@ -1,8 +1,8 @@
 """Ctrl-C exits 130 every time, cleanly: ``graphopt apply recipes/shiftvit.yaml`` interrupted (SIGINT) at several
-points, the first pass among them, when the input model's reference outputs are being computed by onnxruntime in
-a background thread. No traceback, no "terminate called" (a crash in onnxruntime's native code as the
-interpreter exits: it used to happen in half the tries), no partial output and no temporary folder; an earlier
-run at the same -o is left byte for byte as it was.
+points, the first passes among them, when the input model's reference outputs and a pass's outputs are being
+computed by onnxruntime in background threads. No traceback, no "terminate called" (a crash in onnxruntime's
+native code as the interpreter exits), no partial output and no temporary folder; an earlier run at the same -o
+is left byte for byte as it was.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def interrupt(out: Path, *, after: float | None = None, on_line: str | None = No
     {"after": 1.5},
     {"after": 3.0},
     {"on_line": "[1/4] replace_shift_scatter ..."},  # the reference outputs are being computed beside it
-    {"on_line": "[4/4] insert_fusion_breaker: applied"},  # final comparison, then the run directory is written
-], ids=["0.5s", "1.5s", "3s", "first-pass", "last-pass-done"])
+    {"on_line": "[2/4] fold_constants ..."},  # the first pass's outputs are being computed beside it
+    {"on_line": "[4/4] insert_fusion_breaker: applied"},  # its outputs being computed, then the final comparison
+], ids=["0.5s", "1.5s", "3s", "first-pass", "second-pass", "last-pass-done"])
 def test_ctrl_c_exits_130_cleanly(warm, when):
     parent, seconds = warm
     out = parent / "out"

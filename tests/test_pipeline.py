@@ -118,7 +118,8 @@ def test_on_fail_skip_drops_the_pass_and_goes_on(workdir):
 
 
 def test_crashing_pass_names_itself_and_its_predecessors(workdir):
-    with pytest.raises(PassError, match=r"pass test_raise \(passes\[1\]\) raised RuntimeError: boom \(after simplify\)"):
+    with pytest.raises(PassError,
+                       match=r"pass test_raise \(passes\[1\]\) raised RuntimeError: boom \(after simplify\)"):
         apply_recipe(recipe(workdir, "- simplify\n- test_raise\n"), workdir / "run", progress=lambda m: None)
 
 

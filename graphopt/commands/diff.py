@@ -22,9 +22,9 @@ from ..core.divergence import tensor_diff  # noqa: F401 - re-export for the impo
 from ..core.divergence import tensor_tolerance  # noqa: F401 - re-export for the import sweep
 from ..core.errors import UserError
 from ..core.inputs import InputSpec, model_inputs, resolve_inputs
-from ..core.ir import load_split
 from ..core.name_map import model_producers
-from ..core.protoio import SplitModel
+from ..core.onnx_files import load_split
+from ..core.wire import SplitModel
 
 __all__ = ["seeded_feeds", "load_name_map", "plot_diff", "add_cli"]
 
@@ -148,7 +148,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         for t in result.divergent[1:1 + args.show]:
             print(f"  then {t.describe()}")
     if args.json:
-        from ..core.ir import atomic_write_text
+        from ..core.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"inputs": plan.describe(), **result.as_dict()}, indent=2,
                                                 default=str) + "\n")

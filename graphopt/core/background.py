@@ -19,11 +19,15 @@ __all__ = ["Background", "stop_background"]
 class Background:
     """``fn(*args, run_options)`` run in a daemon thread named ``name``; ``result()`` waits and returns its value or
     raises its exception. ``run_options`` is an onnxruntime ``RunOptions`` for ``fn`` to run with: ``cancel`` sets
-    its ``terminate``, which ends a run in flight (and which ``fn`` checks before starting one)."""
+    its ``terminate``, which ends a run in flight (and which ``fn`` checks before starting one).
+
+    ``after``: a computation this one starts after (whatever its outcome). Two onnxruntime runs at once share the
+    cores their thread pools each expect to have to themselves, and their spinning workers slow both down: chained
+    this way, one session runs at a time while Python goes on with the passes."""
 
     _live: "weakref.WeakSet[Background]" = weakref.WeakSet()
 
-    def __init__(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any, after: Background | None = None) -> None:
         import onnxruntime as ort
 
         self._outcome: tuple[bool, Any] | None = None
@@ -31,6 +35,10 @@ class Background:
 
         def target() -> None:
             try:
+                if after is not None:
+                    after.join(None)
+                if self._run_options.terminate:  # cancelled while it waited
+                    raise KeyboardInterrupt
                 self._outcome = (True, fn(*args, self._run_options))
             except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
                 self._outcome = (False, e)
@@ -52,7 +60,7 @@ class Background:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float | None) -> None:
         self._thread.join(timeout)
 
 

@@ -31,12 +31,16 @@ import onnx
 from onnx import helper
 
 from .errors import UserError
+from .forms import split_model, weights_as_inputs
+from .graph_walk import node_inputs
 from .inputs import check_feed, model_inputs
-from .ir import copy_fields, infer_shapes, load_split, node_inputs
+from .model import Model
 from .name_map import model_producers, shared_tensors
-from .protoio import SplitModel, split_model, weights_as_inputs
+from .onnx_files import load_split
+from .shapes import infer_shapes
 from .tolerance import Tolerance
-from .verify import Outputs, compare_outputs, comparison_session
+from .verify import Outputs, compare_outputs
+from .wire import SplitModel, copy_fields
 
 __all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
            "tensor_diff", "tensor_tolerance", "DEFAULT_BUDGET_MB"]
@@ -187,7 +191,7 @@ class SubgraphRunner:
     def run(self, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
         """The values of ``names`` for each feed (a list per name, one array per feed)."""
         try:
-            session, weights = comparison_session(self.pruned(names))
+            session, weights = Model(self.pruned(names)).session("compare")
         except Exception as e:
             raise UserError(f"{self.what}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
         self.sessions += 1

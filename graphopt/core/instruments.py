@@ -16,18 +16,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .errors import PassError
+from .model import structure_hash
 from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass, PassResult
-from .protoio import SplitModel, graph_from_split, split_graph
+from .forms import graph_from_split, split_graph
+from .wire import SplitModel
 
 __all__ = ["PassRecord", "PipelineRun", "PassContext", "PassFailure", "Instrument", "Requirements", "Timing",
-           "Honesty", "Normalize", "NameMapping", "OnFailSkip", "Progress", "fingerprint"]
+           "Honesty", "Normalize", "NameMapping", "OnFailSkip", "Progress"]
 
 
 @dataclass
@@ -160,64 +159,15 @@ class Timing(Instrument):
             ctx.seconds = time.perf_counter() - self._t0
 
 
-def fingerprint(graph: gs.Graph) -> int:
-    """A hash of what ``graph`` computes as the objects hold it: nodes (op, domain, attributes, the identities of
-    their input and output tensors), tensor names, constants' arrays (by identity: a pass that changes a weight
-    replaces its array or writes into it, and the latter is not seen) and dtypes, graph inputs and outputs. A
-    subgraph attribute (If's branches, Loop's and Scan's bodies) is hashed by its contents the same way, nested
-    ones too: hashing the ``gs.Graph`` object alone would miss every edit made inside it. Not the shapes and
-    dtypes inferred for computed tensors: annotations that passes fill in."""
-    seen: dict[int, tuple] = {}
-
-    def tensor(t) -> int:
-        if id(t) not in seen:
-            lazy = getattr(t, "_values", None)
-            # (a sparse initializer's lazy values hold a SparseTensorProto, whose data type is its values')
-            proto = getattr(lazy, "tensor", None)
-            proto = getattr(proto, "values", proto)
-            if isinstance(lazy, LazyValues) and getattr(proto, "data_type", None) == onnx.TensorProto.STRING:
-                # Not loaded: onnx-graphsurgeon writes a loaded string array as raw_data, which strings cannot use,
-                # so loading one here would make an untouched model unexportable. Passes never write into strings.
-                seen[id(t)] = (t.name, id(lazy), t.export_dtype)
-            elif isinstance(t, gs.Constant):  # ``values`` loads lazy values once: the array's identity is stable after
-                seen[id(t)] = (t.name, id(t.values), t.export_dtype)
-            else:  # its shape and dtype are annotations (passes infer them), not what is computed
-                seen[id(t)] = (t.name,)
-        return id(t)
-
-    def attr(v):
-        if isinstance(v, gs.Graph):
-            return contents(v)
-        if isinstance(v, gs.Constant):  # a tensor attribute (Constant's value): its name, array and dtype
-            return ("tensor", tensor(v))
-        if isinstance(v, np.ndarray):
-            return id(v)
-        if isinstance(v, (list, tuple)):
-            return tuple(attr(x) for x in v)
-        return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
-
-    def contents(g: gs.Graph) -> tuple:
-        # A subgraph's tensors that come from the outer scope are the outer graph's objects: the same ids.
-        parts = [g.name, tuple(map(tensor, g.inputs)), tuple(map(tensor, g.outputs))]
-        for node in g.nodes:
-            parts.append((node.op, node.domain, node.name, tuple(map(tensor, node.inputs)),
-                          tuple(map(tensor, node.outputs)),
-                          tuple((k, attr(v)) for k, v in node.attrs.items())))
-        return tuple(parts)
-
-    parts = contents(graph)
-    return hash((parts, tuple(seen.items())))
-
-
 class Honesty(Instrument):
     """Holds a pass to its word: one that reports no change must not have edited the graph, since its result then
-    skips verification."""
+    skips verification. Edits are seen by ``structure_hash``'s object form, subgraphs included."""
 
     def before_pass(self, ctx: PassContext) -> None:
-        self._before = fingerprint(ctx.run.graph)
+        self._before = structure_hash(ctx.run.graph, weights="identity")
 
     def after_pass(self, ctx: PassContext) -> None:
-        if not ctx.result.changed and fingerprint(ctx.run.graph) != self._before:
+        if not ctx.result.changed and structure_hash(ctx.run.graph, weights="identity") != self._before:
             raise PassError(f"{ctx.who} reported no change but modified the graph: its result would skip "
                             "verification (a pass returns PassResult(changed=True, ...) when it edits)")
 
@@ -287,7 +237,8 @@ class Progress(Instrument):
 
     def after_pass(self, ctx: PassContext) -> None:
         status = "applied" if ctx.result.changed else "unchanged"
-        shown = "" if ctx.verify is None else f", max_abs {ctx.verify['max_abs']:.2e}, cosine {ctx.verify['cosine']:.7f}"
+        v = ctx.verify
+        shown = "" if v is None else f", max_abs {v['max_abs']:.2e}, cosine {v['cosine']:.7f}"
         self.progress(f"{ctx.label}: {status} in {ctx.seconds:.2f}s{shown}")
 
     def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:

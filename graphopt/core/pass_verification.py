@@ -25,7 +25,9 @@ from .background import Background
 from .divergence import describe_divergence, first_divergence
 from .errors import PassError, UserError, VerificationFailed
 from .instruments import Instrument, PassContext, PassFailure, PipelineRun
-from .protoio import SplitModel, check_split, split_graph
+from .forms import split_graph
+from .onnx_files import check_split
+from .wire import SplitModel
 from .verify import Outputs, Runner, compare_outputs
 
 __all__ = ["Verification", "FinalCheck", "check", "BEFORE"]
@@ -84,7 +86,7 @@ class Verification(Instrument):
         # before the first pass is checked.
         self.progress(f"verify: reference outputs of the input model on {len(self.feeds)} batch(es), beside the "
                       "first pass")
-        self._reference = Background("graphopt-reference", _outputs, run.last, self.feeds)
+        self._reference = self._job = Background("graphopt-reference", _outputs, run.last, self.feeds)
 
     def after_pass(self, ctx: PassContext) -> None:
         if not ctx.result.changed:
@@ -92,8 +94,8 @@ class Verification(Instrument):
         run = ctx.run
         after = split_graph(run.graph)  # the weights stay the graph's arrays
         check(after, ctx.who)
-        pending = _Pending(ctx, run.last, after,
-                           Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who))
+        self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, after=self._job)
+        pending = _Pending(ctx, run.last, after, self._job)
         self._settle()  # the previous pass's, which ran beside this one
         self._pending = pending
         if ctx.on_fail == "skip":

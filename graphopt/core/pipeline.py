@@ -33,7 +33,8 @@ from .instruments import (Honesty, Instrument, NameMapping, Normalize, OnFailSki
 from .ir import op_counts, to_model
 from .pass_infra import Pass
 from .pass_verification import FinalCheck, Verification
-from .protoio import SplitModel, graph_from_split, split_model
+from .forms import graph_from_split, split_model
+from .wire import SplitModel
 
 __all__ = ["PassRecord", "PipelineResult", "PassManager", "run_pipeline", "merge_configs"]
 
