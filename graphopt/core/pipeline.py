@@ -99,10 +99,6 @@ class PassManager:
                                               failure.verify, "skipped"))
                 continue
             result = ctx.result
-            try:
-                merge_configs(run.configs, result.configs, ctx.who)
-            except (ValueError, TypeError, AttributeError) as e:  # a pass returning configs of the wrong shape
-                raise PassError(f"{ctx.who} returned unusable compiler configs: {e}") from None
             ctx.record = PassRecord(p.name, where, result.changed, result.stats, ctx.seconds, ctx.verify,
                                     "applied" if result.changed else "unchanged", result.configs, ctx.name_map)
             run.records.append(ctx.record)
@@ -127,6 +123,10 @@ class PassManager:
                               stats={"error": summary}, cause=e) from e
         try:
             self._each("after_pass", ctx)
+            try:
+                merge_configs(ctx.run.configs, ctx.result.configs, ctx.who)
+            except (ValueError, TypeError, AttributeError) as e:  # a pass returning configs of the wrong shape
+                raise PassError(f"{ctx.who} returned unusable compiler configs: {e}") from None
         except PassFailure:
             raise
         except Exception as e:
