@@ -815,3 +815,86 @@ def test_int64_text_model_is_evaluated_for_throughput_only(tmp_path, capsys, mon
     code, _, err = run_cli("data", "npz", tmp_path / "bad.npz", "-o", tmp_path / "bad", "--model", tmp_path / "run",
                            capsys=capsys)
     assert code == 2 and "array 'input_ids' is float64 with values that int64 cannot hold" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dynamic shapes: one row per profile
+
+
+def dynamic_run(tmp_path, capsys, atc: str, hw: tuple = (16, 16)) -> Path:
+    """The tiny classifier with a symbolic batch (and H, W when ``hw`` is symbolic), applied with ``atc``."""
+    path = tiny_classifier(tmp_path / "dyn.onnx")
+    model = onnx.load(path)
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], hw):
+        if isinstance(value, str):
+            dim.dim_param = value
+    onnx.save(model, path)
+    recipe = tmp_path / "dyn.yaml"
+    recipe.write_text(f"name: dyn\nmodel: {{onnx: dyn.onnx}}\ninput: {{name: x, shape: [1, 3, 16, 16]}}\natc: {atc}\n")
+    assert run_cli("apply", recipe, "-o", tmp_path / "dyn", capsys=capsys)[0] == 0
+    return tmp_path / "dyn"
+
+
+def test_dynamic_batch_eval_runs_each_gear(tmp_path, tiny_data, capsys, monkeypatch):
+    run = dynamic_run(tmp_path, capsys, "{dynamic: {batch_sizes: [1, 4]}}")
+    assert atc_script_commands(run) == [[
+        "atc", "--framework=5", "--model=model.onnx", "--output=dyn_dynbatch", "--input_format=NCHW",
+        "--input_shape=x:-1,3,16,16", "--dynamic_batch_size=1,4", "--soc_version=Ascend310P3", "--log=error"]]
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, stdout, _ = run_cli("eval", run, "--data", tiny_data, "--dry-run", capsys=capsys)
+    ais = [l for l in stdout.splitlines() if "ais_bench" in l and l.startswith(("python", "/"))]
+    assert code == 0 and [l.split(" --output_dirname ")[1] for l in ais] == [
+        "bs1 --outfmt BIN --batchsize 1 --warmup_count 3 --dymBatch 1",
+        "bs4 --outfmt BIN --batchsize 4 --warmup_count 3 --dymBatch 4"]
+    assert all(f"--model {run}/dyn_dynbatch.om" in l for l in ais)
+    code, stdout, _ = run_cli("eval", run, "--data", tiny_data, *QUICK, capsys=capsys)
+    assert code == 0 and "| 4 (bs4) |" in stdout
+    rows = json.loads((run / "eval" / "eval.json").read_text())["rows"]
+    assert [(r["profile"], r["batch_size"], r["items"]) for r in rows] == [("bs1", 1, "the data"),
+                                                                          ("bs4", 4, "the data")]
+    assert rows[0]["top1"] == rows[1]["top1"] is not None and rows[0]["shapes"] == {"x": [1, 3, 16, 16]}
+
+
+def test_dynamic_image_sizes_eval_runs_each_profiles_shapes(tmp_path, tiny_data, capsys, monkeypatch):
+    run = dynamic_run(tmp_path, capsys, "{batch_sizes: [2], dynamic: {image_sizes: [[16, 16], [32, 24]]}}",
+                      hw=("H", "W"))
+    assert atc_script_commands(run)[0][3:7] == ["--output=dyn_bs2_dynhw", "--input_format=NCHW",
+                                                "--input_shape=x:2,3,-1,-1", "--dynamic_image_size=16,16;32,24"]
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, _, stderr = run_cli("eval", run, "--data", tiny_data, *QUICK, capsys=capsys)
+    assert code == 0, stderr
+    rows = json.loads((run / "eval" / "eval.json").read_text())["rows"]
+    assert [(r["profile"], r["shapes"]) for r in rows] == [("bs2_16x16", {"x": [2, 3, 16, 16]}),
+                                                           ("bs2_32x24", {"x": [2, 3, 32, 24]})]
+    assert rows[0]["items"] == "the data" and rows[0]["top1"] is not None
+    # the data's items are 16x16: the 32x24 profile runs seeded items of its shape, for throughput
+    assert rows[1]["items"].startswith("2 seeded random item(s)") and rows[1]["top1"] is None
+    assert rows[1]["throughput"] > 0
+    summary = json.loads((run / "eval" / "outputs" / "bs2_32x24_summary.json").read_text())
+    assert summary["graphopt"]["dataset_calls"] == 1
+
+
+def test_dynamic_image_sizes_need_a_symbolic_height_and_width(tmp_path, capsys):
+    path = tiny_classifier(tmp_path / "dyn.onnx")
+    recipe = tmp_path / "dyn.yaml"
+    recipe.write_text("name: dyn\nmodel: {onnx: dyn.onnx}\ninput: {name: x, shape: [1, 3, 16, 16]}\n"
+                      "atc: {dynamic: {image_sizes: [[16, 16], [32, 32]]}}\n")
+    code, _, stderr = run_cli("apply", recipe, "-o", tmp_path / "dyn", capsys=capsys)
+    assert code == 2 and path.is_file()
+    assert stderr.strip().endswith("atc.dynamic.image_sizes: input 'x' dim 2 (H) is fixed to 16 in the model; "
+                                   "dynamic image sizes need a symbolic height and width")
+
+
+def test_a_kept_type_the_graph_lacks_is_reported_not_refused(tmp_path, capsys):
+    tiny_classifier(tmp_path / "tiny.onnx")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\nmodel: {onnx: tiny.onnx}\ninput: {name: x, shape: [1, 3, 16, 16]}\n"
+                      "passes:\n  - pass: mixlist\n    keep_fp32: [LayerNorm, Conv]\n")
+    code, _, stderr = run_cli("apply", recipe, "-o", tmp_path / "run", capsys=capsys)
+    assert code == 0
+    assert ("warning: LayerNorm is in a keep list of the ATC configs but no op of the graph maps to it (kept: ATC "
+            "may form it by fusion)") in stderr.splitlines()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["configs_absent_types"] == ["LayerNorm"]
+    assert json.loads((tmp_path / "run" / "ops_info.json").read_text()) == {
+        "black-list": {"to-add": ["LayerNorm", "Conv2D"]}}

@@ -252,3 +252,50 @@ def test_a_failing_plugin_exits_2_with_one_line(tmp_path, tiny_onnx, capsys):
     assert errors == [f"graphopt: error: {tmp_path}/r.yaml: plugins[0]: plugin 'recipe_plugin_absent' failed to load: "
                       "ModuleNotFoundError: No module named 'recipe_plugin_absent'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_atc_section_defaults_and_cann(tmp_path, tiny_onnx):
+    r = load_recipe(write(tmp_path, BASE))
+    assert (r.atc.cann, r.atc.precision_mode, r.atc.precision_mode_v2, r.atc.dynamic) == ("8.0", None, None, None)
+    r = load_recipe(write(tmp_path, BASE + "atc: {cann: 6.3, precision_mode: force_fp16}\n"))
+    assert r.atc.cann == "6.3"  # unquoted: YAML's number, read back as the version
+    r = load_recipe(write(tmp_path, BASE + "atc: {cann: \"8.0.RC2\", precision_mode_v2: mixed_float16}\n"))
+    assert (r.atc.cann, r.atc.precision_mode_v2) == ("8.0.RC2", "mixed_float16")
+    r = load_recipe(write(tmp_path, BASE + "atc: {soc_version: Ascend999, soc_version_unlisted: true}\n"))
+    assert r.atc.soc_version == "Ascend999"
+
+
+def test_atc_dynamic_parses(tmp_path, tiny_onnx):
+    r = load_recipe(write(tmp_path, BASE + "atc: {dynamic: {batch_sizes: [1, 2, 4, 8]}}\n"))
+    assert (r.atc.dynamic.mode, r.atc.dynamic.values) == ("batch_sizes", (1, 2, 4, 8))
+    r = load_recipe(write(tmp_path, BASE + "atc: {batch_sizes: [1, 8], dynamic: {image_sizes: [[224, 224], "
+                                           "[448, 448]]}}\n"))
+    assert r.atc.dynamic.values == ((224, 224), (448, 448)) and r.atc.batch_sizes == (1, 8)
+
+
+@pytest.mark.parametrize("atc, message", [
+    ("{soc_version: Ascend999}", r"r\.yaml: atc\.soc_version: unknown soc_version 'Ascend999' \(did you mean: .*\); "
+                                 r"a SoC newer than graphopt's list: set atc\.soc_version_unlisted: true"),
+    ("{soc_version: Ascend310P}", r"atc\.soc_version: unknown soc_version 'Ascend310P' \(did you mean: Ascend310P"),
+    ("{cann: eight}", r"r\.yaml: atc\.cann: 'eight' is not a CANN version"),
+    ("{precision_mode: force_fp16, precision_mode_v2: fp16}",
+     r"r\.yaml: atc\.precision_mode and atc\.precision_mode_v2: give one \(ATC refuses both, E10056"),
+    ("{precision_mode_v2: fp32}", r"r\.yaml: atc\.precision_mode_v2: expected 'fp16' \| 'origin'"),
+    ("{cann: \"6.3\", precision_mode_v2: fp16}", r"r\.yaml: atc\.precision_mode_v2: CANN 6\.3 has no "
+                                                 r"--precision_mode_v2 \(from 7\.0\)"),
+    ("{dynamic: {batch_sizes: [1, 2], dims: [[1], [2]]}}",
+     r"r\.yaml: atc\.dynamic: give exactly one of batch_sizes, image_sizes, dims, ranges \(got batch_sizes, dims\)"),
+    ("{dynamic: {batch: [1, 2]}}", r"r\.yaml: atc\.dynamic\.batch: unknown key \(did you mean: batch_sizes"),
+    ("{dynamic: {batch_sizes: [4]}}", r"r\.yaml: atc\.dynamic\.batch_sizes: 1 gear\(s\); ATC takes 2 to 100"),
+    ("{batch_sizes: [1, 8], dynamic: {batch_sizes: [1, 8]}}",
+     r"r\.yaml: atc\.batch_sizes and atc\.dynamic\.batch_sizes: give one"),
+])
+def test_atc_mistakes(tmp_path, tiny_onnx, atc, message):
+    with pytest.raises(UserError, match=message):
+        load_recipe(write(tmp_path, BASE + f"atc: {atc}\n"))
+
+
+def test_a_misspelt_op_type_in_a_mixlist_is_a_recipe_error(tmp_path, tiny_onnx):
+    with pytest.raises(UserError, match=r"r\.yaml: passes\[0\]: op type: 'LayerNrom' is neither an ONNX op type nor "
+                                        r"an Ascend op type \(did you mean: LayerNorm"):
+        load_recipe(write(tmp_path, BASE + "passes:\n  - pass: mixlist\n    keep_fp32: [LayerNrom]\n"))

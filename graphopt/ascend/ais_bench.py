@@ -37,9 +37,11 @@ _TIMESTAMP_DIR = re.compile(r"\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2}")
 
 
 def ais_bench_argv(prefix: Sequence[str], om: Path, inputs: Path | Sequence[Path], out_root: Path, dirname: str,
-                   outfmt: str, batch_size: int, warmup: int) -> list[str]:
+                   outfmt: str, batch_size: int, warmup: int, dynamic: Sequence[str] = ()) -> list[str]:
     """ais_bench's command line. ``inputs``: one folder, or one folder per model input in the model's input order
-    (``--input dirA,dirB``: ais_bench pairs the i-th file of every folder, each folder in its natural order)."""
+    (``--input dirA,dirB``: ais_bench pairs the i-th file of every folder, each folder in its natural order);
+    ``dynamic``: the arguments selecting a dynamic model's profile (``--dymBatch 4``, ``--dymHW 448,448``,
+    ``--dymDims "a:1,16;b:1,16"``, ``--dymShape ...``: ``graphopt.ascend.dynamic.Profile.ais_args``)."""
     folders = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     for f in folders:
         if "," in str(f):
@@ -47,7 +49,7 @@ def ais_bench_argv(prefix: Sequence[str], om: Path, inputs: Path | Sequence[Path
                             "cannot hold one; move or link the data elsewhere")
     return [*prefix, "--model", str(om), "--input", ",".join(str(f) for f in folders), "--output", str(out_root),
             "--output_dirname", dirname, "--outfmt", outfmt, "--batchsize", str(batch_size),
-            "--warmup_count", str(warmup)]
+            "--warmup_count", str(warmup), *dynamic]
 
 
 def run_ais_bench(argv: Sequence[str], out_root: Path, dirname: str) -> tuple[Path, dict[str, Any]]:

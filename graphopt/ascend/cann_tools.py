@@ -1,8 +1,8 @@
 """Huawei's CANN tools as graphopt eval finds and runs them.
 
 - **atc** (on PATH): the run directory's ATC jobs (``graphopt.ascend.atc``, ``atc_jobs.json``), one ``.om`` per
-  batch size, run in the run directory as ``atc.sh`` runs them; a batch size the run lacks is the first job with
-  that batch size (``AtcJob.with_batch_size``).
+  batch size (a dynamic run: per job), run in the run directory as ``atc.sh`` runs them; a batch size the run
+  lacks is the first job with that batch size (``AtcJob.with_batch_size``).
 - **ais_bench** (``python3 -m ais_bench``; ``$GRAPHOPT_AIS_BENCH`` overrides the command): see
   ``graphopt.ascend.ais_bench``.
 """
@@ -64,11 +64,11 @@ def run_atc(run_dir: Path, jobs: Sequence[AtcJob], atc: str, log: Callable[[str]
     for job in jobs:
         if job.om_path(run_dir) is not None:
             continue
-        log(f"eval: atc: compiling batch size {job.batch_size}: {job.shell()}")
+        log(f"eval: atc: compiling {job.label}: {job.shell()}")
         before = set(os.listdir(run_dir))
         try:
             proc = subprocess.run([atc, *job.argv()[1:]], cwd=run_dir, capture_output=True, text=True)
-            logfile = run_dir / f"atc_bs{job.batch_size}.log"
+            logfile = run_dir / (f"atc_bs{job.batch_size}.log" if job.dynamic is None else f"atc_{job.output}.log")
             logfile.write_text(proc.stdout + proc.stderr)
         finally:
             # What ATC made in the run (the .om, its log, fusion_result.json, kernel_meta/) is graphopt's: listed
@@ -76,8 +76,8 @@ def run_atc(run_dir: Path, jobs: Sequence[AtcJob], atc: str, log: Callable[[str]
             record_files(run_dir, set(os.listdir(run_dir)) - before)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise ToolFailed(f"atc failed for batch size {job.batch_size} (exit {proc.returncode}): {tail[0]} "
+            raise ToolFailed(f"atc failed for {job.label} (exit {proc.returncode}): {tail[0]} "
                              f"(full log: {logfile})")
         if job.om_path(run_dir) is None:
-            raise ToolFailed(f"atc exited 0 for batch size {job.batch_size} but wrote no {job.expected_om(run_dir)}")
+            raise ToolFailed(f"atc exited 0 for {job.label} but wrote no {job.expected_om(run_dir)}")
 

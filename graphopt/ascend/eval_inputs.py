@@ -7,11 +7,15 @@ several inputs one sub-folder per input, ``DIR/<input>/*.bin`` (``graphopt.core.
 k of every input in files of the same name. Each file holds one item in the model's input dtype (int64 token ids,
 bool masks, fp16, ...), its size checked against the item shape (the run's verification shape without the batch,
 what the ATC jobs compile). ``labels.txt`` is read from ``DIR``, else from the first input folder that has one.
+
+Rows (``EvalUnit``): one per batch size of a run compiled per batch size; one per profile of a dynamic run
+(``atc.dynamic``: ``graphopt.ascend.dynamic``), whose items are the data's when the profile's item shapes are the
+data's, else seeded random items of the profile's shapes (throughput only).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,9 +23,13 @@ import numpy as np
 
 from ..core.datasets import LABELS_FILE, META_FILE, input_folder_name, read_labels_file
 from ..core.errors import UserError
+from ..core.model_inputs import np_dtype
+from .atc import ATC_JOBS_FILE, AtcJob, jobs_for_batch_sizes, read_atc_jobs
 from .bin_files import BinInput, input_files
+from .dynamic import Profile
 
-__all__ = ["EvalRun", "load_run", "EvalData", "input_dirs", "check_data", "accuracy"]
+__all__ = ["EvalRun", "load_run", "EvalData", "input_dirs", "check_data", "accuracy", "EvalUnit", "eval_units",
+           "profile_inputs", "seeded_items"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +207,55 @@ def accuracy(rows: Mapping[str, np.ndarray], labels: Mapping[str, int], names: S
             "top1": top1 / count if count else None, "top5": top5 / count if count else None,
             "top1_correct": top1, "top5_correct": top5}
 
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    """One row of ``graphopt eval``: a batch size (``profile`` None) or a dynamic run's profile; ``job``: the ATC
+    job compiling it (None when no job is needed: onnxruntime on a run compiled per batch size)."""
+
+    label: str  # the outputs folder: bs<N>, or the profile's label
+    batch_size: int
+    job: AtcJob | None
+    profile: Profile | None
+
+
+def eval_units(run_dir: Path, batch_sizes: Sequence[int], need_jobs: bool) -> list[EvalUnit]:
+    """The rows to evaluate: every profile of every job when the run is dynamic (``batch_sizes`` do not apply),
+    else one per batch size (with its job when ``need_jobs``)."""
+    jobs = read_atc_jobs(run_dir) if need_jobs or (Path(run_dir) / ATC_JOBS_FILE).is_file() else []
+    if jobs and jobs[0].dynamic is not None:
+        return [EvalUnit(p.label, p.batch_size, j, p) for j in jobs for p in (j.dynamic.profiles if j.dynamic else ())]
+    chosen = jobs_for_batch_sizes(jobs, batch_sizes) if need_jobs else [None] * len(batch_sizes)
+    return [EvalUnit(f"bs{bs}", bs, job, None) for bs, job in zip(batch_sizes, chosen)]
+
+
+def profile_inputs(run: EvalRun, profile: Profile | None) -> tuple[BinInput, ...] | None:
+    """The run's inputs with a profile's item shapes; None when the data's items fit the profile as they are."""
+    if profile is None:
+        return None
+    shapes = dict(profile.shapes)
+    shaped = tuple(replace(i, item_shape=tuple(shapes[i.name][1:] if i.stacked else shapes[i.name]))
+                   for i in run.inputs)
+    return None if shaped == run.inputs else shaped
+
+
+def seeded_items(inputs: Sequence[BinInput], count: int, folder: Path, seed: int = 0
+                 ) -> tuple[dict[str, list[Path]], list[Path]]:
+    """``count`` seeded items per input as ``.bin`` files, one folder per input under ``folder`` (normal floats,
+    zero integers, false booleans): a profile's shapes when the data has other ones. Returns (files, folders)."""
+    rng = np.random.default_rng(seed)
+    files: dict[str, list[Path]] = {}
+    dirs = []
+    for inp in inputs:
+        d = folder / input_folder_name(inp.name)
+        d.mkdir(parents=True)
+        dirs.append(d)
+        dt = np_dtype(inp.dtype)
+        files[inp.name] = []
+        for k in range(count):
+            arr = rng.standard_normal(inp.item_shape) if dt.kind == "f" else np.zeros(inp.item_shape)
+            path = d / f"item_{k}.bin"
+            np.asarray(arr).astype(dt).tofile(path)
+            files[inp.name].append(path)
+    return files, dirs

@@ -13,7 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs_json
+from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs_json, kept_op_types
+from ..ascend.dynamic import ModelDims
+from ..ascend.op_types import absent_types
 from ..core.ir import constant_nbytes, external_data_threshold, load_split, save_model
 from ..core.outputs import check_output_dir, staged_dir
 from ..core.pipeline import PipelineResult, run_pipeline
@@ -106,13 +108,20 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     if "model" in recipe.emit:
         # streamed from its arrays (ir.save_model), from the run's last checked split when it made one
         files["model.onnx"] = result.split if result.split is not None else result.graph
-    configs = config_files(result.configs)
+    atc = recipe.atc
+    configs = config_files(result.configs, atc.cann)
     files.update(configs)
+    # ATC may still form a type the graph lacks by fusion (LayerNorm from a decomposed layer norm): a note, not an error
+    absent = absent_types(kept_op_types(result.configs), {n.op for n in result.graph.nodes})
+    for name in absent:
+        progress(f"warning: {name} is in a keep list of the ATC configs but no op of the graph maps to it (kept: "
+                 "ATC may form it by fusion)")
     if "atc" in recipe.emit:
         jobs = atc_jobs(model="model.onnx", output_stem=recipe.name, inputs=plan.atc_inputs(),
-                        batch_sizes=recipe.atc.batch_sizes, soc_version=recipe.atc.soc_version, log=recipe.atc.log,
-                        precision_mode=recipe.atc.precision_mode, configs=result.configs,
-                        extra_args=recipe.atc.extra_args)
+                        batch_sizes=atc.batch_sizes, soc_version=atc.soc_version, log=atc.log,
+                        precision_mode=atc.precision_mode, configs=result.configs, extra_args=atc.extra_args,
+                        cann=atc.cann, precision_mode_v2=atc.precision_mode_v2, dynamic=atc.dynamic,
+                        model_dims=[ModelDims(i.name, tuple(i.shape), i.model.dims) for i in plan.inputs])
         files["atc.sh"] = atc_script(jobs)
         files[ATC_JOBS_FILE] = jobs_json(jobs)  # what graphopt eval reads: the jobs as records
     # External data when the source had it (the output stays a pair of files) or the model is large.
@@ -135,6 +144,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         "ops_before": result.ops_before,
         "ops_after": result.ops_after,
         "configs": result.configs,
+        "configs_absent_types": absent,  # kept op types no op of the graph maps to (ATC may fuse them)
         "name_map": result.name_map,  # output model tensor -> input model tensor (graphopt.core.name_map)
         "files": sorted(list(files) + data_files + ["report.json", "report.md"]),
         "seconds": round(time.perf_counter() - t0, 3),

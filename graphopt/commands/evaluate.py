@@ -1,6 +1,8 @@
 """``graphopt eval``: accuracy and throughput of a run directory, per batch size, as the seeds tabulate them.
 
-Per batch size: compile with ATC when ``atc`` is on PATH (the run's ATC jobs, ``atc_jobs.json``: what ``atc.sh``
+Per batch size (a run compiled with ``atc.dynamic``: per profile, ``graphopt.ascend.eval_inputs.EvalUnit``, each
+with ais_bench's ``--dymBatch`` / ``--dymHW`` / ``--dymDims`` / ``--dymShape`` and onnxruntime fed the profile's
+shapes): compile with ATC when ``atc`` is on PATH (the run's ATC jobs, ``atc_jobs.json``: what ``atc.sh``
 runs), run ais_bench when it is installed, otherwise run ``model.onnx`` with onnxruntime on the CPU, writing outputs
 and a summary JSON in ais_bench's layout (``graphopt.ascend.ort_backend``); then one postprocess reads either:
 top-1 / top-5 against the data folder's ``labels.txt`` when the model has a class-score output (float, rank 2,
@@ -25,17 +27,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from ..ascend.ais_bench import OUTPUT_FORMATS, ais_bench_argv, collect_outputs, run_ais_bench, summary_latency
-from ..ascend.atc import AtcJob, jobs_for_batch_sizes, read_atc_jobs
+from ..ascend.atc import read_atc_jobs
 from ..ascend.cann_tools import ais_bench_command, find_atc, run_atc
-from ..ascend.eval_inputs import EvalData, EvalRun, accuracy, check_data, input_dirs, load_run
+from ..ascend.eval_inputs import (EvalData, EvalRun, accuracy, check_data, eval_units, input_dirs, load_run,
+                                  profile_inputs, seeded_items)
 from ..ascend.ort_backend import OnnxRuntimeBackend, TimingOptions
 from ..core.errors import UserError
 from ..core.outputs import check_output_dir, staged_dir
+from .eval_plot import plot_throughput
 
-__all__ = ["EvalOptions", "evaluate", "eval_markdown", "compare_markdown", "plot_throughput",
+__all__ = ["EvalOptions", "evaluate", "eval_markdown", "compare_markdown",
            "load_eval", "dry_run_lines", "add_cli", "DEFAULT_BATCH_SIZES"]
 
 
@@ -80,18 +84,18 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
     run_dir = Path(run_dir)
     out_root = Path(out) if out else run_dir / "eval"
     recorded = read_atc_jobs(run_dir)
-    jobs = jobs_for_batch_sizes(recorded, options.batch_sizes)
+    units = eval_units(run_dir, options.batch_sizes, need_jobs=True)
     ais = ais_bench_command() or ["python3", "-m", "ais_bench"]
     dirs, _ = input_dirs(Path(data_dir), load_run(run_dir))  # one folder per input, in the model's order
     lines = [f"# in {run_dir}:"]
-    for job in jobs:
-        derived = ("" if any(r.batch_size == job.batch_size for r in recorded)
-                   else f"  # derived: atc.sh has no batch size {job.batch_size}")
+    for job in dict.fromkeys(u.job for u in units if u.job is not None):
+        derived = "" if job in recorded else f"  # derived: atc.sh has no batch size {job.batch_size}"
         lines.append(job.shell() + derived)
-    lines.append("# then, per batch size:")
-    for job in jobs:
-        argv = ais_bench_argv(ais, job.expected_om(run_dir), dirs, out_root / "outputs",
-                              f"bs{job.batch_size}", options.outfmt, job.batch_size, options.timing.warmup)
+    lines.append("# then, per profile:" if recorded[0].dynamic else "# then, per batch size:")
+    for u in units:
+        assert u.job is not None  # need_jobs
+        argv = ais_bench_argv(ais, u.job.expected_om(run_dir), dirs, out_root / "outputs", u.label, options.outfmt,
+                              u.batch_size, options.timing.warmup, u.profile.ais_args if u.profile else ())
         lines.append(" ".join(shlex.quote(a) for a in argv))
     return lines
 
@@ -128,13 +132,12 @@ def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, 
     outputs = staging / "outputs"
     outputs.mkdir()
     atc_ran = atc is not None and options.backend != "onnxruntime"
-    jobs: dict[int, AtcJob] = {}
-    if atc_ran or backend == "ais_bench":
-        jobs = {j.batch_size: j for j in jobs_for_batch_sizes(read_atc_jobs(run.path), options.batch_sizes)}
+    units = eval_units(run.path, options.batch_sizes, need_jobs=atc_ran or backend == "ais_bench")
+    jobs = list(dict.fromkeys(u.job for u in units if u.job is not None))
     if atc_ran:
-        run_atc(run.path, list(jobs.values()), atc, log)
+        run_atc(run.path, jobs, atc, log)
     elif backend == "ais_bench":
-        absent = [j for j in jobs.values() if j.om_path(run.path) is None]
+        absent = [j for j in jobs if j.om_path(run.path) is None]
         if absent and options.backend == "ais_bench":
             raise UserError(f"--backend ais_bench: no {absent[0].expected_om(run.path)} and atc is not on PATH to "
                             f"compile it (run {run.path / 'atc.sh'} on a machine with CANN)")
@@ -144,7 +147,7 @@ def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, 
             backend = "onnxruntime"
     fixed = run.fixed_batch
     if backend == "onnxruntime" and fixed is not None:
-        wrong = [b for b in options.batch_sizes if b != fixed]
+        wrong = [u.batch_size for u in units if u.batch_size != fixed]
         if wrong:
             raise UserError(f"{run.model}: the input's batch dimension is fixed to {fixed}, so batch size {wrong[0]} "
                             f"cannot run; evaluate with --batch-sizes {fixed} or keep the batch dynamic")
@@ -173,25 +176,30 @@ def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, 
     else:
         scoring = f"top-1/top-5 of output {run.class_output} ({run.classes} classes) against labels.txt"
     rows_out = []
-    for bs in options.batch_sizes:
-        dirname = f"bs{bs}"
+    for u in units:
+        bs, dirname = u.batch_size, u.label
+        shaped = profile_inputs(run, u.profile)  # None: the data's items fit
+        unit_files, unit_dirs = data.files, (data.dirs if ort_backend is not None else input_dirs)
+        if shaped is not None:
+            unit_files, unit_dirs = seeded_items(shaped, bs, staging / "profile_inputs" / dirname)
         if ort_backend is not None:
-            folder, summary = ort_backend.run(bs, data.files, outputs, dirname, options.outfmt, options.timing,
-                                              input_dirs=data.dirs)
+            backend_run = ort_backend if shaped is None else OnnxRuntimeBackend(run.model, shaped, options.threads)
+            folder, summary = backend_run.run(bs, unit_files, outputs, dirname, options.outfmt, options.timing,
+                                              input_dirs=unit_dirs)
         else:
-            om = jobs[bs].om_path(run.path)
-            argv = ais_bench_argv(ais or [], om, input_dirs, outputs, dirname, options.outfmt, bs,
-                                  options.timing.warmup)
+            assert u.job is not None  # eval_units(need_jobs=True)
+            argv = ais_bench_argv(ais or [], u.job.om_path(run.path), unit_dirs, outputs, dirname, options.outfmt,
+                                  bs, options.timing.warmup, u.profile.ais_args if u.profile else ())
             log(f"eval: ais_bench: {' '.join(argv)}")
             folder, summary = run_ais_bench(argv, outputs, dirname)
-        if scored:
+        if scored and shaped is None:
             rows = collect_outputs(folder, summary, files, run.classes, run.class_output)
             produced = len(rows)
         else:  # outputs are not read (they may be of any dtype and shape); counted where the summary lists them
             rows = {}
             info = summary.get("filesinfo") or {}
             produced = sum(1 for v in info.values() if v.get("outfiles")) if info else None
-        acc = accuracy(rows, labels if scored else {}, names)
+        acc = accuracy(rows, labels if scored and shaped is None else {}, names)
         lat, calls = summary_latency(summary)
         throughput = 1000.0 * bs / lat["p50"] if lat["p50"] else summary.get("throughput")
         rows_out.append({"batch_size": bs, "throughput": throughput,
@@ -199,9 +207,14 @@ def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, 
                          "throughput_mean": summary.get("throughput"), "latency_ms": lat, "timed_calls": calls,
                          "outputs": produced, **acc,
                          "summary": str(out_root / "outputs" / f"{dirname}_summary.json")})
+        if u.profile is not None:
+            rows_out[-1].update(profile=dirname, shapes={n: list(d) for n, d in u.profile.shapes},
+                                items="the data" if shaped is None else f"{bs} seeded random item(s) of the "
+                                "profile's shapes (throughput only)")
         top1 = "-" if acc["top1"] is None else f"{acc['top1']:.4f}"
-        log(f"eval: batch size {bs}: {_num(throughput, '.1f')} {unit}/s (p50 {_num(lat['p50'], '.2f')} ms over "
-            f"{calls} calls), top-1 {top1}, {'-' if produced is None else produced}/{len(files)} outputs")
+        what = f"batch size {bs}" if u.profile is None else f"profile {dirname}"
+        log(f"eval: {what}: {_num(throughput, '.1f')} {unit}/s (p50 {_num(lat['p50'], '.2f')} ms over {calls} "
+            f"calls), top-1 {top1}, {'-' if produced is None else produced}/{len(files)} outputs")
     if ort_backend is not None:
         what = (f"onnxruntime session.run on the CPU (CPUExecutionProvider, {device['threads']}), "
                 f"{'the input' if len(run.inputs) == 1 else 'every input'} already in memory; excludes reading "
@@ -237,7 +250,8 @@ def eval_markdown(result: Mapping[str, Any]) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lat = r["latency_ms"]
-        lines.append(f"| {r['batch_size']} | {_num(r['throughput'], '.1f')} | {_num(lat['p50'], '.2f')} | "
+        lines.append(f"| {r['batch_size']}{' (' + r['profile'] + ')' if r.get('profile') else ''} | "
+                     f"{_num(r['throughput'], '.1f')} | {_num(lat['p50'], '.2f')} | "
                      f"{_num(lat['p90'], '.2f')} | {_num(lat['p99'], '.2f')} | {r['timed_calls'] or '-'} | "
                      f"{_pct(r['top1'])} | {_pct(r['top5'])} |")
     scoring = f" Accuracy: {result['scoring']}." if result.get("scoring") else ""
@@ -287,40 +301,6 @@ def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     if a["backend"] != b["backend"]:
         notes.append("note: different backends; throughputs measure different things")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
-
-
-def plot_throughput(results: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Throughput against batch size (log2 axis), one line per result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    sizes: set[int] = set()
-    for res in results:
-        pts = [(r["batch_size"], r["throughput"]) for r in res["rows"] if r["throughput"]]
-        if not pts:
-            continue
-        xs, ys = zip(*pts)
-        sizes.update(xs)
-        ax.plot(xs, ys, marker="o", label=f"{res['name']} ({res['backend']})")
-        for x, y in pts:
-            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    ax.set_xscale("log", base=2)
-    if sizes:
-        ax.set_xticks(sorted(sizes))
-        ax.set_xticklabels([str(s) for s in sorted(sizes)])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images / s (batch / median latency)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    first = results[0] if results else {}
-    ax.set_title(f"throughput: {first.get('name', '')} on {first.get('device', {}).get('device', '')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,7 +356,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory written by graphopt apply")
     p.add_argument("--data", help="folder of .bin files + labels.txt (graphopt data); several inputs: one "
                                   "sub-folder per input, DIR/<input>/*.bin, files matched by name")
-    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="default %(default)s")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+                   help="default %(default)s; a run compiled with atc.dynamic evaluates its profiles instead")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "ais_bench"], default="auto")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="two evaluated runs side by side (with --data: evaluate both first)")

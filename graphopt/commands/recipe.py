@@ -20,8 +20,11 @@ from ..core.model_inputs import DTYPES, dtype_name
 from ..core.pass_infra import all_passes, load_plugin, pass_params, plugin_errors
 from ..core.tolerance import CRITERIA, OutputTolerance, Tolerance, tolerance_problem
 from .export import exporter_names
-from .recipe_schema import (EMITS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PRECISION_MODES, AtcSpec, ModelSpec,
-                            PassSpec, PreprocessSpec, Recipe, VerifySpec, build_pass)
+from ..ascend.cann import DEFAULT_CANN, PRECISION_MODES, PRECISION_MODES_V2, cann_version, precision_flag
+from ..ascend.dynamic import DYNAMIC_MODES, DynamicSpec
+from ..ascend.soc import check_soc_version
+from .recipe_schema import (EMITS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, AtcSpec, ModelSpec, PassSpec,
+                            PreprocessSpec, Recipe, VerifySpec, build_pass)
 from .yaml_reader import Section, check_value, load_yaml, resolve_path
 
 __all__ = ["load_recipe", "parse_recipe", "INPUT_KEYS", "TOP_KEYS"]
@@ -124,8 +127,8 @@ def _parse_passes(raw_passes: list, file: str) -> list[PassSpec]:
         check_value(on_fail, typing.Literal["stop", "skip"], f"{where}.on_fail", file)
         spec = PassSpec(pname, args, on_fail, where)
         try:
-            build_pass(spec)  # the pass's own __post_init__ checks (value ranges) run now, not mid-pipeline
-        except (ValueError, TypeError) as e:
+            build_pass(spec)  # the pass's own __post_init__ checks (value ranges, op names) run now, not mid-pipeline
+        except (ValueError, TypeError, UserError) as e:
             raise UserError(f"{file}: {where}: {e}") from None
         passes.append(spec)
     return passes
@@ -171,18 +174,61 @@ def _parse_verify(top: Section, file: str, base: Path | None) -> VerifySpec:
 
 
 def _parse_atc(top: Section, file: str) -> AtcSpec:
-    a = Section(top.get("atc", dict, {}), "atc", file, ["soc_version", "batch_sizes", "precision_mode", "log",
-                                                       "extra_args"])
+    a = Section(top.get("atc", dict, {}), "atc", file, ["soc_version", "soc_version_unlisted", "cann", "batch_sizes",
+                                                       "precision_mode", "precision_mode_v2", "log", "extra_args",
+                                                       "dynamic"])
     batch_sizes = tuple(a.get("batch_sizes", list[int], [1]))
     if not batch_sizes or any(b <= 0 for b in batch_sizes):
         raise UserError(f"{file}: atc.batch_sizes: expected positive integers, got {list(batch_sizes)}")
-    return AtcSpec(
-        soc_version=a.get("soc_version", str, "Ascend310P3"),
-        batch_sizes=batch_sizes,
-        precision_mode=a.get("precision_mode", typing.Literal[PRECISION_MODES] | None, None),  # type: ignore
-        log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
-        extra_args=tuple(a.get("extra_args", list[str], [])),
-    )
+    soc = a.get("soc_version", str, "Ascend310P3")
+    unlisted = a.get("soc_version_unlisted", bool, False)
+    if not unlisted:
+        try:
+            check_soc_version(soc, "atc.soc_version")
+        except UserError as e:
+            raise UserError(f"{file}: {e}") from None
+    cann = a.get("cann", str | float, DEFAULT_CANN)
+    cann = cann if isinstance(cann, str) else repr(cann)  # `cann: 8.0` unquoted is YAML's number 8.0
+    try:
+        cann_version(cann)
+    except UserError as e:
+        raise UserError(f"{file}: {e}") from None
+    mode = a.get("precision_mode", typing.Literal[PRECISION_MODES] | None, None)  # type: ignore[valid-type]
+    mode_v2 = a.get("precision_mode_v2", typing.Literal[PRECISION_MODES_V2] | None, None)  # type: ignore
+    if mode is not None and mode_v2 is not None:
+        raise UserError(f"{file}: atc.precision_mode and atc.precision_mode_v2: give one (ATC refuses both, E10056; "
+                        f"graphopt writes --precision_mode_v2 for CANN 7.0 and later where one exists)")
+    dynamic = _parse_dynamic(a, file)
+    if dynamic is not None and dynamic.mode != "image_sizes" and "batch_sizes" in a.data:
+        raise UserError(f"{file}: atc.batch_sizes and atc.dynamic.{dynamic.mode}: give one (one .om covers every "
+                        "shape of a dynamic model; atc.batch_sizes goes with dynamic image_sizes only)")
+    spec = AtcSpec(soc_version=soc, batch_sizes=batch_sizes, precision_mode=mode,
+                   log=a.get("log", typing.Literal["debug", "info", "warning", "error", "null"], "error"),
+                   extra_args=tuple(a.get("extra_args", list[str], [])), cann=cann, precision_mode_v2=mode_v2,
+                   soc_version_unlisted=unlisted, dynamic=dynamic)
+    if mode_v2 is not None:
+        try:
+            precision_flag(cann, None, mode_v2, None, False)
+        except UserError as e:
+            raise UserError(f"{file}: {e}") from None
+    return spec
+
+
+def _parse_dynamic(a: Section, file: str) -> DynamicSpec | None:
+    """``atc.dynamic``: exactly one of its modes (``graphopt.ascend.dynamic``)."""
+    if "dynamic" not in a.data:
+        return None
+    d = Section(a.get("dynamic", dict), "atc.dynamic", file, DYNAMIC_MODES)
+    given = [m for m in DYNAMIC_MODES if m in d.data]
+    if len(given) != 1:
+        raise UserError(f"{file}: atc.dynamic: give exactly one of {', '.join(DYNAMIC_MODES)}"
+                        + (f" (got {', '.join(given)})" if given else ""))
+    mode = given[0]
+    values = d.get(mode, list[int] if mode == "batch_sizes" else list[list[int]])
+    try:
+        return DynamicSpec(mode, tuple(v if isinstance(v, int) else tuple(v) for v in values))
+    except UserError as e:
+        raise UserError(f"{file}: {e}") from None
 
 
 def _parse_input(data: Any, where: str, file: str, base: Path | None) -> InputSpec:

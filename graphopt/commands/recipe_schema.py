@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..ascend.cann import DEFAULT_CANN
+from ..ascend.dynamic import DynamicSpec
 from ..core.inputs import InputSpec
 from ..core.pass_infra import Pass, get_pass
 from ..core.tolerance import Tolerance
 
 __all__ = ["Recipe", "ModelSpec", "PassSpec", "VerifySpec", "AtcSpec", "PreprocessSpec", "build_pass", "EMITS",
-           "PRECISION_MODES", "INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
-                   "force_fp32", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
 EMITS = ("model", "report", "atc")
 
 
@@ -48,11 +48,19 @@ class VerifySpec:
 
 @dataclass(frozen=True)
 class AtcSpec:
+    """``atc:``. ``cann``: the CANN version whose ATC formats are written (``graphopt.ascend.cann``);
+    ``soc_version_unlisted``: take a ``soc_version`` graphopt's list lacks (``graphopt.ascend.soc``);
+    ``dynamic``: dynamic shapes (``graphopt.ascend.dynamic``)."""
+
     soc_version: str = "Ascend310P3"
     batch_sizes: tuple[int, ...] = (1,)
     precision_mode: str | None = None
     log: str = "error"
     extra_args: tuple[str, ...] = ()
+    cann: str = DEFAULT_CANN
+    precision_mode_v2: str | None = None
+    soc_version_unlisted: bool = False
+    dynamic: DynamicSpec | None = None
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
