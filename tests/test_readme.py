@@ -6,7 +6,8 @@ from graphopt.commands.cli import build_parser
 
 def test_readme_embeds_the_example_files_verbatim(repo):
     readme = (repo / "README.md").read_text()
-    for name in ("examples/drop_identity.py", "examples/test_drop_identity.py"):
+    for name in ("examples/drop_identity.py", "examples/test_drop_identity.py", "examples/fuse_leaky_relu.py",
+                 "examples/test_fuse_leaky_relu.py"):
         assert "```python\n" + (repo / name).read_text() + "```" in readme, f"README is out of date with {name}"
 
 
