@@ -41,12 +41,12 @@ def check_vit_b32(out: Path, report: dict) -> None:
     # The ViT seed's hand-written ops_info.json, to the byte as JSON.
     assert json.loads((out / "ops_info.json").read_text()) == {"black-list": {"to-add": ["LayerNorm"]}}
     atc = (out / "atc.sh").read_text()
-    assert "--precision_mode=allow_mix_precision --modify_mixlist=ops_info.json" in atc
+    assert "--precision_mode_v2=mixed_float16 --modify_mixlist=ops_info.json" in atc  # CANN 8.0, the default
     assert "--input_shape=input:64,3,224,224" in atc
 
 
 def check_twins(out: Path, report: dict) -> None:
-    assert (out / "op_precision.ini").read_text().splitlines() == ["Gelu=high_performance"]
+    assert (out / "op_precision.ini").read_text().splitlines() == ["[ByOpType]", "Gelu=high_performance"]
     assert "--op_precision_mode=op_precision.ini" in (out / "atc.sh").read_text()
     gelu = next(p for p in report["passes"] if p["name"] == "gelu_precision")
     assert sum(gelu["stats"]["found"].values()) > 0

@@ -85,12 +85,15 @@ def recipe_inputs(recipe: Recipe) -> list[Path | None]:
 
 
 def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bool | None = None,
-                 progress: Callable[[str], None] = _stderr, force: bool = False) -> dict[str, Any]:
+                 progress: Callable[[str], None] = _stderr, force: bool = False, kind: str = "apply",
+                 extra_files: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the recipe and write the run directory; returns the report dict. An existing ``outdir`` that is not
-    a previous run is refused before any work, unless ``force`` (``graphopt.core.outputs``)."""
+    a previous run is refused before any work, unless ``force`` (``graphopt.core.outputs``). ``kind``: the command
+    the folder is marked as written by (``graphopt optimize`` writes apply runs of the recipe it found);
+    ``extra_files``: more files (name -> text) written into the folder with the run's own."""
     t0 = time.perf_counter()
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
-    check_output_dir(outdir, "apply", force=force, inputs=recipe_inputs(recipe))
+    check_output_dir(outdir, kind, force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
     model = load_split(src, "model")  # the weights held once, as arrays (graphopt.core.protoio)
     plan = input_plan(recipe, model)
@@ -127,6 +130,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     # External data when the source had it (the output stays a pair of files) or the model is large.
     external = had_external or constant_nbytes(result.graph) > external_data_threshold()
     data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str)) and external]
+    files.update(extra_files or {})
     report = {
         "recipe": {"name": recipe.name, "path": str(recipe.path) if recipe.path else None},
         "source": {"kind": "export" if recipe.model.exporter else "onnx", "path": str(src), "cached": cached,
@@ -154,7 +158,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         files["report.md"] = report_markdown(report)
     else:
         report["files"] = sorted(list(files) + data_files)
-    write_run_dir(outdir, files, executable={"atc.sh"}, external_models=external, force=force,
+    write_run_dir(outdir, files, executable={"atc.sh"}, external_models=external, kind=kind, force=force,
                   inputs=recipe_inputs(recipe))
     report["outdir"] = str(outdir)
     return report

@@ -20,7 +20,8 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES", "parse_shape", "add_compar
 
 # Modules that define further subcommands through an ``add_cli(subparsers)`` function.
 COMMAND_MODULES = ("graphopt.commands.data", "graphopt.commands.evaluate", "graphopt.commands.diff",
-                   "graphopt.commands.bisect", "graphopt.commands.precision", "graphopt.commands.inspect")
+                   "graphopt.commands.bisect", "graphopt.commands.precision", "graphopt.commands.inspect",
+                   "graphopt.commands.optimize")
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

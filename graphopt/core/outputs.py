@@ -40,7 +40,8 @@ __all__ = ["MARKER", "KINDS", "marker_kind", "check_output_dir", "check_output_f
 MARKER = ".graphopt"
 # What each kind of folder is called in messages.
 KINDS = {"apply": "graphopt apply run", "bisect": "graphopt bisect folder",
-         "precision": "graphopt precision folder", "eval": "graphopt eval folder"}
+         "precision": "graphopt precision folder", "eval": "graphopt eval folder",
+         "optimize": "graphopt optimize run"}
 
 _AGAIN = "choose another -o or pass --force"
 
