@@ -285,9 +285,11 @@ class FoldConstants(Pass):
     no dim of size 1. Graph outputs keep their producer. Exact: folded values are what the nodes compute. With
     ``reshape_targets`` a Reshape target that stays computed only because of a dynamic batch becomes a constant
     with 0 for the batch (Reshape's "copy this dim"), as onnxslim does and onnxsim does not. A fast alternative to
-    ``simplify`` (onnxsim) for the common cases.
+    ``simplify`` (onnxsim) for the common cases. In the knowledge library: the folding every other rewrite builds
+    on (onnxslim's and onnxsim's first stage).
     """
 
+    library = True
     fold_shapes: bool = field(default=True, metadata={"help": "also fold Shape-based arithmetic with static shapes"})
     infer_shapes: bool = field(default=True, metadata={
         "help": "infer shapes first (symbolic dims kept), so shape arithmetic on static dims folds everywhere"})

@@ -138,7 +138,7 @@ def test_the_speed_gate_keeps_only_what_the_race_calls_faster(monkeypatch):
     split = split_model(model_from_text(MODEL))
     for faster, decision in ((False, "not faster"), (True, "kept")):
         monkeypatch.setattr(optimize, "race", lambda a, b, feed, rounds: Race(2.0, 1.0, 12, 15, 0.018, faster))
-        kept, attempts = optimize.optimize_model(split, [_DropIdentity], feeds, Tolerance(), gate="speed",
+        kept, attempts, _ = optimize.optimize_model(split, [_DropIdentity], feeds, Tolerance(), gate="speed",
                                                  progress=lambda msg: None)
         assert [(a.hits, a.decision, a.latency_ms) for a in attempts] == [(2, decision, (2.0, 1.0))]
         assert kept == (["unregistered_drop_identity"] if faster else [])

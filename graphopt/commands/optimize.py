@@ -79,9 +79,9 @@ def _hits(stats: dict[str, Any]) -> int:
 
 def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: list[dict], tolerance: Tolerance, *,
                    gate: str | None = None, rounds: int = 4, race_rounds: int = 15,
-                   progress: Callable[[str], None] = _stderr) -> tuple[list[str], list[Attempt]]:
+                   progress: Callable[[str], None] = _stderr) -> tuple[list[str], list[Attempt], SplitModel]:
     """The search over ``rewrites`` (pass classes, each run with its defaults): returns the names of the kept
-    rewrites in the order they applied, and every attempt that changed the graph."""
+    rewrites in the order they applied, every attempt that changed the graph, and the model they leave."""
     current = split
     reference = Runner(current).run(feeds)
     kept: list[str] = []
@@ -128,7 +128,7 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
             progress(f"[round {r}] {name}: {attempt.hits} hit(s), max_abs {attempt.max_abs:.2e}; kept")
         if not changed:
             break
-    return kept, attempts
+    return kept, attempts, current
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -200,8 +200,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     specs, paths, primary = input_specs(args, split)
     feeds = resolve_inputs(split, specs, paths=paths).feeds(args.samples, args.seed, data=args.data, primary=primary)
     classes = all_passes()
-    kept, attempts = optimize_model(split, [classes[n] for n in names], feeds, tolerance, gate=args.gate,
-                                    rounds=args.rounds)
+    kept, attempts, _ = optimize_model(split, [classes[n] for n in names], feeds, tolerance, gate=args.gate,
+                                       rounds=args.rounds)
     del split
     text = recipe_text(f"{stem}-optimized", path, kept, specs, args.samples, args.seed, args.data, tolerance)
     table = attempts_table(attempts, args.gate)
