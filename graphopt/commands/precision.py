@@ -12,6 +12,7 @@ with a warning: random inputs rarely reach the activation outliers that make rea
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 import json
 import sys
 import tempfile
@@ -24,14 +25,15 @@ import numpy as np
 import onnx
 
 from ..ascend.atc import config_files
-from ..ascend.calibration import feeds_calibration
+from ..ascend.calibration import check_holdout, feeds_calibration, split_holdout
 from ..ascend.fp16_emulation import Fp16Emulator
 from ..ascend.fp16_sensitivity import Target, analyse
+from ..ascend.precision_report import fmt_metric, plot_sensitivity, report_markdown
 from ..core.errors import UserError
 from ..core.inputs import merge_specs
 from ..core.model_inputs import model_inputs
 from ..core.ir import load_model
-from ..core.outputs import check_output_dir
+from ..core.outputs import check_output_dir, marker_kind
 from ..core.pipeline import run_pipeline
 from . import apply
 from .apply import recipe_inputs, write_run_dir
@@ -39,126 +41,7 @@ from .cli import add_force_argument, input_specs
 from .recipe import load_recipe
 from .recipe_schema import PreprocessSpec
 
-__all__ = ["report_markdown", "plot_sensitivity", "preprocess_values", "run_precision", "add_cli"]
-
-
-def _fmt(m: Mapping[str, Any] | None, key: str, spec: str = ".4f") -> str:
-    if m is None or m.get(key) is None:
-        return "-"
-    return format(m[key], spec)
-
-
-def _one_minus_cos(m: Mapping[str, Any]) -> str:
-    return f"{max(1.0 - m['cosine'], 0.0):.2e}"
-
-
-def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") -> str:
-    lines = [f"# {title}", ""]
-    cal = result.get("calibration", {})
-    if cal:
-        lines.append(f"Calibration: {cal.get('source')}" + (f" (labelled: {cal.get('labelled')})"
-                                                            if cal.get("labelled") else ""))
-        if cal.get("warning"):
-            lines.append(f"**Warning:** {cal['warning']}.")
-        lines.append("")
-    ins = result.get("model", {}).get("inputs")
-    if ins:
-        lines.append("Inputs, per batch (only float32 tensors are rounded to fp16; integer and bool inputs pass "
-                     "through): " + "; ".join(f"{i['name']} {i['dtype']} {i['shape']} ({i['values']}"
-                                              + (f" {i['range']}" if i.get("range") else "") + ")" for i in ins) + ".")
-        lines.append("")
-    t = result["target"]
-    lines += [f"Target against fp32: top-1 agreement >= {t['top1']}, cosine >= {t['cosine']}. "
-              f"{result['units']} units, {result['trials']} trials in {result['seconds']} s.", ""]
-    lines += ["## Precision modes (emulated)", "",
-              "| mode | fp16 units | cube FLOPs in fp16 | cosine | 1 - cosine | top-1 agreement | accuracy | target |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    rows = dict(result.get("baselines", {}))
-    if result.get("search", {}).get("result"):
-        rows["search keep-set (force_fp16 + keeps)"] = result["search"]["result"]
-    if result.get("predicted"):
-        rows[f"generated configs ({result['predicted']['precision_mode']})"] = result["predicted"]
-    for name, m in rows.items():
-        share = "-" if m.get("fp16_flop_share") is None else f"{100 * m['fp16_flop_share']:.1f}%"
-        lines.append(f"| {name} | {m['fp16_units']} | {share} | {m['cosine']:.6f} | {_one_minus_cos(m)} | "
-                     f"{_fmt(m, 'top1_agreement', '.3f')} | {_fmt(m, 'accuracy', '.3f')} | "
-                     f"{'met' if m['passed'] else 'missed'} |")
-    lines += ["", "## Sensitivity per op type", "",
-              "Only this type in fp16 (the rest fp32), and everything but this type in fp16.", "",
-              "| op type | units | cube GFLOPs | only: 1 - cosine | only: top-1 | all but: 1 - cosine | "
-              "all but: top-1 | kept fp32 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    kept = set(result.get("search", {}).get("keep_types", []))
-    for t in sorted(result.get("types", []), key=lambda t: -t["only_fp16"]["error"]):
-        lines.append(f"| {t['label']} | {t['units']} | {t['cube_flops'] / 1e9:.3f} | "
-                     f"{_one_minus_cos(t['only_fp16'])} | "
-                     f"{_fmt(t['only_fp16'], 'top1_agreement', '.3f')} | {_one_minus_cos(t['all_but_fp16'])} | "
-                     f"{_fmt(t['all_but_fp16'], 'top1_agreement', '.3f')} | {'yes' if t['type'] in kept else ''} |")
-    if result.get("worst_nodes"):
-        lines += ["", "## Worst units", "", "| unit | op type | only: 1 - cosine | only: top-1 | all but: 1 - cosine |"
-                  " all but: top-1 |", "|---|---|---:|---:|---:|---:|"]
-        for w in result["worst_nodes"]:
-            name = w["nodes"][0] + (f" (+{len(w['nodes']) - 1} nodes)" if len(w["nodes"]) > 1 else "")
-            lines.append(f"| {name} | {w['ascend_type']} | {_one_minus_cos(w['only_fp16'])} | "
-                         f"{_fmt(w['only_fp16'], 'top1_agreement', '.3f')} | {_one_minus_cos(w['all_but_fp16'])} | "
-                         f"{_fmt(w['all_but_fp16'], 'top1_agreement', '.3f')} |")
-    search = result.get("search", {})
-    lines += ["", "## Keep-set and configs", ""]
-    if search.get("force_fp16_meets_target"):
-        lines.append("force_fp16 meets the target: nothing needs to stay fp32.")
-    else:
-        lines.append(f"Kept in fp32 by op type: {', '.join(search.get('keep_types', [])) or 'none'}; "
-                     f"by node: {', '.join(search.get('keep_nodes', [])) or 'none'}.")
-    for note in search.get("notes", []):
-        lines.append(f"- {note}")
-    if result.get("gelu"):
-        g = result["gelu"]
-        hp = g["high_performance"]
-        lines.append(f"Gelu ({g['units']} units): high_performance (tanh) gives cosine "
-                     f"{_fmt(hp, 'cosine', '.6f')}, top-1 {_fmt(hp, 'top1_agreement', '.3f')}: "
-                     f"chosen {g['chosen']}.")
-    lines += ["", "```json", json.dumps(result.get("configs", {}), indent=2), "```"]
-    p = result.get("predicted")
-    if p:
-        acc = "" if p.get("accuracy_change") is None else f", accuracy change {100 * p['accuracy_change']:+.1f} points"
-        share = "-" if p.get("fp16_flop_share") is None else f"{100 * p['fp16_flop_share']:.1f}%"
-        lines += ["", f"Predicted with these configs: cosine {p['cosine']:.6f}, top-1 agreement "
-                      f"{_fmt(p, 'top1_agreement', '.3f')}{acc}; Conv/MatMul/Gemm FLOPs in fp16: {share}."]
-    for w in result.get("warnings", []):
-        lines.append(f"**Warning:** {w}.")
-    return "\n".join(lines) + "\n"
-
-
-def plot_sensitivity(result: Mapping[str, Any], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    types = sorted(result.get("types", []), key=lambda t: t["only_fp16"]["error"])
-    kept = set(result.get("search", {}).get("keep_types", []))
-    floor = 1e-9
-    only = [max(t["only_fp16"]["error"], floor) for t in types]
-    allbut = [max(t["all_but_fp16"]["error"], floor) for t in types]
-    y = np.arange(len(types))
-    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.35 * max(len(types), 1)))
-    ax.barh(y - 0.2, only, 0.4, label="only this type in fp16")
-    ax.barh(y + 0.2, allbut, 0.4, label="everything but this type in fp16")
-    full = result.get("baselines", {}).get("force_fp16")
-    if full:
-        ax.axvline(max(full["error"], floor), color="k", ls=":", label="force_fp16")
-    target = result["target"].get("cosine")
-    if target is not None:
-        ax.axvline(max(1 - target, floor), color="r", ls="--", label="target (1 - cosine)")
-    ax.set_yticks(y)
-    ax.set_yticklabels([t["label"] + (" [fp32]" if t["type"] in kept else "") for t in types])
-    ax.set_xscale("log")
-    ax.set_xlabel("error vs fp32: (1 - cosine) + (1 - top-1 agreement)")
-    ax.set_title("fp16 sensitivity per op type (emulated)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+__all__ = ["preprocess_values", "report_name", "image_preprocess", "describe_preprocess", "run_precision", "add_cli"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,26 +84,78 @@ def _already_fp16(model: onnx.ModelProto, emu: Fp16Emulator) -> str | None:
             "fp16 against; run graphopt precision on the fp32 model")
 
 
+def report_name(source: Path, recipe: Any = None, preprocess_recipe: Any = None) -> str:
+    """What a precision folder and its report are called: the recipe's name; for an .onnx of a graphopt run
+    (``runs/x/model.onnx``) the run's folder; else ``--recipe``'s name, else the file's stem."""
+    if recipe is not None:
+        return recipe.name
+    folder = source.resolve().parent
+    if source.name == "model.onnx" or marker_kind(folder) is not None:
+        return folder.name
+    return preprocess_recipe.name if preprocess_recipe is not None else source.stem
+
+
+def image_preprocess(model: onnx.ModelProto, primary: str | None, recipe: Any = None,
+                     flags: Mapping[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """How images become the model's input, and where that comes from: the recipe's ``preprocess:``, with any of
+    ``flags`` (``mean``, ``std``, ``scale``, ``interpolation``) over it; without a recipe, ``mean`` and ``std``
+    must be given (no default is assumed: ImageNet's and EfficientNet-Lite's differ) and resize / crop follow the
+    model's input (crop its H, W; resize the shorter side to crop / 0.875). None when neither says."""
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    if recipe is not None:
+        values = {**preprocess_values(recipe.preprocess), **given}
+        return values, f"recipe {recipe.name}" + (f" with --{', --'.join(sorted(given))}" if given else "")
+    if "mean" not in given or "std" not in given:
+        return None, ""
+    ins = model_inputs(model)
+    m = next((i for i in ins if i.name == primary), ins[0] if ins else None)
+    if m is None or m.dims is None or len(m.dims) != 4 or not all(isinstance(d, int) and d > 0 for d in m.dims[-2:]):
+        raise UserError("--mean/--std: the model's input has no fixed image size (N, C, H, W) to crop to; give "
+                        "--recipe RECIPE with a preprocess: section")
+    hw = tuple(m.dims[-2:])
+    spec = PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw, **{k: v for k, v in given.items()
+                                                                        if k in ("interpolation", "scale")},
+                          mean=tuple(given["mean"]), std=tuple(given["std"]))
+    return preprocess_values(spec), "--" + ", --".join(sorted(given))
+
+
+def describe_preprocess(pre: Mapping[str, Any], source: str) -> str:
+    resize = "x".join(str(v) for v in pre["resize"])
+    return (f"resize {resize} ({pre['interpolation']}), crop {pre['crop'][0]}x{pre['crop'][1]}, "
+            f"(pixel * {pre['scale']:g} - mean {list(pre['mean'])}) / std {list(pre['std'])} (from {source})")
+
+
 def run_precision(source: str | Path, *, data: str | Path | None = None, target: Target = Target(),
                   outdir: str | Path | None = None, samples: int = 64, seed: int = 0, node_trials: int = 24,
                   worst_nodes: int = 5, reduce_accumulation: str = "fp16", labels_file: str | None = None,
                   label_regex: str | None = None, pattern: str | None = None, batch: int = 8,
                   progress: Callable[[str], None] = _stderr, force: bool = False, specs: Sequence[Any] | None = None,
-                  paths: Mapping[str, str] | None = None, primary: str | None = None) -> dict[str, Any]:
+                  paths: Mapping[str, str] | None = None, primary: str | None = None, holdout: float | None = None,
+                  preprocess_recipe: str | Path | None = None,
+                  image_flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report. An
     existing ``outdir`` that is not an earlier precision folder is refused before any work, unless ``force``
     (``graphopt.core.outputs``). The inputs: every input of the model (``feeds_calibration``), as the recipe's
-    ``inputs:`` says, or ``specs`` (``--input`` / ``--range``: ``cli.input_specs``, over the recipe's)."""
+    ``inputs:`` says, or ``specs`` (``--input`` / ``--range``: ``cli.input_specs``, over the recipe's).
+    ``holdout``: the share of the calibration items held out of the search and measured afterwards
+    (``split_holdout``). A folder of images is preprocessed as ``image_preprocess`` says (the recipe, or
+    ``preprocess_recipe`` for an .onnx, with ``image_flags`` over it); the report names it."""
     source = Path(source)
+    if holdout is not None:
+        check_holdout(holdout)
     recipe = load_recipe(source) if source.suffix in (".yaml", ".yml") else None
-    out = Path(outdir) if outdir else Path("runs") / f"{recipe.name if recipe else source.stem}-precision"
+    if recipe is not None and preprocess_recipe is not None:
+        raise UserError(f"--recipe {preprocess_recipe}: the model is a recipe already ({source}); --recipe is for "
+                        "an .onnx")
+    pre_recipe = load_recipe(preprocess_recipe) if preprocess_recipe is not None else None
+    name = report_name(source, recipe, pre_recipe)
+    out = Path(outdir) if outdir else Path("runs") / f"{name}-precision"
     inputs_read = [*(recipe_inputs(recipe) if recipe else [source]), data, labels_file]
     check_output_dir(out, "precision", force=force, inputs=inputs_read)
     given = list(specs or [])
     where = ""
     declared: Sequence[Any] = ()
     if recipe is not None:
-        name, preprocess = recipe.name, preprocess_values(recipe.preprocess)
         model = _recipe_model(recipe, progress)
         given = merge_specs(recipe.inputs, given)
         paths = {**recipe.input_paths(), **(paths or {})}
@@ -229,14 +164,13 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
         declared = recipe.verify.tolerance.outputs
     else:
         model = load_model(source, "model")
-        name = source.stem
-        preprocess = None
-        ins = model_inputs(model)
-        m = next((i for i in ins if i.name == primary), ins[0] if ins else None)
-        if m is not None and m.dims is not None and len(m.dims) == 4 and \
-                all(isinstance(d, int) and d > 0 for d in m.dims[-2:]):  # an image model: for a folder of images
-            hw = tuple(m.dims[-2:])
-            preprocess = preprocess_values(PreprocessSpec(resize=(int(min(hw) / 0.875),), crop=hw))
+    preprocess, pre_source = image_preprocess(model, primary, recipe or pre_recipe, image_flags)
+    images = data is not None and Path(data).is_dir() and not any(Path(data).glob("*.bin"))
+    if images and preprocess is None:
+        raise UserError(f"--data {data}: a folder of images needs its preprocessing: --recipe RECIPE (its "
+                        "preprocess: section) or --mean and --std (with --scale, default 1/255)")
+    if images:
+        progress(f"precision: images preprocessed as {describe_preprocess(preprocess, pre_source)}")
     progress(f"precision: building the fp16 emulation of {name} ...")
     t0 = time.perf_counter()
     names = [m.name for m in model_inputs(model)]
@@ -251,14 +185,21 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
         emulator=emu)
     if cal.warning:
         progress(f"precision: warning: {cal.warning}")
+    held = None
+    if holdout is not None:
+        cal, held = split_holdout(cal, holdout, regrouped, batch)
+        progress(f"precision: {held.items} of {cal.items + held.items} calibration items held out")
     result = analyse(emu, cal.batches, target, labels=cal.labels, node_trials=node_trials,
-                     worst_nodes=worst_nodes, fixed_batch=not regrouped, progress=progress, outputs=declared)
+                     worst_nodes=worst_nodes, fixed_batch=not regrouped, progress=progress, outputs=declared,
+                     holdout=held.batches if held else (), holdout_labels=held.labels if held else None)
     first_feed = cal.batches[0] if cal.batches and isinstance(cal.batches[0], Mapping) else {}
     inputs = [{**d, "shape": list(np.shape(first_feed[d["name"]]))} if d["name"] in first_feed else d
               for d in plan.describe()]  # the shape of a calibration batch, as regrouped
     result["model"] = {"name": name, "source": str(source), "input": emu.input_name, "inputs": inputs}
     result["calibration"] = {"source": cal.source, "items": cal.items,
-                             "labelled": len(cal.labels) if cal.labels else 0, "warning": cal.warning}
+                             "labelled": len(cal.labels) if cal.labels else 0, "warning": cal.warning,
+                             "preprocess": describe_preprocess(preprocess, pre_source) if images else None,
+                             "holdout": held.source if held else None}
     result["emulation"] = {**emu.stats, "reduce_accumulation": reduce_accumulation,
                            "build_seconds": round(build_seconds, 2)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,21 +223,43 @@ def _cmd_precision(args: Any) -> int:
                            seed=args.seed, node_trials=args.node_trials, worst_nodes=args.worst_nodes,
                            reduce_accumulation=args.reduce_accumulation, labels_file=args.labels,
                            label_regex=args.label_from_name, pattern=args.glob, force=args.force, specs=specs,
-                           paths=paths, primary=primary)
+                           paths=paths, primary=primary, holdout=args.holdout, preprocess_recipe=args.recipe,
+                           image_flags={"mean": args.mean, "std": args.std, "scale": args.scale,
+                                        "interpolation": args.interpolation})
     b = result["baselines"]
     for mode in ("fp32", "force_fp16"):
         m = b[mode]
         acc = "" if m.get("accuracy") is None else f", accuracy {m['accuracy']:.3f}"
-        print(f"{mode}: cosine {m['cosine']:.6f}, top-1 agreement {_fmt(m, 'top1_agreement', '.3f')}{acc}")
+        print(f"{mode}: cosine {m['cosine']:.6f}, top-1 agreement {fmt_metric(m, 'top1_agreement', '.3f')}{acc}")
     p = result["predicted"]
     if p:
         acc = "" if p.get("accuracy") is None else f", accuracy {p['accuracy']:.3f}"
         share = "-" if p.get("fp16_flop_share") is None else f"{100 * p['fp16_flop_share']:.1f}%"
         print(f"generated configs ({p['precision_mode']}): cosine {p['cosine']:.6f}, top-1 agreement "
-              f"{_fmt(p, 'top1_agreement', '.3f')}{acc}; cube FLOPs in fp16 {share}")
+              f"{fmt_metric(p, 'top1_agreement', '.3f')}{acc}; cube FLOPs in fp16 {share}")
+    h = result.get("holdout")
+    if h:
+        for what, key in (("keep-set", "keep_set"), ("generated configs", "predicted")):
+            m = h[key]
+            print(f"held out ({h['items']} items), {what}: cosine {m['cosine']:.6f}, top-1 agreement "
+                  f"{fmt_metric(m, 'top1_agreement', '.3f')}: target {'met' if m['passed'] else 'missed'}")
     print(f"configs: {json.dumps(result['configs'])}")
     print(f"wrote {result['outdir']}/: {', '.join(result['files'])}")
     return 0 if not p or p["passed"] else 1
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: numbers separated by commas, e.g. 127 or 0.485,0.456,0.406")
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number or a fraction, e.g. 1/255")
 
 
 def add_cli(subparsers: Any) -> None:
@@ -306,8 +269,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("model", metavar="RECIPE_OR_MODEL", help="a recipe (its model after its passes) or an .onnx")
     p.add_argument("--data", help="calibration data: an .npz with one array per input name (first axis the items), "
                                   "a .npy for the first input, or for a one-input model a folder of images "
-                                  "(preprocessed per the recipe) or of .bin files (graphopt data); default seeded "
-                                  "random inputs")
+                                  "(preprocessed per the recipe, --recipe or --mean/--std) or of .bin files "
+                                  "(graphopt data); default seeded random inputs")
     p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
                    help="an input's shape (batch first) and dtype, as graphopt verify takes it, e.g. "
                         "input_ids:1,32:int64 (repeatable); inputs not given take the model's shape and graphopt's "
@@ -317,7 +280,8 @@ def add_cli(subparsers: Any) -> None:
                    help="values of an input drawn from [LO, HI), e.g. input_ids:0,30522 (repeatable)")
     p.add_argument("--target-top1", type=float, default=1.0, help="top-1 agreement with fp32 to keep (default 1.0)")
     p.add_argument("--target-cosine", type=float, default=0.999, help="cosine with fp32 to keep (default 0.999)")
-    p.add_argument("-o", "--output", help="output folder (default runs/<name>-precision)")
+    p.add_argument("-o", "--output", help="output folder (default runs/<name>-precision, <name> the recipe's, or the "
+                                          "run folder's for runs/<name>/model.onnx)")
     add_force_argument(p, "DIR")
     p.add_argument("--samples", type=int, default=64, help="calibration items used at most (default 64)")
     p.add_argument("--seed", type=int, default=0)
@@ -325,6 +289,19 @@ def add_cli(subparsers: Any) -> None:
     g.add_argument("--labels", help="`<file> <class>` lines for an image folder (accuracy is then reported)")
     g.add_argument("--label-from-name", metavar="REGEX", help=r"class from the image name, e.g. '_(\d+)\.'")
     p.add_argument("--glob", help="which images of the --data folder, e.g. 'imagenet_*'")
+    p.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="hold this share of the calibration items out of the search (spread evenly) and report the "
+                        "keep-set's metrics on them, e.g. 0.25")
+    p.add_argument("--recipe", help="for an .onnx: the recipe whose preprocess: section reads a folder of images "
+                                    "(and names the report unless the .onnx is a run's model.onnx)")
+    p.add_argument("--mean", type=_floats, metavar="M[,M,M]",
+                   help="images: (pixel * scale - mean) / std, per channel or one value (e.g. 127 or "
+                        "0.485,0.456,0.406); with --std, instead of or over --recipe")
+    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="images: see --mean (e.g. 128 or 0.229,0.224,0.225)")
+    p.add_argument("--scale", type=_fraction, help="images: pixel scale before mean/std, e.g. 1/255 (the default "
+                                                   "without a recipe) or 1")
+    p.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"],
+                   help="images: resize filter (default bilinear without a recipe)")
     p.add_argument("--node-trials", type=int, default=24, help="units measured one by one (default 24)")
     p.add_argument("--worst-nodes", type=int, default=5, help="worst units reported (default 5)")
     p.add_argument("--reduce-accumulation", choices=["fp16", "fp32"], default="fp16",

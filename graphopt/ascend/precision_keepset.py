@@ -1,0 +1,122 @@
+"""The keep-set search of ``graphopt.ascend.fp16_sensitivity.analyse``: the cheapest set of units to keep in fp32
+so that the rest in fp16 meets the target.
+
+Decisions are screened on a few calibration items and confirmed on all of them (a trial's cost grows with its
+items; on EfficientNet-Lite2 one run over 20 items costs as much as five over 4):
+
+1. **Types, greedy** (screened): op types are added to the keep-set in order of how much keeping each alone helps
+   (``force_fp16`` error minus "everything but it" error) per unit of cost (Conv/MatMul/Gemm FLOPs plus output
+   elements: keeping a cube op in fp32 is what costs speed) until the screen meets the target; then each kept type
+   is dropped again if the screen still meets it without it (costliest first).
+2. **Narrowing** (screened): a kept Conv/MatMul/Gemm type is cut to its most sensitive units when a prefix of them
+   suffices (binary search over the ranking). Ranking measures "only this unit in fp16"; a type of more than
+   ``_CHUNKED`` units is first measured in chunks of consecutive units (errors of small perturbations add, so a
+   chunk bounds its members), and only the worst chunks unit by unit. Other types stay op-type entries, the robust
+   choice when ATC fuses and renames nodes; fused patterns have no node names that survive at all.
+3. **Confirmation** on all items. A screen's target is tightened by how much milder ``force_fp16`` is on it than on
+   all items (``fp16_sensitivity``); when the keep-set still misses on all items, steps 1 and 2 run again on a
+   larger screen (their trials of the earlier screen's items cached), the last one all items.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol, Sequence
+
+from .fp16_units import Unit
+
+__all__ = ["Trials", "search_keep_set", "rank_units"]
+
+
+
+class Trials(Protocol):
+    """``fp16_sensitivity.PrecisionSearch``: measured, cached fp16 assignments on one set of items."""
+
+    def trial(self, fp16: Any, gelu_high_performance: bool = False) -> dict[str, Any]: ...
+
+    def keeping(self, keep: set[int]) -> Any: ...
+
+    def only(self, units: set[int]) -> Any: ...
+
+
+def unit_cost(u: Unit) -> int:
+    """What keeping ``u`` in fp32 costs: a Conv/MatMul costs far more than a vector op of the same output size."""
+    return u.cube_flops + u.elements
+
+
+def rank_units(ranker: Trials, units: Sequence[int], per_unit: dict[int, dict]) -> list[int]:
+    """``units`` most sensitive first, by their "only this unit in fp16" error on ``ranker`` (``per_unit`` caches
+    it)."""
+    for i in units:
+        if i not in per_unit:
+            per_unit[i] = ranker.trial(ranker.only({i}))
+    return sorted(units, key=lambda i: -per_unit[i]["error"])
+
+
+def search_keep_set(full: Trials, screens: Iterable[Trials], ranker: Trials, by_type: dict[str, list[Unit]],
+                    types: list[dict], per_unit: dict[int, dict]) -> dict[str, Any]:
+    """The keep-set (module docstring), searched on each of ``screens`` in turn (more items each; the last is
+    ``full`` itself) until one's keep-set holds on all items, units ranked on ``ranker``: ``keep_types`` (op-type entries), ``keep_nodes`` (node
+    names of narrowed types), ``keep_units``, the ``history`` of checks, and the ``result`` on all items."""
+    history: list[dict] = []
+
+    def check(ps: Trials, keep: set[int], what: str) -> bool:
+        m = ps.trial(ps.keeping(keep))
+        history.append({"step": what, "kept_units": len(keep), "items": m["items"], "cosine": m["cosine"],
+                        "top1_agreement": m["top1_agreement"], "passed": m["passed"]})
+        return m["passed"]
+
+    units_of = {name: {u.index for u in us} for name, us in by_type.items()}
+    cost = {t["type"]: t["cost"] for t in types}
+    order = [t["type"] for t in sorted(types, key=lambda t: (-max(t["benefit"], 0.0) / max(t["cost"], 1),
+                                                            -t["only_fp16"]["error"]))]
+    fewer: dict[str, list[int]] = {}  # type -> shortest prefix of its ranking meeting the target on a screen
+    for screen in screens:
+        kept: list[str] = []
+        for name in order:  # greedy: the type whose fp32 keep helps most per cost first
+            kept.append(name)
+            if check(screen, _units(kept, units_of), f"keep {name}"):
+                break
+        for name in sorted(kept, key=lambda n: -cost[n]):  # prune: costliest first
+            if len(kept) > 1 and check(screen, _units([n for n in kept if n != name], units_of), f"drop {name}"):
+                kept.remove(name)
+        narrowed: dict[str, list[int]] = {}  # type -> its most sensitive units, the ones kept
+        for name in sorted(kept, key=lambda n: -cost[n]):
+            us = by_type[name]
+            if us[0].fused or len(us) < 2 or not any(u.cube_flops for u in us):
+                continue
+            ranked = rank_units(ranker, [u.index for u in us], per_unit)
+            rest = _units([n for n in kept if n != name and n not in narrowed], units_of) | _narrowed(narrowed)
+            lo, hi = 1, len(ranked)  # smallest k with the top-k kept meeting the target; k = len passes already
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if check(screen, rest | set(ranked[:mid]), f"keep {mid} of {len(ranked)} {name}"):
+                    hi = mid
+                else:
+                    lo = mid + 1
+                    met = screen.trial(screen.keeping(rest | set(ranked[:mid])))["met_target"]
+                    if met and mid < len(fewer.get(name, ranked)):
+                        fewer[name] = ranked[:mid]
+            if lo < len(ranked):
+                narrowed[name] = ranked[:lo]
+        keep = _units([n for n in kept if n not in narrowed], units_of) | _narrowed(narrowed)
+        if screen is full or check(full, keep, "confirm on all items"):
+            break
+    # The tightened screen errs on the safe side: a shorter prefix that met the target itself may hold on all
+    # items.
+    for name, units in fewer.items():
+        if name in narrowed and len(units) < len(narrowed[name]):
+            trial = keep - set(narrowed[name]) | set(units)
+            if check(full, trial, f"keep {len(units)} {name} on all items"):
+                narrowed[name] = units
+                keep = trial
+    unit_at = {u.index: u for us in by_type.values() for u in us}
+    return {"keep_types": [n for n in kept if n not in narrowed],
+            "keep_nodes": [unit_at[i].nodes[0] for us in narrowed.values() for i in us], "keep_units": sorted(keep),
+            "history": history, "result": full.trial(full.keeping(keep)), "force_fp16_meets_target": False}
+
+
+def _units(names: Sequence[str], units_of: dict[str, set[int]]) -> set[int]:
+    return set().union(*(units_of[n] for n in names)) if names else set()
+
+
+def _narrowed(narrowed: dict[str, list[int]]) -> set[int]:
+    return {i for us in narrowed.values() for i in us}
