@@ -104,7 +104,7 @@ def test_atc_command_carries_the_flags():
     (cmd,) = atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                           batch_sizes=[8], soc_version="Ascend310P3", configs=configs)
     line = " ".join(cmd)
-    assert "--precision_mode=allow_mix_precision --modify_mixlist=ops_info.json" in line
+    assert "--precision_mode_v2=mixed_float16 --modify_mixlist=ops_info.json" in line  # CANN 8.0's spelling
     assert line.startswith("atc --framework=5 --model=model.onnx --output=vit_bs8")
     with pytest.raises(UserError, match="precision_mode"):
         atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
@@ -119,7 +119,7 @@ def test_pipeline_merges_configs_of_the_unchanged_pass(vit_like_opset11):
     assert json.loads(config_files(res.configs)["ops_info.json"]) == VIT_SEED_OPS_INFO
     (cmd,) = atc_commands(model="model.onnx", output_stem="vit", inputs=[("input", (None, 3, 224, 224))],
                           batch_sizes=[1], soc_version="Ascend310P3", configs=res.configs)
-    assert cmd[-2:] == ["--precision_mode=allow_mix_precision", "--modify_mixlist=ops_info.json"]
+    assert cmd[-2:] == ["--precision_mode_v2=mixed_float16", "--modify_mixlist=ops_info.json"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -128,7 +128,7 @@ def test_pipeline_merges_configs_of_the_unchanged_pass(vit_like_opset11):
     ({"keep_fp32": ["LayerNorm"], "allow_fp16": ["LayerNormalization"]}, "LayerNorm is in both keep_fp32 and "
                                                                           "allow_fp16"),
     ({"keep_fp32": ["Softmax"], "remove_from_black": ["SoftmaxV2"]}, "in both keep_fp32 and remove_from_black"),
-    ({"allow_fp16": ["Gemm"], "remove_from_white": ["MatMul"]}, "in both allow_fp16 and remove_from_white"),
+    ({"allow_fp16": ["Gemm"], "remove_from_white": ["MatMulV2"]}, "in both allow_fp16 and remove_from_white"),
     ({"keep_fp32": [""]}, "non-empty"),
     ({"keep_fp32": ["Layer Norm "]}, "without spaces"),
 ])

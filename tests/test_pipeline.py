@@ -72,7 +72,8 @@ def recipe(workdir, passes: str, extra: str = ""):
 def test_apply_writes_run_dir_and_report(workdir):
     out = workdir / "run"
     report = apply_recipe(recipe(workdir, "- simplify\n- pass: softmax_transpose\n"), out, progress=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == [".graphopt", "atc.sh", "model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".graphopt", "atc.sh", "atc_jobs.json", "model.onnx",
+                                                     "report.json", "report.md"]
     data = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in data["passes"]] == ["simplify", "softmax_transpose"]
     assert all(p["verify"]["passed"] for p in data["passes"])
