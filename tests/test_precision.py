@@ -95,7 +95,7 @@ def test_allow_mix_precision_gray_ops_follow_their_producer():
     assert [u.kind for u in emu.units] == ["Relu", "MatMul", "Sigmoid"]
     # Relu reads the fp32 input (stays fp32), MatMul is white, Sigmoid follows it through the Transposes.
     assert emu.assignment("allow_mix_precision").tolist() == [False, True, True]
-    assert emu.assignment("allow_mix_precision", mixlist={"black-list": {"to-add": ["MatMulV2"]}}
+    assert emu.assignment("allow_mix_precision", mixlist={"black-list": {"to-add": ["BatchMatMulV2"]}}
                           ).tolist() == [False, False, False]
     assert emu.fp16_flop_share(emu.assignment("allow_mix_precision")) == 1.0
     assert emu.units[1].cube_flops == 2 * 4 * 4
@@ -174,7 +174,7 @@ g (float[N, 64] x) => (float[N, 10] y) {{
 
 def test_search_puts_a_sensitive_layernorm_in_the_black_list():
     emu = Fp16Emulator(_layernorm_classifier())
-    assert [u.ascend_type for u in emu.units] == ["LayerNorm", "MatMulV2"]
+    assert [u.ascend_type for u in emu.units] == ["LayerNorm", "BatchMatMulV2"]  # CANN's MatMul plugin
     # a large offset with small variations: rounded to fp16 (ulp 0.5 at 1000), the normalised values are noise
     x = _rng_x((16, 64), scale=0.05, offset=1000.0)
     result = analyse(emu, [x], Target(top1=1.0, cosine=0.999))
@@ -185,7 +185,7 @@ def test_search_puts_a_sensitive_layernorm_in_the_black_list():
     assert json.loads(ops_info_json(result["configs"]["mixlist"])) == {"black-list": {"to-add": ["LayerNorm"]}}
     assert result["predicted"]["passed"] and result["predicted"]["fp16_flop_share"] == 1.0
     types = {t["type"]: t for t in result["types"]}
-    assert types["LayerNorm"]["only_fp16"]["error"] > 100 * types["MatMulV2"]["only_fp16"]["error"]
+    assert types["LayerNorm"]["only_fp16"]["error"] > 100 * types["BatchMatMulV2"]["only_fp16"]["error"]
 
 
 def _planted_mul_graph(all_muls_sensitive: bool) -> onnx.ModelProto:
@@ -265,15 +265,15 @@ def test_search_narrows_a_kept_matmul_type_to_its_sensitive_nodes():
 
 def test_config_writers_match_atc_formats():
     assert ops_info_json({"black-list": {"to-add": ["LayerNorm", "MatMul"]}}) == (
-        '{\n    "black-list": {\n        "to-add": [\n            "LayerNorm",\n            "MatMulV2"\n'
+        '{\n    "black-list": {\n        "to-add": [\n            "LayerNorm",\n            "BatchMatMulV2"\n'
         '        ]\n    }\n}\n')
-    assert op_precision_ini({"Gelu": "high_performance"}) == "Gelu=high_performance\n"
+    assert op_precision_ini({"Gelu": "high_performance"}) == "[ByOpType]\nGelu=high_performance\n"  # current CANN
     assert keep_dtype_cfg(["up", "OpType::SoftmaxV2"]) == "up\nOpType::SoftmaxV2\n"
     configs = {"mixlist": {"black-list": {"to-add": ["LayerNorm"]}}, "precision_mode": "allow_mix_precision",
                "op_precision": {"Gelu": "high_precision"}, "keep_dtype": ["up"]}
     assert config_files(configs) == {
         "ops_info.json": '{\n    "black-list": {\n        "to-add": [\n            "LayerNorm"\n        ]\n    }\n}\n',
-        "op_precision.ini": "Gelu=high_precision\n", "keep_dtype.cfg": "up\n"}
+        "op_precision.ini": "[ByOpType]\nGelu=high_precision\n", "keep_dtype.cfg": "up\n"}
 
 
 def test_mixlist_measured_mode_through_the_pipeline():
@@ -565,3 +565,90 @@ def test_feeds_are_regrouped_only_where_the_model_still_runs():
     fixed = batch_layout(_softmax_model("float[2, 8] x) => (float[2, 8] y"))
     batches, note, regrouped = fit_feeds([{"x": _rng_x((2, 8))}] * 2, fixed, 8, 1)
     assert len(batches) == 1 and "2 used (one whole batch: the model fixes it to 2)" in note and not regrouped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --holdout, report names, image preprocessing
+
+
+def test_split_holdout_spreads_the_held_out_items_and_refuses_an_empty_side():
+    from graphopt.ascend.calibration import Calibration, split_holdout
+    from graphopt.core.errors import UserError
+
+    items = np.arange(10, dtype=np.float32).reshape(10, 1)
+    cal = Calibration([{"x": items[:8]}, {"x": items[8:]}], list(range(10)), "ten")
+    search, held = split_holdout(cal, 0.3, True, 4)
+    assert held.items == 3 and search.items == 7
+    assert np.concatenate([b["x"] for b in held.batches]).ravel().tolist() == [3, 6, 9]  # spread, not the tail
+    assert [feed_items_of(b) for b in search.batches] == [4, 3] and held.labels == [3, 6, 9]
+    whole_search, whole_held = split_holdout(cal, 0.5, False, 4)  # a fixed batch: whole feeds
+    assert [b["x"].shape[0] for b in whole_held.batches] == [2] and whole_held.labels == [8, 9]
+    for fraction, message in ((0.0, r"in \(0, 1\)"), (1.0, r"in \(0, 1\)"), (0.05, "no item to hold out")):
+        with pytest.raises(UserError, match=message):
+            split_holdout(cal, fraction, True, 4)
+
+
+def feed_items_of(feed) -> int:
+    return len(next(iter(feed.values())))
+
+
+def test_cli_holdout_reports_the_keep_set_on_held_out_items(tmp_path, capsys):
+    path = tmp_path / "planted.onnx"
+    onnx.save(_planted_mul_graph(all_muls_sensitive=True), path)
+    code = main(["precision", str(path), "-o", str(tmp_path / "out"), "--samples", "8", "--node-trials", "2",
+                 "--holdout", "0.25"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((tmp_path / "out" / "precision.json").read_text())
+    assert report["calibration"]["items"] == 6 and report["holdout"]["items"] == 2
+    assert set(report["holdout"]) == {"items", "fp32", "force_fp16", "keep_set", "predicted"}
+    assert report["holdout"]["keep_set"]["passed"] and not report["holdout"]["force_fp16"]["passed"]
+    assert "## Held-out items" in (tmp_path / "out" / "precision.md").read_text()
+    assert "held out (2 items), keep-set: cosine" in captured.out
+    assert main(["precision", str(path), "-o", str(tmp_path / "o2"), "--holdout", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("--holdout 1.5: a fraction of the calibration items in (0, 1), e.g. 0.25")
+
+
+def test_report_is_named_for_the_run_folder_not_the_file_stem(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "runs" / "resnet_a"
+    run.mkdir(parents=True)
+    onnx.save(_planted_mul_graph(all_muls_sensitive=True), run / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    assert main(["precision", "runs/resnet_a/model.onnx", "--samples", "4", "--node-trials", "1"]) == 0
+    assert "# fp16 precision: resnet_a" in (tmp_path / "runs" / "resnet_a-precision" / "precision.md").read_text()
+    assert not (tmp_path / "runs" / "model-precision").exists()
+    onnx.save(_planted_mul_graph(all_muls_sensitive=True), tmp_path / "plain.onnx")
+    assert main(["precision", "plain.onnx", "--samples", "4", "--node-trials", "1"]) == 0
+    assert (tmp_path / "runs" / "plain-precision" / "precision.md").is_file()
+
+
+def test_image_folder_with_an_onnx_needs_explicit_preprocessing_and_prints_it(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((10, 12, 3), 40 * k, np.uint8)).save(images / f"img{k}.png")
+    path = tmp_path / "m.onnx"
+    onnx.save(_fixed_batch_one(False), path)
+    assert main(["precision", str(path), "-o", str(tmp_path / "o1"), "--data", str(images)]) == 2
+    assert "a folder of images needs its preprocessing: --recipe RECIPE" in capsys.readouterr().err
+    code = main(["precision", str(path), "-o", str(tmp_path / "o2"), "--data", str(images), "--mean", "127",
+                 "--std", "128", "--scale", "1", "--node-trials", "1"])
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err
+    said = "resize 9 (bilinear), crop 8x8, (pixel * 1 - mean [127.0]) / std [128.0] (from --mean, --scale, --std)"
+    assert f"images preprocessed as {said}" in captured.err
+    report = json.loads((tmp_path / "o2" / "precision.json").read_text())
+    assert report["calibration"]["preprocess"] == said and report["calibration"]["items"] == 3
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: tiny_cnn\nmodel:\n  onnx: {path}\ninput:\n  name: x\n  shape: [1, 3, 8, 8]\n"
+                      "preprocess:\n  mean: 127\n  std: 128\n  scale: 1\n")
+    code = main(["precision", str(path), "-o", str(tmp_path / "o3"), "--data", str(images), "--recipe", str(recipe),
+                 "--interpolation", "bicubic", "--node-trials", "1"])
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err
+    assert "(bicubic), crop 8x8, (pixel * 1 - mean [127.0]) / std [128.0] (from recipe tiny_cnn with " \
+           "--interpolation)" in captured.err
+    assert "# fp16 precision: tiny_cnn" in (tmp_path / "o3" / "precision.md").read_text()

@@ -72,20 +72,26 @@ def rebatch(batches: Sequence[np.ndarray], batch: int, fixed: bool = False) -> l
     return [items[i:i + batch] for i in range(0, len(items), batch)]
 
 
-def screen_batches(batches: Sequence[Any], items: int, fixed: bool) -> list[Any]:
-    """The first ``items`` calibration items for unit-by-unit trials: one batch (every input of a feed cut to its
-    first ``items`` items), or, for a model whose batch is fixed (or whose feeds cannot be regrouped), the fewest
-    whole feeds holding at least that many (onnxruntime takes no other batch size)."""
+def screen_batches(batches: Sequence[Any], items: int, fixed: bool, order: Sequence[int] | None = None) -> list[Any]:
+    """``items`` calibration items for screening trials, the first ones of ``order`` (item indices, default the
+    items in turn): one batch (every input of a feed cut to them, in their order in the data), or, for a model whose
+    batch is fixed (or whose feeds cannot be regrouped), the fewest whole feeds holding at least that many, a feed
+    taken when ``order`` reaches one of its items (onnxruntime takes no other batch size)."""
+    total = sum(feed_items(b) for b in batches)
+    order = list(range(total)) if order is None else list(order)
     if not fixed:
+        chosen = sorted(order[:items])
         if batches and isinstance(batches[0], Mapping):
-            return [{k: np.concatenate([b[k] for b in batches])[:items] for k in batches[0]}]
-        return [np.concatenate(list(batches))[:items]]
-    out: list[Any] = []
-    for b in batches:
-        if sum(feed_items(x) for x in out) >= items:
+            return [{k: np.concatenate([b[k] for b in batches])[chosen] for k in batches[0]}]
+        return [np.concatenate(list(batches))[chosen]]
+    feed_of = [k for k, b in enumerate(batches) for _ in range(feed_items(b))]
+    taken: list[int] = []
+    for i in order:
+        if sum(feed_items(batches[k]) for k in taken) >= items:
             break
-        out.append(b)
-    return out
+        if feed_of[i] not in taken:
+            taken.append(feed_of[i])
+    return [batches[k] for k in sorted(taken)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

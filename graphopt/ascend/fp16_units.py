@@ -14,12 +14,12 @@ import onnx_graphsurgeon as gs
 
 from ..core.ir import const_value, make_name, producer
 from ..core.pattern import NoMatch
-from .atc import ascend_op_type
+from .op_types import ascend_op_type, node_ascend_type
 
 __all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "REDUCE_OPS", "UNITS_INPUT", "GELU_INPUT",
            "SQRT_2_OVER_PI", "round_fp16", "gelu_exact", "gelu_tanh", "Unit", "LayerNormMatch", "is_float",
-           "int_dims", "numel", "reduce_axes", "match_decomposed_layernorm", "unit_ascend_type", "cube_flops",
-           "Fp16Editor"]
+           "int_dims", "numel", "reduce_axes", "match_decomposed_layernorm", "unit_ascend_type", "unit_origins",
+           "cube_flops", "Fp16Editor"]
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype")
 CUBE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -193,12 +193,27 @@ def match_decomposed_layernorm(mean: gs.Node, outs: set[int]) -> LayerNormMatch 
 
 
 def unit_ascend_type(kind: str, node: gs.Node | None = None) -> str:
-    """Ascend op type of a unit: MatMul with an operand of rank > 2 is BatchMatMulV2, else ``atc``'s map."""
-    if kind == "MatMul" and node is not None:
-        ranks = [len(t.shape) for t in node.inputs if t.shape is not None]
-        if any(r > 2 for r in ranks):
-            return "BatchMatMulV2"
+    """Ascend op type of a unit (``graphopt.ascend.op_types``): its node's, refined by the node's rank, attributes
+    and inputs, for a single node; the pattern's name (``Gelu``) for a fused one."""
+    if node is not None and node.op == kind:
+        return node_ascend_type(node)
     return ascend_op_type(kind)
+
+
+def unit_origins(graph: gs.Graph, member: dict[int, int]) -> dict[int, int]:
+    """id(tensor) -> the unit whose output reaches it through data-movement ops only, so that it holds fp16 values
+    exactly when that unit runs in fp16; tensors of any other origin (inputs, constants, several units) are absent.
+    ``member``: id(node) -> its unit."""
+    origin: dict[int, int] = {}
+    for n in graph.nodes:
+        u = member.get(id(n))
+        if u is not None:
+            origin.update((id(t), u) for t in n.outputs)
+        elif n.op in DATA_MOVEMENT_OPS:
+            floats = {origin.get(id(t), -1) for t in n.inputs if t is not None and t.name and is_float(t)}
+            if len(floats) == 1 and -1 not in floats:
+                origin.update((id(t), next(iter(floats))) for t in n.outputs if is_float(t))
+    return origin
 
 
 def cube_flops(node: gs.Node) -> int:
@@ -278,6 +293,27 @@ class Fp16Editor:
         self.sink.append(gs.Node("If", make_name(self.g, base), {"then_branch": then_g, "else_branch": else_g},
                                  [switch], outs))
         return out if isinstance(out, list) else outs[0]
+
+    def gelu_tanh(self, x: gs.Tensor, y: gs.Tensor, hp: gs.Tensor, base: str) -> list[gs.Node]:
+        """The tanh GELU built from ``x`` beside the exact one ending in ``y``, which becomes
+        ``If(hp, tanh form, exact form)``; returns the nodes added for the tanh form."""
+        start = len(self.g.nodes)
+        c = lambda name, v: self.const(f"{base}_gelu_{name}", np.array(v, np.float32))  # noqa: E731
+        x2 = self.node("Mul", [x, x], f"{base}_gelu_x2")
+        x3 = self.node("Mul", [x2, x], f"{base}_gelu_x3")
+        kx3 = self.node("Mul", [x3, c("kappa", 0.044715)], f"{base}_gelu_kx3")
+        inner = self.node("Add", [x, kx3], f"{base}_gelu_inner")
+        z = self.node("Mul", [inner, c("beta", SQRT_2_OVER_PI)], f"{base}_gelu_z")
+        th = self.node("Tanh", [z], f"{base}_gelu_tanh")
+        one = self.node("Add", [th, c("one", 1.0)], f"{base}_gelu_1p")
+        xh = self.node("Mul", [x, one], f"{base}_gelu_xh")
+        ya = self.node("Mul", [xh, c("half", 0.5)], f"{base}_gelu_approx")
+        added = list(self.g.nodes[start:])
+        last = producer(y)
+        exact = self.var(f"{y.name}_exact")
+        last.outputs[list(last.outputs).index(y)] = exact
+        self.select(hp, lambda: ya, lambda: exact, f"{base}_gelu_mode", out=y)
+        return added
 
     def tree_reduce(self, x16: gs.Tensor, shape: list[int], axes: list[int], mean: bool,
                     like: gs.Tensor, base: str) -> gs.Tensor:

@@ -13,13 +13,14 @@ items; on EfficientNet-Lite2 one run over 20 items costs as much as five over 4)
    ``_CHUNKED`` units is first measured in chunks of consecutive units (errors of small perturbations add, so a
    chunk bounds its members), and only the worst chunks unit by unit. Other types stay op-type entries, the robust
    choice when ATC fuses and renames nodes; fused patterns have no node names that survive at all.
-3. **Confirmation** on all items. A screen's target is tightened by how much milder ``force_fp16`` is on it than on
-   all items (``fp16_sensitivity``); when the keep-set still misses on all items, steps 1 and 2 run again on a
-   larger screen (their trials of the earlier screen's items cached), the last one all items.
+3. **Confirmation** on all items, of the configs written for the keep-set as ATC applies them (with
+   ``allow_mix_precision``, gray ops after a kept one stay fp32 too). The target's cosine is the worst item's, so
+   the screen starts with the items ``force_fp16`` hurts most (``fp16_sensitivity``); when the configs miss on all
+   items, the items they hurt most join the screen and steps 1 and 2 run again (all items at the latest).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .fp16_units import Unit
 
@@ -42,19 +43,23 @@ def unit_cost(u: Unit) -> int:
     return u.cube_flops + u.elements
 
 
-def rank_units(ranker: Trials, units: Sequence[int], per_unit: dict[int, dict]) -> list[int]:
-    """``units`` most sensitive first, by their "only this unit in fp16" error on ``ranker`` (``per_unit`` caches
-    it)."""
-    for i in units:
-        if i not in per_unit:
-            per_unit[i] = ranker.trial(ranker.only({i}))
-    return sorted(units, key=lambda i: -per_unit[i]["error"])
+def rank_units(ranker: Trials, units: Sequence[Unit], per_unit: dict[int, dict]) -> list[int]:
+    """``units`` (their indices) in the order keeping them in fp32 pays most: their "only this unit in fp16" error
+    on ``ranker`` (``per_unit`` caches it) per unit of cost, so that a cheap depthwise Conv goes before a costly one
+    that helps as much."""
+    for u in units:
+        if u.index not in per_unit:
+            per_unit[u.index] = ranker.trial(ranker.only({u.index}))
+    return [u.index for u in sorted(units, key=lambda u: -per_unit[u.index]["error"] / max(unit_cost(u), 1))]
 
 
-def search_keep_set(full: Trials, screens: Iterable[Trials], ranker: Trials, by_type: dict[str, list[Unit]],
-                    types: list[dict], per_unit: dict[int, dict]) -> dict[str, Any]:
-    """The keep-set (module docstring), searched on each of ``screens`` in turn (more items each; the last is
-    ``full`` itself) until one's keep-set holds on all items, units ranked on ``ranker``: ``keep_types`` (op-type entries), ``keep_nodes`` (node
+def search_keep_set(full: Trials, screen: Trials, widen: Callable[[Trials, Any], Trials], ranker: Trials,
+                    by_type: dict[str, list[Unit]], types: list[dict], per_unit: dict[int, dict],
+                    deployed: Callable[[list[str], list[str]], Any]) -> dict[str, Any]:
+    """The keep-set (module docstring), searched on ``screen``, then on ``widen(screen, fp16)`` (the screen with
+    the items an assignment missed on; ``full`` at the latest) until one's keep-set holds on all items as ATC
+    applies it (``deployed(keep_types, keep_nodes)``: the assignment of the configs written for it); units ranked on
+    ``ranker``. Returns ``keep_types`` (op-type entries), ``keep_nodes`` (node
     names of narrowed types), ``keep_units``, the ``history`` of checks, and the ``result`` on all items."""
     history: list[dict] = []
 
@@ -65,53 +70,58 @@ def search_keep_set(full: Trials, screens: Iterable[Trials], ranker: Trials, by_
         return m["passed"]
 
     units_of = {name: {u.index for u in us} for name, us in by_type.items()}
+    unit_at = {u.index: u for us in by_type.values() for u in us}
     cost = {t["type"]: t["cost"] for t in types}
     order = [t["type"] for t in sorted(types, key=lambda t: (-max(t["benefit"], 0.0) / max(t["cost"], 1),
                                                             -t["only_fp16"]["error"]))]
-    fewer: dict[str, list[int]] = {}  # type -> shortest prefix of its ranking meeting the target on a screen
-    for screen in screens:
-        kept: list[str] = []
-        for name in order:  # greedy: the type whose fp32 keep helps most per cost first
+    # A wider screen holds the narrower one's items and the cosine is its worst item's, so what missed on the
+    # narrower screen misses on the wider one: each pass starts where the last one's answers leave it.
+    greedy_from = 0  # types of the greedy order known to miss together
+    undroppable: set[str] = set()
+    floor: dict[str, int] = {}  # type -> fewest of its ranked units that can meet the target
+    while True:
+        kept = list(order[:greedy_from])
+        for name in order[greedy_from:]:  # greedy: the type whose fp32 keep helps most per cost first
             kept.append(name)
             if check(screen, _units(kept, units_of), f"keep {name}"):
                 break
+        greedy_from = len(kept) - 1
         for name in sorted(kept, key=lambda n: -cost[n]):  # prune: costliest first
-            if len(kept) > 1 and check(screen, _units([n for n in kept if n != name], units_of), f"drop {name}"):
-                kept.remove(name)
+            if len(kept) > 1 and name not in undroppable:
+                if check(screen, _units([n for n in kept if n != name], units_of), f"drop {name}"):
+                    kept.remove(name)
+                else:
+                    undroppable.add(name)
         narrowed: dict[str, list[int]] = {}  # type -> its most sensitive units, the ones kept
         for name in sorted(kept, key=lambda n: -cost[n]):
             us = by_type[name]
             if us[0].fused or len(us) < 2 or not any(u.cube_flops for u in us):
                 continue
-            ranked = rank_units(ranker, [u.index for u in us], per_unit)
+            ranked = rank_units(ranker, us, per_unit)
             rest = _units([n for n in kept if n != name and n not in narrowed], units_of) | _narrowed(narrowed)
-            lo, hi = 1, len(ranked)  # smallest k with the top-k kept meeting the target; k = len passes already
+            lo, hi = floor.get(name, 1), len(ranked)  # smallest k with the top-k kept meeting the target
             while lo < hi:
                 mid = (lo + hi) // 2
                 if check(screen, rest | set(ranked[:mid]), f"keep {mid} of {len(ranked)} {name}"):
                     hi = mid
                 else:
                     lo = mid + 1
-                    met = screen.trial(screen.keeping(rest | set(ranked[:mid])))["met_target"]
-                    if met and mid < len(fewer.get(name, ranked)):
-                        fewer[name] = ranked[:mid]
+            floor[name] = lo
             if lo < len(ranked):
                 narrowed[name] = ranked[:lo]
         keep = _units([n for n in kept if n not in narrowed], units_of) | _narrowed(narrowed)
-        if screen is full or check(full, keep, "confirm on all items"):
+        keep_types = [n for n in kept if n not in narrowed]
+        keep_nodes = [unit_at[i].nodes[0] for us in narrowed.values() for i in us]
+        fp16 = deployed(keep_types, keep_nodes)
+        result = full.trial(fp16)
+        history.append({"step": "confirm the configs on all items", "kept_units": len(keep), "items": result["items"],
+                        "cosine": result["cosine"], "top1_agreement": result["top1_agreement"],
+                        "passed": result["passed"]})
+        if result["passed"] or screen is full:
             break
-    # The tightened screen errs on the safe side: a shorter prefix that met the target itself may hold on all
-    # items.
-    for name, units in fewer.items():
-        if name in narrowed and len(units) < len(narrowed[name]):
-            trial = keep - set(narrowed[name]) | set(units)
-            if check(full, trial, f"keep {len(units)} {name} on all items"):
-                narrowed[name] = units
-                keep = trial
-    unit_at = {u.index: u for us in by_type.values() for u in us}
-    return {"keep_types": [n for n in kept if n not in narrowed],
-            "keep_nodes": [unit_at[i].nodes[0] for us in narrowed.values() for i in us], "keep_units": sorted(keep),
-            "history": history, "result": full.trial(full.keeping(keep)), "force_fp16_meets_target": False}
+        screen = widen(screen, fp16)
+    return {"keep_types": keep_types, "keep_nodes": keep_nodes, "keep_units": sorted(keep), "history": history,
+            "result": result, "force_fp16_meets_target": False}
 
 
 def _units(names: Sequence[str], units_of: dict[str, set[int]]) -> set[int]:

@@ -46,7 +46,7 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     rows = dict(result.get("baselines", {}))
     if result.get("search", {}).get("result"):
-        rows["search keep-set (force_fp16 + keeps)"] = result["search"]["result"]
+        rows["search keep-set (its configs as ATC applies them)"] = result["search"]["result"]
     if result.get("predicted"):
         rows[f"generated configs ({result['predicted']['precision_mode']})"] = result["predicted"]
     for name, m in rows.items():
@@ -102,7 +102,7 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
                   f"{h['items']} items the search never saw (``--holdout``): does the keep-set generalise?", "",
                   "| assignment | cosine | 1 - cosine | top-1 agreement | accuracy | target |",
                   "|---|---:|---:|---:|---:|---|"]
-        for name, key in (("fp32", "fp32"), ("force_fp16", "force_fp16"), ("search keep-set", "keep_set"),
+        for name, key in (("fp32", "fp32"), ("force_fp16", "force_fp16"), ("search keep-set (force_fp16 + keeps)", "keep_set"),
                           (f"generated configs ({h['predicted']['precision_mode']})", "predicted")):
             m = h[key]
             lines.append(f"| {name} | {m['cosine']:.6f} | {_one_minus_cos(m)} | "

@@ -32,7 +32,7 @@ from ..ascend.precision_report import fmt_metric, plot_sensitivity, report_markd
 from ..core.errors import UserError
 from ..core.inputs import merge_specs
 from ..core.model_inputs import model_inputs
-from ..core.ir import load_model
+from ..core.onnx_files import load_model
 from ..core.outputs import check_output_dir, marker_kind
 from ..core.pipeline import run_pipeline
 from . import apply
