@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.ascend.atc import ascend_op_type
+from graphopt.ascend.op_types import ascend_op_type
 from graphopt.core.errors import UserError
 from graphopt.core.ir import to_model
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
@@ -162,8 +162,8 @@ class Mixlist(Pass):
 
     def _run_measured(self, graph: gs.Graph) -> PassResult:
         from graphopt.ascend.fp16_emulation import Fp16Emulator
-        from graphopt.ascend.fp16_sensitivity import (RANDOM_INPUTS_WARNING, Target, analyse, batch_layout, feed_items,
-                                               feeds_calibration, fit_feeds)
+        from graphopt.ascend.fp16_sensitivity import Target, analyse, feed_items
+        from graphopt.ascend.calibration import RANDOM_INPUTS_WARNING, batch_layout, feeds_calibration, fit_feeds
 
         what = "mixlist (mode: measured)"
         feeds, real_data = self.calibration or (None, False)

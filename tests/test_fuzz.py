@@ -51,7 +51,8 @@ from graphopt.core.pass_infra import all_passes, pass_params  # noqa: E402
 from graphopt.core.pipeline import run_pipeline  # noqa: E402
 from graphopt.commands.recipe import parse_recipe  # noqa: E402
 from graphopt.core.tolerance import Tolerance
-from graphopt.core.verify import compare_outputs, make_inputs  # noqa: E402
+from graphopt.core.verify import compare_outputs  # noqa: E402
+from graphopt.core.feeds import make_inputs
 from graphopt.core.runner import Runner
 
 SCALE = int(os.environ.get("GRAPHOPT_FUZZ_EXAMPLES", "1"))

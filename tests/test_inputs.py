@@ -170,10 +170,10 @@ def test_bfloat16_runs_where_onnxruntime_runs_it():
 
 
 def test_missing_input_is_one_line_without_weight_names():
-    """The weights are fed as inputs (protoio): onnxruntime's own message lists them all; graphopt names the
+    """The weights are fed as inputs (graphopt.core.model): onnxruntime's own message lists them all; graphopt names the
     missing input only."""
     model = image_and_vector()
-    big = nh.from_array(np.ones((64, 8), np.float32), "big_weight")  # over protoio's weight threshold
+    big = nh.from_array(np.ones((64, 8), np.float32), "big_weight")  # over the weight threshold of graphopt.core.wire
     model.graph.initializer.append(big)
     split = split_model(model)
     assert "big_weight" in split.weights

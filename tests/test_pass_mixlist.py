@@ -14,7 +14,7 @@ from graphopt.passes.mixlist import Mixlist
 from graphopt.core.pipeline import run_pipeline
 from graphopt.core.tolerance import Tolerance
 from graphopt.testing import assert_pass_unchanged, assert_pass_verified
-from graphopt.core.verify import make_inputs
+from graphopt.core.feeds import make_inputs
 from graphs import torch_onnx
 
 VIT_SEED_OPS_INFO = {"black-list": {"to-add": ["LayerNorm"]}}

@@ -307,7 +307,7 @@ def test_custom_instrument_sees_every_pass_and_skip():
                                            Timing)
     from graphopt.core.pass_verification import FinalCheck
     from graphopt.core.pipeline import PassManager
-    from graphopt.core.protoio import graph_from_split, split_model
+    from graphopt.core.forms import graph_from_split, split_model
     from graphopt.passes.gelu_precision import GeluPrecision
     from graphopt.passes.softmax_transpose import SoftmaxTranspose
 

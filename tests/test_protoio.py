@@ -10,7 +10,7 @@ import pytest
 
 from graphopt.core import files, forms, ir, onnx_files, wire
 from graphopt.core.errors import UserError
-from graphopt.core.verify import Runner
+from graphopt.core.runner import Runner
 
 
 def mixed_model() -> onnx.ModelProto:

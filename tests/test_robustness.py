@@ -25,7 +25,8 @@ from graphopt.core.errors import UserError
 from graphopt.core.onnx_files import load_model, save_model
 from graphopt.core.pass_infra import get_pass
 from graphopt.testing import compare_models, model_from_text
-from graphopt.core.verify import Runner, make_inputs
+from graphopt.core.runner import Runner
+from graphopt.core.feeds import make_inputs
 from graphs import TINY, cli
 
 

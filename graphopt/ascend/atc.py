@@ -31,9 +31,8 @@ from ..core.errors import UserError
 from .cann import DEFAULT_CANN, has_op_precision_sections, has_shape_ranges, precision_flag
 from .dynamic import AtcDynamic, DynamicSpec, ModelDims, dynamic_shapes
 from . import op_types
-from .op_types import ascend_op_type  # re-export for the import sweep
 
-__all__ = ["ascend_op_type", "ops_info_json", "op_precision_ini", "keep_dtype_cfg", "kept_op_types",
+__all__ = ["ops_info_json", "op_precision_ini", "keep_dtype_cfg", "kept_op_types",
            "config_files", "CONFIG_FLAGS", "AtcInput", "AtcJob", "atc_jobs", "atc_commands", "atc_script",
            "ATC_JOBS_FILE", "ATC_JOBS_FORMAT", "jobs_json", "read_atc_jobs", "jobs_for_batch_sizes"]
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs_json, kept_op_types
 from ..ascend.dynamic import ModelDims
 from ..ascend.op_types import absent_types
-from ..core.ir import constant_nbytes, external_data_threshold, load_split, save_model
+from ..core.onnx_files import constant_nbytes, external_data_threshold, load_split, save_model
 from ..core.outputs import check_output_dir, staged_dir
 from ..core.pipeline import PipelineResult, run_pipeline
 from .recipe_schema import Recipe
@@ -95,7 +95,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
     check_output_dir(outdir, kind, force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
-    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.core.protoio)
+    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.core.wire)
     plan = input_plan(recipe, model)
     had_external = model.had_external_data
     do_verify = recipe.verify.enabled if verify is None else verify

@@ -94,7 +94,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ..core.runner import Runner
 
     tol = comparison_tolerance(args, top1=args.top1)  # before reading the models: a bad flag is refused at once
-    # Held once each, as arrays onnxruntime reads in place (graphopt.core.protoio), and the weights B shares with A
+    # Held once each, as arrays onnxruntime reads in place (graphopt.core.wire), and the weights B shares with A
     # held once for both: two large models fit in memory.
     a = load_split(args.a, "model A")
     b = load_split(args.b, "model B", reuse=a.weights)
@@ -317,12 +317,12 @@ def _stop_background_work(code: int, own_process: bool, interrupted: bool) -> No
     the middle of onnxruntime calls even once every thread has ended (measured: 1 in 10 tries on ShiftViT). So
     when graphopt owns the process it ends here after a Ctrl-C, and after an error when a thread is still
     running; called as a library it waits up to ``_STOP_TIMEOUT`` for the threads and returns."""
-    pipeline = sys.modules.get("graphopt.core.pipeline")
+    background = sys.modules.get("graphopt.core.background")  # loaded only when some command started such work
     if own_process and interrupted:
-        if pipeline is not None:
-            pipeline.stop_background(0.0)
+        if background is not None:
+            background.stop_background(0.0)
         _exit_now(code)
-    if pipeline is not None and not pipeline.stop_background(_STOP_TIMEOUT) and own_process:
+    if background is not None and not background.stop_background(_STOP_TIMEOUT) and own_process:
         _exit_now(code)
 
 

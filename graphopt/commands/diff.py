@@ -16,12 +16,9 @@ import numpy as np
 import onnx
 
 from ..core.divergence import DEFAULT_BUDGET_MB, DiffResult, diff_models
-from ..core.divergence import SubgraphRunner  # noqa: F401 - re-export for the import sweep
-from ..core.divergence import TensorDiff  # noqa: F401 - re-export for the import sweep
-from ..core.divergence import tensor_diff  # noqa: F401 - re-export for the import sweep
-from ..core.divergence import tensor_tolerance  # noqa: F401 - re-export for the import sweep
 from ..core.errors import UserError
-from ..core.inputs import InputSpec, model_inputs, resolve_inputs
+from ..core.inputs import InputSpec, resolve_inputs
+from ..core.model_inputs import model_inputs
 from ..core.name_map import model_producers
 from ..core.onnx_files import load_split
 from ..core.wire import SplitModel

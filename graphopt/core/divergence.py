@@ -15,7 +15,7 @@ feed's, so feeds of different shapes (real data) compare too.
 
 Memory stays bounded however large the model. Marking every tensor as an output at once (what Polygraphy does)
 holds every activation in memory, and rewriting a large model's protobuf for each run copies its weights. Instead
-each model is read once as a weightless graph plus its weights as arrays (``graphopt.core.protoio``); each run is a
+each model is read once as a weightless graph plus its weights as arrays (``graphopt.core.wire``); each run is a
 session of a small graph that computes only one batch of tensors (a byte budget, from shape inference), pruned
 to the nodes and weights those tensors need, with the weights fed as inputs that onnxruntime reads in place. One
 session at a time is alive and nothing is written to disk.
@@ -33,13 +33,14 @@ from onnx import helper
 from .errors import UserError
 from .forms import split_model, weights_as_inputs
 from .graph_walk import node_inputs
-from .inputs import check_feed, model_inputs
+from .model_inputs import check_feed, model_inputs
 from .model import Model
 from .name_map import model_producers, shared_tensors
 from .onnx_files import load_split
 from .shapes import infer_shapes
 from .tolerance import Tolerance
-from .verify import Outputs, compare_outputs
+from .verify import compare_outputs
+from .runner import Outputs
 from .wire import SplitModel, copy_fields
 
 __all__ = ["TensorDiff", "DiffResult", "SubgraphRunner", "diff_models", "first_divergence", "describe_divergence",
@@ -131,7 +132,7 @@ def _as_split(model: onnx.ModelProto | SplitModel | str | Path, what: str,
 
 
 class SubgraphRunner:
-    """A model held once (``protoio.SplitModel``: a weightless skeleton plus its weights as arrays) whose
+    """A model held once (``wire.SplitModel``: a weightless skeleton plus its weights as arrays) whose
     ``run(names, feeds)`` computes any set of its tensors in a session of the graph pruned to them; the weights
     are fed as inputs, which onnxruntime reads in place, so no session copies them and nothing goes to disk."""
 

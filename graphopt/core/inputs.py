@@ -1,11 +1,11 @@
 """Model inputs: what graphopt feeds a model to verify, diff, bisect, measure or evaluate it.
 
-A model's real inputs (graph inputs that are not initializers, nor the weights ``protoio`` feeds as inputs) are
-read from the model (``graphopt.core.model_inputs``): name, dtype, dims (ints, symbol names, or None for an unknown
-dim). What the user says about them (a recipe's ``inputs:``, the CLI's ``--input`` / ``--range`` / ``--data``) is a
-list of ``InputSpec``; every input not named there is fed with defaults. ``resolve_inputs(model, specs)`` merges the
-two into an ``InputPlan``, checking each spec against the model (one line naming the input and what the model
-expects), and ``plan.feeds(samples, seed)`` makes the verification set (``graphopt.core.feeds``).
+A model's real inputs (graph inputs that are not initializers, nor the weights ``graphopt.core.model`` feeds as
+inputs) are read from the model (``graphopt.core.model_inputs``): name, dtype, dims (ints, symbol names, or None
+for an unknown dim). What the user says about them (a recipe's ``inputs:``, the CLI's ``--input`` / ``--range`` /
+``--data``) is a list of ``InputSpec``; every input not named there is fed with defaults. ``resolve_inputs(model,
+specs)`` merges the two into an ``InputPlan``, checking each spec against the model (one line naming the input and
+what the model expects), and ``plan.feeds(samples, seed)`` makes the verification set (``graphopt.core.feeds``).
 
 Vocabulary (the API other modules build on):
 
@@ -50,10 +50,6 @@ from typing import Any, Iterable, Mapping
 from .errors import UserError, closest
 from .feeds import Input, InputPlan, data_shape
 from .model_inputs import DTYPES, ModelInput, dtype_name, gather_rows, load_skeleton, model_inputs
-from .feeds import feeds_of  # noqa: F401 - re-export for the import sweep
-from .model_inputs import array_dtype_name as _name_of_array  # noqa: F401 - re-export for the import sweep
-from .model_inputs import check_feed  # noqa: F401 - re-export for the import sweep
-from .model_inputs import np_dtype  # noqa: F401 - re-export for the import sweep
 
 __all__ = ["BATCH_DEFAULT", "DIM_DEFAULT", "INT_RANGE_DEFAULT", "InputSpec", "resolve_inputs", "parse_input_flag",
            "parse_range_flag", "merge_specs"]

@@ -134,14 +134,14 @@ class Requirements(Instrument):
 
     def before_run(self, run: PipelineRun) -> None:
         for p, where, _ in run.steps:
-            for name in getattr(p, "requires", ()):
+            for name in p.requires:
                 if name not in self.supplies:
                     offered = ", ".join(sorted(self.supplies)) or "nothing"
                     raise PassError(f"pass {p.name} ({where}) requires {name!r}, which this pipeline cannot supply "
                                     f"(it supplies: {offered})")
 
     def before_pass(self, ctx: PassContext) -> None:
-        for name in getattr(ctx.pass_, "requires", ()):
+        for name in ctx.pass_.requires:
             setattr(ctx.pass_, name, self.supplies[name])
 
 

@@ -14,19 +14,6 @@ import onnx_graphsurgeon as gs
 
 from .forms import adopt_graph, export_graph, import_graph, split_graph, weights_as_inputs
 from .shapes import infer_shapes
-from .files import atomic_write_bytes  # noqa: F401 - re-export for the import sweep
-from .files import atomic_write_text  # noqa: F401 - re-export for the import sweep
-from .files import cache_dir  # noqa: F401 - re-export for the import sweep
-from .files import current_umask  # noqa: F401 - re-export for the import sweep
-from .files import write_error  # noqa: F401 - re-export for the import sweep
-from .graph_walk import node_inputs  # noqa: F401 - re-export for the import sweep
-from .onnx_files import constant_nbytes  # noqa: F401 - re-export for the import sweep
-from .onnx_files import external_data_threshold  # noqa: F401 - re-export for the import sweep
-from .onnx_files import load_model  # noqa: F401 - re-export for the import sweep
-from .onnx_files import load_split  # noqa: F401 - re-export for the import sweep
-from .onnx_files import save_model  # noqa: F401 - re-export for the import sweep
-from .wire import copy_fields  # noqa: F401 - re-export for the import sweep
-from .model import structure_hash as structure_signature  # noqa: F401 - re-export for the import sweep
 
 __all__ = ["to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers", "const_value",
            "make_name", "replace_graph", "set_tensors", "replace_uses", "inferred_types", "ensure_shapes",

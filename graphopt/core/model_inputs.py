@@ -1,6 +1,6 @@
 """A model's real inputs as graphopt reads them, and the dtype names graphopt uses for them.
 
-The real inputs are the graph inputs that are not initializers, nor the weights ``protoio`` feeds as inputs:
+The real inputs are the graph inputs that are not initializers, nor the weights ``graphopt.core.model`` feeds as inputs:
 name, dtype name (``DTYPES``), dims (ints, symbol names, or None for an unknown dim). ``check_feed`` holds a feed
 to them before onnxruntime sees it, so a wrong feed is one line naming the input rather than onnxruntime's error.
 """

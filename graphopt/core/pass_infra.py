@@ -97,6 +97,9 @@ class Pass:
     # In the porting knowledge library: the rewrites ``graphopt optimize`` runs to a fixed point, each safe on any
     # model (it rewrites only what it fully matches) and needing no parameter.
     library: ClassVar[bool] = False
+    # What the pass needs the pipeline to supply before it runs: "calibration" sets ``calibration`` to the
+    # verification feeds and whether they are real data (graphopt.core.instruments.Requirements).
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def run(self, graph: gs.Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """Verification of every pass, as an instrument of the pass manager (``graphopt.core.instruments``).
 
 After every pass that changed the graph, the graph is split into its weightless skeleton and its weights' arrays
-(``graphopt.core.protoio``: no copy of them), checked with ``onnx.checker``, run in onnxruntime on the verification
+(``graphopt.core.model``: no copy of them), checked with ``onnx.checker``, run in onnxruntime on the verification
 feeds and compared with the outputs of the graph before the pass (``graphopt.core.verify``). The outputs of the
 last verified graph are kept, so each pass costs one session, not two.
 
@@ -28,7 +28,8 @@ from .instruments import Instrument, PassContext, PassFailure, PipelineRun
 from .forms import split_graph
 from .onnx_files import check_split
 from .wire import SplitModel
-from .verify import Outputs, Runner, compare_outputs
+from .verify import compare_outputs
+from .runner import Outputs, Runner
 
 __all__ = ["Verification", "FinalCheck", "check", "BEFORE"]
 
@@ -130,8 +131,10 @@ class Verification(Instrument):
         pending, self._pending = self._pending, None
         if pending is None:
             return
+        # The graph before first: an input model onnxruntime cannot run (a custom op) is bad input, not the pass's fault
+        prev = self._previous()
         got = pending.outputs.result()
-        cmp = compare_outputs(self._previous(), got, self.tolerance)
+        cmp = compare_outputs(prev, got, self.tolerance)
         ctx = pending.ctx
         ctx.verify = verdict = cmp.summary()
         if ctx.record is not None:

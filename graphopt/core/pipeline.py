@@ -26,7 +26,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .background import stop_background  # noqa: F401 - re-export for the import sweep
 from .errors import GraphoptError, PassError, UserError, VerificationFailed
 from .instruments import (Honesty, Instrument, NameMapping, Normalize, OnFailSkip, PassContext, PassFailure,
                           PassRecord, PipelineRun, Progress, Requirements, Timing)
@@ -150,7 +149,8 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     list of feeds (``graphopt.core.inputs``: ``resolve_inputs(model, specs).feeds(samples, seed)``), or bare arrays for
     the model's first input (or ``input_name``). ``real_data``: ``inputs`` are real data (a recipe's
     ``verify.data``), not seeded random arrays; measuring passes, which calibrate on them, warn otherwise."""
-    from .inputs import feeds_of, model_inputs
+    from .feeds import feeds_of
+    from .model_inputs import model_inputs
 
     verify = inputs is not None
     if tolerance is None:  # the recipe's defaults

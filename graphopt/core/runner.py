@@ -104,7 +104,7 @@ def _ort_error(e: Exception, weights: Mapping[str, Any]) -> str:
 class Runner:
     """Runs an ONNX model in onnxruntime (CPU) on a verification set (a list of feeds, each a dict input name ->
     array holding every input of the model; see ``graphopt.core.feeds``), one session per model. ``model`` may be a
-    path, which onnxruntime loads with the external data beside it, or a ``protoio.SplitModel``, whose weights it
+    path, which onnxruntime loads with the external data beside it, or a ``wire.SplitModel``, whose weights it
     reads without a copy (how models over 2 GB run; a ModelProto that large is split first).
 
     ``inputs``: the model's real inputs (``graphopt.core.model_inputs.ModelInput``), weights left out. Each feed is

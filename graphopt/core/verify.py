@@ -19,11 +19,6 @@ from typing import Mapping
 
 import numpy as np
 
-from .feeds import load_input_data  # noqa: F401 - re-export for the import sweep
-from .feeds import make_inputs  # noqa: F401 - re-export for the import sweep
-from .runner import Outputs  # noqa: F401 - re-export for the import sweep
-from .runner import Runner  # noqa: F401 - re-export for the import sweep
-from .runner import comparison_session  # noqa: F401 - re-export for the import sweep
 
 __all__ = ["OutputDiff", "Comparison", "compare_outputs"]
 
