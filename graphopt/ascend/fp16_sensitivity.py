@@ -13,8 +13,9 @@ switch vector), against the fp32 outputs of the same calibration inputs:
    type (most sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
 4. **Search** for the cheapest fp32 keep-set meeting the target (top-1 agreement with fp32 and cosine, as
    ``graphopt.core.verify`` measures them): ``graphopt.ascend.precision_keepset`` (types greedily by benefit per
-   cost, pruned, cube types narrowed to their most sensitive units, all screened; then confirmed on every item,
-   the keep-set growing until it holds). Every trial is cached, so no assignment is ever run twice.
+   cost, pruned, cube types narrowed to the units keeping which pays most, all screened; then the configs confirmed
+   on every item, the screen widening by the items they miss on until they hold). Every trial is cached, so no
+   assignment is ever run twice.
 5. **GELU**: with the keep-set, ``Gelu=high_performance`` (tanh approximation) is tried (screened, then on every
    item); it is chosen when the target still holds, else ``high_precision``.
 6. **Configs** (``PassResult.configs`` shape): black-listed Ascend op types (``ops_info.json``, with
@@ -181,9 +182,9 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     """Baselines, sensitivity, keep-set search, GELU mode, configs and their predicted accuracy (module docstring).
 
     ``graph_node_names``: the node names of the graph the configs are for (default: the emulated model's).
-    ``screen_items``: the trials that rank and choose (sensitivity, worst units, the search's steps) run on the
-    this many calibration items that ``force_fp16`` hurts most, units are ranked on the ``rank_items`` most hurt;
-    what is decided is confirmed on all of them. ``fixed_batch``: the
+    ``screen_items``: the trials that choose (sensitivity, worst units, the search's steps) run on this many
+    calibration items, those ``force_fp16`` hurts most; units are ranked on the ``rank_items`` most hurt; what is
+    decided is confirmed on all of them. ``fixed_batch``: the
     model's batch dimension is fixed (``batches`` are all that size), or its feeds cannot be regrouped: the screen
     keeps whole feeds. ``batches``: feeds (every input) or bare arrays of the emulator's input. ``outputs``: a
     recipe's per-output tolerances, for their ``top1`` declarations (class scores or not). ``holdout``: batches

@@ -8,11 +8,11 @@ items; on EfficientNet-Lite2 one run over 20 items costs as much as five over 4)
    (``force_fp16`` error minus "everything but it" error) per unit of cost (Conv/MatMul/Gemm FLOPs plus output
    elements: keeping a cube op in fp32 is what costs speed) until the screen meets the target; then each kept type
    is dropped again if the screen still meets it without it (costliest first).
-2. **Narrowing** (screened): a kept Conv/MatMul/Gemm type is cut to its most sensitive units when a prefix of them
-   suffices (binary search over the ranking). Ranking measures "only this unit in fp16"; a type of more than
-   ``_CHUNKED`` units is first measured in chunks of consecutive units (errors of small perturbations add, so a
-   chunk bounds its members), and only the worst chunks unit by unit. Other types stay op-type entries, the robust
-   choice when ATC fuses and renames nodes; fused patterns have no node names that survive at all.
+2. **Narrowing** (screened): a kept Conv/MatMul/Gemm type is cut to the units keeping which pays most when a prefix
+   of them suffices (binary search over the ranking). The ranking is "only this unit in fp16" error per unit of
+   cost, measured on the one item ``force_fp16`` hurts most (a unit's trial there costs a 25th of one on 25 items).
+   Other types stay op-type entries, the robust choice when ATC fuses and renames nodes; fused patterns have no
+   node names that survive at all.
 3. **Confirmation** on all items, of the configs written for the keep-set as ATC applies them (with
    ``allow_mix_precision``, gray ops after a kept one stay fp32 too). The target's cosine is the worst item's, so
    the screen starts with the items ``force_fp16`` hurts most (``fp16_sensitivity``); when the configs miss on all
@@ -24,8 +24,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from .fp16_units import Unit
 
-__all__ = ["Trials", "search_keep_set", "rank_units"]
-
+__all__ = ["Trials", "unit_cost", "search_keep_set", "rank_units"]
 
 
 class Trials(Protocol):
@@ -59,8 +58,8 @@ def search_keep_set(full: Trials, screen: Trials, widen: Callable[[Trials, Any],
     """The keep-set (module docstring), searched on ``screen``, then on ``widen(screen, fp16)`` (the screen with
     the items an assignment missed on; ``full`` at the latest) until one's keep-set holds on all items as ATC
     applies it (``deployed(keep_types, keep_nodes)``: the assignment of the configs written for it); units ranked on
-    ``ranker``. Returns ``keep_types`` (op-type entries), ``keep_nodes`` (node
-    names of narrowed types), ``keep_units``, the ``history`` of checks, and the ``result`` on all items."""
+    ``ranker``. Returns ``keep_types`` (op-type entries), ``keep_nodes`` (node names of narrowed types),
+    ``keep_units``, the ``history`` of checks, and the ``result``: the configs' metrics on all items."""
     history: list[dict] = []
 
     def check(ps: Trials, keep: set[int], what: str) -> bool:

@@ -42,8 +42,10 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
     lines += [f"Target against fp32: top-1 agreement >= {t['top1']}, cosine >= {t['cosine']}. "
               f"{result['units']} units, {result['trials']} trials in {result['seconds']} s.", ""]
     lines += ["## Precision modes (emulated)", "",
-              "| mode | fp16 units | cube FLOPs in fp16 | cosine | 1 - cosine | top-1 agreement | accuracy | target |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+              f"On all {result.get('calibration_items')} items, or on the {result.get('screen_items')} that force_fp16 "
+              "hurts most (the screen of the search, where items says so).", "",
+              "| mode | items | fp16 units | cube FLOPs in fp16 | cosine | 1 - cosine | top-1 agreement | accuracy | "
+              "target |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     rows = dict(result.get("baselines", {}))
     if result.get("search", {}).get("result"):
         rows["search keep-set (its configs as ATC applies them)"] = result["search"]["result"]
@@ -51,11 +53,13 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
         rows[f"generated configs ({result['predicted']['precision_mode']})"] = result["predicted"]
     for name, m in rows.items():
         share = "-" if m.get("fp16_flop_share") is None else f"{100 * m['fp16_flop_share']:.1f}%"
-        lines.append(f"| {name} | {m['fp16_units']} | {share} | {m['cosine']:.6f} | {_one_minus_cos(m)} | "
+        lines.append(f"| {name} | {m.get('items', '-')} | {m['fp16_units']} | {share} | {m['cosine']:.6f} | "
+                     f"{_one_minus_cos(m)} | "
                      f"{fmt_metric(m, 'top1_agreement', '.3f')} | {fmt_metric(m, 'accuracy', '.3f')} | "
                      f"{'met' if m['passed'] else 'missed'} |")
     lines += ["", "## Sensitivity per op type", "",
-              "Only this type in fp16 (the rest fp32), and everything but this type in fp16.", "",
+              f"Only this type in fp16 (the rest fp32), and everything but this type in fp16, on the "
+              f"{result.get('screen_items')} items force_fp16 hurts most.", "",
               "| op type | units | cube GFLOPs | only: 1 - cosine | only: top-1 | all but: 1 - cosine | "
               "all but: top-1 | kept fp32 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     kept = set(result.get("search", {}).get("keep_types", []))
@@ -99,10 +103,11 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
     h = result.get("holdout")
     if h:
         lines += ["", "## Held-out items", "",
-                  f"{h['items']} items the search never saw (``--holdout``): does the keep-set generalise?", "",
+                  f"{h['items']} items the search never saw (`--holdout`): does the keep-set generalise?", "",
                   "| assignment | cosine | 1 - cosine | top-1 agreement | accuracy | target |",
                   "|---|---:|---:|---:|---:|---|"]
-        for name, key in (("fp32", "fp32"), ("force_fp16", "force_fp16"), ("search keep-set (force_fp16 + keeps)", "keep_set"),
+        for name, key in (("fp32", "fp32"), ("force_fp16", "force_fp16"),
+                          ("search keep-set (force_fp16 + keeps)", "keep_set"),
                           (f"generated configs ({h['predicted']['precision_mode']})", "predicted")):
             m = h[key]
             lines.append(f"| {name} | {m['cosine']:.6f} | {_one_minus_cos(m)} | "
