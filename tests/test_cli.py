@@ -104,6 +104,7 @@ def test_passes_lists_every_pass_with_parameters():
     assert proc.returncode == 0
     assert "softmax_transpose:" in proc.stdout and "    axis: int (default -1)" in proc.stdout
     assert "simplify:" in proc.stdout and "infer_shapes:" in proc.stdout
+    assert "fold_constants [library]: " in proc.stdout  # what graphopt optimize runs
 
 
 RESHAPE_FAILS = """

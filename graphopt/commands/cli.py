@@ -45,7 +45,7 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     from ..core.pass_infra import all_passes, pass_params
 
     for name, cls in all_passes().items():
-        print(f"{name}: {cls.summary()}")
+        print(f"{name}{' [library]' if cls.library else ''}: {cls.summary()}")
         for p in pass_params(cls):
             default = "required" if p.default is dataclasses.MISSING else f"default {p.default!r}"
             print(f"    {p.name}: {p.type_name} ({default}){' - ' + p.help if p.help else ''}")
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_force_argument(p, "DIR")
     p.set_defaults(func=_cmd_apply)
 
-    p = sub.add_parser("passes", help="list every registered pass with its parameters")
+    p = sub.add_parser("passes", help="list every registered pass with its parameters ([library]: run by optimize)")
     p.set_defaults(func=_cmd_passes)
 
     p = sub.add_parser("export", help="export a model to ONNX (cached)")
