@@ -7,7 +7,8 @@ import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import const_value, make_name
 
-__all__ = ["attr", "absent", "optional_input", "ints_operand", "ints_value", "is_float", "is_onnx", "scalar"]
+__all__ = ["attr", "absent", "optional_input", "ints_operand", "ints_value", "is_float", "is_onnx", "scalar",
+           "same_type"]
 
 
 def attr(node: gs.Node, key: str, default=None):
@@ -61,3 +62,10 @@ def ints_value(graph: gs.Graph, node_name: str, key: str, values: list[int], fir
         return [], {key: list(values)}
     const = gs.Constant(make_name(graph, f"{node_name}_{key}"), np.array(values, dtype=np.int64))
     return [const], {}
+
+
+def same_type(made: gs.Variable, like: gs.Tensor) -> gs.Variable:
+    """``made`` (an intermediate a rule's builder made) typed as ``like``, unknown when ``like``'s type is: the
+    builder types a tensor it cannot type as float32, which an fp16 or integer graph's value_info would keep."""
+    made.dtype = like.dtype
+    return made
