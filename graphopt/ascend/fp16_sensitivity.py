@@ -8,13 +8,14 @@ switch vector), against the fp32 outputs of the same calibration inputs:
    ``allow_mix_precision`` (no mixlist) on the screening items (the ``screen_items`` that ``force_fp16`` hurts
    most), for the report.
 2. **Sensitivity per op type** (Ascend names; a decomposed LayerNorm is one ``LayerNorm``, a GELU one ``Gelu``),
-   screened: the outputs when *only* that type runs in fp16, and when *everything but* it does.
+   screened: the outputs when *only* that type runs in fp16, and when *everything but* it does (when
+   ``force_fp16`` meets the target, so that nothing is to be searched, on the one item it hurts most).
 3. **Worst nodes** (screened): "only this unit in fp16" for up to ``node_trials`` units, taken in turn from each
    type (most sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
 4. **Search** for the cheapest fp32 keep-set meeting the target (top-1 agreement with fp32 and cosine, as
    ``graphopt.core.verify`` measures them): ``graphopt.ascend.precision_keepset`` (types greedily by benefit per
    cost, pruned, cube types narrowed to the units keeping which pays most, all screened; then the configs confirmed
-   on every item, the screen widening by the items they miss on until they hold). Every trial is cached, so no
+   on every item, the keep-set growing until they hold). Every trial is cached, so no
    assignment is ever run twice.
 5. **GELU**: with the keep-set, ``Gelu=high_performance`` (tanh approximation) is tried (screened, then on every
    item); it is chosen when the target still holds, else ``high_precision``.
@@ -193,7 +194,7 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     t0 = time.perf_counter()
     s = PrecisionSearch(emulator, batches, target, labels, progress, outputs)
     total = s.items
-    made: dict[PrecisionSearch, list[int]] = {s: list(range(total))}  # each search and its items
+    made = [s]
 
     def screen_of(chosen: Sequence[int]) -> PrecisionSearch:
         """A search on the items ``chosen`` (or the whole feeds holding them)."""
@@ -201,14 +202,8 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
             return s
         ps = PrecisionSearch(emulator, screen_batches(batches, len(chosen), fixed_batch, chosen), target,
                              outputs=outputs)
-        made[ps] = list(chosen)
+        made.append(ps)
         return ps
-
-    def widen(screen: PrecisionSearch, fp16: np.ndarray) -> PrecisionSearch:
-        """``screen`` with the ``screen_items`` items that the assignment ``fp16`` hurts most on all items."""
-        hurt = np.argsort(-s.item_errors(fp16), kind="stable")
-        chosen = made[screen] + [int(i) for i in hurt if i not in made[screen]][:screen_items]
-        return screen_of(chosen)
 
     units = emulator.units
     out: dict[str, Any] = {"target": asdict(target), "units": len(units), "calibration_items": total}
@@ -223,9 +218,11 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     order = [int(i) for i in np.argsort(-s.item_errors(force), kind="stable")]  # most hurt by fp16 first
     screen = screen_of(order[:screen_items])
     ranker = screen_of(order[:rank_items])
-    for mode in ("allow_fp32_to_fp16", "allow_mix_precision"):  # for the report: on the screening items
-        baselines[mode] = screen.trial(emulator.assignment(mode))
-    screen_full = screen.trial(emulator.assignment("force_fp16"))
+    # For the report only when force_fp16 meets the target: then on the one item it hurts most.
+    sens = ranker if full["passed"] else screen
+    for mode in ("allow_fp32_to_fp16", "allow_mix_precision"):
+        baselines[mode] = sens.trial(emulator.assignment(mode))
+    screen_full = sens.trial(emulator.assignment("force_fp16"))
     out["baselines"] = baselines
 
     # Sensitivity per op type, on the screening items.
@@ -236,8 +233,8 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     for k, (name, us) in enumerate(by_type.items()):
         idx = {u.index for u in us}
         progress(f"precision: op type {k + 1}/{len(by_type)} {name} ({len(us)} units)")
-        only = screen.trial(screen.only(idx))
-        all_but = screen.trial(screen.keeping(idx))
+        only = sens.trial(sens.only(idx))
+        all_but = sens.trial(sens.keeping(idx))
         types.append({"type": name, "label": _type_label(us), "units": len(us), "fused": us[0].fused,
                       "cube_flops": sum(u.cube_flops for u in us), "cost": sum(unit_cost(u) for u in us),
                       "only_fp16": only, "all_but_fp16": all_but,
@@ -246,17 +243,18 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
 
     # Worst nodes: "only this unit in fp16" for units of the most sensitive types.
     # Round-robin over the types, most sensitive first, so the budget is not spent on one type's many units.
-    per_unit: dict[int, dict] = {}
+    measured: dict[int, dict] = {}
     queues = [list(by_type[t["type"]]) for t in sorted(types, key=lambda t: -t["only_fp16"]["error"])]
-    while len(per_unit) < node_trials and any(queues):
+    while len(measured) < node_trials and any(queues):
         for q in queues:
-            if q and len(per_unit) < node_trials:
+            if q and len(measured) < node_trials:
                 u = q.pop(0)
-                per_unit[u.index] = screen.trial(screen.only({u.index}))
-    worst = sorted(per_unit, key=lambda i: -per_unit[i]["error"])[:worst_nodes]
-    out["worst_nodes"] = [{**units[i].as_dict(), "only_fp16": per_unit[i],
+                measured[u.index] = screen.trial(screen.only({u.index}))
+    worst = sorted(measured, key=lambda i: -measured[i]["error"])[:worst_nodes]
+    out["worst_nodes"] = [{**units[i].as_dict(), "only_fp16": measured[i],
                            "all_but_fp16": screen.trial(screen.keeping({i}))} for i in worst]
     out["screen_items"] = screen.items
+    out["sensitivity_items"] = sens.items
 
     progress("precision: searching the smallest fp32 keep-set ...")
     names = graph_node_names if graph_node_names is not None else emulator.node_names
@@ -264,7 +262,7 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
         search = {"keep_types": [], "keep_nodes": [], "keep_units": [], "history": [],
                   "result": full, "force_fp16_meets_target": True}
     else:
-        search = search_keep_set(s, screen, widen, ranker, by_type, types, per_unit,
+        search = search_keep_set(s, screen, ranker, by_type, types, {},
                                  lambda keep_types, keep_nodes: _deployed(emulator, generated_configs(
                                      emulator, keep_types, keep_nodes, None, names)[0]))
     keep_units = set(search["keep_units"])

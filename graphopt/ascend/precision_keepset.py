@@ -15,8 +15,10 @@ items; on EfficientNet-Lite2 one run over 20 items costs as much as five over 4)
    node names that survive at all.
 3. **Confirmation** on all items, of the configs written for the keep-set as ATC applies them (with
    ``allow_mix_precision``, gray ops after a kept one stay fp32 too). The target's cosine is the worst item's, so
-   the screen starts with the items ``force_fp16`` hurts most (``fp16_sensitivity``); when the configs miss on all
-   items, the items they hurt most join the screen and steps 1 and 2 run again (all items at the latest).
+   the screen holds the items ``force_fp16`` hurts most (``fp16_sensitivity``); when the configs still miss on all
+   items, each narrowed type keeps a quarter as many again of its ranked units (the whole type at most), then the
+   types not kept yet come in, in greedy order, each step checked on all items: a step costs one run on all items,
+   where searching again on a wider screen would cost several.
 """
 from __future__ import annotations
 
@@ -52,13 +54,12 @@ def rank_units(ranker: Trials, units: Sequence[Unit], per_unit: dict[int, dict])
     return [u.index for u in sorted(units, key=lambda u: -per_unit[u.index]["error"] / max(unit_cost(u), 1))]
 
 
-def search_keep_set(full: Trials, screen: Trials, widen: Callable[[Trials, Any], Trials], ranker: Trials,
-                    by_type: dict[str, list[Unit]], types: list[dict], per_unit: dict[int, dict],
+def search_keep_set(full: Trials, screen: Trials, ranker: Trials, by_type: dict[str, list[Unit]],
+                    types: list[dict], per_unit: dict[int, dict],
                     deployed: Callable[[list[str], list[str]], Any]) -> dict[str, Any]:
-    """The keep-set (module docstring), searched on ``screen``, then on ``widen(screen, fp16)`` (the screen with
-    the items an assignment missed on; ``full`` at the latest) until one's keep-set holds on all items as ATC
-    applies it (``deployed(keep_types, keep_nodes)``: the assignment of the configs written for it); units ranked on
-    ``ranker``. Returns ``keep_types`` (op-type entries), ``keep_nodes`` (node names of narrowed types),
+    """The keep-set (module docstring), searched on ``screen`` (units ranked on ``ranker``) and grown until it holds
+    on all items as ATC applies it (``deployed(keep_types, keep_nodes)``: the assignment of the configs written for
+    it). Returns ``keep_types`` (op-type entries), ``keep_nodes`` (node names of narrowed types),
     ``keep_units``, the ``history`` of checks, and the ``result``: the configs' metrics on all items."""
     history: list[dict] = []
 
@@ -73,52 +74,50 @@ def search_keep_set(full: Trials, screen: Trials, widen: Callable[[Trials, Any],
     cost = {t["type"]: t["cost"] for t in types}
     order = [t["type"] for t in sorted(types, key=lambda t: (-max(t["benefit"], 0.0) / max(t["cost"], 1),
                                                             -t["only_fp16"]["error"]))]
-    # A wider screen holds the narrower one's items and the cosine is its worst item's, so what missed on the
-    # narrower screen misses on the wider one: each pass starts where the last one's answers leave it.
-    greedy_from = 0  # types of the greedy order known to miss together
-    undroppable: set[str] = set()
-    floor: dict[str, int] = {}  # type -> fewest of its ranked units that can meet the target
-    while True:
-        kept = list(order[:greedy_from])
-        for name in order[greedy_from:]:  # greedy: the type whose fp32 keep helps most per cost first
-            kept.append(name)
-            if check(screen, _units(kept, units_of), f"keep {name}"):
-                break
-        greedy_from = len(kept) - 1
-        for name in sorted(kept, key=lambda n: -cost[n]):  # prune: costliest first
-            if len(kept) > 1 and name not in undroppable:
-                if check(screen, _units([n for n in kept if n != name], units_of), f"drop {name}"):
-                    kept.remove(name)
-                else:
-                    undroppable.add(name)
-        narrowed: dict[str, list[int]] = {}  # type -> its most sensitive units, the ones kept
-        for name in sorted(kept, key=lambda n: -cost[n]):
-            us = by_type[name]
-            if us[0].fused or len(us) < 2 or not any(u.cube_flops for u in us):
-                continue
-            ranked = rank_units(ranker, us, per_unit)
-            rest = _units([n for n in kept if n != name and n not in narrowed], units_of) | _narrowed(narrowed)
-            lo, hi = floor.get(name, 1), len(ranked)  # smallest k with the top-k kept meeting the target
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if check(screen, rest | set(ranked[:mid]), f"keep {mid} of {len(ranked)} {name}"):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            floor[name] = lo
-            if lo < len(ranked):
-                narrowed[name] = ranked[:lo]
-        keep = _units([n for n in kept if n not in narrowed], units_of) | _narrowed(narrowed)
-        keep_types = [n for n in kept if n not in narrowed]
-        keep_nodes = [unit_at[i].nodes[0] for us in narrowed.values() for i in us]
-        fp16 = deployed(keep_types, keep_nodes)
-        result = full.trial(fp16)
-        history.append({"step": "confirm the configs on all items", "kept_units": len(keep), "items": result["items"],
-                        "cosine": result["cosine"], "top1_agreement": result["top1_agreement"],
-                        "passed": result["passed"]})
-        if result["passed"] or screen is full:
+    kept: list[str] = []
+    for name in order:  # greedy: the type whose fp32 keep helps most per cost first
+        kept.append(name)
+        if check(screen, _units(kept, units_of), f"keep {name}"):
             break
-        screen = widen(screen, fp16)
+    for name in sorted(kept, key=lambda n: -cost[n]):  # prune: costliest first
+        if len(kept) > 1 and check(screen, _units([n for n in kept if n != name], units_of), f"drop {name}"):
+            kept.remove(name)
+    rankings: dict[str, list[int]] = {}
+    narrowed: dict[str, int] = {}  # type -> how many of its ranked units are kept
+    for name in sorted(kept, key=lambda n: -cost[n]):
+        us = by_type[name]
+        if us[0].fused or len(us) < 2 or not any(u.cube_flops for u in us):
+            continue
+        ranked = rankings[name] = rank_units(ranker, us, per_unit)
+        rest = _units([n for n in kept if n != name and n not in narrowed], units_of)
+        rest |= _kept_units(rankings, narrowed)
+        lo, hi = 1, len(ranked)  # smallest k with the top-k kept meeting the target; k = len passes already
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if check(screen, rest | set(ranked[:mid]), f"keep {mid} of {len(ranked)} {name}"):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(ranked):
+            narrowed[name] = lo
+    later = [n for n in order if n not in kept]
+    while True:
+        keep = _units([n for n in kept if n not in narrowed], units_of) | _kept_units(rankings, narrowed)
+        keep_types = [n for n in kept if n not in narrowed]
+        keep_nodes = [unit_at[i].nodes[0] for n, k in narrowed.items() for i in rankings[n][:k]]
+        result = full.trial(deployed(keep_types, keep_nodes))
+        history.append({"step": "confirm the configs on all items", "kept_units": len(keep),
+                        "items": result["items"], "cosine": result["cosine"],
+                        "top1_agreement": result["top1_agreement"], "passed": result["passed"]})
+        if result["passed"]:
+            break
+        if narrowed:  # a quarter as many again of each narrowed type's ranked units, the whole type at most
+            narrowed = {n: k + max(1, k // 4) for n, k in narrowed.items()}
+            narrowed = {n: k for n, k in narrowed.items() if k < len(rankings[n])}
+        elif later:
+            kept.append(later.pop(0))
+        else:  # every unit kept: the fp32 model, as ATC may not quite apply it
+            break
     return {"keep_types": keep_types, "keep_nodes": keep_nodes, "keep_units": sorted(keep), "history": history,
             "result": result, "force_fp16_meets_target": False}
 
@@ -127,5 +126,5 @@ def _units(names: Sequence[str], units_of: dict[str, set[int]]) -> set[int]:
     return set().union(*(units_of[n] for n in names)) if names else set()
 
 
-def _narrowed(narrowed: dict[str, list[int]]) -> set[int]:
-    return {i for us in narrowed.values() for i in us}
+def _kept_units(rankings: dict[str, list[int]], narrowed: dict[str, int]) -> set[int]:
+    return {i for n, k in narrowed.items() for i in rankings[n][:k]}

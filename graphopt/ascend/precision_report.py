@@ -42,8 +42,8 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
     lines += [f"Target against fp32: top-1 agreement >= {t['top1']}, cosine >= {t['cosine']}. "
               f"{result['units']} units, {result['trials']} trials in {result['seconds']} s.", ""]
     lines += ["## Precision modes (emulated)", "",
-              f"On all {result.get('calibration_items')} items, or on the {result.get('screen_items')} that force_fp16 "
-              "hurts most (the screen of the search, where items says so).", "",
+              f"On all {result.get('calibration_items')} items, or on those that force_fp16 hurts most, where items "
+              "says so.", "",
               "| mode | items | fp16 units | cube FLOPs in fp16 | cosine | 1 - cosine | top-1 agreement | accuracy | "
               "target |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     rows = dict(result.get("baselines", {}))
@@ -59,7 +59,7 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
                      f"{'met' if m['passed'] else 'missed'} |")
     lines += ["", "## Sensitivity per op type", "",
               f"Only this type in fp16 (the rest fp32), and everything but this type in fp16, on the "
-              f"{result.get('screen_items')} items force_fp16 hurts most.", "",
+              f"{result.get('sensitivity_items')} items force_fp16 hurts most.", "",
               "| op type | units | cube GFLOPs | only: 1 - cosine | only: top-1 | all but: 1 - cosine | "
               "all but: top-1 | kept fp32 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     kept = set(result.get("search", {}).get("keep_types", []))
