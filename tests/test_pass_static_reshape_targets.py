@@ -10,7 +10,7 @@ from graphopt.core.ir import op_counts
 from graphopt.passes.static_reshape_targets import StaticReshapeTargets
 from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
 
-CONSTS = "int64[1] four = {4}, int64 zero = {0}, int64 one = {1}, int64 two = {2}, int64[1] minus = {-1}, int64[1] i1 = {1}"
+CONSTS = "int64[1] four = {4}, int64 zero = {0}, int64 one = {1}, int64 two = {2}, int64[1] minus = {-1}"
 
 
 def _model(target: str, out: str = "N, 24", dims: str = "N, 4, 6", attrs: str = "") -> str:
@@ -62,7 +62,8 @@ def test_static_dims_become_numbers():
      " t = Concat<axis = 0>(cu, bu, minus)", "N, C, 6", "C, N, 6", "two or more target entries unknown"),
     # one unknown beside a -1 already there
     ("b = Gather(s, zero)\n c = Gather(s, one)\n h = Gather(s, two)\n p = Mul(c, h)\n pu = Unsqueeze(p, zero)\n"
-     " t = Concat<axis = 0>(minus, pu)", "N, 4, 6", "N, 24", "an unknown target entry beside a -1 (or a 0 with allowzero)"),
+     " t = Concat<axis = 0>(minus, pu)", "N, 4, 6", "N, 24",
+     "an unknown target entry beside a -1 (or a 0 with allowzero)"),
 ])
 def test_left_alone(target, dims, out, reason):
     result = assert_pass_unchanged(model_from_text(_model(target, out=out, dims=dims)), StaticReshapeTargets())
