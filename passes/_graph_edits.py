@@ -1,0 +1,104 @@
+"""What the knowledge library's clean-up rewrites share: element types as ONNX names them, the tensors whose name a
+rewrite must keep, bypassing a node that returns its input, and running a rule to its fixed point."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from graphopt.core.ir import producer, replace_uses, set_tensors
+from graphopt.core.pass_infra import PassResult
+
+__all__ = ["onnx_dtype", "kept_names", "bypass", "to_fixed_point", "shared_pairs", "static_dim", "peek_values",
+           "MAX_ROUNDS"]
+
+# A chain of n foldable pairs takes n - 1 rounds; past this many the rest waits for the next run of the pass.
+MAX_ROUNDS = 64
+
+
+def onnx_dtype(t: gs.Tensor) -> int | None:
+    """``t``'s ONNX element type, None when unknown. gs holds numpy dtypes, or the ONNX enum for types numpy has no
+    dtype for (bfloat16, float8), so numpy dtypes alone would call those equal to unrelated types."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+
+    dtype = t.export_dtype if isinstance(t, gs.Constant) and t.export_dtype is not None else t.dtype
+    if dtype is None:
+        return None
+    try:
+        return int(dtype_to_onnx(dtype))
+    except Exception:  # noqa: BLE001 - a type gs cannot name: unknown
+        return None
+
+
+def peek_values(c: gs.Constant) -> np.ndarray:
+    """``c``'s values without gs caching them in ``c`` (``Constant.values`` loads and keeps lazily loaded ones: a
+    weight read only to compare it would stay in memory, and a string tensor kept so is one gs cannot export)."""
+    values = c.__dict__.get("_values")
+    return np.asarray(values.load() if isinstance(values, LazyValues) else c.values)
+
+
+def kept_names(graph: gs.Graph) -> set[int]:
+    """ids of the tensors a rewrite must leave produced under their name: the graph's outputs, and outer tensors a
+    subgraph (at any depth) returns as its own output, which gs does not list as a use of the tensor."""
+    ids = {id(t) for t in graph.outputs}
+    stack = [sub for n in graph.nodes for sub in n.subgraphs()]
+    while stack:
+        sub = stack.pop()
+        ids.update(id(t) for t in sub.outputs)
+        stack.extend(s for n in sub.nodes for s in n.subgraphs())
+    return ids
+
+
+def bypass(node: gs.Node, src: gs.Tensor, kept: set[int]) -> bool:
+    """Make ``node``'s first output's readers read ``src`` instead (``node`` is left dead for cleanup). An output
+    that must keep its name gets it from ``node`` turned into ``Identity(src)``; returns True in that case."""
+    y = node.outputs[0]
+    if id(y) in kept:
+        node.op, node.domain, node.attrs = "Identity", None, {}
+        set_tensors(node.inputs, [src])
+        set_tensors(node.outputs, [y])
+        return True
+    replace_uses(y, src)
+    node.outputs.clear()
+    return False
+
+
+def to_fixed_point(run_once: Callable[[], PassResult], graph: gs.Graph) -> PassResult:
+    """Run a rule pass until it matches nothing (a chain of three pairs overlaps, so one round merges only part of
+    it): stats ``rewritten`` summed over the rounds, ``skipped`` as the last round saw them (what is left)."""
+    rewritten, renamed, result = 0, {}, run_once()
+    for _ in range(MAX_ROUNDS):
+        rewritten += result.stats.get("rewritten", 0)
+        renamed.update(result.renamed)
+        if not result.changed:
+            break
+        graph.cleanup()  # the matched nodes are dead: matching must not see them again
+        result = run_once()
+    stats = {**result.stats, "rewritten": rewritten}
+    return PassResult(rewritten > 0, stats, renamed=renamed)
+
+
+def shared_pairs(graph: gs.Graph, op: str, kept: set[int]) -> int:
+    """How many ``op`` nodes read the first output of another ``op`` that something else reads too (or that is a
+    graph output): the pairs a merge leaves alone, since merging would compute the first one twice."""
+    count = 0
+    for node in graph.nodes:
+        if node.op != op or not node.inputs or not node.outputs:
+            continue
+        inner = producer(node.inputs[0])
+        if inner is not None and inner.op == op and inner.outputs[0] is node.inputs[0]:
+            t = inner.outputs[0]
+            if id(t) in kept or len(t.outputs) > 1:
+                count += 1
+    return count
+
+
+def static_dim(t: gs.Tensor, axis: int) -> int | None:
+    """Dim ``axis`` of ``t``'s shape when it is a known number, else None."""
+    shape = t.shape
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    d = shape[axis]
+    return int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None
