@@ -6,7 +6,10 @@ feeds and compared with the outputs of the graph before the pass (``graphopt.cor
 last verified graph are kept, so each pass costs one session, not two.
 
 The onnxruntime work runs in background threads (onnxruntime releases the GIL; ``graphopt.core.background``): the
-input model's outputs beside the first pass, a pass's outputs beside the next pass. A pass's comparison is resolved
+input model's outputs beside the first pass, a pass's outputs beside the next pass. Each session has one
+intra-op thread, leaving the passes in the main thread a core of their own (on 2 cores, a session with the default
+pool beside a pass made it up to 2x slower), and they run one at a time, each after the one before it, except the
+last pass's: the main thread only waits by then, so it runs beside the one still under way. A pass's comparison is resolved
 once the next pass is done, before anything depends on it: the next comparison, an error (an earlier pass that
 broke numerics is the failure to report, not what followed it), the end of the run. A pass with ``on_fail: skip``
 is resolved at once, so that a failing one is dropped, and the graph before it restored, before the next pass runs.
@@ -38,16 +41,19 @@ __all__ = ["Verification", "FinalCheck", "check", "BEFORE"]
 BEFORE = "the graph before it"
 
 
-def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], options) -> Outputs:
-    runner = Runner(model)
+def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], threads: int | None, options) -> Outputs:
+    """``model``'s outputs on ``feeds`` in a session of ``threads`` intra-op threads (None: onnxruntime's default
+    pool) that never spin: idle workers spinning would slow what the main thread does next."""
+    runner = Runner(model, threads=threads, spinning=False)
     if options.terminate:  # cancelled while the session was being built
         raise KeyboardInterrupt
     return runner.run(feeds, options)
 
 
-def _pass_outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], who: str, options) -> Outputs:
+def _pass_outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], who: str, threads: int | None,
+                  options) -> Outputs:
     try:
-        return _outputs(model, feeds, options)
+        return _outputs(model, feeds, threads, options)
     except UserError as e:
         raise PassError(f"{who} produced a graph onnxruntime rejects: {e}") from None
 
@@ -87,7 +93,7 @@ class Verification(Instrument):
         # before the first pass is checked.
         self.progress(f"verify: reference outputs of the input model on {len(self.feeds)} batch(es), beside the "
                       "first pass")
-        self._reference = self._job = Background("graphopt-reference", _outputs, run.last, self.feeds)
+        self._reference = self._job = Background("graphopt-reference", _outputs, run.last, self.feeds, 1)
 
     def after_pass(self, ctx: PassContext) -> None:
         if not ctx.result.changed:
@@ -95,7 +101,12 @@ class Verification(Instrument):
         run = ctx.run
         after = split_graph(run.graph)  # the weights stay the graph's arrays
         check(after, ctx.who)
-        self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, after=self._job)
+        if ctx.on_fail == "skip":  # settled at once: the main thread waits for it, its pool may take every core
+            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, None, after=self._job)
+        elif ctx.index == len(run.steps):  # the main thread only waits now: beside the run still under way, if any
+            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, 1)
+        else:
+            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, 1, after=self._job)
         pending = _Pending(ctx, run.last, after, self._job)
         self._settle()  # the previous pass's, which ran beside this one
         self._pending = pending

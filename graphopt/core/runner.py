@@ -71,19 +71,20 @@ def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
     return list(found)
 
 
-def comparison_session(model):
+def comparison_session(model, *, threads: int | None = None, spinning: bool = True):
     """The onnxruntime session every numeric comparison runs in (verification, diff, bisect):
-    ``create_session(..., "compare")``. Of a path, serialized bytes or a ``SplitModel``; returns it and the feeds it
-    needs besides the model's inputs: a ``SplitModel``'s weights become graph inputs fed with their arrays, which
-    onnxruntime reads where they are (handed over as initializers, it would copy them all)."""
+    ``create_session(..., "compare")`` with ``threads`` and ``spinning``. Of a path, serialized bytes or a
+    ``SplitModel``; returns it and the feeds it needs besides the model's inputs: a ``SplitModel``'s weights become
+    graph inputs fed with their arrays, which onnxruntime reads where they are (handed over as initializers, it
+    would copy them all)."""
     from .wire import SplitModel
     from .forms import weights_as_inputs
 
     if isinstance(model, SplitModel):
         weights = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
                    for name, arr in model.weights.items()}
-        return create_session(weights_as_inputs(model), "compare"), weights
-    return create_session(model, "compare"), {}
+        return create_session(weights_as_inputs(model), "compare", threads=threads, spinning=spinning), weights
+    return create_session(model, "compare", threads=threads, spinning=spinning), {}
 
 
 def _ort_error(e: Exception, weights: Mapping[str, Any]) -> str:
@@ -111,23 +112,27 @@ class Runner:
     checked against them before onnxruntime sees it (``check_feed``: a missing input, a wrong dtype or rank is one
     line naming the input; inputs the model does not take are left out of a feed, since a pass may drop a graph
     input nothing reads). The single-input form works too: ``input_name`` (default the first input)
-    and ``run`` given bare arrays feeds them to that input."""
+    and ``run`` given bare arrays feeds them to that input. ``threads``, ``spinning``: the session's intra-op pool
+    (``sessions.session_options``), for a run beside other work."""
 
-    def __init__(self, model, input_name: str | None = None, what: str = ""):
+    def __init__(self, model, input_name: str | None = None, what: str = "", *, threads: int | None = None,
+                 spinning: bool = True):
         from .wire import SplitModel
         from .forms import split_model
 
         self.what = what  # names the model in feed errors ("model B")
+        pool = {"threads": threads, "spinning": spinning}
 
         try:
             if isinstance(model, (str, Path, bytes, SplitModel)):
-                self.session, self.weights = comparison_session(str(model) if isinstance(model, Path) else model)
+                self.session, self.weights = comparison_session(str(model) if isinstance(model, Path) else model,
+                                                                **pool)
             else:
                 try:
                     data = model.SerializeToString()
                 except (ValueError, EncodeError):  # over 2 GiB: the weights fed from arrays instead
                     data = split_model(model)
-                self.session, self.weights = comparison_session(data)
+                self.session, self.weights = comparison_session(data, **pool)
         except UserError:
             raise
         except Exception as e:

@@ -25,8 +25,10 @@ Purpose = Literal["compare", "evaluate", "deploy"]
 _UNSAFE_FUSIONS = ("Pad_Fusion",)
 
 
-def session_options(purpose: Purpose, threads: int | None = None) -> Any:
-    """``onnxruntime.SessionOptions`` for ``purpose``; ``threads`` sets the intra-op pool (None: onnxruntime's)."""
+def session_options(purpose: Purpose, threads: int | None = None, *, spinning: bool = True) -> Any:
+    """``onnxruntime.SessionOptions`` for ``purpose``; ``threads`` sets the intra-op pool (None: onnxruntime's).
+    ``spinning=False``: the pool's workers sleep between tasks instead of spinning, for a session that runs
+    beside Python work it must not take a core from."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -38,15 +40,18 @@ def session_options(purpose: Purpose, threads: int | None = None) -> Any:
     }[purpose]
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
 def create_session(model: onnx.ModelProto | bytes | str | Path, purpose: Purpose, *, threads: int | None = None,
-                   keep_pad_fusion: bool = False) -> Any:
+                   spinning: bool = True, keep_pad_fusion: bool = False) -> Any:
     """An ``onnxruntime.InferenceSession`` of ``model`` (a ModelProto, its serialized bytes, or a path) on the CPU.
 
     ``Pad_Fusion`` stays off for "compare" and "deploy" unless ``keep_pad_fusion`` (a caller that has checked the
-    model has no Pad feeding a pooling op). Raises what onnxruntime raises; callers word it for their user."""
+    model has no Pad feeding a pooling op). ``threads``, ``spinning``: as ``session_options``. Raises what
+    onnxruntime raises; callers word it for their user."""
     import onnxruntime as ort
 
     if isinstance(model, onnx.ModelProto):
@@ -54,5 +59,5 @@ def create_session(model: onnx.ModelProto | bytes | str | Path, purpose: Purpose
     elif isinstance(model, Path):
         model = str(model)
     disabled = [] if purpose == "evaluate" or keep_pad_fusion else list(_UNSAFE_FUSIONS)
-    return ort.InferenceSession(model, session_options(purpose, threads), providers=["CPUExecutionProvider"],
-                                disabled_optimizers=disabled)
+    return ort.InferenceSession(model, session_options(purpose, threads, spinning=spinning),
+                                providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
