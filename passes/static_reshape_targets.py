@@ -54,7 +54,7 @@ class StaticReshapeTargets(RewritePass):
         self._shapes_tried = False
 
     def _target(self, ctx: Match, x: gs.Tensor, target: gs.Tensor) -> np.ndarray | str:
-        if const_value(target) is not None:
+        if const_value(target) is not None or producer(target) is None:  # a constant, or a graph input's to keep
             return QUIET
         entries = self._entries(target, x, 0)
         if entries is None:

@@ -84,3 +84,13 @@ def test_constant_target_is_no_candidate():
     }"""
     result = assert_pass_unchanged(model_from_text(text), StaticReshapeTargets())
     assert result.stats == {"rewritten": 0, "skipped": {}}
+
+
+def test_graph_input_target_is_left_to_the_user():
+    text = """
+    <ir_version: 8, opset_import: ["" : 14]>
+    g (float[N, 4, 6] x, int64[1] t) => (float[M] y) {
+        y = Reshape(x, t)
+    }"""
+    result = assert_pass_unchanged(model_from_text(text), StaticReshapeTargets())
+    assert result.stats == {"rewritten": 0, "skipped": {}}
