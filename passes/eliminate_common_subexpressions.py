@@ -92,7 +92,8 @@ class EliminateCommonSubexpressions(Pass):
         for node in list(graph.nodes):
             if not node.outputs:
                 continue
-            key = (node.op, node.domain or "", len(node.outputs),
+            # Which outputs are present is part of the key: a merged node's outputs are all the kept one's.
+            key = (node.op, node.domain or "", tuple(o.is_empty() for o in node.outputs),
                    tuple(sorted((k, _value_key(v)) for k, v in node.attrs.items())),
                    tuple(_input_key(t) for t in node.inputs))
             first = seen.get(key)
@@ -106,6 +107,8 @@ class EliminateCommonSubexpressions(Pass):
             if node.op == "Identity" and id(node.outputs[0]) in kept:
                 continue  # already the cheapest way to keep a graph output's name
             for mine, theirs in zip(list(node.outputs), first.outputs):
+                if mine.is_empty():
+                    continue  # an optional output left out ("" may stand for absent inputs elsewhere too)
                 if id(mine) in kept:
                     name = make_name(graph, f"{node.name or node.op}_cse")
                     graph.nodes.append(gs.Node("Identity", name, {}, [theirs], [mine]))

@@ -151,7 +151,8 @@ def _noop(node: gs.Node, opset: int, kept: set[int]) -> tuple[int | None, str | 
 
 @register_pass("remove_noops")
 class RemoveNoops(Pass):
-    """Bypass nodes that return their input unchanged:
+    """Bypass nodes that return their input unchanged (Identity, inference Dropout, Cast to its own type, Reshape /
+    Expand keeping the shape, Pad by zeros, Slice of everything, identity Transpose, ``x + 0``, ``x * 1``, ...).
 
     - Identity;
     - Dropout in inference (no ``training_mode``, or a constant false one; ``is_test`` before opset 7) whose mask

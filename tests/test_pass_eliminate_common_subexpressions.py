@@ -3,6 +3,9 @@ graph outputs keep their names."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper
 
 from graphopt.core.ir import op_counts
 from graphopt.core.pass_infra import get_pass
@@ -75,3 +78,21 @@ def test_graph_outputs_keep_their_names():
                                        shape=[2, 4])
     assert [(n.op_type, list(n.input), list(n.output)) for n in out.graph.node] == [
         ("Relu", ["x"], ["y"]), ("Identity", ["y"], ["z"])]
+
+
+def test_left_out_optional_outputs_are_never_rewired():
+    # Two LSTMs computing Y_h only, and a third also Y: the first two merge, the third (outputs present differ)
+    # does not; the empty output names ("") are never rewired.
+    h, w, r = 2, np.ones((1, 8, 3), np.float32) * 0.1, np.ones((1, 8, 2), np.float32) * 0.2
+    nodes = [oh.make_node("LSTM", ["x", "w", "r"], ["", "a"], hidden_size=h),
+             oh.make_node("LSTM", ["x", "w", "r"], ["", "b"], hidden_size=h),
+             oh.make_node("LSTM", ["x", "w", "r"], ["y2", "c"], hidden_size=h),
+             oh.make_node("Sum", ["a", "b", "c"], ["y"])]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, "N", 3])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, "N", 2]),
+                           oh.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, [2, 1, "N", 2])],
+                          [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(r, "r")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
+    out, result = assert_pass_verified(model, CSE(), shape=[2, 2, 3])
+    assert result.stats["rewritten"] == 1
+    assert [list(n.output) for n in out.graph.node] == [["", "a"], ["y2", "c"], ["y"]]
