@@ -14,6 +14,8 @@ from ._graph_edits import kept_names, shared_pairs, static_dim, to_fixed_point
 __all__ = ["MergeSlices", "compose_slices"]
 
 INT64_MIN = -(2**63)
+_RANK_UNKNOWN = "negative axes, rank unknown"
+_DIM_UNKNOWN = "both slice axis {axis}, of unknown size"
 _PARAMS = ("starts", "ends", "axes", "steps")
 
 
@@ -66,7 +68,7 @@ def _merge(x: gs.Tensor, inner: gs.Node, outer: gs.Node) -> tuple[list[int], ...
     per_axis: list[dict[int, tuple[int, int, int]]] = []
     for p in slices:
         if any(a < 0 for a in p["axes"]) and rank is None:
-            return "negative axes, rank unknown"
+            return _RANK_UNKNOWN
         axes = [a % rank if rank else a for a in p["axes"]]
         if len(set(axes)) != len(axes) or 0 in p["steps"]:
             return "repeated axis or zero step"
@@ -78,10 +80,15 @@ def _merge(x: gs.Tensor, inner: gs.Node, outer: gs.Node) -> tuple[list[int], ...
             continue
         d = static_dim(x, axis)
         if d is None:
-            return f"both slice axis {axis}, of unknown size"
+            return _DIM_UNKNOWN.format(axis=axis)
         merged[axis] = compose_slices(d, merged[axis], second)
     axes = sorted(merged)
     return ([merged[a][0] for a in axes], [merged[a][1] for a in axes], axes, [merged[a][2] for a in axes])
+
+
+def _wants_shape(x: gs.Tensor, inner: gs.Node, outer: gs.Node) -> bool:
+    why = _merge(x, inner, outer)
+    return isinstance(why, str) and (why == _RANK_UNKNOWN or why.startswith(_DIM_UNKNOWN.split("{")[0]))
 
 
 def _pattern(n_inner: int, n_outer: int):
@@ -113,8 +120,10 @@ class MergeSlices(RewritePass):
     patterns = tuple(_pattern(a, b) for a in (5, 4, 3) for b in (5, 4, 3))
 
     def prepare(self, graph: gs.Graph) -> None:
-        sources = [p.inputs[0] for n in graph.nodes if n.op == "Slice" and n.inputs
-                   and (p := producer(n.inputs[0])) is not None and p.op == "Slice" and p.inputs]
+        # Shapes are inferred only for pairs that need the rank (negative axes) or a dim (a shared axis).
+        sources = [p.inputs[0] for n in graph.nodes if n.op == "Slice" and len(n.inputs) >= 3
+                   and (p := producer(n.inputs[0])) is not None and p.op == "Slice" and len(p.inputs) >= 3
+                   and p.inputs[0].shape is None and _wants_shape(p.inputs[0], p, n)]
         ensure_shapes(graph, sources)
 
     def check(self, ctx: Match, x: gs.Tensor, **params) -> str | None:

@@ -120,3 +120,18 @@ def test_opset_9_attributes_are_left_alone():
         y = Slice<starts=[1], ends=[5], axes=[2]>(a)
     }"""
     assert_pass_unchanged(model_from_text(text), MergeSlices())
+
+
+def test_shapes_are_inferred_when_a_pair_needs_them():
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 6, 8] x) => (float[?, ?, ?] y) {
+        s = Constant<value = int64[1] {1}>()
+        e = Constant<value = int64[1] {100}>()
+        a = Constant<value = int64[1] {-1}>()
+        r = Relu(x)
+        b = Slice(r, s, e, a)
+        y = Slice(b, s, e, a)
+    }"""
+    out, result = assert_pass_verified(model_from_text(text), MergeSlices(), shape=[2, 6, 8])
+    assert op_counts(out)["Slice"] == 1
