@@ -6,15 +6,16 @@ feeds and compared with the outputs of the graph before the pass (``graphopt.cor
 last verified graph are kept, so each pass costs one session, not two.
 
 The onnxruntime work runs in background threads (onnxruntime releases the GIL; ``graphopt.core.background``): the
-input model's outputs beside the first pass, a pass's outputs beside the next pass. Each session has one
-intra-op thread, leaving the passes in the main thread a core of their own (on 2 cores, a session with the default
-pool beside a pass made it up to 2x slower), and they run one at a time, each after the one before it, except the
-last pass's: the main thread only waits by then, so it runs beside the one still under way. A pass's comparison is resolved
-once the next pass is done, before anything depends on it: the next comparison, an error (an earlier pass that
-broke numerics is the failure to report, not what followed it), the end of the run. A pass with ``on_fail: skip``
-is resolved at once, so that a failing one is dropped, and the graph before it restored, before the next pass runs.
-A pass outside tolerance stops the run with ``VerificationFailed`` naming the pass, the worst output and the first
-divergent tensor (``graphopt.core.divergence``). At the end, the output is compared with the input model's outputs.
+input model's outputs beside the import of the graph and the first pass, a pass's outputs beside the next pass.
+Each session has one intra-op thread, leaving the passes in the main thread a core of their own (on 2 cores, a
+session with the default pool beside a pass made it up to 2x slower), and they run one at a time, each after the
+one before it, except the last pass's: the main thread only waits by then, so it runs beside the one still under
+way. A pass's comparison is resolved once the next pass is done, before anything depends on it: the next
+comparison, an error (an earlier pass that broke numerics is the failure to report, not what followed it), the end
+of the run. A pass with ``on_fail: skip`` is resolved at once, so that a failing one is dropped, and the graph
+before it restored, before the next pass runs. A pass outside tolerance stops the run with ``VerificationFailed``
+naming the pass, the worst output and the first divergent tensor (``graphopt.core.divergence``). At the end, the
+output is compared with the input model's outputs.
 """
 from __future__ import annotations
 
@@ -79,21 +80,19 @@ class _Pending:
 class Verification(Instrument):
     """Checks, runs and compares every changed pass (see the module docstring); ``run.last`` is the graph as the
     last pass left it, split, which ``on_fail: skip`` restores and the run's result saves without splitting again.
-    """
 
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], tolerance: Any,
+    The input model's outputs are started at once, on ``model``: a large export's session takes seconds to build
+    (ShiftViT's 7021 nodes: 2 s), and nothing needs them before the first pass is checked, so they are computed
+    while the pipeline imports the graph and runs the first pass."""
+
+    def __init__(self, model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], tolerance: Any,
                  progress: Callable[[str], None]) -> None:
         self.feeds, self.tolerance, self.progress = feeds, tolerance, progress
         self._pending: _Pending | None = None
         self._ref: Outputs | None = None  # the input model's outputs
         self._prev: Outputs | None = None  # the last verified graph's
-
-    def before_run(self, run: PipelineRun) -> None:
-        # A large export's session takes seconds (ShiftViT's 7021 nodes: 2 s), and nothing needs the outputs
-        # before the first pass is checked.
-        self.progress(f"verify: reference outputs of the input model on {len(self.feeds)} batch(es), beside the "
-                      "first pass")
-        self._reference = self._job = Background("graphopt-reference", _outputs, run.last, self.feeds, 1)
+        progress(f"verify: reference outputs of the input model on {len(feeds)} batch(es), beside the first pass")
+        self._reference = self._job = Background("graphopt-reference", _outputs, model, feeds, 1)
 
     def after_pass(self, ctx: PassContext) -> None:
         if not ctx.result.changed:

@@ -161,9 +161,9 @@ def run_pipeline(model: onnx.ModelProto | SplitModel, passes: Sequence[tuple[Pas
     del model
     feeds = feeds_of(inputs, input_name, model_inputs(split)) if verify else None
     ops_before = op_counts(split.skeleton)
+    checking = Verification(split, feeds, tolerance, progress) if verify else FinalCheck()  # before the import
     run = PipelineRun(graph_from_split(split), passes, last=split if verify else None)
     del split
-    checking = Verification(feeds, tolerance, progress) if verify else FinalCheck()
     # Order matters: timing first after the pass; the honesty check before the graph is sorted; the name map
     # before verification, which names the first divergent tensor through it; progress once the pass stands.
     PassManager([Requirements({"calibration": (feeds, real_data)}), Timing(), Honesty(), Normalize(), NameMapping(),
