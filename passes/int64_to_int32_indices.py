@@ -69,8 +69,10 @@ def value_ranges(graph: gs.Graph) -> dict[int, Range]:
         if not is_onnx(node):
             continue
         for t in node.inputs:
+            if id(t) in ranges or isinstance(t, gs.Constant) and np.dtype(t.dtype) != np.int64:
+                continue  # known, or a weight of another type (not loaded to find out)
             value = const_value(t)
-            if value is not None and value.dtype == np.int64 and value.size and id(t) not in ranges:
+            if value is not None and value.dtype == np.int64 and value.size:
                 ranges[id(t)] = (int(value.min()), int(value.max()))
         if node.op in INDEX_SOURCES:
             r = _index_range(node)
@@ -142,7 +144,7 @@ class Int64ToInt32Indices(Pass):
 
     def run(self, graph: gs.Graph) -> PassResult:
         candidates = [n for n in graph.nodes if n.op in ARITHMETIC and is_onnx(n) and len(n.outputs) == 1
-                      and any(const_value(t) is None for t in n.inputs)]
+                      and any(not isinstance(t, gs.Constant) and const_value(t) is None for t in n.inputs)]
         if not candidates:
             return PassResult(False, {"rewritten": 0, "casts": 0, "skipped": {}})
         ranges = value_ranges(graph)
