@@ -84,3 +84,15 @@ def test_scalar_shape_one_bound_on_a_scalar_x_is_left_alone():
     # x is 0-D, the bounds [1]: Min / Max give shape [1], which a Clip of x would not.
     result = assert_pass_unchanged(model_from_text(text), MinMaxToClip())
     assert result.stats["skipped"] == {REASON_RANK: 1}
+
+
+def test_value_read_inside_a_subgraph_is_a_reader():
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 4] x, bool c) => (float[N, 3, 4] y, float[N, 3, 4] z) <float lo = {-0.5}, float hi = {0.5}> {
+        m = Max(x, lo)
+        y = Min(m, hi)
+        z = If(c) <then_branch = t () => (float[N, 3, 4] a) { a = Identity(m) },
+                   else_branch = e () => (float[N, 3, 4] b) { b = Neg(m) }>
+    }"""
+    assert_pass_unchanged(model_from_text(text), MinMaxToClip())
