@@ -270,18 +270,25 @@ PASS_ARGS: dict[str, dict[str, Any]] = {
 
 
 def pass_configs(repo: Path) -> dict[str, list[dict[str, Any]]]:
-    """label -> pass list (recipe entries): every registered pass alone, then each recipe's pass list (a recipe
-    whose list equals an earlier one is folded into it)."""
+    """label -> pass list (recipe entries): every registered pass alone, but the knowledge library's rewrites
+    (``Pass.library``, fold_constants aside) as one list in the order ``graphopt optimize`` runs them (each still
+    checked and verified on its own by the pipeline, against the graph before it: one export and reference per
+    model instead of one per rewrite), then each recipe's pass list (a recipe whose list equals an earlier one is
+    folded into it)."""
     import yaml
 
-    from graphopt.core.pass_infra import all_passes, pass_params
+    from graphopt.core.pass_infra import all_passes, library_passes, pass_params
 
     configs: dict[str, list[dict[str, Any]]] = {}
+    library = [name for name in library_passes() if name != "fold_constants"]
     for name, cls in all_passes().items():
         args = PASS_ARGS.get(name, {})
         if any(p.default is dataclasses.MISSING and p.name not in args for p in pass_params(cls)):
             continue  # a third-party pass with required arguments the corpus does not know
-        configs[name] = [{"pass": name, **args}]
+        if name not in library:
+            configs[name] = [{"pass": name, **args}]
+    if library:
+        configs["library"] = [{"pass": name} for name in library]
     seen = {json.dumps(v, sort_keys=True) for v in configs.values()}
     for path in sorted((repo / "recipes").glob("*.yaml")):
         entries = [e if isinstance(e, dict) else {"pass": e} for e in (yaml.safe_load(path.read_text()).get("passes")
