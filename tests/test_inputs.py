@@ -461,5 +461,6 @@ def test_precision_of_a_two_input_image_and_vector_model(tmp_path, capsys):
     assert report["calibration"]["items"] == 5 and report["calibration"]["warning"] is None
     # a folder of images feeds one input: for two, an .npz (one line)
     (tmp_path / "imgs").mkdir()
-    code, out, err = cli(capsys, "precision", src, "-o", tmp_path / "p4", "--data", tmp_path / "imgs")
+    code, out, err = cli(capsys, "precision", src, "-o", tmp_path / "p4", "--data", tmp_path / "imgs",
+                         "--mean", "0", "--std", "1")
     assert code == 2 and len(err) == 1 and "give an .npz with one array per input name" in err[0]

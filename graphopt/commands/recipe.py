@@ -110,7 +110,8 @@ def _parse_passes(raw_passes: list, file: str) -> list[PassSpec]:
         pname = entry["pass"]
         if not isinstance(pname, str) or pname not in registry:
             broken = "".join(f"; {why}" for why in plugin_errors().values())
-            raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{closest(str(pname), registry)}{broken}")
+            hint = closest(str(pname), registry) or " (graphopt passes lists them)"
+            raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{hint}{broken}")
         params = {p.name: p for p in pass_params(registry[pname])}
         args = {}
         for key, value in entry.items():
