@@ -1,5 +1,5 @@
-"""What the knowledge library's clean-up rewrites share: element types as ONNX names them, the tensors whose name a
-rewrite must keep, bypassing a node that returns its input, and running a rule to its fixed point."""
+"""What the knowledge library's clean-up rewrites share: the tensors whose name a rewrite must keep, bypassing a
+node that returns its input, and running a rule to its fixed point."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,25 +11,11 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from graphopt.core.ir import producer, replace_uses, set_tensors
 from graphopt.core.pass_infra import PassResult
 
-__all__ = ["onnx_dtype", "kept_names", "bypass", "to_fixed_point", "shared_pairs", "static_dim", "peek_values",
+__all__ = ["kept_names", "bypass", "to_fixed_point", "shared_pairs", "static_dim", "peek_values",
            "MAX_ROUNDS"]
 
 # A chain of n foldable pairs takes n - 1 rounds; past this many the rest waits for the next run of the pass.
 MAX_ROUNDS = 64
-
-
-def onnx_dtype(t: gs.Tensor) -> int | None:
-    """``t``'s ONNX element type, None when unknown. gs holds numpy dtypes, or the ONNX enum for types numpy has no
-    dtype for (bfloat16, float8), so numpy dtypes alone would call those equal to unrelated types."""
-    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
-
-    dtype = t.export_dtype if isinstance(t, gs.Constant) and t.export_dtype is not None else t.dtype
-    if dtype is None:
-        return None
-    try:
-        return int(dtype_to_onnx(dtype))
-    except Exception:  # noqa: BLE001 - a type gs cannot name: unknown
-        return None
 
 
 def peek_values(c: gs.Constant) -> np.ndarray:

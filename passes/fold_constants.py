@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import ensure_shapes, producer, replace_uses
+from graphopt.core.ir import ensure_shapes, onnx_dtype, producer, replace_uses
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphopt.core.sessions import create_session
 
@@ -33,23 +33,6 @@ _FOLDABLE_KINDS = "biuf"
 
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
-
-
-def _onnx_dtype(t: gs.Tensor) -> int | None:
-    """``t``'s ONNX element type, None when unknown. gs holds numpy dtypes, or the ONNX enum for types numpy has
-    no dtype for (bfloat16, float8): comparing numpy dtypes would call those equal to unrelated types."""
-    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
-
-    if isinstance(t, gs.Constant):
-        dtype = t.export_dtype if t.export_dtype is not None else t.dtype
-    else:
-        dtype = t.dtype
-    if dtype is None:
-        return None
-    try:
-        return int(dtype_to_onnx(dtype))
-    except Exception:  # noqa: BLE001 - a type gs cannot name: unknown
-        return None
 
 
 def if_condition_cone(graph: gs.Graph) -> set[int]:
@@ -227,7 +210,7 @@ def _noop_reason(node: gs.Node) -> str | None:
         return None
     x = node.inputs[0]
     if node.op == "Cast" and "to" in node.attrs:
-        dtype = _onnx_dtype(x)
+        dtype = onnx_dtype(x)
         if dtype is not None and dtype == int(node.attrs["to"]):
             return "Cast to the same dtype"
     if node.op == "Reshape" and len(node.inputs) == 2:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import ensure_shapes, producer
+from graphopt.core.ir import ensure_shapes, onnx_dtype, producer
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import bypass, kept_names, onnx_dtype, shared_pairs, to_fixed_point
+from ._graph_edits import bypass, kept_names, shared_pairs, to_fixed_point
 
 __all__ = ["MergeCasts", "holds_every_value"]
 

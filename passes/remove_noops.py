@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import const_value, ensure_shapes, producer
+from graphopt.core.ir import const_value, ensure_shapes, onnx_dtype, producer
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
-from ._graph_edits import bypass, kept_names, onnx_dtype, static_dim
+from ._graph_edits import bypass, kept_names, static_dim
 from .insert_fusion_breaker import BREAKER_PREFIX
 
 __all__ = ["RemoveNoops"]

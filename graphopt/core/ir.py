@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from .forms import adopt_graph, export_graph, import_graph, split_graph, weights_as_inputs
 from .shapes import infer_shapes
 
-__all__ = ["to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers", "const_value",
+__all__ = ["onnx_dtype", "to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers", "const_value",
            "make_name", "replace_graph", "set_tensors", "replace_uses", "inferred_types", "ensure_shapes",
            "constants_to_initializers"]
 
@@ -160,3 +160,17 @@ def constants_to_initializers(graph: gs.Graph) -> int:
         replace_uses(out, const)
         moved += 1
     return moved
+
+
+def onnx_dtype(t: gs.Tensor) -> int | None:
+    """``t``'s ONNX element type, None when unknown. gs holds numpy dtypes, or the ONNX enum for types numpy has no
+    dtype for (bfloat16, float8), so numpy dtypes alone would call those equal to unrelated types."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+
+    dtype = t.export_dtype if isinstance(t, gs.Constant) and t.export_dtype is not None else t.dtype
+    if dtype is None:
+        return None
+    try:
+        return int(dtype_to_onnx(dtype))
+    except Exception:  # noqa: BLE001 - a type gs cannot name: unknown
+        return None
