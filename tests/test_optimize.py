@@ -151,3 +151,51 @@ def test_sign_test():
     assert sign_test_p(0, 15) == 1.0
     assert sign_test_p(12, 15) == pytest.approx(0.0176, abs=1e-4)  # 12 of 15 wins: p < 0.05
     assert sign_test_p(11, 15) > 0.05
+
+
+FAKE_ATC = """#!/usr/bin/env bash
+# Records its arguments, then "compiles": the .om is a copy of the ONNX model.
+printf '%s\\n' "$@" >> "$FAKE_ATC_LOG"
+for a in "$@"; do case "$a" in --output=*) out="${a#--output=}";; --model=*) model="${a#--model=}";; esac; done
+cp "$model" "$out.om"
+"""
+
+# A deterministic NPU: a model's mean compute time is its node count (ms), printed as ais_bench prints it.
+FAKE_AIS_BENCH = '''
+import argparse, os
+import onnx
+p = argparse.ArgumentParser()
+for a in ("--model", "--input", "--output", "--output_dirname", "--outfmt", "--batchsize", "--warmup_count", "--loop"):
+    p.add_argument(a)
+a = p.parse_args()
+os.makedirs(os.path.join(a.output, a.output_dirname), exist_ok=True)
+t = float(len(onnx.load(a.model).graph.node))
+print("[INFO] -----------------Performance Summary------------------")
+print(f"[INFO] NPU_compute_time (ms): min = {t}, max = {t}, mean = {t}, median = {t}, percentile(99%) = {t}")
+print(f"[INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean({t}): {1000 / t}")
+'''
+
+
+def test_the_speed_gate_times_the_npu_with_atc_and_ais_bench_when_installed(env, tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "atc").write_text(FAKE_ATC)
+    (tools / "atc").chmod(0o755)
+    (tools / "fake_ais_bench.py").write_text(FAKE_AIS_BENCH)
+    env = {**env, "PATH": f"{tools}{os.pathsep}{env['PATH']}", "FAKE_ATC_LOG": str(tmp_path / "atc.log"),
+           "GRAPHOPT_AIS_BENCH": f"{sys.executable} {tools / 'fake_ais_bench.py'}"}
+    only = ("--only", "opt_test_drop_identity")
+    proc = graphopt(env, "optimize", "m.onnx", "-o", "out", *only, "--gate", "speed", cwd=tmp_path)
+    assert proc.returncode == 2 and "--soc-version" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = graphopt(env, "optimize", "m.onnx", "-o", "out", *only, "--gate", "speed", "--soc-version", "Ascend310P3",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the speed gate times the NPU (Ascend310P3)" in proc.stderr
+    attempt, = json.loads((tmp_path / "out" / "optimize.json").read_text())["attempts"]
+    # 4 nodes before, 2 after (the Identities gone): faster in all 7 rounds
+    assert attempt["decision"] == "kept" and attempt["latency_ms"] == [4.0, 2.0]
+    calls = (tmp_path / "atc.log").read_text().split("\n")
+    assert calls.count("--soc_version=Ascend310P3") == 2 and "--framework=5" in calls
+    proc = graphopt(env, "optimize", "m.onnx", "-o", "out2", *only, "--gate", "speed", "--gate-backend",
+                    "onnxruntime", cwd=tmp_path)
+    assert proc.returncode == 0 and "the speed gate times onnxruntime" in proc.stderr

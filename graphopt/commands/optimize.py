@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,10 +79,11 @@ def _hits(stats: dict[str, Any]) -> int:
 
 
 def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: list[dict], tolerance: Tolerance, *,
-                   gate: str | None = None, rounds: int = 4, race_rounds: int = 15,
+                   gate: str | None = None, rounds: int = 4, race_rounds: int = 15, race_fn: Callable | None = None,
                    progress: Callable[[str], None] = _stderr) -> tuple[list[str], list[Attempt], SplitModel]:
     """The search over ``rewrites`` (pass classes, each run with its defaults): returns the names of the kept
-    rewrites in the order they applied, every attempt that changed the graph, and the model they leave."""
+    rewrites in the order they applied, every attempt that changed the graph, and the model they leave.
+    ``race_fn(a, b, feed) -> Race``: the speed gate's timing (default onnxruntime's, ``core.latency.race``)."""
     current = split
     reference = Runner(current).run(feeds)
     kept: list[str] = []
@@ -114,8 +116,8 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
                 progress(f"[round {r}] {name}: broke numerics ({attempt.detail}); dropped")
                 continue
             if gate == "speed":
-                outcome = race(export_graph(graph_from_split(current)), export_graph(graph_from_split(after)),
-                               feeds[0], rounds=race_rounds)
+                a, b = export_graph(graph_from_split(current)), export_graph(graph_from_split(after))
+                outcome = race_fn(a, b, feeds[0]) if race_fn else race(a, b, feeds[0], rounds=race_rounds)
                 attempt.latency_ms = (outcome.a_ms, outcome.b_ms)
                 if not outcome.faster:
                     attempt.decision = "not faster"
@@ -200,8 +202,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     specs, paths, primary = input_specs(args, split)
     feeds = resolve_inputs(split, specs, paths=paths).feeds(args.samples, args.seed, data=args.data, primary=primary)
     classes = all_passes()
-    kept, attempts, _ = optimize_model(split, [classes[n] for n in names], feeds, tolerance, gate=args.gate,
-                                       rounds=args.rounds)
+    with tempfile.TemporaryDirectory(prefix="graphopt-race-") as workdir:
+        race_fn = _gate_backend(args, Path(workdir)) if args.gate else None
+        kept, attempts, _ = optimize_model(split, [classes[n] for n in names], feeds, tolerance, gate=args.gate,
+                                           rounds=args.rounds, race_fn=race_fn)
     del split
     text = recipe_text(f"{stem}-optimized", path, kept, specs, args.samples, args.seed, args.data, tolerance)
     table = attempts_table(attempts, args.gate)
@@ -219,6 +223,30 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate_backend(args: argparse.Namespace, workdir: Path) -> Callable | None:
+    """The speed gate's timing: ATC + ais_bench on the NPU when both are installed (``--gate-backend auto``) or
+    asked for (``npu``), else onnxruntime (None: ``core.latency.race``)."""
+    from ..ascend.cann_tools import ais_bench_command, find_atc
+
+    atc, ais = find_atc(), ais_bench_command()
+    if args.gate_backend == "onnxruntime" or (args.gate_backend == "auto" and not (atc and ais)):
+        _stderr("optimize: the speed gate times onnxruntime on this machine's CPU")
+        return None
+    if not (atc and ais):
+        raise UserError("--gate-backend npu: " + ("atc is not on PATH" if not atc else "ais_bench is not installed")
+                        + " (source CANN's set_env.sh, pip install ais_bench)")
+    if not args.soc_version:
+        raise UserError("--gate speed on the NPU: give --soc-version (from npu-smi info), e.g. Ascend310P3")
+    from ..ascend.npu_race import npu_race
+    from ..ascend.soc import check_soc_version
+
+    check_soc_version(args.soc_version, "--soc-version")
+    _stderr(f"optimize: the speed gate times the NPU ({args.soc_version}) with atc and ais_bench")
+    counter = iter(range(1 << 30))
+    return lambda a, b, feed: npu_race(a, b, feed, atc=atc, ais_bench=ais, soc_version=args.soc_version,
+                                       workdir=workdir / f"race{next(counter)}", log=_stderr)
+
+
 def _names(values: Sequence[str]) -> list[str]:
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
@@ -234,6 +262,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--skip", action="append", default=[], metavar="NAMES", help="not these rewrites (comma list)")
     p.add_argument("--gate", choices=["speed"], help="keep a verified rewrite only when onnxruntime runs the model "
                                                      "measurably faster with it")
+    p.add_argument("--gate-backend", choices=["auto", "onnxruntime", "npu"], default="auto",
+                   help="what --gate speed times: auto = ATC + ais_bench on the NPU when installed, else onnxruntime")
+    p.add_argument("--soc-version", help="the NPU the gate compiles for (from npu-smi info), e.g. Ascend310P3")
     p.add_argument("--rounds", type=int, default=4, help="at most this many passes over the library (default 4)")
     add_comparison_arguments(p, samples=2)
     add_force_argument(p, "DIR")
