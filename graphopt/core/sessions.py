@@ -1,13 +1,15 @@
 """Every onnxruntime session graphopt builds comes from here: CPU, quiet unless ``-v``, and one of three
 optimisation levels, named for what the session is for.
 
-- ``"compare"``: verification, diff, bisect, fp16 emulation. Basic optimisations only, so a comparison measures the
+- ``"compare"``: verification, diff, bisect. Basic optimisations only, so a comparison measures the
   graph as written rather than onnxruntime's fusions of it; ``Pad_Fusion`` off, because it folds a zero Pad into a
   following MaxPool whose own padding is -inf, which is wrong whenever the padded input can be negative (BiT's
   stem: Conv -> Pad -> MaxPool; onnxsim/onnxsim#290).
 - ``"evaluate"``: a value computed once (constant folding, a probe of a small subgraph). No optimisation: each op's
   own kernel, nothing fused into what is being evaluated, and the cheapest session to build.
-- ``"deploy"``: the onnxruntime backend standing in for the NPU, with every optimisation a deployment would get.
+- ``"deploy"``: the onnxruntime backend standing in for the NPU, latency races, and the fp16 emulation (whose fp32
+  reference runs in the same session, so both see the same optimisations), with every optimisation a deployment
+  would get.
 """
 from __future__ import annotations
 
