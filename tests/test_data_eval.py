@@ -896,5 +896,7 @@ def test_a_kept_type_the_graph_lacks_is_reported_not_refused(tmp_path, capsys):
             "may form it by fusion)") in stderr.splitlines()
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["configs_absent_types"] == ["LayerNorm"]
+    assert "The ATC configs keep `LayerNorm`, which no op of the graph maps to" in (
+        tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "ops_info.json").read_text()) == {
         "black-list": {"to-add": ["LayerNorm", "Conv2D"]}}

@@ -68,6 +68,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"top-1 agreement {_fmt(final['top1_agreement'], '.4f')}: "
                 f"{'within' if final['passed'] else 'OUTSIDE'} tolerance.", ""]
     out += ["## Op types changed", "", _ops_table(report["ops_before"], report["ops_after"]), ""]
+    absent = report.get("configs_absent_types")
+    if absent:
+        out += ["## Kept op types the graph lacks", "",
+                f"The ATC configs keep {', '.join(f'`{a}`' for a in absent)}, which no op of the graph maps to: "
+                "ATC can still form them by fusion (LayerNorm from a decomposed layer norm).", ""]
     if report.get("files"):
         out += ["## Files", ""] + [f"- `{f}`" for f in report["files"]] + [""]
     return "\n".join(out)
