@@ -10,8 +10,9 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt.core.ir import producer, replace_uses, set_tensors
 from graphopt.core.pass_infra import PassResult
+from graphopt.core.rules import RewritePass
 
-__all__ = ["kept_names", "bypass", "to_fixed_point", "shared_pairs", "static_dim", "peek_values",
+__all__ = ["kept_names", "bypass", "to_fixed_point", "merge_to_fixed_point", "shared_pairs", "static_dim", "peek_values",
            "MAX_ROUNDS"]
 
 # A chain of n foldable pairs takes n - 1 rounds; past this many the rest waits for the next run of the pass.
@@ -64,6 +65,17 @@ def to_fixed_point(run_once: Callable[[], PassResult], graph: gs.Graph) -> PassR
         result = run_once()
     stats = {**result.stats, "rewritten": rewritten}
     return PassResult(rewritten > 0, stats, renamed=renamed)
+
+
+def merge_to_fixed_point(rule: RewritePass, graph: gs.Graph, op: str, kept: set[int]
+                         ) -> tuple[PassResult, dict[str, int]]:
+    """A merge rule over pairs of ``op`` run to its fixed point, and its skip reasons with the pairs it leaves
+    because their first node is read elsewhere (``shared_pairs``)."""
+    result = to_fixed_point(lambda: RewritePass.run(rule, graph), graph)
+    skipped = dict(result.stats["skipped"])
+    if shared := shared_pairs(graph, op, kept):
+        skipped[f"first {op} read elsewhere"] = shared
+    return result, skipped
 
 
 def shared_pairs(graph: gs.Graph, op: str, kept: set[int]) -> int:

@@ -9,7 +9,7 @@ from graphopt.core.ir import ensure_shapes, onnx_dtype, producer
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import bypass, kept_names, shared_pairs, to_fixed_point
+from ._graph_edits import bypass, kept_names, merge_to_fixed_point
 
 __all__ = ["MergeCasts", "holds_every_value"]
 
@@ -113,9 +113,6 @@ class MergeCasts(RewritePass):
         same = self._same_type(graph)
         if same:
             graph.cleanup()
-        result = to_fixed_point(lambda: RewritePass.run(self, graph), graph)
-        skipped = dict(result.stats["skipped"])
-        if shared := shared_pairs(graph, "Cast", self._kept):
-            skipped["first Cast read elsewhere"] = shared
+        result, skipped = merge_to_fixed_point(self, graph, "Cast", self._kept)
         stats = {"rewritten": result.stats["rewritten"] + same, "same_type": same, "skipped": skipped}
         return PassResult(result.changed or same > 0, stats, renamed=self._renamed)

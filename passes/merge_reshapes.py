@@ -8,7 +8,7 @@ from graphopt.core.ir import const_value, make_name
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import kept_names, shared_pairs, static_dim, to_fixed_point
+from ._graph_edits import kept_names, merge_to_fixed_point, static_dim
 
 __all__ = ["MergeReshapes", "merged_target"]
 
@@ -75,8 +75,5 @@ class MergeReshapes(RewritePass):
         return op.Reshape(x, s2, **ctx.root.attrs)
 
     def run(self, graph: gs.Graph) -> PassResult:
-        result = to_fixed_point(lambda: RewritePass.run(self, graph), graph)
-        skipped = dict(result.stats["skipped"])
-        if shared := shared_pairs(graph, "Reshape", kept_names(graph)):
-            skipped["first Reshape read elsewhere"] = shared
+        result, skipped = merge_to_fixed_point(self, graph, "Reshape", kept_names(graph))
         return PassResult(result.changed, {"rewritten": result.stats["rewritten"], "skipped": skipped})

@@ -9,7 +9,7 @@ from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 from graphopt.core.shape_probe import slice_range
 
-from ._graph_edits import kept_names, shared_pairs, static_dim, to_fixed_point
+from ._graph_edits import kept_names, merge_to_fixed_point, static_dim
 
 __all__ = ["MergeSlices", "compose_slices"]
 
@@ -138,8 +138,5 @@ class MergeSlices(RewritePass):
         return op.Slice(x, *consts)
 
     def run(self, graph: gs.Graph) -> PassResult:
-        result = to_fixed_point(lambda: RewritePass.run(self, graph), graph)
-        skipped = dict(result.stats["skipped"])
-        if shared := shared_pairs(graph, "Slice", kept_names(graph)):
-            skipped["first Slice read elsewhere"] = shared
+        result, skipped = merge_to_fixed_point(self, graph, "Slice", kept_names(graph))
         return PassResult(result.changed, {"rewritten": result.stats["rewritten"], "skipped": skipped})

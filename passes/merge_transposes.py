@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import bypass, kept_names, shared_pairs, to_fixed_point
+from ._graph_edits import bypass, kept_names, merge_to_fixed_point
 
 __all__ = ["MergeTransposes", "composed_perm"]
 
@@ -81,11 +81,7 @@ class MergeTransposes(RewritePass):
         identities = self._identities(graph)
         if identities:
             graph.cleanup()
-        result = to_fixed_point(lambda: RewritePass.run(self, graph), graph)
-        shared = shared_pairs(graph, "Transpose", self._kept)
-        skipped = dict(result.stats["skipped"])
-        if shared:
-            skipped["first Transpose read elsewhere"] = shared
+        result, skipped = merge_to_fixed_point(self, graph, "Transpose", self._kept)
         stats = {"rewritten": result.stats["rewritten"] + identities, "identity_perms": identities,
                  "skipped": skipped}
         return PassResult(result.changed or identities > 0, stats, renamed=self._renamed)
