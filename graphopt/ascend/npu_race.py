@@ -8,7 +8,6 @@ feed's shapes static) and each round runs ``ais_bench`` once per model, ``--loop
 """
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..core.errors import UserError
-from ..core.latency import Race, sign_test_p
+from ..core.latency import Race, race_timers
 from .ais_bench import ais_bench_argv, run_ais_bench, summary_latency
 from .atc import atc_jobs
 from .cann_tools import run_atc
@@ -58,13 +57,7 @@ def npu_race(a: onnx.ModelProto, b: onnx.ModelProto, feed: Mapping[str, np.ndarr
         np.ascontiguousarray(arr).tofile(folder / "item_0.bin")
         folders.append(folder)
     batch = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
-    ta, tb, wins = [], [], 0
-    for k in range(rounds):
-        order = (("a", om_a), ("b", om_b)) if k % 2 == 0 else (("b", om_b), ("a", om_a))
-        times = {tag: _time(ais_bench, om, folders, workdir, f"{tag}_{k}", batch, loop) for tag, om in order}
-        ta.append(times["a"])
-        tb.append(times["b"])
-        wins += times["b"] < times["a"]
-    a_ms, b_ms = statistics.median(ta), statistics.median(tb)
-    p = sign_test_p(wins, rounds)
-    return Race(a_ms, b_ms, wins, rounds, p, p <= alpha and b_ms <= a_ms)
+    runs = iter(range(1 << 30))  # each ais_bench run its own output folder
+    return race_timers(lambda: _time(ais_bench, om_a, folders, workdir, f"a_{next(runs)}", batch, loop),
+                       lambda: _time(ais_bench, om_b, folders, workdir, f"b_{next(runs)}", batch, loop),
+                       rounds=rounds, alpha=alpha)

@@ -12,14 +12,14 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
 
 from .sessions import create_session
 
-__all__ = ["Race", "race", "sign_test_p"]
+__all__ = ["Race", "race", "race_timers", "sign_test_p"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,10 @@ def _timer(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]):
     return once
 
 
-def race(a: onnx.ModelProto, b: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, rounds: int = 15,
-         warmup: int = 2, pause: float = 0.02, alpha: float = 0.05, min_gain: float = 0.0) -> Race:
-    """Time ``a`` and ``b`` (whole models, weights included, so onnxruntime optimises them as it would deploy them)
-    on ``feed``: ``rounds`` interleaved pairs after ``warmup`` runs each."""
-    time_a, time_b = _timer(a, feed), _timer(b, feed)
-    for _ in range(warmup):
-        time_a(), time_b()
+def race_timers(time_a: Callable[[], float], time_b: Callable[[], float], *, rounds: int, pause: float = 0.0,
+                alpha: float = 0.05, min_gain: float = 0.0) -> Race:
+    """``rounds`` rounds of one call of each timer (milliseconds), in alternating order, decided by the sign test:
+    the shared core of every backend's race (onnxruntime here, the NPU in ``graphopt.ascend.npu_race``)."""
     ta, tb, wins = [], [], 0
     for k in range(rounds):
         time.sleep(pause)
@@ -77,5 +74,14 @@ def race(a: onnx.ModelProto, b: onnx.ModelProto, feed: Mapping[str, np.ndarray],
         wins += y < x
     a_ms, b_ms = statistics.median(ta), statistics.median(tb)
     p = sign_test_p(wins, rounds)
-    faster = p <= alpha and b_ms <= a_ms * (1 - min_gain)
-    return Race(a_ms, b_ms, wins, rounds, p, faster)
+    return Race(a_ms, b_ms, wins, rounds, p, p <= alpha and b_ms <= a_ms * (1 - min_gain))
+
+
+def race(a: onnx.ModelProto, b: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, rounds: int = 15,
+         warmup: int = 2, pause: float = 0.02, alpha: float = 0.05, min_gain: float = 0.0) -> Race:
+    """Time ``a`` and ``b`` (whole models, weights included, so onnxruntime optimises them as it would deploy them)
+    on ``feed``: ``rounds`` interleaved pairs after ``warmup`` runs each."""
+    time_a, time_b = _timer(a, feed), _timer(b, feed)
+    for _ in range(warmup):
+        time_a(), time_b()
+    return race_timers(time_a, time_b, rounds=rounds, pause=pause, alpha=alpha, min_gain=min_gain)
