@@ -86,6 +86,7 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
     ``race_fn(a, b, feed) -> Race``: the speed gate's timing (default onnxruntime's, ``core.latency.race``)."""
     current = split
     reference = Runner(current).run(feeds)
+    current_proto = None  # ``current`` as one ModelProto for the speed gate, made once per kept rewrite
     kept: list[str] = []
     attempts: list[Attempt] = []
     for r in range(1, rounds + 1):
@@ -116,7 +117,9 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
                 progress(f"[round {r}] {name}: broke numerics ({attempt.detail}); dropped")
                 continue
             if gate == "speed":
-                a, b = export_graph(graph_from_split(current)), export_graph(graph_from_split(after))
+                if current_proto is None:
+                    current_proto = export_graph(graph_from_split(current))
+                a, b = current_proto, export_graph(graph_from_split(after))
                 outcome = race_fn(a, b, feeds[0]) if race_fn else race(a, b, feeds[0], rounds=race_rounds)
                 attempt.latency_ms = (outcome.a_ms, outcome.b_ms)
                 if not outcome.faster:
@@ -124,7 +127,7 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
                     attempt.detail = f"won {outcome.wins}/{outcome.rounds} timed rounds, p = {outcome.p_value:.3f}"
                     progress(f"[round {r}] {name}: verified, {outcome.change:+.1%} latency, {attempt.detail}; dropped")
                     continue
-            current, reference = after, got
+            current, reference, current_proto = after, got, (b if gate == "speed" else None)
             kept.append(name)
             changed = True
             progress(f"[round {r}] {name}: {attempt.hits} hit(s), max_abs {attempt.max_abs:.2e}; kept")
