@@ -6,24 +6,16 @@ from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt.core.ir import producer, replace_uses, set_tensors
 from graphopt.core.pass_infra import PassResult
 from graphopt.core.rules import RewritePass
 
-__all__ = ["kept_names", "bypass", "to_fixed_point", "merge_to_fixed_point", "shared_pairs", "static_dim", "peek_values",
+__all__ = ["kept_names", "bypass", "to_fixed_point", "merge_to_fixed_point", "shared_pairs", "static_dim",
            "MAX_ROUNDS"]
 
 # A chain of n foldable pairs takes n - 1 rounds; past this many the rest waits for the next run of the pass.
 MAX_ROUNDS = 64
-
-
-def peek_values(c: gs.Constant) -> np.ndarray:
-    """``c``'s values without gs caching them in ``c`` (``Constant.values`` loads and keeps lazily loaded ones: a
-    weight read only to compare it would stay in memory, and a string tensor kept so is one gs cannot export)."""
-    values = c.__dict__.get("_values")
-    return np.asarray(values.load() if isinstance(values, LazyValues) else c.values)
 
 
 def kept_names(graph: gs.Graph) -> set[int]:

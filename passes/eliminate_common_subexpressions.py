@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import make_name, replace_uses
+from graphopt.core.ir import make_name, peek_values, replace_uses
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
-from ._graph_edits import kept_names, peek_values
+from ._graph_edits import kept_names
 
 __all__ = ["EliminateCommonSubexpressions", "RANDOM_OPS"]
 

@@ -6,9 +6,10 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphopt.core.ir import peek_values
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 
-from ._graph_edits import kept_names, peek_values
+from ._graph_edits import kept_names
 
 __all__ = ["MergeDuplicateInitializers"]
 

@@ -143,3 +143,18 @@ def test_identity_hash_leaves_string_constants_unloaded():
         structure_hash(model, weights=weights)
     assert isinstance(model.graph.tensors()["keys"]._values, gs.ir.tensor.LazyValues)
     assert onnx.numpy_helper.to_array(model.proto().graph.initializer[0]).tolist() == ["a", "b"]
+
+
+def test_const_value_leaves_string_constants_exportable():
+    # A string constant read through const_value (as every folding pass reads constants) stays exportable: gs keeps
+    # what ``Constant.values`` loads, and a loaded string array is one it cannot write back.
+    from graphopt.core.ir import const_value
+
+    keys = onnx.helper.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Equal", ["x", "keys"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [2])], initializer=[keys])
+    model = Model.from_proto(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 19)]))
+    assert const_value(model.graph.tensors()["keys"]).tolist() == ["a", "b"]
+    assert onnx.numpy_helper.to_array(model.proto().graph.initializer[0]).tolist() == ["a", "b"]

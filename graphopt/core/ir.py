@@ -11,11 +11,13 @@ from typing import Iterable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .forms import adopt_graph, export_graph, import_graph, split_graph, weights_as_inputs
 from .shapes import infer_shapes
 
 __all__ = ["onnx_dtype", "to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers", "const_value",
+           "peek_values",
            "make_name", "replace_graph", "set_tensors", "replace_uses", "inferred_types", "ensure_shapes",
            "constants_to_initializers"]
 
@@ -64,12 +66,12 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return peek_values(tensor)
     node = producer(tensor)
     if node is not None and node.op == "Constant":
         value = node.attrs.get("value")
         if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
+            return peek_values(value)
         if value is not None:
             return np.asarray(value)
         for key in ("value_float", "value_int"):
@@ -79,6 +81,13 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
             if key in node.attrs:
                 return np.asarray(node.attrs[key])
     return None
+
+
+def peek_values(c: gs.Constant) -> np.ndarray:
+    """``c``'s values without gs caching them in ``c`` (``Constant.values`` loads and keeps lazily loaded ones: a
+    weight read only to compare it would stay in memory, and a string tensor kept so is one gs cannot export)."""
+    values = c.__dict__.get("_values")
+    return np.asarray(values.load() if isinstance(values, LazyValues) else c.values)
 
 
 def make_name(graph: gs.Graph, base: str) -> str:
