@@ -149,3 +149,35 @@ def test_attribute_match_uses_the_schema_default(attrs, opset, matches):
     found, skipped = find_matches(_Softmax(), graph)
     assert len(found) == int(matches)
     assert skipped == ({} if matches else {"Softmax axis=1, expected -1": 1})
+
+
+class TypedReplacements(RewritePass):
+    """Relu(x) as Where(x > 0, x, 0), built through ops whose outputs are typed differently (checks the types)."""
+
+    name = "typed_replacements"
+
+    def pattern(self, op, x):
+        return op.Relu(x)
+
+    def rewrite(self, op, ctx, x):
+        positive = op.Greater(x, 0.0)
+        as_int = op.Cast(positive, to=6)  # INT32
+        shape = op.Shape(x)
+        back = op.Cast(as_int, to=1)  # FLOAT
+        like = op.CastLike(back, x)
+        self.made = {"greater": positive.dtype, "cast": as_int.dtype, "shape": shape.dtype, "castlike": like.dtype}
+        return op.Mul(x, like)
+
+
+@pytest.mark.parametrize("dtype", ["float", "float16"])
+def test_node_builder_types_outputs_by_op(dtype):
+    import numpy as np
+
+    model = model_from_text(f'<ir_version: 8, opset_import: ["" : 17]>\ng ({dtype}[N, 8] x) => ({dtype}[N, 8] y) '
+                            '{\ny = Relu(x)\n}')
+    rule = TypedReplacements()
+    after, _ = assert_pass_verified(model, rule, shape=[4, 8],
+                                    tolerance=Tolerance(max_abs=0.0, cosine=0.999999, top1_agreement=None))
+    assert rule.made == {"greater": np.bool_, "cast": np.int32, "shape": np.int64,
+                         "castlike": np.float16 if dtype == "float16" else np.float32}
+    assert "Relu" not in _ops(after)

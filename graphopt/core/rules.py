@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .ir import const_value, make_name, opset_of
@@ -72,6 +73,29 @@ class Match:
         return [v for n in self.nodes for t in n.inputs if (v := const_value(t)) is not None]
 
 
+# Standard ops whose output type is not their first input's: a fixed one, or the ``to`` attribute's (Cast).
+_BOOL_OUTPUTS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Not",
+                           "IsNaN", "IsInf"})
+_INT64_OUTPUTS = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "NonMaxSuppression"})
+
+
+def _output_dtype(op: str, attrs: dict, inputs: tuple, first: Any, domain: str | None) -> Any:
+    """The dtype of a built node's (first) output: its first tensor input's for the ops that keep it, the fixed or
+    asked-for one for those that do not, None (left to shape inference) when it is not known."""
+    if domain not in (None, "", "ai.onnx"):
+        return None  # a custom op: its typing is its own
+    if op in _BOOL_OUTPUTS:
+        return np.bool_
+    if op in _INT64_OUTPUTS:
+        return np.int64
+    if op == "Cast":
+        return onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]) if "to" in attrs else None
+    if op == "CastLike":
+        like = inputs[1] if len(inputs) > 1 else None
+        return like.dtype if isinstance(like, gs.Tensor) else None
+    return first
+
+
 class NodeBuilder:
     """``op`` of a replacement: ``op.<OpType>(*inputs, _domain=, _tag=, **attrs)`` appends a node named
     ``<root>_<tag>`` (``root``: the matched result node's name, else its op; ``tag``: the rule's name by default;
@@ -89,11 +113,11 @@ class NodeBuilder:
         def make(*inputs, _domain: str | None = None, _tag: str | None = None, **attrs) -> gs.Variable:
             graph, root = self._match.graph, self._match.root
             name = make_name(graph, f"{root.name or root.op}_{_tag or self._match.rule.name}")
-            dtype = next((t.dtype for t in inputs if isinstance(t, gs.Tensor) and t.dtype is not None), np.float32)
+            dtype = next((t.dtype for t in inputs if isinstance(t, gs.Tensor) and t.dtype is not None), None)
             tensors = [t if isinstance(t, gs.Tensor) else
-                       gs.Constant(make_name(graph, f"{name}_c{i}"), np.array(t, dtype=dtype))
+                       gs.Constant(make_name(graph, f"{name}_c{i}"), np.array(t, dtype=dtype or np.float32))
                        for i, t in enumerate(inputs)]
-            out = gs.Variable(make_name(graph, f"{name}_out"), dtype=dtype)
+            out = gs.Variable(make_name(graph, f"{name}_out"), dtype=_output_dtype(op, attrs, inputs, dtype, _domain))
             node = gs.Node(op, name, attrs, tensors, [out], domain=_domain)
             graph.nodes.append(node)
             self.created.append(node)
