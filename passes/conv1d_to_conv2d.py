@@ -26,8 +26,8 @@ class Conv1dToConv2d(RewritePass):
 
     Why: ATC turns each Conv1d into a Conv2d with a TransData (format conversion) before and after it; in a
     chain of 1-D convs these conversions cost (msit ``knowledge_conv1d2conv2d.py``, rules doc section Conv1d 转
-    Conv2d). Done per Conv: the Squeeze -> Unsqueeze pairs it leaves between adjacent convs are for a
-    cancellation rule to remove.
+    Conv2d). Done per Conv: the Squeeze -> Unsqueeze pairs it leaves between adjacent convs are
+    ``cancel_squeeze_unsqueeze``'s to remove.
     """
 
     library = True
