@@ -27,9 +27,11 @@ Shapes inferred to find units are dropped from the emulated graph (onnxruntime i
 Switches: the emulated graph has two extra inputs, ``graphopt_fp16_units`` (bool, one per unit) and
 ``graphopt_gelu_high_performance`` (bool scalar). Every node of a unit becomes an ``If(switch)`` whose
 then-branch is a copy of the node reading its float inputs rounded to fp16 (constants rounded once, when the graph
-is built) and rounding its outputs, and whose else-branch is the node itself, so one onnxruntime session serves
-every precision assignment (a trial is one ``session.run`` with another switch vector, never a new conversion), a
-unit switched off costs what the node costs, and weights stay constants of their node in either branch (onnxruntime
+is built; weights of ``OUTER_WEIGHT_ELEMENTS`` or more are read from the outer scope, where the model holds them
+once, through Cast nodes onnxruntime folds when it builds the session) and rounding its outputs, and whose
+else-branch is the node itself, so one onnxruntime session serves every precision assignment (a trial is one
+``session.run`` with another switch vector, never a new conversion), a unit switched off costs what the node
+costs, and weights stay constants of their node in either branch (onnxruntime
 prepacks them). All switches off computes the fp32 model (to float rounding noise: onnxruntime may pick other
 kernels inside the branches).
 
@@ -59,8 +61,8 @@ from ..core.pattern import NoMatch
 from ..core.sessions import create_session
 from .op_types import ascend_op_type
 from .fp16_units import (CUBE_OPS, DATA_MOVEMENT_OPS, GELU_INPUT, PRECISION_MODES, REDUCE_OPS, UNITS_INPUT,
-                         Fp16Editor, Unit, cube_flops, int_dims, is_float, match_decomposed_layernorm, numel,
-                         reduce_axes, unit_ascend_type, unit_origins)
+                         Fp16Editor, Unit, big_weights, cube_flops, int_dims, is_float, match_decomposed_layernorm,
+                         numel, reduce_axes, unit_ascend_type, unit_origins, weightless)
 
 if TYPE_CHECKING:
     from ..core.runner import Outputs
@@ -84,8 +86,11 @@ class Fp16Emulator:
                                       "reductions_rounded_only": 0, "gelu_units": 0, "layernorm_units": 0}
         self.model_inputs = model_inputs(model)
         self._checked = False
-        graph = to_graph(infer_shapes(model))
+        weights = big_weights(model)
+        self._weights = set(weights)
+        graph = to_graph(infer_shapes(weightless(model, weights)))
         graph.toposort()
+        graph.inputs = [t for t in graph.inputs if t.name not in weights]
         real_inputs = [t for t in graph.inputs]
         if not real_inputs:
             raise UserError("model has no inputs")
@@ -100,6 +105,7 @@ class Fp16Emulator:
         member = self._find_units(graph)
         self._build(graph, unit_origins(graph, member))
         self.model = to_model(graph)
+        self.model.graph.initializer.extend(weights.values())  # read by the units' branches from the outer scope
         try:
             # "deploy": every optimisation (prepacked and re-laid-out Conv weights inside the branches make a run
             # 1.3-1.7x faster than "compare"); the fp32 reference is this session with every switch off, so what
@@ -172,7 +178,7 @@ class Fp16Emulator:
             for t in n.inputs:
                 p = producer(t) if isinstance(t, gs.Variable) else None
                 if isinstance(t, gs.Variable) and is_float(t) and (p is None or id(p) not in ids) \
-                        and const_value(t) is None and t.name not in inputs:
+                        and const_value(t) is None and t.name not in inputs and t.name not in self._weights:
                     inputs.append(t.name)
             for t in n.outputs:
                 if any(id(c) not in ids for c in t.outputs) or not t.outputs:

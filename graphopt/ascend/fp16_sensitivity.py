@@ -8,15 +8,20 @@ switch vector), against the fp32 outputs of the same calibration inputs:
    ``allow_mix_precision`` (no mixlist) on the screening items (the ``screen_items`` that ``force_fp16`` hurts
    most), for the report.
 2. **Sensitivity per op type** (Ascend names; a decomposed LayerNorm is one ``LayerNorm``, a GELU one ``Gelu``),
-   screened: the outputs when *only* that type runs in fp16, and when *everything but* it does (when
-   ``force_fp16`` meets the target, so that nothing is to be searched, on the one item it hurts most).
+   screened: the outputs when *only* that type runs in fp16, and when *everything but* it does. When
+   ``force_fp16`` meets the target nothing is to be searched: this and the worst nodes are then skipped (the
+   report says so) unless ``sensitivity_when_met`` (``graphopt precision --sensitivity``), and measured on the one
+   item ``force_fp16`` hurts most.
 3. **Worst nodes** (screened): "only this unit in fp16" for up to ``node_trials`` units, taken in turn from each
    type (most sensitive type first), then "everything but this unit" for the ``worst_nodes`` worst of them.
 4. **Search** for the cheapest fp32 keep-set meeting the target (top-1 agreement with fp32 and cosine, as
    ``graphopt.core.verify`` measures them): ``graphopt.ascend.precision_keepset`` (types greedily by benefit per
    cost, pruned, cube types narrowed to the units keeping which pays most, all screened; then the configs confirmed
    on every item, the keep-set growing until they hold). Every trial is cached, so no
-   assignment is ever run twice.
+   assignment is ever run twice. A trial on all items (a confirmation) runs in stages, the items ``force_fp16``
+   hurts most first (the screen, then twice as many again, then the rest: ``PrecisionSearch.stage``), and stops at
+   the first stage whose failure no other item can undo; the screen's outputs are reused, and the fp32 outputs of
+   every stage and screen are sliced from the one reference run on all items.
 5. **GELU**: with the keep-set, ``Gelu=high_performance`` (tanh approximation) is tried (screened, then on every
    item); it is chosen when the target still holds, else ``high_precision``.
 6. **Configs** (``PassResult.configs`` shape): black-listed Ascend op types (``ops_info.json``, with
@@ -33,7 +38,6 @@ feed by feed: integer and bool outputs exactly, top-1 agreement for class-score 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -42,16 +46,16 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.tolerance import OutputTolerance, Tolerance, tolerance_problem
-from ..core.verify import compare_outputs
-from .calibration import feed_items, screen_batches
+from .calibration import feed_items, screen_batches  # feed_items: re-exported (passes/mixlist.py)
 from .calibration import RANDOM_INPUTS_WARNING, batch_layout  # re-export for the import sweep
 from .calibration import feeds_calibration, fit_feeds  # re-export for the import sweep
 from .fp16_emulation import Fp16Emulator
 from .fp16_units import Unit
-from .precision_keepset import search_keep_set, unit_cost
+from .precision_keepset import PrecisionSearch, search_keep_set, unit_cost
 
 __all__ = ["Target", "PrecisionSearch", "analyse", "generated_configs"]
-__all__ += ["RANDOM_INPUTS_WARNING", "batch_layout", "feeds_calibration", "fit_feeds"]  # re-export for the import sweep
+__all__ += ["feed_items", "RANDOM_INPUTS_WARNING", "batch_layout", "feeds_calibration",
+            "fit_feeds"]  # re-export for the import sweep
 
 
 def _noop(msg: str) -> None:
@@ -81,81 +85,6 @@ class Target:
 
 
 
-class PrecisionSearch:
-    """Trials of fp16 assignments on one emulator and one calibration set, each measured once and cached."""
-
-    def __init__(self, emulator: Fp16Emulator, batches: Sequence[Any], target: Target,
-                 labels: Sequence[int] | None = None, progress: Callable[[str], None] = _noop,
-                 outputs: Sequence[Any] = ()):
-        self.emu = emulator
-        self.batches = list(batches)
-        self.target = target
-        self.tolerance = target.tolerance(outputs)
-        self.labels = None if labels is None else np.asarray(labels)
-        self.progress = progress
-        self.cache: dict[tuple[bytes, bool], dict[str, Any]] = {}
-        self.ref = emulator.run(self.batches)
-        self.class_output = next((k for k, v in self.ref.items() if v.ndim == 2 and v.shape[1] > 1
-                                  and v.dtype.kind == "f" and self.tolerance.for_output(k)[1] is not False), None)
-        if self.labels is not None and (self.class_output is None
-                                        or len(self.labels) != len(self.ref[self.class_output])):
-            self.labels = None
-        self.n = len(emulator.units)
-        self.items = sum(feed_items(b) for b in self.batches)
-        self.per_item: dict[tuple[bytes, bool], np.ndarray] = {}  # trial key -> ``item_errors``
-
-    def accuracy(self, outputs: Mapping[str, np.ndarray]) -> float | None:
-        if self.labels is None or self.class_output is None:
-            return None
-        return float((outputs[self.class_output].argmax(1) == self.labels).mean())
-
-    def trial(self, fp16: np.ndarray, gelu_high_performance: bool = False) -> dict[str, Any]:
-        fp16 = np.asarray(fp16, bool)
-        key = (np.packbits(fp16).tobytes(), bool(gelu_high_performance))
-        if key not in self.cache:
-            got = self.emu.run(self.batches, fp16, gelu_high_performance)
-            self.per_item[key] = _item_errors(self.ref, got, self.items)
-            cmp = compare_outputs(self.ref, got, self.tolerance)
-            s = cmp.summary()
-            top1 = s["top1_agreement"]
-            cosine = s["cosine"] if math.isfinite(s["cosine"]) else 0.0
-            self.cache[key] = {
-                "cosine": cosine, "top1_agreement": top1, "max_abs": s["max_abs"], "passed": cmp.passed,
-                "error": (1.0 - cosine) + (0.0 if top1 is None else 1.0 - top1),
-                "accuracy": self.accuracy(got), "fp16_units": int(fp16.sum()),
-                "fp16_flop_share": self.emu.fp16_flop_share(fp16), "items": self.items}
-        return self.cache[key]
-
-    def item_errors(self, fp16: np.ndarray, gelu_high_performance: bool = False) -> np.ndarray:
-        """Per item, 1 - cosine with fp32 summed over the outputs that have one row per item, of a trial run
-        already (``trial``)."""
-        return self.per_item[(np.packbits(np.asarray(fp16, bool)).tobytes(), bool(gelu_high_performance))]
-
-    def keeping(self, keep: set[int]) -> np.ndarray:
-        """Everything in fp16 but the units ``keep``."""
-        fp16 = np.ones(self.n, bool)
-        fp16[list(keep)] = False
-        return fp16
-
-    def only(self, units: set[int]) -> np.ndarray:
-        fp16 = np.zeros(self.n, bool)
-        fp16[list(units)] = True
-        return fp16
-
-
-def _item_errors(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], items: int) -> np.ndarray:
-    out = np.zeros(items)
-    for name, r in ref.items():
-        if r.dtype.kind != "f" or r.ndim == 0 or len(r) != items:
-            continue
-        a = r.reshape(items, -1).astype(np.float64)
-        b = np.asarray(got[name]).reshape(items, -1).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        out += np.where(np.isfinite(cos), 1.0 - cos, 1.0)
-    return out
-
-
 def _deployed(emulator: Fp16Emulator, configs: Mapping[str, Any]) -> np.ndarray:
     """Which units run in fp16 when ATC applies ``configs``."""
     return emulator.assignment(configs.get("precision_mode", "force_fp16"), mixlist=configs.get("mixlist"),
@@ -177,7 +106,7 @@ def _reference_metrics(s: PrecisionSearch) -> dict[str, Any]:
 def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
             labels: Sequence[int] | None = None, node_trials: int = 24, worst_nodes: int = 5,
             gelu: bool = True, graph_node_names: set[str] | None = None, screen_items: int = 4, rank_items: int = 1,
-            fixed_batch: bool = False, progress: Callable[[str], None] = _noop,
+            fixed_batch: bool = False, progress: Callable[[str], None] = _noop, sensitivity_when_met: bool = False,
             outputs: Sequence[Any] = (), holdout: Sequence[Any] = (),
             holdout_labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Baselines, sensitivity, keep-set search, GELU mode, configs and their predicted accuracy (module docstring).
@@ -190,18 +119,22 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     keeps whole feeds. ``batches``: feeds (every input) or bare arrays of the emulator's input. ``outputs``: a
     recipe's per-output tolerances, for their ``top1`` declarations (class scores or not). ``holdout``: batches
     the search never sees, on which the fp32 reference, ``force_fp16``, the keep-set and the generated configs are
-    measured afterwards (``result["holdout"]``), to show whether the keep-set generalises."""
+    measured afterwards (``result["holdout"]``), to show whether the keep-set generalises.
+    ``sensitivity_when_met``: measure the sensitivity per op type and the worst units also when ``force_fp16``
+    meets the target (nothing to search); without it they are skipped then (``result["sensitivity_skipped"]``)."""
     t0 = time.perf_counter()
     s = PrecisionSearch(emulator, batches, target, labels, progress, outputs)
     total = s.items
     made = [s]
 
     def screen_of(chosen: Sequence[int]) -> PrecisionSearch:
-        """A search on the items ``chosen`` (or the whole feeds holding them)."""
+        """A search on the items ``chosen`` (or the whole feeds holding them); their fp32 outputs sliced from the
+        reference run on all items when the feeds can be cut (every output one row per item)."""
         if len(chosen) >= total:
             return s
+        part = sorted(chosen)  # screen_batches keeps the items in their order in the data
         ps = PrecisionSearch(emulator, screen_batches(batches, len(chosen), fixed_batch, chosen), target,
-                             outputs=outputs)
+                             outputs=outputs, ref=s.ref_of(part) if cut else None, item_index=part if cut else None)
         made.append(ps)
         return ps
 
@@ -216,21 +149,28 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     baselines = {"fp32": _reference_metrics(s), "force_fp16": s.trial(force)}
     full = baselines["force_fp16"]
     order = [int(i) for i in np.argsort(-s.item_errors(force), kind="stable")]  # most hurt by fp16 first
+    cut = not fixed_batch and s.per_item_outputs()
     screen = screen_of(order[:screen_items])
     ranker = screen_of(order[:rank_items])
-    # For the report only when force_fp16 meets the target: then on the one item it hurts most.
+    if cut and screen is not s:  # confirmations: the screen, then twice as many items again, then the rest
+        cuts = [screen.items, min(3 * screen.items, total), total]
+        s.stage([screen] + [screen_of(order[a:b]) for a, b in zip(cuts, cuts[1:]) if a < b])
+    # For the report only when force_fp16 meets the target: then on the one item it hurts most, and the
+    # sensitivity per op type and per unit only when asked (``sensitivity_when_met``).
     sens = ranker if full["passed"] else screen
     for mode in ("allow_fp32_to_fp16", "allow_mix_precision"):
         baselines[mode] = sens.trial(emulator.assignment(mode))
-    screen_full = sens.trial(emulator.assignment("force_fp16"))
     out["baselines"] = baselines
+    skip = full["passed"] and not sensitivity_when_met
+    out["sensitivity_skipped"] = skip
 
     # Sensitivity per op type, on the screening items.
     by_type: dict[str, list[Unit]] = {}
     for u in units:
         by_type.setdefault(u.ascend_type, []).append(u)
     types = []
-    for k, (name, us) in enumerate(by_type.items()):
+    screen_full = None if skip else sens.trial(emulator.assignment("force_fp16"))
+    for k, (name, us) in enumerate([] if skip else by_type.items()):
         idx = {u.index for u in us}
         progress(f"precision: op type {k + 1}/{len(by_type)} {name} ({len(us)} units)")
         only = sens.trial(sens.only(idx))
@@ -293,9 +233,9 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     out["warnings"] = [] if predicted["passed"] else [
         "the generated configs, emulated as ATC applies them, miss the target (with the GELU mode chosen on the "
         "keep-set)"]
-    out["trials"] = sum(len(ps.cache) for ps in made)
-    out["screen_trials"] = out["trials"] - len(s.cache)
-    out["references"] = len(made)  # the fp32 outputs of all items and of each screen
+    out["trials"] = sum(ps.runs for ps in made)  # runs of trials (a staged trial runs in its stages)
+    out["screen_trials"] = out["trials"] - s.runs
+    out["references"] = sum(ps.ref_runs for ps in made)  # fp32 runs: all items (a screen's is sliced from it)
     if holdout:
         progress("precision: measuring the keep-set on the held-out items ...")
         h = PrecisionSearch(emulator, holdout, target, holdout_labels, outputs=outputs)
@@ -303,6 +243,7 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
                           "force_fp16": h.trial(emulator.assignment("force_fp16")),
                           "keep_set": h.trial(h.keeping(keep_units)),
                           "predicted": {**h.trial(fp16, gelu_mode == "high_performance"), "precision_mode": mode}}
+        out["holdout_trials"] = h.runs
         out["references"] += 1
     out["session_runs"] = emulator.runs
     out["seconds"] = round(time.perf_counter() - t0, 2)

@@ -19,7 +19,7 @@ from .op_types import ascend_op_type, node_ascend_type
 __all__ = ["PRECISION_MODES", "CUBE_OPS", "DATA_MOVEMENT_OPS", "REDUCE_OPS", "UNITS_INPUT", "GELU_INPUT",
            "SQRT_2_OVER_PI", "round_fp16", "gelu_exact", "gelu_tanh", "Unit", "LayerNormMatch", "is_float",
            "int_dims", "numel", "reduce_axes", "match_decomposed_layernorm", "unit_ascend_type", "unit_origins",
-           "cube_flops", "Fp16Editor"]
+           "cube_flops", "Fp16Editor", "OUTER_WEIGHT_ELEMENTS", "big_weights", "weightless"]
 
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype")
 CUBE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -33,6 +33,10 @@ REDUCE_OPS = frozenset({"ReduceMean", "GlobalAveragePool", "ReduceSum"})
 UNITS_INPUT = "graphopt_fp16_units"
 GELU_INPUT = "graphopt_gelu_high_performance"
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# fp32 initializers this large stay out of the graph the emulation is built on: its units read them from the outer
+# scope (rounded by Cast nodes onnxruntime folds once), so they are copied once into the emulated model, not into
+# two If branches each, nor rounded in numpy; LayerNorm's gamma and beta (the hidden size) stay far below.
+OUTER_WEIGHT_ELEMENTS = 1 << 16
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
@@ -238,6 +242,38 @@ def cube_flops(node: gs.Node) -> int:
             k = dims[-1]
         return 2 * numel(out.shape, skip_batch=len(out.shape) > 1) * max(k, 1)
     return 0
+
+
+def big_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The model's fp32 initializers of at least ``OUTER_WEIGHT_ELEMENTS`` elements, by name."""
+    return {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+            and math.prod(i.dims) >= OUTER_WEIGHT_ELEMENTS}
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        field = getattr(dst, fd.name)
+        if hasattr(field, "extend"):  # a repeated field
+            field.extend(value)
+        elif hasattr(field, "CopyFrom"):  # a message
+            field.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def weightless(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """``model`` without the initializers ``weights``, each an input of its dtype and shape instead (the model's
+    own inputs first), without copying them."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, "graph")
+    _copy_fields(model.graph, out.graph, "initializer")
+    out.graph.initializer.extend(i for i in model.graph.initializer if i.name not in weights)
+    declared = {i.name for i in model.graph.input}
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(name, w.data_type, list(w.dims))
+                           for name, w in weights.items() if name not in declared)
+    return out
 
 
 class Fp16Editor:

@@ -18,15 +18,32 @@ items; on EfficientNet-Lite2 one run over 20 items costs as much as five over 4)
    the screen holds the items ``force_fp16`` hurts most (``fp16_sensitivity``); when the configs still miss on all
    items, each narrowed type keeps a quarter as many again of its ranked units (the whole type at most), then the
    types not kept yet come in, in greedy order, each step checked on all items: a step costs one run on all items,
-   where searching again on a wider screen would cost several.
+   where searching again on a wider screen would cost several. A check on all items runs in stages, worst items
+   first, and stops at a conclusive failure (``PrecisionSearch.stage``), so a missed check mostly costs a few items.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+import math
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
+from ..core.tolerance import Tolerance
+from ..core.verify import compare_outputs
+from .calibration import feed_items
+from .fp16_emulation import Fp16Emulator
 from .fp16_units import Unit
 
-__all__ = ["Trials", "unit_cost", "search_keep_set", "rank_units"]
+__all__ = ["Trials", "PrecisionSearch", "unit_cost", "search_keep_set", "rank_units", "KEEP_OUTPUT_BYTES"]
+
+KEEP_OUTPUT_BYTES = 16 << 20  # a stage's outputs per trial kept for joining at most (larger ones are run again)
+
+
+
+
+def _noop(msg: str) -> None:
+    pass
+
 
 
 class Trials(Protocol):
@@ -37,6 +54,169 @@ class Trials(Protocol):
     def keeping(self, keep: set[int]) -> Any: ...
 
     def only(self, units: set[int]) -> Any: ...
+
+
+class PrecisionSearch:
+    """Trials of fp16 assignments on one emulator and one calibration set, each measured once and cached."""
+
+    def __init__(self, emulator: Fp16Emulator, batches: Sequence[Any], target: Any,
+                 labels: Sequence[int] | None = None, progress: Callable[[str], None] = _noop,
+                 outputs: Sequence[Any] = (), ref: Any = None, item_index: Sequence[int] | None = None):
+        """``ref``: the fp32 outputs of ``batches`` when known already (sliced from a run over more items), else
+        they are run here; ``item_index``: the items of a larger search these are (``stages``)."""
+        self.emu = emulator
+        self.batches = list(batches)
+        self.target = target
+        self.tolerance = target.tolerance(outputs)
+        self.labels = None if labels is None else np.asarray(labels)
+        self.progress = progress
+        self.cache: dict[tuple[bytes, bool], dict[str, Any]] = {}
+        self.ref_runs = int(ref is None)
+        self.ref = emulator.run(self.batches) if ref is None else ref
+        self.class_output = next((k for k, v in self.ref.items() if v.ndim == 2 and v.shape[1] > 1
+                                  and v.dtype.kind == "f" and self.tolerance.for_output(k)[1] is not False), None)
+        if self.labels is not None and (self.class_output is None
+                                        or len(self.labels) != len(self.ref[self.class_output])):
+            self.labels = None
+        self.n = len(emulator.units)
+        self.items = sum(feed_items(b) for b in self.batches)
+        self.per_item: dict[tuple[bytes, bool], np.ndarray] = {}  # trial key -> ``item_errors``
+        self.runs = 0  # trials run here (a staged trial runs in its stages)
+        self.item_index = None if item_index is None else list(item_index)
+        self.outputs: dict[tuple[bytes, bool], Any] = {}  # a stage's outputs per trial, for its search to join
+        self.conclusive: dict[tuple[bytes, bool], bool] = {}  # a stage's failure fails every superset of its items
+        self.stages: list[PrecisionSearch] = []
+        self.keep = False  # a stage: keep each trial's outputs (up to KEEP_OUTPUT_BYTES) for its search to join
+
+    def per_item_outputs(self) -> bool:
+        """Every output has one row per item, feed by feed: trials can be run on parts of the items and joined."""
+        return all(v.ndim >= 1 and len(v) == self.items
+                   and [len(x) for x in self.ref.per_feed.get(k, [v])] == [feed_items(b) for b in self.batches]
+                   for k, v in self.ref.items()) if hasattr(self.ref, "per_feed") else False
+
+    def ref_of(self, items: Sequence[int]) -> Any:
+        """The fp32 outputs of ``items`` (indices, in this order), as one feed."""
+        from ..core.runner import Outputs
+
+        return Outputs.of_feeds({k: [np.asarray(v)[list(items)]] for k, v in self.ref.items()})
+
+    def stage(self, stages: Sequence["PrecisionSearch"]) -> None:
+        """Run every later trial in ``stages`` (searches on disjoint parts of the items, those ``force_fp16`` hurts
+        most first), stopping at the first whose failure is conclusive for all items (the worst item's cosine, or a
+        top-1 disagreement at a top-1 target of 1); a trial passing them all is measured on all items joined."""
+        covered = sorted(i for st in stages for i in st.item_index or [])
+        if covered != list(range(self.items)):
+            raise ValueError("stages must cover every item once")
+        self.stages = list(stages)
+        for st in self.stages:
+            st.keep = True
+
+    def outputs_of(self, key: tuple[bytes, bool], fp16: np.ndarray, hp: bool) -> Any:
+        """The outputs of a trial run already: kept, or (too large to keep) run again."""
+        if key not in self.outputs:
+            self.runs += 1
+            return self.emu.run(self.batches, fp16, hp)
+        return self.outputs[key]
+
+    def accuracy(self, outputs: Mapping[str, np.ndarray]) -> float | None:
+        if self.labels is None or self.class_output is None:
+            return None
+        return float((outputs[self.class_output].argmax(1) == self.labels).mean())
+
+    def trial(self, fp16: np.ndarray, gelu_high_performance: bool = False) -> dict[str, Any]:
+        fp16 = np.asarray(fp16, bool)
+        key = (np.packbits(fp16).tobytes(), bool(gelu_high_performance))
+        if key in self.cache:
+            return self.cache[key]
+        if self.stages:
+            return self._staged(key, fp16, gelu_high_performance)
+        got = self.emu.run(self.batches, fp16, gelu_high_performance)
+        self.runs += 1
+        return self._measure(key, fp16, got)
+
+    def _measure(self, key: tuple[bytes, bool], fp16: np.ndarray, got: Any) -> dict[str, Any]:
+        self.per_item[key] = _item_errors(self.ref, got, self.items)
+        cmp = compare_outputs(self.ref, got, self.tolerance)
+        self.conclusive[key] = not cmp.passed and _conclusive(cmp, self.ref, self.tolerance)
+        if self.keep and sum(np.asarray(v).nbytes for v in got.values()) <= KEEP_OUTPUT_BYTES:
+            self.outputs[key] = got
+        s = cmp.summary()
+        top1 = s["top1_agreement"]
+        cosine = s["cosine"] if math.isfinite(s["cosine"]) else 0.0
+        self.cache[key] = {
+            "cosine": cosine, "top1_agreement": top1, "max_abs": s["max_abs"], "passed": cmp.passed,
+            "error": (1.0 - cosine) + (0.0 if top1 is None else 1.0 - top1),
+            "accuracy": self.accuracy(got), "fp16_units": int(fp16.sum()),
+            "fp16_flop_share": self.emu.fp16_flop_share(fp16), "items": self.items}
+        return self.cache[key]
+
+    def _staged(self, key: tuple[bytes, bool], fp16: np.ndarray, hp: bool) -> dict[str, Any]:
+        from ..core.runner import Outputs
+
+        done = 0
+        for st in self.stages:
+            m = st.trial(fp16, hp)
+            done += st.items
+            if not m["passed"] and st.conclusive[key]:
+                # Measured on the items run so far (the failing stage's metrics): the rest cannot make it pass.
+                self.cache[key] = {**m, "items": st.items, "stopped_after_items": done}
+                return self.cache[key]
+        index = np.concatenate([np.asarray(st.item_index, int) for st in self.stages])
+        outs = [st.outputs_of(key, fp16, hp) for st in self.stages]
+        joined: dict[str, list[np.ndarray]] = {}
+        for name, r in self.ref.items():
+            part = np.concatenate([np.asarray(outs[k][name]) for k in range(len(self.stages))])
+            whole = np.empty_like(part)
+            whole[index] = part
+            sizes = [len(x) for x in self.ref.per_feed.get(name, [r])]
+            joined[name] = np.split(whole, np.cumsum(sizes)[:-1])
+        return self._measure(key, fp16, Outputs.of_feeds(joined))
+
+    def item_errors(self, fp16: np.ndarray, gelu_high_performance: bool = False) -> np.ndarray:
+        """Per item, 1 - cosine with fp32 summed over the outputs that have one row per item, of a trial run
+        already (``trial``)."""
+        return self.per_item[(np.packbits(np.asarray(fp16, bool)).tobytes(), bool(gelu_high_performance))]
+
+    def keeping(self, keep: set[int]) -> np.ndarray:
+        """Everything in fp16 but the units ``keep``."""
+        fp16 = np.ones(self.n, bool)
+        fp16[list(keep)] = False
+        return fp16
+
+    def only(self, units: set[int]) -> np.ndarray:
+        fp16 = np.zeros(self.n, bool)
+        fp16[list(units)] = True
+        return fp16
+
+
+def _conclusive(cmp: Any, ref: Mapping[str, np.ndarray], tolerance: Tolerance) -> bool:
+    """Whether a failure on some items fails every set of items holding them: an output compared exactly, or whose
+    cosine (the worst item's, for outputs of one row per item) misses, or whose top-1 agreement misses a target of 1;
+    a missed top-1 agreement below 1 could still be made up by the other items."""
+    for o in cmp.outputs:
+        if o.passed:
+            continue
+        failed = set(o.failed_on)
+        if "top1_agreement" in failed and (tolerance.for_output(o.name)[0].top1_agreement or 0.0) >= 1.0:
+            failed.discard("top1_agreement")
+        if "cosine" in failed and np.ndim(ref.get(o.name)) >= 2:
+            failed.discard("cosine")
+        if not failed - {"exact", "shape", "dtype", "missing"}:
+            return True
+    return False
+
+
+def _item_errors(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], items: int) -> np.ndarray:
+    out = np.zeros(items)
+    for name, r in ref.items():
+        if r.dtype.kind != "f" or r.ndim == 0 or len(r) != items:
+            continue
+        a = r.reshape(items, -1).astype(np.float64)
+        b = np.asarray(got[name]).reshape(items, -1).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        out += np.where(np.isfinite(cos), 1.0 - cos, 1.0)
+    return out
 
 
 def unit_cost(u: Unit) -> int:

@@ -57,11 +57,15 @@ def report_markdown(result: Mapping[str, Any], title: str = "fp16 precision") ->
                      f"{_one_minus_cos(m)} | "
                      f"{fmt_metric(m, 'top1_agreement', '.3f')} | {fmt_metric(m, 'accuracy', '.3f')} | "
                      f"{'met' if m['passed'] else 'missed'} |")
-    lines += ["", "## Sensitivity per op type", "",
-              f"Only this type in fp16 (the rest fp32), and everything but this type in fp16, on the "
-              f"{result.get('sensitivity_items')} items force_fp16 hurts most.", "",
-              "| op type | units | cube GFLOPs | only: 1 - cosine | only: top-1 | all but: 1 - cosine | "
-              "all but: top-1 | kept fp32 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "## Sensitivity per op type", ""]
+    if result.get("sensitivity_skipped"):
+        lines.append("Not measured: force_fp16 meets the target, so nothing is searched (`graphopt precision "
+                     "--sensitivity` measures the sensitivity per op type and the worst units anyway).")
+    else:
+        lines += [f"Only this type in fp16 (the rest fp32), and everything but this type in fp16, on the "
+                  f"{result.get('sensitivity_items')} items force_fp16 hurts most.", "",
+                  "| op type | units | cube GFLOPs | only: 1 - cosine | only: top-1 | all but: 1 - cosine | "
+                  "all but: top-1 | kept fp32 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     kept = set(result.get("search", {}).get("keep_types", []))
     for t in sorted(result.get("types", []), key=lambda t: -t["only_fp16"]["error"]):
         lines.append(f"| {t['label']} | {t['units']} | {t['cube_flops'] / 1e9:.3f} | "

@@ -137,7 +137,7 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                   progress: Callable[[str], None] = _stderr, force: bool = False, specs: Sequence[Any] | None = None,
                   paths: Mapping[str, str] | None = None, primary: str | None = None, holdout: float | None = None,
                   preprocess_recipe: str | Path | None = None,
-                  image_flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  image_flags: Mapping[str, Any] | None = None, sensitivity: bool = False) -> dict[str, Any]:
     """``graphopt precision``: analyse a recipe's model (after its passes) or an ONNX file; write the report. An
     existing ``outdir`` that is not an earlier precision folder is refused before any work, unless ``force``
     (``graphopt.core.outputs``). The inputs: every input of the model (``feeds_calibration``), as the recipe's
@@ -196,6 +196,7 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
         progress(f"precision: {held.items} of {cal.items + held.items} calibration items held out")
     result = analyse(emu, cal.batches, target, labels=cal.labels, node_trials=node_trials,
                      worst_nodes=worst_nodes, fixed_batch=not regrouped, progress=progress, outputs=declared,
+                     sensitivity_when_met=sensitivity,
                      holdout=held.batches if held else (), holdout_labels=held.labels if held else None)
     first_feed = cal.batches[0] if cal.batches and isinstance(cal.batches[0], Mapping) else {}
     inputs = [{**d, "shape": list(np.shape(first_feed[d["name"]]))} if d["name"] in first_feed else d
@@ -207,12 +208,13 @@ def run_precision(source: str | Path, *, data: str | Path | None = None, target:
                              "holdout": held.source if held else None}
     result["emulation"] = {**emu.stats, "reduce_accumulation": reduce_accumulation,
                            "build_seconds": round(build_seconds, 2)}
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "sensitivity.png"
-        plot_sensitivity(result, png)
-        files: dict[str, bytes | str] = {"precision.json": json.dumps(result, indent=2, default=float) + "\n",
-                                         "precision.md": report_markdown(result, f"fp16 precision: {name}"),
-                                         "sensitivity.png": png.read_bytes()}
+    files: dict[str, bytes | str] = {"precision.json": json.dumps(result, indent=2, default=float) + "\n",
+                                     "precision.md": report_markdown(result, f"fp16 precision: {name}")}
+    if not result.get("sensitivity_skipped"):  # nothing to plot when force_fp16 met the target unasked
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "sensitivity.png"
+            plot_sensitivity(result, png)
+            files["sensitivity.png"] = png.read_bytes()
     files.update(config_files(result["configs"]))
     write_run_dir(out, files, kind="precision", force=force, inputs=inputs_read)
     result["outdir"] = str(out)
@@ -230,7 +232,7 @@ def _cmd_precision(args: Any) -> int:
                            label_regex=args.label_from_name, pattern=args.glob, force=args.force, specs=specs,
                            paths=paths, primary=primary, holdout=args.holdout, preprocess_recipe=args.recipe,
                            image_flags={"mean": args.mean, "std": args.std, "scale": args.scale,
-                                        "interpolation": args.interpolation})
+                                        "interpolation": args.interpolation}, sensitivity=args.sensitivity)
     b = result["baselines"]
     for mode in ("fp32", "force_fp16"):
         m = b[mode]
@@ -309,6 +311,9 @@ def add_cli(subparsers: Any) -> None:
                    help="images: resize filter (default bilinear without a recipe)")
     p.add_argument("--node-trials", type=int, default=24, help="units measured one by one (default 24)")
     p.add_argument("--worst-nodes", type=int, default=5, help="worst units reported (default 5)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="measure the sensitivity per op type and the worst units (and plot sensitivity.png) also "
+                        "when force_fp16 meets the target; by default they are skipped then (nothing to search)")
     p.add_argument("--reduce-accumulation", choices=["fp16", "fp32"], default="fp16",
                    help="how fp16 ReduceMean/ReduceSum accumulate (fp16: Ascend310 high-performance kernels; "
                         "fp32: Ascend310P/910)")
