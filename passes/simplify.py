@@ -7,6 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.core.errors import PassError, UserError
+from graphopt.core.input_defaults import input_defaults, keep, strip
 from graphopt.core.ir import constants_to_initializers, op_counts, replace_graph
 from graphopt.core.model import structure_hash
 from graphopt.core.ir import to_graph, to_model
@@ -59,6 +60,8 @@ class Simplify(Pass):
                     raise UserError(f"simplify: fixed_input_shape.{name} {list(dims)} does not fit the model's "
                                     f"input {name!r} shaped {list(have)}")
         model = to_model(graph)
+        defaults = dict(input_defaults(graph))
+        strip(graph, model)  # onnxsim folds every initializer: an input a caller may feed must stay an input
         before = op_counts(model)
         nodes_before = len(model.graph.node)
         try:
@@ -77,6 +80,7 @@ class Simplify(Pass):
         new = to_graph(simplified)
         constants_to_initializers(new)  # onnxsim leaves folded values as Constant nodes
         new.cleanup()
+        keep(new, defaults)
         simplified = to_model(new)
         changed = structure_hash(new) != structure_hash(graph)
         if changed:

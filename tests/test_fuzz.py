@@ -198,7 +198,8 @@ OPSETS = list(range(11, 21)) + [20] * 5
 
 # What a graph must hold for a pass to have something to rewrite (graphs(focus=pass)): the kinds of step below.
 FOCUS_KINDS = {"softmax_transpose": ["softmax"], "gelu_precision": ["gelu_erf", "gelu_tanh"],
-               "fold_affine_into_conv": ["affine_conv"], "replace_shift_scatter": ["shift"]}
+               "fold_affine_into_conv": ["affine_conv"], "replace_shift_scatter": ["shift"],
+               "drop_initializer_inputs": ["scalar", "vector"]}  # steps with constants, one an input too
 
 
 @st.composite
@@ -219,6 +220,7 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     outputs: list[str] = []
+    counted: set[str] = set()  # initializers of the steps expect counts
     names = iter(range(10 ** 6))
 
     def new(prefix: str = "t") -> str:
@@ -290,6 +292,7 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
             kind = "unary"
         if forced and kind in forced:
             pending_from = steps  # done
+        made_before = len(inits)
         if kind == "identity":
             nodes.append(node("Identity", [cur], [out]))
         elif kind == "unary":
@@ -350,8 +353,10 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
         elif kind == "affine_conv":  # Mul/Add by per-channel constants, then a Conv (fold_affine_into_conv)
             r = len(cur_shape)
             chain = draw(st.lists(st.sampled_from(["Mul", "Add"]), min_size=1, max_size=2))
+            shifted = False  # an Add of a non-zero vector (an Add of zeros is no shift: it folds anywhere)
             for op in chain:
                 vec = np.asarray(draw(st.lists(st.floats(-2, 2, width=16), min_size=channels, max_size=channels)))
+                shifted |= op == "Add" and bool(np.any(vec != 0))
                 lead = draw(st.sampled_from([0, 1])) if r > 2 else 0  # [C, 1, ..] or [1, C, 1, ..]
                 step = new()
                 nodes.append(either(op, cur, const(vec.reshape((1,) * lead + (channels,) + (1,) * (r - 2))), step))
@@ -368,7 +373,7 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
             if kernel == 3:
                 attrs["pads"] = [1] * (2 * (r - 2))
             # A shift does not fold into a padded Conv, but a scale next to the Conv folds even after a shift
-            expect["convs"] += kernel == 1 or "Add" not in chain or chain[-1] == "Mul"
+            expect["convs"] += kernel == 1 or not shifted or chain[-1] == "Mul"
             nodes.append(node("Conv", inputs, [out], **attrs))
             cur_shape = [cur_shape[0], cout, *cur_shape[2:]]
         elif kind == "shift":  # ScatterND into zeros of slices of x shifted along the last axis, per channel group
@@ -396,6 +401,8 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
                 nodes.append(node("Relu", [cur], [out]))
             else:
                 nodes.append(node("Add", [cur, draw(st.sampled_from(same))], [out]))
+        if kind in ("gelu_erf", "gelu_tanh", "affine_conv"):  # what expect counts reads these as constants
+            counted.update(t.name for t in inits[made_before:])
         cur = out
         history.append((cur, list(cur_shape)))
         if draw(st.integers(0, 9)) == 0:
@@ -404,7 +411,14 @@ def graphs(draw, focus: str | None = None) -> tuple[onnx.ModelProto, list[int], 
     if draw(st.integers(0, 9)) == 0:
         outputs.insert(0, "x")  # the input itself is an output too
     shapes = dict(history)
-    graph = oh.make_graph(nodes, "fuzz", [oh.make_tensor_value_info("x", elem, dims_in)],
+    # Now and then an initializer is a graph input too (a default a caller may override: never folded); the focus
+    # of drop_initializer_inputs, which makes them constants, has one at least when there is an initializer.
+    free = [t for t in inits if t.name not in counted]
+    defaults = [t for t in free if draw(st.integers(0, 5)) == 0]
+    if focus == "drop_initializer_inputs" and free and not defaults:
+        defaults = [draw(st.sampled_from(free))]
+    graph = oh.make_graph(nodes, "fuzz", [oh.make_tensor_value_info("x", elem, dims_in)]
+                          + [oh.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in defaults],
                           [oh.make_tensor_value_info(o, elem, shapes[o]) for o in dict.fromkeys(outputs)], inits)
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
     model.ir_version = 8
@@ -479,6 +493,10 @@ def graph_pass_entries(draw, model: onnx.ModelProto, name: str | None = None) ->
     elif name == "replace_shift_scatter":
         if draw(st.booleans()):
             entry["probe_batches"] = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
+    elif name == "drop_initializer_inputs":
+        held = [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}]
+        if held and draw(st.booleans()):
+            entry["names"] = draw(st.lists(st.sampled_from(held), min_size=1, max_size=len(held), unique=True))
     elif name in ("simplify", "fold_constants", "mixlist") and draw(st.booleans()):
         return draw(pass_entries(typed=True, name=name))
     return entry

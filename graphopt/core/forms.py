@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import input_defaults
 from .errors import UserError
 from .wire import WEIGHT_MIN_BYTES, SplitModel, copy_fields, is_plain, make_stub, plain_dtype
 
@@ -206,12 +207,14 @@ def adopt_graph(graph: gs.Graph, new: gs.Graph) -> None:
             sources[id(graph)] = sources.pop(id(new))
     if _SOURCE in new.__dict__:
         graph.__dict__[_SOURCE] = new.__dict__[_SOURCE]
+    input_defaults.keep(graph, input_defaults.input_defaults(new))
 
 
 def import_graph(model: onnx.ModelProto, what: str = "model") -> gs.Graph:
     """``gs.import_onnx(model)``, keeping what gs drops for ``export_graph`` to put back; a model gs cannot hold
     faithfully is refused with a one-line ``UserError``."""
     graph = gs.import_onnx(model)
+    input_defaults.hold(model.graph, graph)  # before _remember: such an input's declared type is kept too
     try:
         _remember(model.graph, graph)
     except _Refused as e:
@@ -256,13 +259,14 @@ def export_graph(graph: gs.Graph, what: str = "model") -> onnx.ModelProto:
             del model.functions[:]
             model.functions.extend(functions)
             model.functions.extend(others)
+    input_defaults.restore(graph, model)  # after the IR version is restored: it may need raising
     return model
 
 
 def graph_from_split(split: SplitModel) -> gs.Graph:
     """The onnx-graphsurgeon graph of ``split``; its constants hold ``split.weights``' arrays (not copies)."""
     graph = import_graph(split.skeleton)
-    tensors = graph.tensors()
+    tensors = {**graph.tensors(), **input_defaults.input_defaults(graph)}
     for name, arr in split.weights.items():
         c = tensors.get(name)
         if isinstance(c, gs.Constant):
@@ -293,7 +297,7 @@ def split_graph(graph: gs.Graph) -> SplitModel:
     weights: dict[str, np.ndarray] = {}
     swapped: list[tuple[gs.Constant, object]] = []
     try:
-        for c in graph.tensors().values():
+        for c in (*graph.tensors().values(), *input_defaults.input_defaults(graph).values()):
             if not isinstance(c, gs.Constant):
                 continue
             values = c._values  # noqa: SLF001
