@@ -209,6 +209,23 @@ def test_inspect_reports_external_data_and_parameters(tmp_path, capsys):
     assert "4,096 parameters" in out
 
 
+def test_inspect_names_the_inputs_that_have_an_initializer(tmp_path, capsys):
+    from graphs import cli
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4]),
+         onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])], [w])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    code, out, _ = cli(capsys, "inspect", tmp_path / "m.onnx", "--json")
+    info = json.loads(out)
+    assert info["initializer_inputs"] == ["w"] and [v["name"] for v in info["inputs"]] == ["x"]
+    code, out, _ = cli(capsys, "inspect", tmp_path / "m.onnx")
+    assert "1 initializers (1 of them graph inputs too: w)" in out
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     (b"not an onnx file at all", "not a readable ONNX file"),

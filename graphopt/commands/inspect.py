@@ -121,6 +121,8 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         "subgraphs": subgraphs,
         "op_counts": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializers": len(g.initializer) + len(g.sparse_initializer),
+        # inputs with an initializer: defaults a caller may override (graphopt.core.input_defaults)
+        "initializer_inputs": [v.name for v in g.input if v.name in initializer_names],
         "parameters": sum(math.prod(t.dims) for t in g.initializer),
         "functions": [f"{f.domain}::{f.name}" for f in model.functions],
     }
@@ -139,6 +141,10 @@ def _shape(dims: list[int | str | None] | None) -> str:
     return "unknown" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
+def _listed(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     """The human-readable form: a header, then tables of inputs/outputs and op counts."""
     total = info["file_bytes"] + sum(e["file_bytes"] or 0 for e in info["external_data"].values())
@@ -147,7 +153,10 @@ def format_inspection(info: dict[str, Any]) -> str:
              + (f", producer {info['producer']}" if info["producer"] else ""),
              f"graph {info['graph_name'] or '(unnamed)'}: {info['nodes']} nodes of {len(info['op_counts'])} op types"
              + (f" ({info['subgraphs']} subgraphs counted in)" if info["subgraphs"] else "")
-             + f", {info['initializers']} initializers, {info['parameters']:,} parameters"]
+             + f", {info['initializers']} initializers"
+             + (f" ({len(info['initializer_inputs'])} of them graph inputs too: {_listed(info['initializer_inputs'])})"
+                if info["initializer_inputs"] else "")
+             + f", {info['parameters']:,} parameters"]
     for loc, e in info["external_data"].items():
         lines.append(f"external data {loc}: {_size(e['bytes_referenced'])} referenced, file {_size(e['file_bytes'])}")
     if info["functions"]:
