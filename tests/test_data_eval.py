@@ -855,6 +855,21 @@ def test_dynamic_batch_eval_runs_each_gear(tmp_path, tiny_data, capsys, monkeypa
     assert rows[0]["top1"] == rows[1]["top1"] is not None and rows[0]["shapes"] == {"x": [1, 3, 16, 16]}
 
 
+def test_dynamic_ranges_give_ais_bench_each_outputs_size(tmp_path, tiny_data, capsys, monkeypatch):
+    run = dynamic_run(tmp_path, capsys, "{dynamic: {ranges: [[1, 4]]}}")
+    assert atc_script_commands(run)[0][3:6] == ["--output=dyn_dynshape", "--input_format=NCHW",
+                                                "--input_shape=x:1~4,3,16,16"]
+    classes = onnx.load(run / "model.onnx").graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    code, stdout, err = run_cli("eval", run, "--data", tiny_data, "--dry-run", capsys=capsys)
+    assert code == 0, err
+    ais = [l for l in stdout.splitlines() if "ais_bench" in l and l.startswith(("python", "/"))]
+    # ais_bench cannot size a shape-range model's outputs: each profile gives them, in bytes (float32 scores)
+    assert [l.split(" --warmup_count 3 ")[1] for l in ais] == [
+        f"--dymShape x:1,3,16,16 --outputSize {1 * classes * 4}",
+        f"--dymShape x:4,3,16,16 --outputSize {4 * classes * 4}"]
+
+
 def test_dynamic_image_sizes_eval_runs_each_profiles_shapes(tmp_path, tiny_data, capsys, monkeypatch):
     run = dynamic_run(tmp_path, capsys, "{batch_sizes: [2], dynamic: {image_sizes: [[16, 16], [32, 24]]}}",
                       hw=("H", "W"))

@@ -29,7 +29,7 @@ from .bin_files import BinInput, input_files
 from .dynamic import Profile
 
 __all__ = ["EvalRun", "load_run", "EvalData", "input_dirs", "check_data", "accuracy", "EvalUnit", "eval_units",
-           "profile_inputs", "seeded_items"]
+           "profile_inputs", "seeded_items", "profile_ais_args", "output_bytes"]
 
 
 @dataclass(frozen=True)
@@ -259,3 +259,48 @@ def seeded_items(inputs: Sequence[BinInput], count: int, folder: Path, seed: int
             np.asarray(arr).astype(dt).tofile(path)
             files[inp.name].append(path)
     return files, dirs
+
+
+def profile_ais_args(model: Path, profile: Profile | None) -> tuple[str, ...]:
+    """ais_bench's arguments selecting ``profile`` of a dynamic ``.om`` (none for a static one). A ``--dymShape``
+    profile (``atc.dynamic.ranges``) also gets ``--outputSize``: ais_bench cannot size the outputs of a model
+    compiled with shape ranges and asks for each output's bytes (its Readme: required for dynamic shapes), here
+    the output shapes ``model`` (the run's ``model.onnx``) infers at the profile's input shapes."""
+    if profile is None:
+        return ()
+    args = profile.ais_args
+    if args[:1] == ("--dymShape",):
+        args = (*args, "--outputSize", ",".join(str(n) for n in output_bytes(model, dict(profile.shapes))))
+    return args
+
+
+def output_bytes(model: Path, shapes: Mapping[str, Sequence[int]]) -> list[int]:
+    """Each graph output's size in bytes when ``model``'s inputs have ``shapes`` (name -> dims), from shape
+    inference on the model without its weights; a ``UserError`` when an output's shape stays unknown."""
+    import onnx
+
+    from ..core.model import Model
+    from ..core.shapes import infer_shapes
+
+    light = Model.load(model).weightless()
+    for vi in light.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    for vi in light.graph.output:  # a declared symbolic dim would stand: the inference says what it is here
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    inferred = infer_shapes(light).graph
+    typed = {vi.name: vi for vi in (*inferred.value_info, *inferred.output) if vi.type.tensor_type.HasField("shape")}
+    sizes = []
+    for out in light.graph.output:
+        t = typed.get(out.name, out).type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if not t.HasField("shape") or None in dims or not t.elem_type:
+            raise UserError(f"{model}: the shape of output {out.name!r} at inputs {dict(shapes)} cannot be inferred, "
+                            "and ais_bench needs every output's size (--outputSize) to run a model compiled with "
+                            "shape ranges")
+        sizes.append(int(np.prod(dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize)
+    return sizes

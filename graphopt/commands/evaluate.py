@@ -33,7 +33,7 @@ from ..ascend.ais_bench import OUTPUT_FORMATS, ais_bench_argv, collect_outputs, 
 from ..ascend.atc import read_atc_jobs
 from ..ascend.cann_tools import ais_bench_command, find_atc, run_atc
 from ..ascend.eval_inputs import (EvalData, EvalRun, accuracy, check_data, eval_units, input_dirs, load_run,
-                                  profile_inputs, seeded_items)
+                                  profile_ais_args, profile_inputs, seeded_items)
 from ..ascend.ort_backend import OnnxRuntimeBackend, TimingOptions
 from ..core.errors import UserError
 from ..core.outputs import check_output_dir, staged_dir
@@ -86,7 +86,8 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
     recorded = read_atc_jobs(run_dir)
     units = eval_units(run_dir, options.batch_sizes, need_jobs=True)
     ais = ais_bench_command() or ["python3", "-m", "ais_bench"]
-    dirs, _ = input_dirs(Path(data_dir), load_run(run_dir))  # one folder per input, in the model's order
+    run = load_run(run_dir)
+    dirs, _ = input_dirs(Path(data_dir), run)  # one folder per input, in the model's order
     lines = [f"# in {run_dir}:"]
     for job in dict.fromkeys(u.job for u in units if u.job is not None):
         derived = "" if job in recorded else f"  # derived: atc.sh has no batch size {job.batch_size}"
@@ -95,7 +96,7 @@ def dry_run_lines(run_dir: str | Path, data_dir: str | Path, options: EvalOption
     for u in units:
         assert u.job is not None  # need_jobs
         argv = ais_bench_argv(ais, u.job.expected_om(run_dir), dirs, out_root / "outputs", u.label, options.outfmt,
-                              u.batch_size, options.timing.warmup, u.profile.ais_args if u.profile else ())
+                              u.batch_size, options.timing.warmup, profile_ais_args(run.model, u.profile))
         lines.append(" ".join(shlex.quote(a) for a in argv))
     return lines
 
@@ -189,7 +190,7 @@ def _evaluate(run: EvalRun, data: EvalData, options: EvalOptions, backend: str, 
         else:
             assert u.job is not None  # eval_units(need_jobs=True)
             argv = ais_bench_argv(ais or [], u.job.om_path(run.path), unit_dirs, outputs, dirname, options.outfmt,
-                                  bs, options.timing.warmup, u.profile.ais_args if u.profile else ())
+                                  bs, options.timing.warmup, profile_ais_args(run.model, u.profile))
             log(f"eval: ais_bench: {' '.join(argv)}")
             folder, summary = run_ais_bench(argv, outputs, dirname)
         if scored and shaped is None:
