@@ -17,7 +17,9 @@ where both tools must search.
 
 - graphopt: ``Fp16Emulator`` (built once) + ``analyse`` with ``node_trials=0`` (baselines, sensitivity per op
   type, the keep-set search, the GELU mode, the configs and their predicted accuracy: what ``graphopt precision``
-  does minus its worst-units report);
+  does minus its worst-units report; like it, without the per-type sensitivity when ``force_fp16`` meets the target,
+  where there is nothing to search). Its line gives the emulator's build time, the session runs and the items they
+  ran over in all, and the seconds in them;
 - onnxconverter-common: ``auto_convert_mixed_precision(model, feeds, validate_fn)``, which converts the model to
   fp16 again for every attempt (a new onnxruntime session each time) and bisects the list of nodes to keep in fp32.
 
@@ -178,14 +180,17 @@ def run_model(spec: str, photos: Path, args, tmp: Path) -> dict | None:
 
     t0, c0 = time.perf_counter(), time.process_time()
     emu = Fp16Emulator(model, input_name)
+    build_s = time.perf_counter() - t0
     result = analyse(emu, [batch], target, node_trials=0, worst_nodes=0)
     ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
+    run_s, items_run = emu.run_seconds, emu.items_run  # before the measurements below run it again
     search = result["search"]
     ours_keep = {u.index for u in emu.units if u.ascend_type in search["keep_types"]
                  or u.nodes[0] in search["keep_nodes"]}
-    print(f"  graphopt precision: {ours_s:.1f} s ({result['trials']} trials, {result['session_runs']} runs, one "
-          f"session): kept {len(ours_keep)} units ({search['keep_types'] or '-'} by type, "
-          f"{len(search['keep_nodes'])} by node)", flush=True)
+    print(f"  graphopt precision: {ours_s:.1f} s (emulator build {build_s:.1f} s; {result['trials']} trials, "
+          f"{result['session_runs']} runs of one session over {items_run} items in all, {run_s:.1f} s): kept "
+          f"{len(ours_keep)} units ({search['keep_types'] or '-'} by type, {len(search['keep_nodes'])} by node)",
+          flush=True)
     theirs_s, theirs_cpu, blocked, attempts = auto_convert(model, input_name, batch, target.tolerance())
     theirs_keep = {u.index for u in emu.units if any(n in blocked for n in u.nodes)}
     print(f"  auto_convert_mixed_precision: {theirs_s:.1f} s ({attempts} attempts, each a conversion and a new "
@@ -196,7 +201,8 @@ def run_model(spec: str, photos: Path, args, tmp: Path) -> dict | None:
     row = {"model": spec, "graphopt_s": round(ours_s, 1), "auto_convert_s": round(theirs_s, 1),
            "ratio": round(theirs_s / ours_s, 2), "graphopt_cpu_s": round(ours_cpu, 1),
            "auto_convert_cpu_s": round(theirs_cpu, 1), "cpu_ratio": round(theirs_cpu / ours_cpu, 2),
-           "graphopt_trials": result["trials"],
+           "graphopt_trials": result["trials"], "graphopt_build_s": round(build_s, 1),
+           "graphopt_run_s": round(run_s, 1), "graphopt_items_run": items_run,
            "auto_convert_attempts": attempts, "photos": cal.items, "held_out": held.items,
            "target": {"top1": target.top1, "cosine": target.cosine}}
     for tool, keep in (("graphopt", ours_keep), ("auto_convert", theirs_keep)):

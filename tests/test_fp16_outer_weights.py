@@ -48,3 +48,12 @@ def test_large_weights_are_read_from_the_outer_scope_with_the_same_outputs(monke
         np.testing.assert_array_equal(outer.run([x], fp16)["y"], inner.run([x], fp16)["y"])
     np.testing.assert_allclose(outer.run([x])["y"], inner.run([x])["y"], rtol=1e-5, atol=1e-5)
     assert not np.array_equal(outer.run([x], np.ones(n, bool))["y"], outer.run([x])["y"])  # fp16 does round
+
+
+def test_the_emulator_counts_its_runs_items_and_seconds():
+    emu = Fp16Emulator(_mlp())
+    x = np.random.default_rng(9).standard_normal((5, 256)).astype(np.float32)
+    assert (emu.runs, emu.items_run, emu.run_seconds) == (0, 0, 0.0)
+    emu.run([x, x[:2]])
+    emu.run([x[:1]], count=False)  # a check that the feeds run: no trial, but the session still ran
+    assert emu.runs == 1 and emu.items_run == 8 and emu.run_seconds > 0.0

@@ -47,6 +47,7 @@ ATC's modes, as emulated (``Fp16Emulator.assignment``):
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -114,6 +115,8 @@ class Fp16Emulator:
         except Exception as e:
             raise UserError(f"onnxruntime cannot load the fp16-emulation graph: {str(e).splitlines()[0]}") from None
         self.runs = 0
+        self.run_seconds = 0.0  # in session.run, over every feed of every run
+        self.items_run = 0  # items over every run (a trial on 25 items counts 25)
 
     # -- units ------------------------------------------------------------------------------------------------
     def _find_units(self, graph: gs.Graph) -> dict[int, int]:
@@ -365,7 +368,10 @@ class Fp16Emulator:
                 check_feed(self.model_inputs, feed, "fp16 emulation")
                 self._checked = True
             try:
+                t0 = time.perf_counter()
                 res = self.session.run(self.output_names, {**feed, **feed_extra})
+                self.run_seconds += time.perf_counter() - t0
+                self.items_run += next((len(v) for v in feed.values() if np.ndim(v)), 1)
             except Exception as e:
                 shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feed.items())
                 raise UserError(f"onnxruntime failed on the fp16-emulation graph with inputs {shapes}: "
