@@ -915,3 +915,19 @@ def test_a_kept_type_the_graph_lacks_is_reported_not_refused(tmp_path, capsys):
         tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "ops_info.json").read_text()) == {
         "black-list": {"to-add": ["LayerNorm", "Conv2D"]}}
+
+
+def test_compare_pairs_the_rows_of_dynamic_runs_by_profile():
+    from graphopt.commands.evaluate import compare_markdown
+
+    def run(name, speeds):
+        rows = [{"batch_size": 2, "profile": label, "throughput": v, "latency_ms": {"p50": 1.0}, "top1": None}
+                for label, v in speeds.items()]
+        return {"name": name, "run": f"runs/{name}", "backend": "onnxruntime", "inputs": "seeded", "data": "d",
+                "rows": rows}
+
+    table = compare_markdown(run("a", {"bs2_16x16": 100.0, "bs2_32x24": 50.0}),
+                             run("b", {"bs2_16x16": 200.0, "bs2_32x24": 25.0}))
+    lines = [l for l in table.splitlines() if l.startswith("| 2 (")]
+    assert [l.split(" | ")[:4] for l in lines] == [["| 2 (bs2_16x16)", "100.0", "200.0", "2.00x"],
+                                                   ["| 2 (bs2_32x24)", "50.0", "25.0", "0.50x"]]

@@ -278,16 +278,18 @@ def load_eval(run_dir: str | Path) -> dict[str, Any]:
 
 
 def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """Two evaluated runs side by side, per batch size, with B's throughput over A's."""
-    ra = {r["batch_size"]: r for r in a["rows"]}
-    rb = {r["batch_size"]: r for r in b["rows"]}
+    """Two evaluated runs side by side, per batch size (per profile for a dynamic run: batch size and profile label
+    pair the rows), with B's throughput over A's."""
+    ra = {(r["batch_size"], r.get("profile")): r for r in a["rows"]}
+    rb = {(r["batch_size"], r.get("profile")): r for r in b["rows"]}
     na, nb = a["name"], b["name"]
     if na == nb:
         na, nb = f"A ({a['run']})", f"B ({b['run']})"
     lines = [f"| batch size | {na} img/s | {nb} img/s | B/A | {na} p50 ms | {nb} p50 ms | {na} top-1 | {nb} top-1 |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for bs in sorted(set(ra) | set(rb)):
-        x, y = ra.get(bs), rb.get(bs)
+    for key in sorted(dict.fromkeys([*ra, *rb]), key=lambda k: k[0]):  # by batch size, profiles in run order
+        x, y = ra.get(key), rb.get(key)
+        bs = f"{key[0]} ({key[1]})" if key[1] else key[0]
         tx = x["throughput"] if x else None
         ty = y["throughput"] if y else None
         ratio = f"{ty / tx:.2f}x" if tx and ty else "-"
