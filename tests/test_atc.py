@@ -238,11 +238,20 @@ def test_precision_mode_v2_given_directly():
 IMAGE = [ModelDims("image", (1, 3, 224, 224), ("N", 3, "H", "W"))]
 
 
-def _dynamic(mode, values, model_dims=IMAGE, batch_sizes=(1,), cann="8.0"):
+def _dynamic(mode, values, model_dims=IMAGE, batch_sizes=(1,), cann="8.0", soc_version="Ascend310P3"):
     inputs = [(m.name, tuple(None if k == 0 and not isinstance(d, int) else s for k, (s, d) in
                              enumerate(zip(m.shape, m.dims)))) for m in model_dims]
     return atc_jobs(model="model.onnx", output_stem="m", inputs=inputs, batch_sizes=batch_sizes,
-                    soc_version="Ascend310P3", cann=cann, dynamic=DynamicSpec(mode, values), model_dims=model_dims)
+                    soc_version=soc_version, cann=cann, dynamic=DynamicSpec(mode, values), model_dims=model_dims)
+
+
+def test_gear_counts_follow_the_soc():
+    gears = tuple(range(1, 102))  # 101 batch sizes
+    with pytest.raises(UserError, match=r"101 gears; ATC takes at most 100 for Ascend310P3 \(256 on Ascend 950"):
+        _dynamic("batch_sizes", gears)
+    (job,) = _dynamic("batch_sizes", gears, soc_version="Ascend950PR_9579")
+    assert job.dynamic.value == ",".join(map(str, gears)) and len(job.dynamic.profiles) == 101
+
 
 
 def _ais(job, profile):
@@ -316,7 +325,7 @@ def test_dynamic_shapes_are_checked_against_the_models_symbolic_dims(mode, value
 
 @pytest.mark.parametrize("mode, values, message", [
     ("batch_sizes", (8,), r"1 gear\(s\); ATC takes 2 to 100"),
-    ("batch_sizes", tuple(range(1, 102)), r"101 gear\(s\); ATC takes 2 to 100"),
+    ("batch_sizes", tuple(range(1, 258)), r"257 gear\(s\); ATC takes 2 to 100 \(256 on Ascend 950\)"),
     ("batch_sizes", (1, 1), "a gear is listed twice"),
     ("batch_sizes", (0, 2), "expected positive integers"),
     ("image_sizes", ((224,), (448,)), r"expected \[height, width\] pairs"),

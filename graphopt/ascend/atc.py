@@ -217,7 +217,8 @@ def atc_jobs(*, model: str, output_stem: str, inputs: Sequence[tuple[str, Sequen
         batched = {m.name: m.symbolic(0) for m in model_dims}
         return [AtcJob(model, output_stem, bs, tuple(AtcInput(name, dims, batched[name]) for name, dims in shapes),
                        layout, soc_version, log, precision, flags, tuple(extra_args), cann, dyn)
-                for bs, shapes, layout, dyn in dynamic_shapes(dynamic, model_dims, batch_sizes, has_shape_ranges(cann))]
+                for bs, shapes, layout, dyn in dynamic_shapes(dynamic, model_dims, batch_sizes,
+                                                              has_shape_ranges(cann), soc_version)]
     layout = "NCHW" if inputs and all(len(dims) == 4 for _, dims in inputs) else "ND"
     return [AtcJob(model, output_stem, bs,
                    tuple(AtcInput(name, tuple(bs if d is None else int(d) for d in dims),

@@ -14,7 +14,8 @@ Modes (one per recipe; ``hicann/ge`` ``docs/zh/user_guides/atc_tools/CLI_options
 - ``ranges: [[1, 8]]``: one ``[lo, hi]`` per symbolic dim (same order): ``--input_shape="x:1~8,3,224,224"``, no
   gear flag (CANN 6.3 and later); profiles: every dim at its low end, and at its high end; ``--dymShape``.
 
-Gear counts (batch, image sizes, dims): 2 to 100, ATC's range (GE's docs: "(1,100]"; 256 on Ascend 950).
+Gear counts (batch, image sizes, dims): 2 to 100, ATC's range (GE's docs: "(1,100]"), and up to 256 when the
+``soc_version`` is an Ascend 950 chip (``max_gears``).
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from typing import Any, Mapping, Sequence
 from ..core.errors import UserError
 
 __all__ = ["DYNAMIC_MODES", "DynamicSpec", "Profile", "AtcDynamic", "ModelDims", "dynamic_shapes",
-           "MIN_GEARS", "MAX_GEARS"]
+           "MIN_GEARS", "MAX_GEARS", "MAX_GEARS_950", "max_gears"]
 
 DYNAMIC_MODES = ("batch_sizes", "image_sizes", "dims", "ranges")
-MIN_GEARS, MAX_GEARS = 2, 100
+MIN_GEARS, MAX_GEARS, MAX_GEARS_950 = 2, 100, 256
 _FLAGS = {"batch_sizes": "dynamic_batch_size", "image_sizes": "dynamic_image_size", "dims": "dynamic_dims"}
 _AIS = {"batch_sizes": "--dymBatch", "image_sizes": "--dymHW", "dims": "--dymDims", "ranges": "--dymShape"}
 _SUFFIX = {"batch_sizes": "dynbatch", "image_sizes": "dynhw", "dims": "dyndims", "ranges": "dynshape"}
@@ -42,8 +43,9 @@ class DynamicSpec:
 
     def __post_init__(self) -> None:
         where = f"atc.dynamic.{self.mode}"
-        if self.mode in _FLAGS and not MIN_GEARS <= len(self.values) <= MAX_GEARS:
-            raise UserError(f"{where}: {len(self.values)} gear(s); ATC takes {MIN_GEARS} to {MAX_GEARS}")
+        if self.mode in _FLAGS and not MIN_GEARS <= len(self.values) <= MAX_GEARS_950:
+            raise UserError(f"{where}: {len(self.values)} gear(s); ATC takes {MIN_GEARS} to {MAX_GEARS} "
+                            f"({MAX_GEARS_950} on Ascend 950)")
         flat = [v for g in self.values for v in (g if isinstance(g, (tuple, list)) else (g,))]
         if any(not isinstance(v, int) or v < 1 for v in flat):
             raise UserError(f"{where}: expected positive integers, got {list(self.values)}")
@@ -103,6 +105,11 @@ class ModelDims:
         return "of unknown rank" if self.dims is None else f"fixed to {self.dims[k]}"
 
 
+def max_gears(soc_version: str | None) -> int:
+    """The most gears ATC compiles for ``soc_version``: 256 on an Ascend 950 chip, 100 on the others."""
+    return MAX_GEARS_950 if soc_version and soc_version.startswith("Ascend950") else MAX_GEARS
+
+
 def _dims_text(dims: Sequence[int | str]) -> str:
     return ",".join(map(str, dims))
 
@@ -116,11 +123,15 @@ def _batch(shapes: Sequence[tuple[str, tuple[int, ...]]], inputs: Sequence[Model
 
 
 def dynamic_shapes(spec: DynamicSpec, inputs: Sequence[ModelDims], batch_sizes: Sequence[int],
-                   ranges_supported: bool) -> list[tuple[int | None, tuple[tuple[str, tuple[int | str, ...]], ...],
-                                                         str, AtcDynamic]]:
+                   ranges_supported: bool, soc_version: str | None = None
+                   ) -> list[tuple[int | None, tuple[tuple[str, tuple[int | str, ...]], ...], str, AtcDynamic]]:
     """One entry per ATC job: (its batch size, None when the job's batch varies; every input's ``--input_shape``
-    dims with ``-1`` / ``lo~hi`` where they vary; ``--input_format``; the dynamic record)."""
+    dims with ``-1`` / ``lo~hi`` where they vary; ``--input_format``; the dynamic record). ``soc_version``: what
+    the gear count is checked against (``max_gears``)."""
     where = f"atc.dynamic.{spec.mode}"
+    if spec.mode in _FLAGS and len(spec.values) > max_gears(soc_version):
+        raise UserError(f"{where}: {len(spec.values)} gears; ATC takes at most {max_gears(soc_version)} for "
+                        f"{soc_version} ({MAX_GEARS_950} on Ascend 950 chips only)")
     if spec.mode == "batch_sizes":
         varying = [i for i in inputs if i.symbolic(0) and i.shape]
         if not varying:
