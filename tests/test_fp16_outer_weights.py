@@ -57,3 +57,9 @@ def test_the_emulator_counts_its_runs_items_and_seconds():
     emu.run([x, x[:2]])
     emu.run([x[:1]], count=False)  # a check that the feeds run: no trial, but the session still ran
     assert emu.runs == 1 and emu.items_run == 8 and emu.run_seconds > 0.0
+
+
+def test_the_emulator_session_does_not_spin_its_workers():
+    """A run is hundreds of small If subgraphs: spinning workers would fight for a shared machine's cores."""
+    emu = Fp16Emulator(_mlp())
+    assert emu.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

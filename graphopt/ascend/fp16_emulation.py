@@ -110,8 +110,10 @@ class Fp16Emulator:
         try:
             # "deploy": every optimisation (prepacked and re-laid-out Conv weights inside the branches make a run
             # 1.3-1.7x faster than "compare"); the fp32 reference is this session with every switch off, so what
-            # the optimisations change (float rounding noise) is in the reference too.
-            self.session = create_session(self.model, "deploy")
+            # the optimisations change (float rounding noise) is in the reference too. Workers that sleep between
+            # tasks: a run is hundreds of small If subgraphs, and spinning workers fight for the cores of a shared
+            # machine (2 loaded cores: runs 2-2.7x faster side by side without spinning).
+            self.session = create_session(self.model, "deploy", spinning=False)
         except Exception as e:
             raise UserError(f"onnxruntime cannot load the fp16-emulation graph: {str(e).splitlines()[0]}") from None
         self.runs = 0
