@@ -4,6 +4,7 @@ items) and the sensitivity skipped when ``force_fp16`` meets the target (``analy
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from graphopt.ascend.fp16_emulation import Fp16Emulator
@@ -99,3 +100,18 @@ def test_sensitivity_is_skipped_when_force_fp16_meets_the_target_unless_asked():
                                                                                              "Mul"}
     assert len(asked["worst_nodes"]) == 4 and "Not measured" not in report_markdown(asked)
     assert asked["session_runs"] - skipped_runs - runs > skipped_runs
+
+
+def test_cli_writes_no_sensitivity_plot_when_nothing_is_searched_unless_asked(tmp_path):
+    from graphopt.commands.cli import main
+    from graphopt.testing import model_from_text
+
+    path = tmp_path / "relu.onnx"
+    onnx.save(model_from_text('<ir_version: 8, opset_import: ["" : 17]>\n'
+                              'g (float[N, 16] x) => (float[N, 16] y) {\n    y = Relu(x)\n}'), path)
+    assert main(["precision", str(path), "-o", str(tmp_path / "a"), "--samples", "8"]) == 0
+    assert not (tmp_path / "a" / "sensitivity.png").exists()
+    assert "Not measured: force_fp16 meets the target" in (tmp_path / "a" / "precision.md").read_text()
+    assert main(["precision", str(path), "-o", str(tmp_path / "b"), "--samples", "8", "--sensitivity"]) == 0
+    assert (tmp_path / "b" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Relu | 1 |" in (tmp_path / "b" / "precision.md").read_text()
