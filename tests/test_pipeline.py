@@ -307,7 +307,7 @@ def test_custom_instrument_sees_every_pass_and_skip():
                                            Timing)
     from graphopt.core.pass_verification import FinalCheck
     from graphopt.core.pipeline import PassManager
-    from graphopt.core.forms import graph_from_split, split_model
+    from graphopt.core.model import Model
     from graphopt.passes.gelu_precision import GeluPrecision
     from graphopt.passes.softmax_transpose import SoftmaxTranspose
 
@@ -334,7 +334,7 @@ def test_custom_instrument_sees_every_pass_and_skip():
 
     steps = [(SoftmaxTranspose(), "passes[0]", "stop"), (Raise(), "passes[1]", "skip"),
              (GeluPrecision(), "passes[2]", "stop")]
-    run = PipelineRun(graph_from_split(split_model(model_from_text(TINY))), steps)
+    run = PipelineRun(Model.from_proto(model_from_text(TINY)), steps)
     PassManager([Timing(), Honesty(), Normalize(), NameMapping(), FinalCheck(), OnFailSkip(), Recorder()]).run(run)
     assert seen == [("before_run", 3),
                     ("before_pass", "softmax_transpose"), ("after_pass", "softmax_transpose", True, True),
@@ -342,7 +342,7 @@ def test_custom_instrument_sees_every_pass_and_skip():
                     ("on_skip", "test_raise", "raised RuntimeError: boom"),
                     ("before_pass", "gelu_precision"), ("after_pass", "gelu_precision", False, True),
                     ("after_run", ["applied", "skipped", "unchanged"])]
-    assert run.last is not None and [n.op for n in run.graph.nodes].count("Transpose") == 2  # the skip kept it
+    assert run.model.has_snapshot and [n.op for n in run.graph.nodes].count("Transpose") == 2  # the skip kept it
 
 
 def test_failure_verified_beside_the_next_pass_is_reported_before_that_pass_crashes(workdir):

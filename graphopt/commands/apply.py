@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable
 from ..ascend.atc import ATC_JOBS_FILE, atc_jobs, atc_script, config_files, jobs_json, kept_op_types
 from ..ascend.dynamic import ModelDims
 from ..ascend.op_types import absent_types
-from ..core.onnx_files import constant_nbytes, external_data_threshold, load_split, save_model
+from ..core.model import Model
+from ..core.onnx_files import constant_nbytes, external_data_threshold, save_model
 from ..core.outputs import check_output_dir, staged_dir
 from ..core.pipeline import PipelineResult, run_pipeline
 from .recipe_schema import Recipe
@@ -62,16 +63,18 @@ def verification_feeds(recipe: Recipe, plan: InputPlan) -> list[dict]:
 def write_run_dir(outdir: Path, files: dict[str, Any], executable: set[str] = frozenset(),
                   external_models: bool | None = None, *, kind: str = "apply", force: bool = False,
                   inputs: Iterable[str | Path | None] = ()) -> None:
-    """Write ``files`` (name -> bytes, text, or a model: a graph, ``SplitModel`` or ``onnx.ModelProto``, saved by
-    ``ir.save_model``, with external data ``<name>.data`` when ``external_models`` says so or, for None, when it
-    is large) into a fresh folder that then replaces ``outdir`` as a whole, marked as a ``kind`` output
-    (``graphopt.core.outputs``: an existing ``outdir`` that is not one is refused unless ``force``). On any failure
-    (an ``OSError`` becomes a one-line ``UserError``) or Ctrl-C, the temporary folder is removed and a previous
-    ``outdir`` is left as it was."""
+    """Write ``files`` (name -> bytes, text, or a model: a ``Model``, saved by ``Model.save``, or a graph,
+    ``SplitModel`` or ``onnx.ModelProto``, saved by ``onnx_files.save_model``; with external data ``<name>.data``
+    when ``external_models`` says so or, for None, when it is large) into a fresh folder that then replaces
+    ``outdir`` as a whole, marked as a ``kind`` output (``graphopt.core.outputs``: an existing ``outdir`` that is
+    not one is refused unless ``force``). On any failure (an ``OSError`` becomes a one-line ``UserError``) or
+    Ctrl-C, the temporary folder is removed and a previous ``outdir`` is left as it was."""
     with staged_dir(outdir, kind, force=force, inputs=inputs) as tmp:
         for name, data in files.items():
             if isinstance(data, (bytes, str)):
                 (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+            elif isinstance(data, Model):
+                data.save(tmp / name, external=external_models)
             else:
                 save_model(data, tmp / name, external=external_models)
             if name in executable:
@@ -95,9 +98,9 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     outdir = Path(outdir) if outdir else Path("runs") / recipe.name
     check_output_dir(outdir, kind, force=force, inputs=recipe_inputs(recipe))
     src, cached = source_model_path(recipe, progress)
-    model = load_split(src, "model")  # the weights held once, as arrays (graphopt.core.wire)
-    plan = input_plan(recipe, model)
-    had_external = model.had_external_data
+    model = Model.load(src, "model")  # the weights held once, as arrays (graphopt.core.wire)
+    plan = input_plan(recipe, model.split())
+    had_external = model.split().had_external_data
     do_verify = recipe.verify.enabled if verify is None else verify
     inputs = verification_feeds(recipe, plan) if do_verify else None
     passes = [(p, spec.where, spec.on_fail if spec.on_fail != "stop" else recipe.verify.on_fail)
@@ -106,16 +109,17 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
     result: PipelineResult = run_pipeline(model, passes, inputs=inputs, input_name=primary,
                                           tolerance=recipe.verify.tolerance, progress=progress,
                                           real_data=recipe.verify.data is not None)
-    del model
+    del model  # the result's output, edited in place
+    output = result.output
     files: dict[str, Any] = {}
     if "model" in recipe.emit:
-        # streamed from its arrays (ir.save_model), from the run's last checked split when it made one
-        files["model.onnx"] = result.split if result.split is not None else result.graph
+        # streamed from its arrays (Model.save), from the run's last checked split when it made one
+        files["model.onnx"] = output
     atc = recipe.atc
     configs = config_files(result.configs, atc.cann)
     files.update(configs)
     # ATC may still form a type the graph lacks by fusion (LayerNorm from a decomposed layer norm): a note, not an error
-    absent = absent_types(kept_op_types(result.configs), {n.op for n in result.graph.nodes})
+    absent = absent_types(kept_op_types(result.configs), {n.op for n in output.view.nodes})
     for name in absent:
         progress(f"warning: {name} is in a keep list of the ATC configs but no op of the graph maps to it (kept: "
                  "ATC may form it by fusion)")
@@ -128,7 +132,7 @@ def apply_recipe(recipe: Recipe, outdir: str | Path | None = None, *, verify: bo
         files["atc.sh"] = atc_script(jobs)
         files[ATC_JOBS_FILE] = jobs_json(jobs)  # what graphopt eval reads: the jobs as records
     # External data when the source had it (the output stays a pair of files) or the model is large.
-    external = had_external or constant_nbytes(result.graph) > external_data_threshold()
+    external = had_external or constant_nbytes(output.view) > external_data_threshold()
     data_files = [f"{n}.data" for n, v in files.items() if not isinstance(v, (bytes, str)) and external]
     files.update(extra_files or {})
     report = {

@@ -33,11 +33,9 @@ import onnx
 
 from ..core.divergence import DEFAULT_BUDGET_MB, diff_models, tensor_diff
 from ..core.errors import UserError
-from ..core.onnx_files import load_split
 from ..core.name_map import compose, pass_name_map, tensor_producers
 from ..core.outputs import check_output_dir
-from ..core.onnx_files import check_split
-from ..core.forms import graph_from_split, split_graph
+from ..core.model import Model
 from ..core.runner import Runner
 from ..core.verify import compare_outputs
 from .apply import input_plan, recipe_inputs, source_model_path, verification_feeds, write_run_dir
@@ -77,7 +75,8 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     inputs_read = recipe_inputs(recipe)
     check_output_dir(outdir, "bisect", force=force, inputs=inputs_read)
     src, _ = source_model_path(recipe, progress)
-    original = load_split(src, "model")  # weights held once, shared by every graph below
+    model = Model.load(src, "model")  # weights held once, shared by every graph below
+    original = model.split()
     tolerance = recipe.verify.tolerance
     # Every input of the model, any dtype: the recipe's inputs: (or input:) merged with the model's own, the same
     # verification set graphopt apply uses.
@@ -86,8 +85,8 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
     input_name = recipe.input.name if recipe.input else (plan.names[0] if plan.names else None)
     progress(f"bisect: reference outputs of the input model on {len(feeds)} feed(s) of "
              f"{', '.join(plan.names) or 'no inputs'} ...")
-    ref = Runner(original).run(feeds)
-    graph = graph_from_split(original)
+    ref = Runner(model).run(feeds)
+    graph = model.graph  # edited by the passes below
     traced = {n: n for n in tensor_producers(graph)}
     specs = recipe.passes
     passes = recipe.build_passes()
@@ -120,10 +119,11 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
             graph.cleanup().toposort()
             names_after = tensor_producers(graph)
             pass_map = pass_name_map(names_before, names_after, result.renamed, {t.name for t in graph.outputs})
-            after = split_graph(graph)
+            checked = Model(graph)
+            after = checked.snapshot()  # checked and run as it is now
             try:
-                check_split(after)
-                got = Runner(after).run(feeds)
+                checked.check()
+                got = Runner(checked).run(feeds)
             except onnx.checker.ValidationError as e:
                 responsible = {"reason": "invalid graph", "detail": str(e).strip().splitlines()[0]}
             except UserError as e:
@@ -160,7 +160,7 @@ def bisect_recipe(recipe: Recipe, outdir: str | Path | None = None, *, budget_mb
         return report
 
     progress(f"bisect: layer-wise diff of the graph before {responsible['name']} against the graph after it ...")
-    a = split_graph(before_graph)
+    a = Model(before_graph).split()
     result = diff_models(a, after, feeds, tolerance=tolerance, name_map=pass_map, budget_mb=budget_mb,
                          progress=progress)
     report["compared_with"] = "the graph before the pass"

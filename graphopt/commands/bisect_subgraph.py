@@ -20,8 +20,8 @@ from ..core.divergence import SubgraphRunner, TensorDiff, tensor_tolerance
 from ..core.errors import UserError
 from ..core.graph_walk import node_inputs
 from ..core.model_inputs import DTYPES, array_dtype_name
+from ..core.model import Model
 from ..core.wire import SplitModel
-from ..core.forms import split_model
 from ..core.sessions import create_session
 from ..core.tolerance import Tolerance
 from ..core.verify import compare_outputs
@@ -108,8 +108,8 @@ def minimal_pair(a: onnx.ModelProto | SplitModel, b: onnx.ModelProto | SplitMode
     """The before- (A) and after- (B) subgraphs computing ``first`` from the nearest tensors A and B share
     (``shared``: {B name: A name}, constants excluded), with inputs for the sample that shows the largest error.
     Returns {"before": model, "before_inputs": {...}, "after": ..., "after_inputs": ..., "info": {...}}."""
-    a = a if isinstance(a, SplitModel) else split_model(a)
-    b = b if isinstance(b, SplitModel) else split_model(b)
+    a = a if isinstance(a, SplitModel) else Model.from_proto(a).split()
+    b = b if isinstance(b, SplitModel) else Model.from_proto(b).split()
     producers_a = {n: node.op_type for node in a.skeleton.graph.node for n in node.output}
     producers_b = {n: node.op_type for node in b.skeleton.graph.node for n in node.output}
     shared = {nb: na for nb, na in shared.items()

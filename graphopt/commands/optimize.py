@@ -26,10 +26,9 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ..core.errors import GraphoptError, UserError, closest
-from ..core.forms import export_graph, graph_from_split
 from ..core.inputs import InputSpec, resolve_inputs
 from ..core.latency import race
-from ..core.onnx_files import load_split
+from ..core.model import Model
 from ..core.outputs import check_output_dir
 from ..core.pass_infra import Pass, all_passes, library_passes
 from ..core.pipeline import run_pipeline
@@ -102,7 +101,7 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
             record = result.records[0]
             if not record.changed:
                 continue
-            after = result.split
+            after = result.output.split()  # the split the pipeline checked (its snapshot): no export
             try:
                 got = Runner(after).run(feeds)
             except UserError as e:
@@ -118,8 +117,8 @@ def optimize_model(split: SplitModel, rewrites: Sequence[type[Pass]], feeds: lis
                 continue
             if gate == "speed":
                 if current_proto is None:
-                    current_proto = export_graph(graph_from_split(current))
-                a, b = current_proto, export_graph(graph_from_split(after))
+                    current_proto = Model(current).proto()
+                a, b = current_proto, Model(after).proto()
                 outcome = race_fn(a, b, feeds[0]) if race_fn else race(a, b, feeds[0], rounds=race_rounds)
                 attempt.latency_ms = (outcome.a_ms, outcome.b_ms)
                 if not outcome.faster:
@@ -201,7 +200,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     stem = path.stem if path.name != "model.onnx" else path.resolve().parent.name
     outdir = Path(args.output) if args.output else Path("runs") / f"{stem}-optimized"
     check_output_dir(outdir, "optimize", force=args.force, inputs=[path, args.data])
-    split = load_split(path, "model")
+    split = Model.load(path, "model").split()
     specs, paths, primary = input_specs(args, split)
     feeds = resolve_inputs(split, specs, paths=paths).feeds(args.samples, args.seed, data=args.data, primary=primary)
     classes = all_passes()

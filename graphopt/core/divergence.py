@@ -31,12 +31,10 @@ import onnx
 from onnx import helper
 
 from .errors import UserError
-from .forms import split_model, weights_as_inputs
 from .graph_walk import node_inputs
 from .model_inputs import check_feed, model_inputs
 from .model import Model
 from .name_map import model_producers, shared_tensors
-from .onnx_files import load_split
 from .shapes import infer_shapes
 from .tolerance import Tolerance
 from .verify import compare_outputs
@@ -122,13 +120,15 @@ def tensor_tolerance(tol: Tolerance) -> Tolerance:
 # A model held once, run on any set of its tensors
 
 
-def _as_split(model: onnx.ModelProto | SplitModel | str | Path, what: str,
+def _as_split(model: Model | onnx.ModelProto | SplitModel | str | Path, what: str,
               reuse: Mapping[str, np.ndarray] | None = None) -> SplitModel:
     if isinstance(model, SplitModel):
         return model
+    if isinstance(model, Model):
+        return model.split()
     if isinstance(model, onnx.ModelProto):
-        return split_model(model)
-    return load_split(model, what, reuse)
+        return Model.from_proto(model).split()
+    return Model.load(model, what, reuse).split()
 
 
 class SubgraphRunner:
@@ -136,7 +136,7 @@ class SubgraphRunner:
     ``run(names, feeds)`` computes any set of its tensors in a session of the graph pruned to them; the weights
     are fed as inputs, which onnxruntime reads in place, so no session copies them and nothing goes to disk."""
 
-    def __init__(self, model: onnx.ModelProto | SplitModel | str | Path, what: str = "model",
+    def __init__(self, model: Model | onnx.ModelProto | SplitModel | str | Path, what: str = "model",
                  reuse: Mapping[str, np.ndarray] | None = None):
         self.what = what
         self.split = _as_split(model, what, reuse)
@@ -225,7 +225,7 @@ def _elem_size(elem_type: int) -> int:
 def _tensor_sizes(runner: SubgraphRunner, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Bytes per sample of every tensor whose shape inference can fix, with the inputs pinned to the feed's.
     The weights are typed inputs for it: shape inference needs their shapes, not their values."""
-    model = weights_as_inputs(runner.split)
+    model = Model(runner.split).weightless()
     for inp in model.graph.input:
         if inp.name in feed:
             dims = inp.type.tensor_type.shape.dim

@@ -4,7 +4,9 @@ An instrument has hooks the manager calls in the order the instruments are liste
 ``before_run(run)``; for each pass ``before_pass(ctx)``, the pass, ``after_pass(ctx)``; ``on_error(ctx, error)``
 when the pass or an ``after_pass`` hook raised (before the error propagates); ``on_skip(ctx, failure)`` when a pass
 with ``on_fail: skip`` failed and is dropped; ``after_run(run)``. ``ctx`` (``PassContext``) is one pass's step;
-``run`` (``PipelineRun``) what the whole run shares, the graph among it.
+``run`` (``PipelineRun``) what the whole run shares, the model among it (``graphopt.core.model.Model``: passes edit
+its view, ``run.graph``; the manager declares each pass that reports a change, or raises, as an edit, so a split
+of the model made by one instrument, its snapshot, serves every other until the next edit).
 
 The instruments here: the requirements a pass declares (``Requirements``), timing, the honesty check (a pass that
 says "no change" must not have edited), the cleanup and sort of a changed graph, the name map, ``on_fail: skip``
@@ -19,10 +21,9 @@ from typing import Any, Callable, Sequence
 import onnx_graphsurgeon as gs
 
 from .errors import PassError
-from .model import structure_hash
+from .model import Model, structure_hash
 from .name_map import compose, pass_name_map, summarize, tensor_producers
 from .pass_infra import Pass, PassResult
-from .forms import graph_from_split, split_graph
 from .wire import SplitModel
 
 __all__ = ["PassRecord", "PipelineRun", "PassContext", "PassFailure", "Instrument", "Requirements", "Timing",
@@ -49,18 +50,22 @@ class PassRecord:
 
 @dataclass
 class PipelineRun:
-    """What every pass of a run shares. ``last``: the graph as a ``SplitModel`` sharing the graph's weight arrays,
-    as the last checked pass left it (the input model before any; None when verification is off until the end);
+    """What every pass of a run shares. ``model``: the model the passes edit (its snapshot, when it holds one, is
+    the split the last checked pass made, or the input model's: what ``on_fail: skip`` restores and the run saves);
     ``traced``: output tensor -> input model tensor."""
 
-    graph: gs.Graph
+    model: Model
     steps: Sequence[tuple[Pass, str, str]]
-    last: SplitModel | None = None
     records: list[PassRecord] = field(default_factory=list)
     configs: dict[str, Any] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)  # the passes that ran, in order
     traced: dict[str, str] = field(default_factory=dict)
     final_verify: dict[str, Any] | None = None
+
+    @property
+    def graph(self) -> gs.Graph:
+        """The view passes edit (``Model.view``: the pass manager declares their edits)."""
+        return self.model.view
 
 
 @dataclass
@@ -161,15 +166,32 @@ class Timing(Instrument):
 
 class Honesty(Instrument):
     """Holds a pass to its word: one that reports no change must not have edited the graph, since its result then
-    skips verification. Edits are seen by ``structure_hash``'s object form, subgraphs included."""
+    skips verification and its model's snapshot stands. Edits are seen by ``structure_hash``'s object form,
+    subgraphs included. The hash after a pass that changed nothing is the next pass's hash before it, so it is
+    taken again only after a change (once the graph is cleaned up and sorted) or a skipped pass's restore."""
+
+    def __init__(self) -> None:
+        self._before: int | None = None  # the graph's hash before the pass under way
+
+    def before_run(self, run: PipelineRun) -> None:
+        self._before = None
 
     def before_pass(self, ctx: PassContext) -> None:
-        self._before = structure_hash(ctx.run.graph, weights="identity")
+        if self._before is None:
+            self._before = structure_hash(ctx.run.graph, weights="identity")
 
     def after_pass(self, ctx: PassContext) -> None:
-        if not ctx.result.changed and structure_hash(ctx.run.graph, weights="identity") != self._before:
+        if ctx.result.changed:
+            self._before = None
+        elif structure_hash(ctx.run.graph, weights="identity") != self._before:
             raise PassError(f"{ctx.who} reported no change but modified the graph: its result would skip "
                             "verification (a pass returns PassResult(changed=True, ...) when it edits)")
+
+    def on_error(self, ctx: PassContext, error: Exception) -> None:
+        self._before = None
+
+    def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
+        self._before = None
 
 
 class Normalize(Instrument):
@@ -210,19 +232,18 @@ class NameMapping(Instrument):
 
 
 class OnFailSkip(Instrument):
-    """``on_fail: skip``: a pass that fails is dropped and the graph before it restored, from the last checked
-    graph when verification keeps one (no copy), else from a split of the graph taken before the pass."""
+    """``on_fail: skip``: a pass that fails is dropped and the model before it restored, from the model's snapshot
+    (``Model.snapshot``: the split the last checked pass made, no copy; taken before the pass when there is
+    none)."""
 
     def before_pass(self, ctx: PassContext) -> None:
-        run = ctx.run
-        self._before = run.last if run.last is not None else split_graph(run.graph) if ctx.on_fail == "skip" \
-            else None
+        self._before: SplitModel | None = ctx.run.model.snapshot() if ctx.on_fail == "skip" else None
 
     def after_pass(self, ctx: PassContext) -> None:
         self._before = None
 
     def on_skip(self, ctx: PassContext, failure: PassFailure) -> None:
-        ctx.run.graph = graph_from_split(self._before)
+        ctx.run.model.restore(self._before)
         self._before = None
 
 

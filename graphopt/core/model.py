@@ -3,8 +3,12 @@ onnx-graphsurgeon view passes edit, and converts only at the edges: the view for
 inference, an onnxruntime session, saving. ``structure_hash`` is the one hash of what a graph computes.
 
 A ``Model`` starts from a file (``Model.load``), a ``ModelProto`` (``Model.from_proto``), a ``SplitModel`` or a
-graph. Until its view is asked for, it is its ``SplitModel``; once ``graph`` has been handed out, the view is the
-model (a pass may have edited it) and every edge exports it again, sharing the arrays (``forms.split_graph``).
+graph. Until its view is made, it is its ``SplitModel``; from then on the view is the model, and beside it the
+model may hold a *snapshot*: a ``SplitModel`` known to equal the view, which every edge uses instead of exporting
+the view again (``forms.split_graph``, sharing the arrays). Handing the view out for editing (``graph``) forgets
+the snapshot. An editor that says when it edits reads the view through ``view``, which keeps it, and declares
+each edit (``edited``): the pass manager does (``graphopt.core.pipeline``), so a pass that changes nothing costs
+no export, and the split verification makes of a changed pass (``snapshot``) is the one the run saves.
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ __all__ = ["Model", "structure_hash"]
 
 
 class Model:
-    """An ONNX model held once: a ``SplitModel`` until its graph view is made, the view from then on."""
+    """An ONNX model held once: a ``SplitModel`` until its graph view is made, the view (and maybe a snapshot of
+    it) from then on."""
 
     def __init__(self, source: SplitModel | gs.Graph) -> None:
-        self._split: SplitModel | None = source if isinstance(source, SplitModel) else None
         self._graph: gs.Graph | None = source if isinstance(source, gs.Graph) else None
+        # A SplitModel equal to the view: the model itself until the view is made, then a snapshot (or None).
+        self._split: SplitModel | None = source if isinstance(source, SplitModel) else None
 
     @classmethod
     def load(cls, path: str | Path, what: str = "model", reuse: Mapping[str, np.ndarray] | None = None) -> Model:
@@ -46,19 +52,49 @@ class Model:
 
     @property
     def graph(self) -> gs.Graph:
-        """The onnx-graphsurgeon view passes edit; its constants hold the weights' arrays, not copies."""
+        """The onnx-graphsurgeon view, for editing; its constants hold the weights' arrays, not copies. Handing
+        it out forgets the snapshot: whoever holds it may edit it, so every edge exports the view from now on."""
+        graph = self.view
+        self._split = None
+        return graph
+
+    @property
+    def view(self) -> gs.Graph:
+        """The view, keeping the snapshot: for reading it, or for an editor that declares each edit (``edited``)."""
         if self._graph is None:
             self._graph = graph_from_split(self._split)
-            self._split = None  # the view may be edited from now on: it is the model
         return self._graph
 
+    @property
+    def has_snapshot(self) -> bool:
+        """Whether a ``SplitModel`` equal to the view is held (``split`` then exports nothing)."""
+        return self._split is not None
+
     def split(self) -> SplitModel:
-        """The skeleton and weights as they are now (exported from the view when there is one; arrays shared)."""
-        return self._split if self._graph is None else split_graph(self._graph)
+        """The skeleton and weights as they are now: the snapshot when one is held, else exported from the view
+        (arrays shared) and not kept, since the view may be edited next."""
+        return self._split if self._split is not None else split_graph(self._graph)
+
+    def snapshot(self) -> SplitModel:
+        """``split()``, kept as the snapshot: every edge uses it until the view is handed out (``graph``) or
+        declared edited (``edited``)."""
+        if self._split is None:
+            self._split = split_graph(self._graph)
+        return self._split
+
+    def edited(self) -> None:
+        """Declare the view edited (or about to be): the snapshot is forgotten."""
+        self.view  # noqa: B018 - made first: without a view, the snapshot is the model
+        self._split = None
+
+    def restore(self, split: SplitModel) -> None:
+        """Make the model ``split`` again (a snapshot taken earlier: ``on_fail: skip`` undoing a pass); the view
+        is made from it anew when next asked for."""
+        self._graph, self._split = None, split
 
     def proto(self) -> onnx.ModelProto:
         """The whole model as one ``ModelProto``, weights copied in: for tools that take nothing else (onnxsim)."""
-        return export_graph(self.graph)
+        return export_graph(self.view)
 
     def weightless(self) -> onnx.ModelProto:
         """The skeleton with each weight a graph input of its type and shape (``forms.weights_as_inputs``)."""
@@ -77,8 +113,10 @@ class Model:
         """Shapes of every tensor (``shapes.infer_shapes``), inferred on the weightless model."""
         return infer_shapes(self.weightless())
 
-    def session(self, purpose: Purpose, *, threads: int | None = None) -> tuple[Any, dict[str, np.ndarray]]:
-        """An onnxruntime session (``sessions.create_session``) and the feeds it needs besides the model's inputs.
+    def session(self, purpose: Purpose, *, threads: int | None = None,
+                spinning: bool = True) -> tuple[Any, dict[str, np.ndarray]]:
+        """An onnxruntime session (``sessions.create_session``; ``threads``, ``spinning`` as there) and the feeds
+        it needs besides the model's inputs.
 
         The weights are graph inputs (``weightless``), fed with their arrays at every run, which onnxruntime reads
         where they are: building the session copies none of them (handed over as initializers, even as external
@@ -86,7 +124,7 @@ class Model:
         split = self.split()
         feeds = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
                  for name, arr in split.weights.items()}
-        return create_session(weights_as_inputs(split), purpose, threads=threads), feeds
+        return create_session(weights_as_inputs(split), purpose, threads=threads, spinning=spinning), feeds
 
     def save(self, path: str | Path, *, external: bool | None = None) -> list[Path]:
         """Write the model atomically, each weight streamed from its array (``onnx_files.save_model``)."""
@@ -118,7 +156,7 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
     The walk is over the onnx-graphsurgeon graph: a ``ModelProto`` is imported first, which costs more than the
     hash itself (30 ms for 550 nodes against 3 ms): hash the graph you hold where there is one."""
     if isinstance(model, Model):
-        graph = model.graph
+        graph = model.view
     elif isinstance(model, onnx.ModelProto):
         graph = gs.import_onnx(model)
     else:

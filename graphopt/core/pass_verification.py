@@ -1,9 +1,10 @@
 """Verification of every pass, as an instrument of the pass manager (``graphopt.core.instruments``).
 
-After every pass that changed the graph, the graph is split into its weightless skeleton and its weights' arrays
-(``graphopt.core.model``: no copy of them), checked with ``onnx.checker``, run in onnxruntime on the verification
-feeds and compared with the outputs of the graph before the pass (``graphopt.core.verify``). The outputs of the
-last verified graph are kept, so each pass costs one session, not two.
+After every pass that changed the graph, the model is split into its weightless skeleton and its weights' arrays
+(``graphopt.core.model.Model.snapshot``: no copy of them; the split the run restores and saves, made once), checked
+with ``onnx.checker``, run in onnxruntime on the verification feeds and compared with the outputs of the graph
+before the pass (``graphopt.core.verify``). The outputs of the last verified graph are kept, so each pass costs one
+session, not two.
 
 The onnxruntime work runs in background threads (onnxruntime releases the GIL; ``graphopt.core.background``): the
 input model's outputs beside the import of the graph and the first pass, a pass's outputs beside the next pass.
@@ -29,8 +30,7 @@ from .background import Background
 from .divergence import describe_divergence, first_divergence
 from .errors import PassError, UserError, VerificationFailed
 from .instruments import Instrument, PassContext, PassFailure, PipelineRun
-from .forms import split_graph
-from .onnx_files import check_split
+from .model import Model
 from .wire import SplitModel
 from .verify import compare_outputs
 from .runner import Outputs, Runner
@@ -42,7 +42,7 @@ __all__ = ["Verification", "FinalCheck", "check", "BEFORE"]
 BEFORE = "the graph before it"
 
 
-def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], threads: int | None, options) -> Outputs:
+def _outputs(model: Model, feeds: Sequence[dict[str, np.ndarray]], threads: int | None, options) -> Outputs:
     """``model``'s outputs on ``feeds`` in a session of ``threads`` intra-op threads (None: onnxruntime's default
     pool) that never spin: idle workers spinning would slow what the main thread does next."""
     runner = Runner(model, threads=threads, spinning=False)
@@ -51,7 +51,7 @@ def _outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], threads:
     return runner.run(feeds, options)
 
 
-def _pass_outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], who: str, threads: int | None,
+def _pass_outputs(model: Model, feeds: Sequence[dict[str, np.ndarray]], who: str, threads: int | None,
                   options) -> Outputs:
     try:
         return _outputs(model, feeds, threads, options)
@@ -59,10 +59,11 @@ def _pass_outputs(model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], who
         raise PassError(f"{who} produced a graph onnxruntime rejects: {e}") from None
 
 
-def check(split: SplitModel, who: str, note: str = "") -> None:
-    """``onnx.checker`` on ``split``; a failure is a ``PassError`` blaming ``who``."""
+def check(model: Model, who: str, note: str = "") -> None:
+    """``onnx.checker`` on ``model`` (``Model.check``: its snapshot when it holds one); a failure is a
+    ``PassError`` blaming ``who``."""
     try:
-        check_split(split)
+        model.check()
     except onnx.checker.ValidationError as e:
         raise PassError(f"{who} produced an invalid graph{note}: {str(e).strip().splitlines()[0]}") from None
 
@@ -78,40 +79,46 @@ class _Pending:
 
 
 class Verification(Instrument):
-    """Checks, runs and compares every changed pass (see the module docstring); ``run.last`` is the graph as the
-    last pass left it, split, which ``on_fail: skip`` restores and the run's result saves without splitting again.
+    """Checks, runs and compares every changed pass (see the module docstring); the split it makes of a changed
+    pass's model is the model's snapshot, which ``on_fail: skip`` restores and the run's result saves without
+    splitting again.
 
-    The input model's outputs are started at once, on ``model``: a large export's session takes seconds to build
-    (ShiftViT's 7021 nodes: 2 s), and nothing needs them before the first pass is checked, so they are computed
-    while the pipeline imports the graph and runs the first pass."""
+    The input model's outputs are started at once, on ``model`` (its split, which the view is imported from):
+    a large export's session takes seconds to build (ShiftViT's 7021 nodes: 2 s), and nothing needs them before
+    the first pass is checked, so they are computed while the pipeline imports the graph and runs the first
+    pass."""
 
-    def __init__(self, model: SplitModel, feeds: Sequence[dict[str, np.ndarray]], tolerance: Any,
+    def __init__(self, model: Model, feeds: Sequence[dict[str, np.ndarray]], tolerance: Any,
                  progress: Callable[[str], None]) -> None:
         self.feeds, self.tolerance, self.progress = feeds, tolerance, progress
         self._pending: _Pending | None = None
+        self._before: SplitModel | None = None  # the model before the pass under way, split
         self._ref: Outputs | None = None  # the input model's outputs
         self._prev: Outputs | None = None  # the last verified graph's
         progress(f"verify: reference outputs of the input model on {len(feeds)} batch(es), beside the first pass")
-        self._reference = self._job = Background("graphopt-reference", _outputs, model, feeds, 1)
+        self._reference = self._job = Background("graphopt-reference", _outputs, Model(model.split()), feeds, 1)
+
+    def before_pass(self, ctx: PassContext) -> None:
+        self._before = ctx.run.model.snapshot()  # held: the input model's split, or the last changed pass's
 
     def after_pass(self, ctx: PassContext) -> None:
         if not ctx.result.changed:
             return
         run = ctx.run
-        after = split_graph(run.graph)  # the weights stay the graph's arrays
-        check(after, ctx.who)
+        after = run.model.snapshot()  # the weights stay the graph's arrays
+        check(run.model, ctx.who)
+        model = Model(after)  # as it is now, for the session beside the next pass
         if ctx.on_fail == "skip":  # settled at once: the main thread waits for it, its pool may take every core
-            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, None, after=self._job)
+            self._job = Background("graphopt-verify", _pass_outputs, model, self.feeds, ctx.who, None, after=self._job)
         elif ctx.index == len(run.steps):  # the main thread only waits now: beside the run still under way, if any
-            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, 1)
+            self._job = Background("graphopt-verify", _pass_outputs, model, self.feeds, ctx.who, 1)
         else:
-            self._job = Background("graphopt-verify", _pass_outputs, after, self.feeds, ctx.who, 1, after=self._job)
-        pending = _Pending(ctx, run.last, after, self._job)
+            self._job = Background("graphopt-verify", _pass_outputs, model, self.feeds, ctx.who, 1, after=self._job)
+        pending = _Pending(ctx, self._before, after, self._job)
         self._settle()  # the previous pass's, which ran beside this one
         self._pending = pending
         if ctx.on_fail == "skip":
             self._settle()
-        run.last = after
 
     def on_error(self, ctx: PassContext, error: Exception) -> None:
         self._settle()
@@ -165,10 +172,11 @@ class Verification(Instrument):
 
 
 class FinalCheck(Instrument):
-    """Without verification, which checks after each pass, ``onnx.checker`` once on the output (``run.last``)."""
+    """Without verification, which checks after each pass, ``onnx.checker`` once on the output, split as the
+    model's snapshot (what the run saves)."""
 
     def after_run(self, run: PipelineRun) -> None:
         if any(r.changed for r in run.records):
-            run.last = split_graph(run.graph)
-            check(run.last, f"passes {', '.join(run.done)}",
+            run.model.snapshot()
+            check(run.model, f"passes {', '.join(run.done)}",
                   " (verification, which checks after each pass, names the pass)")

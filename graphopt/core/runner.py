@@ -73,17 +73,17 @@ def _custom_ops(model: onnx.ModelProto | bytes | str | Path) -> list[str]:
 
 def comparison_session(model, *, threads: int | None = None, spinning: bool = True):
     """The onnxruntime session every numeric comparison runs in (verification, diff, bisect):
-    ``create_session(..., "compare")`` with ``threads`` and ``spinning``. Of a path, serialized bytes or a
-    ``SplitModel``; returns it and the feeds it needs besides the model's inputs: a ``SplitModel``'s weights become
-    graph inputs fed with their arrays, which onnxruntime reads where they are (handed over as initializers, it
-    would copy them all)."""
+    ``create_session(..., "compare")`` with ``threads`` and ``spinning``. Of a path, serialized bytes, a ``Model``
+    or a ``SplitModel``; returns it and the feeds it needs besides the model's inputs: a model's weights become
+    graph inputs fed with their arrays, which onnxruntime reads where they are (``Model.session``; handed over as
+    initializers, it would copy them all)."""
+    from .model import Model  # onnx-graphsurgeon: imported when needed
     from .wire import SplitModel
-    from .forms import weights_as_inputs
 
     if isinstance(model, SplitModel):
-        weights = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
-                   for name, arr in model.weights.items()}
-        return create_session(weights_as_inputs(model), "compare", threads=threads, spinning=spinning), weights
+        model = Model(model)
+    if isinstance(model, Model):
+        return model.session("compare", threads=threads, spinning=spinning)
     return create_session(model, "compare", threads=threads, spinning=spinning), {}
 
 
@@ -105,8 +105,9 @@ def _ort_error(e: Exception, weights: Mapping[str, Any]) -> str:
 class Runner:
     """Runs an ONNX model in onnxruntime (CPU) on a verification set (a list of feeds, each a dict input name ->
     array holding every input of the model; see ``graphopt.core.feeds``), one session per model. ``model`` may be a
-    path, which onnxruntime loads with the external data beside it, or a ``wire.SplitModel``, whose weights it
-    reads without a copy (how models over 2 GB run; a ModelProto that large is split first).
+    path, which onnxruntime loads with the external data beside it, or a ``graphopt.core.model.Model`` (or a
+    ``wire.SplitModel``), whose weights it reads without a copy (how models over 2 GB run; a ModelProto that large
+    is split first).
 
     ``inputs``: the model's real inputs (``graphopt.core.model_inputs.ModelInput``), weights left out. Each feed is
     checked against them before onnxruntime sees it (``check_feed``: a missing input, a wrong dtype or rank is one
@@ -117,26 +118,27 @@ class Runner:
 
     def __init__(self, model, input_name: str | None = None, what: str = "", *, threads: int | None = None,
                  spinning: bool = True):
+        from .model import Model
         from .wire import SplitModel
-        from .forms import split_model
 
         self.what = what  # names the model in feed errors ("model B")
         pool = {"threads": threads, "spinning": spinning}
 
         try:
-            if isinstance(model, (str, Path, bytes, SplitModel)):
+            if isinstance(model, (str, Path, bytes, SplitModel, Model)):
                 self.session, self.weights = comparison_session(str(model) if isinstance(model, Path) else model,
                                                                 **pool)
             else:
                 try:
                     data = model.SerializeToString()
                 except (ValueError, EncodeError):  # over 2 GiB: the weights fed from arrays instead
-                    data = split_model(model)
+                    data = Model.from_proto(model)
                 self.session, self.weights = comparison_session(data, **pool)
         except UserError:
             raise
         except Exception as e:
-            custom = _custom_ops(model.skeleton if isinstance(model, SplitModel) else model)
+            custom = _custom_ops(model.skeleton if isinstance(model, SplitModel) else
+                                 model.split().skeleton if isinstance(model, Model) else model)
             if custom:
                 shown = ", ".join(custom[:4]) + (f" and {len(custom) - 4} more" if len(custom) > 4 else "")
                 raise UserError(f"onnxruntime cannot run the model's custom-domain ops ({shown}), so it cannot be "
