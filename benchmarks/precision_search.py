@@ -158,7 +158,8 @@ def auto_convert(model, input_name: str, batch: np.ndarray, tol) -> tuple[float,
 def run_model(spec: str, photos: Path, args, tmp: Path) -> dict | None:
     from graphopt.ascend.calibration import load_calibration, split_holdout
     from graphopt.ascend.fp16_emulation import Fp16Emulator
-    from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, analyse
+    from graphopt.ascend.fp16_sensitivity import Target, analyse
+    from graphopt.ascend.precision_keepset import PrecisionSearch
     from graphopt.commands.precision import _recipe_model, preprocess_values
     from graphopt.core.errors import UserError
 

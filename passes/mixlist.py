@@ -162,8 +162,9 @@ class Mixlist(Pass):
 
     def _run_measured(self, graph: gs.Graph) -> PassResult:
         from graphopt.ascend.fp16_emulation import Fp16Emulator
-        from graphopt.ascend.fp16_sensitivity import Target, analyse, feed_items
-        from graphopt.ascend.calibration import RANDOM_INPUTS_WARNING, batch_layout, feeds_calibration, fit_feeds
+        from graphopt.ascend.calibration import (RANDOM_INPUTS_WARNING, batch_layout, feed_items, feeds_calibration,
+                                                 fit_feeds)
+        from graphopt.ascend.fp16_sensitivity import Target, analyse
 
         what = "mixlist (mode: measured)"
         feeds, real_data = self.calibration or (None, False)

@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 from graphopt.ascend.fp16_emulation import Fp16Emulator
-from graphopt.ascend.fp16_sensitivity import PrecisionSearch, Target, analyse
+from graphopt.ascend.fp16_sensitivity import Target, analyse
+from graphopt.ascend.precision_keepset import PrecisionSearch
 from graphopt.ascend.precision_report import report_markdown
 
 from tests.test_precision import _planted_mul_graph
@@ -80,7 +81,9 @@ def test_analyse_confirms_on_stages_and_runs_one_reference():
     emu = Fp16Emulator(_planted_mul_graph(all_muls_sensitive=True))
     result = analyse(emu, [_items()], Target(top1=1.0, cosine=0.999), node_trials=0, worst_nodes=0)
     assert result["predicted"]["passed"] and result["search"]["keep_types"] == ["Mul"]
-    assert result["references"] == 1  # the screens' fp32 outputs are sliced from the run on all items
+    # one fp32 run on all items, one on the worst item alone (slicing holds: it gives that item's rows); the
+    # screens' fp32 outputs are sliced from the first
+    assert result["references"] == 2
     assert result["session_runs"] == result["trials"] + result["references"]
     assert not result["sensitivity_skipped"] and result["types"]
 
@@ -115,3 +118,31 @@ def test_cli_writes_no_sensitivity_plot_when_nothing_is_searched_unless_asked(tm
     assert main(["precision", str(path), "-o", str(tmp_path / "b"), "--samples", "8", "--sensitivity"]) == 0
     assert (tmp_path / "b" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     assert "| Relu | 1 |" in (tmp_path / "b" / "precision.md").read_text()
+
+
+def test_items_are_sliced_only_when_the_model_computes_each_on_its_own():
+    # A weight fed as an input with the batch's symbolic first dim: an item's feed holds a slice of the weight too,
+    # so its outputs are no rows of the run over all items (the node corpus' Conv tests at a symbolic batch).
+    from graphopt.core.pass_infra import get_pass
+    from graphopt.core.pipeline import run_pipeline
+
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 5, 5]),
+         onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, ["N", 1, 3, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "N", 3, 3])])
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    emu = Fp16Emulator(model)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, 1, 5, 5)).astype(np.float32),
+             "w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32)}
+    s = PrecisionSearch(emu, [feeds], Target(top1=None, cosine=0.999))
+    assert s.per_item_outputs() and not s.separable(0, {k: v[:1] for k, v in feeds.items()})
+    p = get_pass("mixlist")(mode="measured", samples=2, node_trials=2)
+    result = run_pipeline(model, [(p, "passes[0]", "stop")], inputs=None)  # ran its search, no crash
+    assert result.records[0].status == "unchanged"
+    # a model that computes each item alone: sliced
+    x = _items()
+    s = PrecisionSearch(Fp16Emulator(_planted_mul_graph(all_muls_sensitive=True)), [x], Target(top1=1.0, cosine=0.9))
+    assert s.separable(3, x[3:4])

@@ -46,16 +46,12 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.tolerance import OutputTolerance, Tolerance, tolerance_problem
-from .calibration import feed_items, screen_batches  # feed_items: re-exported (passes/mixlist.py)
-from .calibration import RANDOM_INPUTS_WARNING, batch_layout  # re-export for the import sweep
-from .calibration import feeds_calibration, fit_feeds  # re-export for the import sweep
+from .calibration import screen_batches
 from .fp16_emulation import Fp16Emulator
 from .fp16_units import Unit
 from .precision_keepset import PrecisionSearch, search_keep_set, unit_cost
 
-__all__ = ["Target", "PrecisionSearch", "analyse", "generated_configs"]
-__all__ += ["feed_items", "RANDOM_INPUTS_WARNING", "batch_layout", "feeds_calibration",
-            "fit_feeds"]  # re-export for the import sweep
+__all__ = ["Target", "analyse", "generated_configs"]
 
 
 def _noop(msg: str) -> None:
@@ -149,7 +145,8 @@ def analyse(emulator: Fp16Emulator, batches: Sequence[Any], target: Target, *,
     baselines = {"fp32": _reference_metrics(s), "force_fp16": s.trial(force)}
     full = baselines["force_fp16"]
     order = [int(i) for i in np.argsort(-s.item_errors(force), kind="stable")]  # most hurt by fp16 first
-    cut = not fixed_batch and s.per_item_outputs()
+    cut = not fixed_batch and s.per_item_outputs() and s.separable(order[0], screen_batches(batches, 1, False,
+                                                                                             order[:1])[0])
     screen = screen_of(order[:screen_items])
     ranker = screen_of(order[:rank_items])
     if cut and screen is not s:  # confirmations: the screen, then twice as many items again, then the rest

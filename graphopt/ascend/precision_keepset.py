@@ -94,6 +94,25 @@ class PrecisionSearch:
                    and [len(x) for x in self.ref.per_feed.get(k, [v])] == [feed_items(b) for b in self.batches]
                    for k, v in self.ref.items()) if hasattr(self.ref, "per_feed") else False
 
+    def separable(self, item: int, feed: Any) -> bool:
+        """Whether the model computes item ``item`` on its own, as slicing the reference assumes: run alone
+        (``feed``: its feed), its outputs are its rows of the reference run. Not so when an input's first axis is
+        something else than the items (a weight fed with a symbolic first dim) or the model mixes items (a
+        statistic over the batch)."""
+        got = self.emu.run([feed])
+        self.ref_runs += 1  # an fp32 run
+        for name, want in self.ref_of([item]).items():
+            have, want = np.asarray(got[name]), np.asarray(want)
+            if have.shape != want.shape:
+                return False
+            if want.dtype.kind == "f":
+                scale = float(np.nanmax(np.abs(want))) if want.size and not np.all(np.isnan(want)) else 0.0
+                if not np.allclose(have, want, rtol=1e-4, atol=1e-5 * scale, equal_nan=True):
+                    return False
+            elif not np.array_equal(have, want):
+                return False
+        return True
+
     def ref_of(self, items: Sequence[int]) -> Any:
         """The fp32 outputs of ``items`` (indices, in this order), as one feed."""
         from ..core.runner import Outputs
