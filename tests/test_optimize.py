@@ -199,3 +199,19 @@ def test_the_speed_gate_times_the_npu_with_atc_and_ais_bench_when_installed(env,
     proc = graphopt(env, "optimize", "m.onnx", "-o", "out2", *only, "--gate", "speed", "--gate-backend",
                     "onnxruntime", cwd=tmp_path)
     assert proc.returncode == 0 and "the speed gate times onnxruntime" in proc.stderr
+
+
+def test_inputs_with_an_initializer_are_named_and_left_to_the_caller(env, tmp_path):
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 8] x, float[8] w) => (float[N, 8] y) <float[8] w = {1, 1, 1, 1, 1, 1, 1, 1}> {
+        a = Mul(w, w)
+        y = Add(x, a)
+    }""")
+    onnx.save(model, tmp_path / "w.onnx")
+    proc = graphopt(env, "optimize", "w.onnx", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 graph input(s) have an initializer (w): defaults a caller may override" in proc.stderr
+    out = onnx.load(tmp_path / "out" / "model.onnx")
+    assert [i.name for i in out.graph.input] == ["x", "w"] and "Mul" in [n.op_type for n in out.graph.node]
+    assert json.loads((tmp_path / "out" / "optimize.json").read_text())["initializer_inputs"] == ["w"]

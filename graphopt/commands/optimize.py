@@ -201,6 +201,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     outdir = Path(args.output) if args.output else Path("runs") / f"{stem}-optimized"
     check_output_dir(outdir, "optimize", force=args.force, inputs=[path, args.data])
     split = Model.load(path, "model").split()
+    held = _initializer_inputs(split.skeleton)
+    if held:
+        _stderr(f"optimize: {len(held)} graph input(s) have an initializer ({', '.join(held[:5])}"
+                f"{', ...' if len(held) > 5 else ''}): defaults a caller may override, which no rewrite folds; if "
+                "nothing feeds them, a recipe with the drop_initializer_inputs pass makes them constants first")
     specs, paths, primary = input_specs(args, split)
     feeds = resolve_inputs(split, specs, paths=paths).feeds(args.samples, args.seed, data=args.data, primary=primary)
     classes = all_passes()
@@ -211,7 +216,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     del split
     text = recipe_text(f"{stem}-optimized", path, kept, specs, args.samples, args.seed, args.data, tolerance)
     table = attempts_table(attempts, args.gate)
-    search = {"model": str(path), "rewrites": names, "gate": args.gate, "kept": kept,
+    search = {"model": str(path), "rewrites": names, "gate": args.gate, "kept": kept, "initializer_inputs": held,
               "attempts": [asdict(a) for a in attempts], "search_seconds": round(time.perf_counter() - t0, 3)}
     recipe = parse_recipe(yaml.safe_load(text), None)  # every path in it is absolute
     report = apply_recipe(recipe, outdir, force=True, kind="optimize",
@@ -223,6 +228,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     print(f"kept {len(kept)} of {len(attempts)} rewrite(s) that changed the model; "
           f"wrote {report['outdir']}/: {', '.join(report['files'])}")
     return 0
+
+
+def _initializer_inputs(model) -> list[str]:
+    """The graph inputs that have an initializer (``graphopt.core.input_defaults``)."""
+    names = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name in names]
 
 
 def _gate_backend(args: argparse.Namespace, workdir: Path) -> Callable | None:
