@@ -132,13 +132,18 @@ def test_a_replaced_weight_array_changes_the_identity_hash():
     assert structure_hash(graph, weights="values") != content
 
 
-def test_identity_hash_leaves_string_constants_unloaded():
+def _string_keys_model() -> Model:
+    """Equal(x, keys) with ``keys`` a string initializer (which gs cannot write once it has loaded it)."""
     keys = onnx.helper.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
     g = onnx.helper.make_graph(
         [onnx.helper.make_node("Equal", ["x", "keys"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [2])], initializer=[keys])
-    model = Model.from_proto(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 19)]))
+    return Model.from_proto(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 19)]))
+
+
+def test_identity_hash_leaves_string_constants_unloaded():
+    model = _string_keys_model()
     for weights in ("identity", "shapes", "values"):
         structure_hash(model, weights=weights)
     assert isinstance(model.graph.tensors()["keys"]._values, gs.ir.tensor.LazyValues)
@@ -150,11 +155,6 @@ def test_const_value_leaves_string_constants_exportable():
     # what ``Constant.values`` loads, and a loaded string array is one it cannot write back.
     from graphopt.core.ir import const_value
 
-    keys = onnx.helper.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
-    g = onnx.helper.make_graph(
-        [onnx.helper.make_node("Equal", ["x", "keys"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [2])], initializer=[keys])
-    model = Model.from_proto(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 19)]))
+    model = _string_keys_model()
     assert const_value(model.graph.tensors()["keys"]).tolist() == ["a", "b"]
     assert onnx.numpy_helper.to_array(model.proto().graph.initializer[0]).tolist() == ["a", "b"]
