@@ -11,7 +11,8 @@ from graphopt.core.ir import producer, replace_uses, set_tensors
 from graphopt.core.pass_infra import PassResult
 from graphopt.core.rules import RewritePass
 
-__all__ = ["kept_names", "bypass", "to_fixed_point", "merge_to_fixed_point", "shared_pairs", "static_dim",
+__all__ = ["kept_names", "bypass", "to_fixed_point", "merge_to_fixed_point", "drop_then_merge", "shared_pairs",
+           "static_dim",
            "MAX_ROUNDS"]
 
 # A chain of n foldable pairs takes n - 1 rounds; past this many the rest waits for the next run of the pass.
@@ -30,18 +31,19 @@ def kept_names(graph: gs.Graph) -> set[int]:
     return ids
 
 
-def bypass(node: gs.Node, src: gs.Tensor, kept: set[int]) -> bool:
+def bypass(node: gs.Node, src: gs.Tensor, kept: set[int], renamed: dict[str, str]) -> None:
     """Make ``node``'s first output's readers read ``src`` instead (``node`` is left dead for cleanup). An output
-    that must keep its name gets it from ``node`` turned into ``Identity(src)``; returns True in that case."""
+    that must keep its name gets it from ``node`` turned into ``Identity(src)``, recorded in ``renamed`` (the
+    pass's ``PassResult.renamed``: the name now holds what it held before)."""
     y = node.outputs[0]
     if id(y) in kept:
         node.op, node.domain, node.attrs = "Identity", None, {}
         set_tensors(node.inputs, [src])
         set_tensors(node.outputs, [y])
-        return True
+        renamed[y.name] = y.name
+        return
     replace_uses(y, src)
     node.outputs.clear()
-    return False
 
 
 def to_fixed_point(run_once: Callable[[], PassResult], graph: gs.Graph) -> PassResult:
@@ -68,6 +70,19 @@ def merge_to_fixed_point(rule: RewritePass, graph: gs.Graph, op: str, kept: set[
     if shared := shared_pairs(graph, op, kept):
         skipped[f"first {op} read elsewhere"] = shared
     return result, skipped
+
+
+def drop_then_merge(rule: RewritePass, graph: gs.Graph, op: str, drop: Callable[[], int], kind: str,
+                    kept: set[int], renamed: dict[str, str]) -> PassResult:
+    """A pair-merging rule's pass: ``drop()`` removes the single ``op`` nodes that do nothing (returns how many),
+    then the rule runs to its fixed point (``merge_to_fixed_point``); stats ``rewritten`` counts both, ``kind`` the
+    dropped ones."""
+    dropped = drop()
+    if dropped:
+        graph.cleanup()
+    result, skipped = merge_to_fixed_point(rule, graph, op, kept)
+    stats = {"rewritten": result.stats["rewritten"] + dropped, kind: dropped, "skipped": skipped}
+    return PassResult(result.changed or dropped > 0, stats, renamed=renamed)
 
 
 def shared_pairs(graph: gs.Graph, op: str, kept: set[int]) -> int:

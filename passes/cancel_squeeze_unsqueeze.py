@@ -65,8 +65,8 @@ class CancelSqueezeUnsqueeze(RewritePass):
 
     Applies where both give their axes (as an attribute before opset 13, a constant input from it on) and these
     name the same axes; a Squeeze without axes (every dim of size 1) is left, since which dims those are can change
-    with the input. The first node must be read by the second alone (counted in ``skipped`` otherwise). A graph output keeps its name through an
-    Identity. Exact: both only reshape.
+    with the input. The first node must be read by the second alone (counted in ``skipped`` otherwise). A graph
+    output keeps its name through an Identity. Exact: both only reshape.
 
     Why: ``conv1d_to_conv2d`` leaves one such pair between every two chained 1-D convolutions (Squeeze back to 3-D,
     Unsqueeze to 4-D again), and exporters write them around ops that need another rank; each is a reshape kernel
@@ -92,8 +92,7 @@ class CancelSqueezeUnsqueeze(RewritePass):
         return None
 
     def rewrite(self, op: NodeBuilder, ctx: Match, x: gs.Tensor, first=None, second=None) -> gs.Tensor | None:
-        if bypass(ctx.root, x, self._kept):
-            self._renamed[ctx.root.outputs[0].name] = ctx.root.outputs[0].name
+        bypass(ctx.root, x, self._kept, self._renamed)
         return None
 
     def run(self, graph: gs.Graph) -> PassResult:

@@ -9,7 +9,7 @@ from graphopt.core.ir import ensure_shapes, onnx_dtype, producer
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import bypass, kept_names, merge_to_fixed_point
+from ._graph_edits import bypass, drop_then_merge, kept_names
 
 __all__ = ["MergeCasts", "holds_every_value"]
 
@@ -94,8 +94,7 @@ class MergeCasts(RewritePass):
     def rewrite(self, op: NodeBuilder, ctx: Match, x: gs.Tensor, t1: int, t2: int) -> gs.Tensor | None:
         if onnx_dtype(x) != t2:
             return op.Cast(x, **ctx.root.attrs)
-        if bypass(ctx.root, x, self._kept):
-            self._renamed[ctx.root.outputs[0].name] = ctx.root.outputs[0].name
+        bypass(ctx.root, x, self._kept, self._renamed)
         return None
 
     def _same_type(self, graph: gs.Graph) -> int:
@@ -103,16 +102,11 @@ class MergeCasts(RewritePass):
         for node in list(graph.nodes):
             if (node.op == "Cast" and node.outputs and node.inputs and (node.domain or "") in ("", "ai.onnx")
                     and "to" in node.attrs and onnx_dtype(node.inputs[0]) == int(node.attrs["to"])):
-                if bypass(node, node.inputs[0], self._kept):
-                    self._renamed[node.outputs[0].name] = node.outputs[0].name
+                bypass(node, node.inputs[0], self._kept, self._renamed)
                 removed += 1
         return removed
 
     def run(self, graph: gs.Graph) -> PassResult:
         self._kept, self._renamed = kept_names(graph), {}
-        same = self._same_type(graph)
-        if same:
-            graph.cleanup()
-        result, skipped = merge_to_fixed_point(self, graph, "Cast", self._kept)
-        stats = {"rewritten": result.stats["rewritten"] + same, "same_type": same, "skipped": skipped}
-        return PassResult(result.changed or same > 0, stats, renamed=self._renamed)
+        return drop_then_merge(self, graph, "Cast", lambda: self._same_type(graph), "same_type", self._kept,
+                               self._renamed)

@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
 
-from ._graph_edits import bypass, kept_names, merge_to_fixed_point
+from ._graph_edits import bypass, drop_then_merge, kept_names
 
 __all__ = ["MergeTransposes", "composed_perm"]
 
@@ -55,8 +55,7 @@ class MergeTransposes(RewritePass):
         perm = composed_perm(p0, p1, None if x.shape is None else len(x.shape))
         if perm != list(range(len(perm))):
             return op.Transpose(x, perm=perm)
-        if bypass(ctx.root, x, self._kept):
-            self._renamed[ctx.root.outputs[0].name] = ctx.root.outputs[0].name
+        bypass(ctx.root, x, self._kept, self._renamed)
         return None
 
     def _identities(self, graph: gs.Graph) -> int:
@@ -71,17 +70,11 @@ class MergeTransposes(RewritePass):
                 continue
             if perm is not None and list(perm) != list(range(rank)):
                 continue
-            if bypass(node, x, self._kept):
-                self._renamed[node.outputs[0].name] = node.outputs[0].name
+            bypass(node, x, self._kept, self._renamed)
             removed += 1
         return removed
 
     def run(self, graph: gs.Graph) -> PassResult:
         self._kept, self._renamed = kept_names(graph), {}
-        identities = self._identities(graph)
-        if identities:
-            graph.cleanup()
-        result, skipped = merge_to_fixed_point(self, graph, "Transpose", self._kept)
-        stats = {"rewritten": result.stats["rewritten"] + identities, "identity_perms": identities,
-                 "skipped": skipped}
-        return PassResult(result.changed or identities > 0, stats, renamed=self._renamed)
+        return drop_then_merge(self, graph, "Transpose", lambda: self._identities(graph), "identity_perms",
+                               self._kept, self._renamed)

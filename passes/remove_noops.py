@@ -193,8 +193,7 @@ class RemoveNoops(Pass):
                 continue
             if node.op == "Identity" and id(node.outputs[0]) in kept:
                 continue  # already the cheapest way to keep a graph output's name
-            if bypass(node, node.inputs[source], kept):
-                renamed[node.outputs[0].name] = node.outputs[0].name
+            bypass(node, node.inputs[source], kept, renamed)
             removed[what] += 1
         total = sum(removed.values())
         return PassResult(total > 0, {"rewritten": total, "removed": dict(removed), "skipped": dict(skipped)},
