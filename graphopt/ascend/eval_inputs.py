@@ -14,6 +14,7 @@ data's, else seeded random items of the profile's shapes (throughput only).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -279,10 +280,9 @@ def output_bytes(model: Path, shapes: Mapping[str, Sequence[int]]) -> list[int]:
     inference on the model without its weights; a ``UserError`` when an output's shape stays unknown."""
     import onnx
 
-    from ..core.model import Model
     from ..core.shapes import infer_shapes
 
-    light = Model.load(model).weightless()
+    light = onnx.load_from_string(_weightless_bytes(str(model)))  # a copy: its input dims are set below
     for vi in light.graph.input:
         if vi.name in shapes:
             dims = vi.type.tensor_type.shape.dim
@@ -304,3 +304,11 @@ def output_bytes(model: Path, shapes: Mapping[str, Sequence[int]]) -> list[int]:
                             "shape ranges")
         sizes.append(int(np.prod(dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize)
     return sizes
+
+
+@functools.lru_cache(maxsize=4)
+def _weightless_bytes(path: str) -> bytes:
+    """The run's model without its weights, serialized: read once for all of a run's profiles."""
+    from ..core.model import Model
+
+    return Model.load(path).weightless().SerializeToString()

@@ -46,16 +46,22 @@ def hold(model_graph: onnx.GraphProto, graph: gs.Graph) -> None:
         if not isinstance(const, gs.Constant):  # read by no node: gs never made it a tensor
             const = gs.Constant(name, LazyValues(initializers[name]))
         variable = gs.Variable(name, dtype=const.dtype, shape=_declared_shape(declared[name], const))
-        for node in list(const.outputs):  # nodes of subgraphs that read it from the outer scope too
-            for i, t in enumerate(node.inputs):
-                if t is const:
-                    node.inputs[i] = variable
-        graph.outputs = [variable if t is const else t for t in graph.outputs]
+        _swap(graph, const, variable)
         defaults[name] = const
         variables[name] = variable
     others = iter(graph.inputs)
     graph.inputs = [variables[i.name] if i.name in variables else next(others) for i in model_graph.input]
     graph.__dict__[_KEY] = defaults
+
+
+def _swap(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """``new`` in place of ``old`` for every node that reads it (in subgraphs too) and among the graph's outputs
+    (``ir.replace_uses``, which this module cannot import: ``ir`` imports ``forms``, which imports this)."""
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    graph.outputs = [new if t is old else t for t in graph.outputs]
 
 
 def _declared_shape(info: onnx.ValueInfoProto, const: gs.Constant) -> list:
@@ -89,11 +95,7 @@ def drop(graph: gs.Graph, names: list[str] | None = None) -> list[str]:
             chosen.remove(name)
             continue
         const = defaults.pop(name)
-        for node in list(variable.outputs):
-            for i, t in enumerate(node.inputs):
-                if t is variable:
-                    node.inputs[i] = const
-        graph.outputs = [const if t is variable else t for t in graph.outputs]
+        _swap(graph, variable, const)
         graph.inputs = [t for t in graph.inputs if t is not variable]
     return chosen
 
