@@ -18,8 +18,9 @@ from typing import Any
 import onnx
 
 from ..core.errors import UserError
+from ..core.input_defaults import initializer_inputs
 
-__all__ = ["inspect_model", "format_inspection", "add_cli"]
+__all__ = ["inspect_model", "format_inspection", "listed", "add_cli"]
 
 
 def _dtype(elem_type: int) -> str:
@@ -122,7 +123,7 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         "op_counts": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializers": len(g.initializer) + len(g.sparse_initializer),
         # inputs with an initializer: defaults a caller may override (graphopt.core.input_defaults)
-        "initializer_inputs": [v.name for v in g.input if v.name in initializer_names],
+        "initializer_inputs": initializer_inputs(g),
         "parameters": sum(math.prod(t.dims) for t in g.initializer),
         "functions": [f"{f.domain}::{f.name}" for f in model.functions],
     }
@@ -141,7 +142,8 @@ def _shape(dims: list[int | str | None] | None) -> str:
     return "unknown" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _listed(names: list[str], shown: int = 5) -> str:
+def listed(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``names``, and how many more."""
     return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
@@ -154,7 +156,7 @@ def format_inspection(info: dict[str, Any]) -> str:
              f"graph {info['graph_name'] or '(unnamed)'}: {info['nodes']} nodes of {len(info['op_counts'])} op types"
              + (f" ({info['subgraphs']} subgraphs counted in)" if info["subgraphs"] else "")
              + f", {info['initializers']} initializers"
-             + (f" ({len(info['initializer_inputs'])} of them graph inputs too: {_listed(info['initializer_inputs'])})"
+             + (f" ({len(info['initializer_inputs'])} of them graph inputs too: {listed(info['initializer_inputs'])})"
                 if info["initializer_inputs"] else "")
              + f", {info['parameters']:,} parameters"]
     for loc, e in info["external_data"].items():

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ..core.errors import GraphoptError, UserError, closest
+from ..core.input_defaults import initializer_inputs
 from ..core.inputs import InputSpec, resolve_inputs
 from ..core.latency import race
 from ..core.model import Model
@@ -36,6 +37,7 @@ from ..core.runner import Runner
 from ..core.tolerance import Tolerance
 from ..core.verify import compare_outputs
 from ..core.wire import SplitModel
+from .inspect import listed
 
 __all__ = ["Attempt", "optimize_model", "recipe_text", "attempts_table", "add_cli"]
 
@@ -201,11 +203,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     outdir = Path(args.output) if args.output else Path("runs") / f"{stem}-optimized"
     check_output_dir(outdir, "optimize", force=args.force, inputs=[path, args.data])
     split = Model.load(path, "model").split()
-    held = _initializer_inputs(split.skeleton)
+    held = initializer_inputs(split.skeleton.graph)
     if held:
-        _stderr(f"optimize: {len(held)} graph input(s) have an initializer ({', '.join(held[:5])}"
-                f"{', ...' if len(held) > 5 else ''}): defaults a caller may override, which no rewrite folds; if "
-                "nothing feeds them, a recipe with the drop_initializer_inputs pass makes them constants first")
+        _stderr(f"optimize: {len(held)} graph input(s) have an initializer ({listed(held)}): defaults a caller may "
+                "override, which no rewrite folds; if nothing feeds them, a recipe with the drop_initializer_inputs "
+                "pass makes them constants first")
     specs, paths, primary = input_specs(args, split)
     feeds = resolve_inputs(split, specs, paths=paths).feeds(args.samples, args.seed, data=args.data, primary=primary)
     classes = all_passes()
@@ -228,12 +230,6 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     print(f"kept {len(kept)} of {len(attempts)} rewrite(s) that changed the model; "
           f"wrote {report['outdir']}/: {', '.join(report['files'])}")
     return 0
-
-
-def _initializer_inputs(model) -> list[str]:
-    """The graph inputs that have an initializer (``graphopt.core.input_defaults``)."""
-    names = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name in names]
 
 
 def _gate_backend(args: argparse.Namespace, workdir: Path) -> Callable | None:

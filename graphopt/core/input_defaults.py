@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-__all__ = ["hold", "restore", "input_defaults", "drop", "strip", "keep"]
+__all__ = ["hold", "restore", "input_defaults", "initializer_inputs", "drop", "strip", "keep"]
 
 _KEY = "_graphopt_input_defaults"  # in the gs.Graph's __dict__ (its __getattr__ treats other names as functions)
 _FIRST_IR_WITHOUT = 4  # from IR version 4 an initializer need not be a graph input
@@ -27,13 +27,19 @@ def input_defaults(graph: gs.Graph) -> dict[str, gs.Constant]:
     return graph.__dict__.get(_KEY, {})
 
 
+def initializer_inputs(model_graph: onnx.GraphProto) -> list[str]:
+    """The graph inputs of ``model_graph`` that have an initializer, in input order."""
+    names = {t.name for t in model_graph.initializer}
+    return [i.name for i in model_graph.input if i.name in names]
+
+
 def hold(model_graph: onnx.GraphProto, graph: gs.Graph) -> None:
     """Make every input of ``model_graph`` that has an initializer a graph input of ``graph`` (just imported from
     it) again, in its place, with its value kept as its default."""
-    initializers = {t.name: t for t in model_graph.initializer}
-    names = [i.name for i in model_graph.input if i.name in initializers]
+    names = initializer_inputs(model_graph)
     if not names:
         return
+    initializers = {t.name: t for t in model_graph.initializer}
     tensors: dict[str, gs.Tensor] = {}  # a tensor only subgraphs read is in none of the main graph's lists
     for g in (graph, *graph.subgraphs(recursive=True)):
         for name, t in g.tensors().items():
@@ -91,7 +97,8 @@ def drop(graph: gs.Graph, names: list[str] | None = None) -> list[str]:
     chosen = [n for n in (defaults if names is None else names) if n in defaults]
     for name in list(chosen):
         variable = next(t for t in graph.inputs if t.name == name)
-        if any(t is variable for t in graph.outputs):  # an input returned as it is: a constant output would be no output at all
+        # an input returned as it is stays: a constant graph output would be no output at all
+        if any(t is variable for t in graph.outputs):
             chosen.remove(name)
             continue
         const = defaults.pop(name)
