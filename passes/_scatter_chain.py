@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import const_value, producer, shape_model
-from graphopt.core.graph_walk import node_inputs
+from graphopt.core.ir import const_value, outer_reads, producer, shape_model
+from graphopt.core.forms import with_nodes
 from graphopt.core.pattern import NoMatch
 
 __all__ = ["ShiftGroup", "simulate_scatter_chain", "decompose_shift_map", "Chain", "find_chains", "match_structure",
@@ -231,32 +231,30 @@ def find_chains(graph: gs.Graph) -> list[Chain]:
 
 
 def shape_proxy(graph: gs.Graph, chains: list[Chain]) -> onnx.ModelProto:
-    """``graph``'s shape model (``ir.shape_model``) with each chain's last ScatterND replaced by a Cast of its
-    source to the buffer's dtype, and the nodes nothing reads any more dropped. A chain's output has its source's
-    shape (the buffer is ``zeros_like(source)``), so shape inference over this model gives every tensor outside the
-    chains the shape and type it has in ``graph``, without the index arithmetic feeding the scatters: most of a
-    ShiftViT graph, and most of its inference time."""
-    model = shape_model(graph)
-    stand_in = {c.output.name: c for c in chains if c.src is not None and c.buffer_dtype is not None}
-    nodes = list(model.graph.node)
-    for k, n in enumerate(nodes):
-        if n.op_type == "ScatterND" and n.output[0] in stand_in:
-            c = stand_in[n.output[0]]
-            nodes[k] = onnx.helper.make_node("Cast", [c.src.name], [n.output[0]],
-                                             to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(c.buffer_dtype)))
-    live = {o.name for o in model.graph.output}
-    keep = []
-    for k in range(len(nodes) - 1, -1, -1):
-        if any(o in live for o in nodes[k].output):
-            keep.append(k)
-            live.update(node_inputs(nodes[k]))
-    kept = []
-    for k in reversed(keep):
-        copy = onnx.NodeProto()
-        copy.CopyFrom(nodes[k])
-        kept.append(copy)
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
+    """The shape model (``ir.shape_model``) of the part of ``graph`` its outputs need once each chain's last
+    ScatterND is a Cast of its source to the buffer's dtype. A chain's output has its source's shape (the buffer is
+    ``zeros_like(source)``), so shape inference over this model gives every tensor outside the chains the shape and
+    type it has in ``graph``, without the index arithmetic feeding the scatters: most of a ShiftViT graph, and most
+    of its export and inference time, are never exported."""
+    stand_in = {id(c.scatters[-1]): c for c in chains if c.src is not None and c.buffer_dtype is not None}
+    live: set[int] = set()
+    todo = [n for t in graph.outputs for n in t.inputs]
+    while todo:
+        node = todo.pop()
+        if id(node) in live:
+            continue
+        live.add(id(node))
+        chain = stand_in.get(id(node))
+        reads = [chain.src] if chain is not None else [*node.inputs, *outer_reads(node)]
+        todo.extend(p for t in reads for p in t.inputs if id(p) not in live)
+    model = shape_model(with_nodes(graph, [n for n in graph.nodes if id(n) in live]))
+    by_output = {c.output.name: c for c in stand_in.values()}
+    for n in model.graph.node:
+        c = by_output.get(n.output[0]) if n.op_type == "ScatterND" else None
+        if c is not None:
+            cast = onnx.helper.make_node("Cast", [c.src.name], [n.output[0]],
+                                         to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(c.buffer_dtype)))
+            n.CopyFrom(cast)
     return model
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.core.ir import ensure_shapes, onnx_dtype, producer, replace_uses
+from graphopt.core.ir import ensure_shapes, onnx_dtype, outer_reads, producer, replace_uses, subgraph_nodes
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
 from graphopt.core.sessions import create_session
 
@@ -80,30 +80,9 @@ def lower_constant_nodes(graph: gs.Graph) -> int:
     return lowered
 
 
-def _subgraph_nodes(node: gs.Node):
-    """Every node inside ``node``'s subgraphs, nested ones included, with the graph holding it."""
-    for sub in node.subgraphs():
-        for n in sub.nodes:
-            yield sub, n
-            yield from _subgraph_nodes(n)
-
-
-def _outer_reads(node: gs.Node) -> list[gs.Tensor]:
-    """The tensors of the enclosing scopes that ``node``'s subgraphs (at any depth) read."""
-    defined: set[int] = set()
-    reads = []
-    for sub, n in _subgraph_nodes(node):
-        defined.update(id(t) for t in sub.inputs)
-        defined.update(id(t) for t in n.outputs)
-    for _, n in _subgraph_nodes(node):
-        reads.extend(t for t in n.inputs if not t.is_empty() and not isinstance(t, gs.Constant)
-                     and id(t) not in defined)
-    return reads
-
-
 def _exclusion(node: gs.Node) -> str | None:
     """Why ``node`` is never folded, or None."""
-    for n in [node, *(n for _, n in _subgraph_nodes(node))]:
+    for n in [node, *(n for _, n in subgraph_nodes(node))]:
         if n.op in _NONDETERMINISTIC or "seed" in n.attrs:
             return "random"
         if n.op == "Dropout" and (len(n.inputs) > 2 and not n.inputs[2].is_empty() or not n.attrs.get("is_test", 1)):
@@ -151,7 +130,7 @@ def _ancestors(targets: list[gs.Tensor], foldable: dict[int, gs.Node], order: li
             continue
         need.add(id(node))
         stack.extend(i for i in node.inputs if not i.is_empty())
-        stack.extend(_outer_reads(node))
+        stack.extend(outer_reads(node))
     return [n for n in order if id(n) in need]
 
 
@@ -164,7 +143,7 @@ def fold_constant_nodes(graph: gs.Graph, root: gs.Graph, keep: set[int] = frozen
     foldable: dict[int, gs.Node] = {}
     left: Counter = Counter()
     for node in graph.nodes:
-        inputs = [t for t in node.inputs if not t.is_empty()] + _outer_reads(node)
+        inputs = [t for t in node.inputs if not t.is_empty()] + outer_reads(node)
         if not all(id(t) in const for t in inputs) or not any(not t.is_empty() for t in node.outputs):
             continue
         if any(is_output(t, graph) for t in node.outputs):

@@ -246,6 +246,7 @@ class ReplaceShiftScatter(Pass):
         map as channel groups."""
         src = chain.src
         result: list[ShiftGroup] | None = None
+        item_map = None
         for trial in shapes:
             shape = trial[src.name]
             size = int(np.prod(shape))
@@ -273,11 +274,23 @@ class ReplaceShiftScatter(Pass):
             expected = np.where(where_from >= 0, positions.reshape(-1)[np.maximum(where_from, 0)], 0).astype(dtype)
             if not np.array_equal(expected, values[chain.output.name]):
                 return NoMatch("simulated chain disagrees with onnxruntime")
+            if result is not None and _same_per_item(where_from, item_map):
+                continue  # the first batch size's map, item by item: the same groups
             groups = decompose_shift_map(where_from)
             if isinstance(groups, NoMatch):
                 return groups
             if result is not None and groups != result:
                 return NoMatch("shift map depends on the batch size")
-            result = groups
+            result, item_map = groups, where_from[:1]
         assert result is not None
         return result
+
+
+def _same_per_item(where_from: np.ndarray, item_map: np.ndarray) -> bool:
+    """Whether every batch item of ``where_from`` reads the elements of its own item that item 0 of ``item_map``
+    (a map that ``decompose_shift_map`` read as groups: no element moves between items) reads of item 0; then the
+    map reads as the same groups, and decomposing it again (the costliest step at a larger batch) is spared."""
+    if where_from.shape[1:] != item_map.shape[1:]:
+        return False
+    step = np.arange(where_from.shape[0], dtype=np.int64).reshape(-1, *[1] * (where_from.ndim - 1)) * item_map.size
+    return bool(np.array_equal(where_from, np.where(item_map >= 0, item_map + step, -1)))

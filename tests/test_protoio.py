@@ -275,3 +275,26 @@ def test_session_of_a_model_listing_its_initializers_as_inputs(tmp_path):
     runner = Runner(wire.read_split(path))
     assert runner.input_name == "x"
     assert runner.run([np.ones((1, 32), np.float32)])["y"].shape == (1, 4)
+
+
+def test_with_nodes_exports_the_part_and_leaves_the_graph_alone():
+    """``forms.with_nodes``: a graph of some nodes, exported with the whole graph's interface, opsets and model
+    fields; the nodes' subgraphs keep pointing at the graph's own function list (gs's constructor would repoint
+    them)."""
+    then = oh.make_graph([oh.make_node("Neg", ["a"], ["t"])], "then", [],
+                         [oh.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2])])
+    other = oh.make_graph([oh.make_node("Abs", ["a"], ["e"])], "else", [],
+                          [oh.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2])])
+    nodes = [oh.make_node("Relu", ["x"], ["a"]), oh.make_node("Sigmoid", ["x"], ["unused"]),
+             oh.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]),
+                                       oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], producer_name="kept")
+    g = forms.import_graph(model)
+    part = forms.with_nodes(g, [n for n in g.nodes if n.op != "Sigmoid"])
+    out = forms.export_graph(part)
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == ["Relu", "If"] and out.producer_name == "kept"
+    assert [n.op for n in g.nodes] == ["Relu", "Sigmoid", "If"]
+    assert all(sub._functions is g._functions for sub in g.subgraphs(recursive=True))

@@ -25,7 +25,7 @@ from .wire import WEIGHT_MIN_BYTES, SplitModel, copy_fields, is_plain, make_stub
 gs.logger.G_LOGGER.colors = False
 
 __all__ = ["split_model", "import_graph", "export_graph", "adopt_graph", "graph_from_split", "split_graph",
-           "weights_as_inputs"]
+           "weights_as_inputs", "with_nodes"]
 
 
 def split_model(model: onnx.ModelProto) -> SplitModel:
@@ -261,6 +261,22 @@ def export_graph(graph: gs.Graph, what: str = "model") -> onnx.ModelProto:
             model.functions.extend(others)
     input_defaults.restore(graph, model)  # after the IR version is restored: it may need raising
     return model
+
+
+def with_nodes(graph: gs.Graph, nodes: list[gs.Node]) -> gs.Graph:
+    """A graph of ``nodes`` (some of ``graph``'s, in its order) with ``graph``'s inputs, outputs, opsets, functions
+    and input defaults: to export part of a graph (the part a question needs) without copying or rewiring it. The
+    nodes and tensors are shared: not a graph to edit, and a tensor no node of it produces exports as dangling."""
+    part = gs.Graph(inputs=graph.inputs, outputs=graph.outputs, name=graph.name, opset=graph.opset,
+                    import_domains=graph.import_domains, ir_version=graph.ir_version)
+    # Set after construction, which would point the nodes' subgraphs and the functions at a function list of its
+    # own: the part shares ``graph``'s list, and ``graph`` is left as it was.
+    part.nodes = nodes
+    part._functions = graph._functions  # noqa: SLF001
+    if "_graphopt_model" in graph.__dict__:
+        part.__dict__["_graphopt_model"] = graph.__dict__["_graphopt_model"]
+    input_defaults.keep(part, input_defaults.input_defaults(graph))
+    return part
 
 
 def graph_from_split(split: SplitModel) -> gs.Graph:

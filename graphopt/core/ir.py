@@ -16,8 +16,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from .forms import adopt_graph, export_graph, import_graph, split_graph, weights_as_inputs
 from .shapes import infer_shapes
 
-__all__ = ["onnx_dtype", "to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers", "const_value",
-           "peek_values",
+__all__ = ["onnx_dtype", "to_graph", "to_model", "shape_model", "op_counts", "opset_of", "producer", "consumers",
+           "subgraph_nodes", "outer_reads", "const_value", "peek_values",
            "make_name", "replace_graph", "set_tensors", "replace_uses", "inferred_types", "ensure_shapes",
            "constants_to_initializers"]
 
@@ -55,6 +55,27 @@ def opset_of(graph: gs.Graph) -> int:
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     """The node that computes ``tensor`` (None for graph inputs and constants)."""
     return tensor.inputs[0] if tensor.inputs else None
+
+
+def subgraph_nodes(node: gs.Node):
+    """Every node inside ``node``'s subgraphs, nested ones included, with the graph holding it."""
+    for sub in node.subgraphs():
+        for n in sub.nodes:
+            yield sub, n
+            yield from subgraph_nodes(n)
+
+
+def outer_reads(node: gs.Node) -> list[gs.Tensor]:
+    """The tensors of the enclosing scopes that ``node``'s subgraphs (at any depth) read."""
+    defined: set[int] = set()
+    reads = []
+    for sub, n in subgraph_nodes(node):
+        defined.update(id(t) for t in sub.inputs)
+        defined.update(id(t) for t in n.outputs)
+    for _, n in subgraph_nodes(node):
+        reads.extend(t for t in n.inputs if not t.is_empty() and not isinstance(t, gs.Constant)
+                     and id(t) not in defined)
+    return reads
 
 
 def consumers(tensor: gs.Tensor) -> list[gs.Node]:

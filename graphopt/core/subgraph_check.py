@@ -140,6 +140,12 @@ def _static_shapes(inputs: Sequence[gs.Tensor]) -> dict[str, list[int]]:
     return shapes
 
 
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and elements, bit for bit where it matters (NaN never counts as equal here: such outputs
+    get the full comparison)."""
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
 def check_replacement(before: Subgraph, after: Subgraph,
                       shapes: Sequence[Mapping[str, Sequence[int]]] | None = None, *,
                       tolerance: Tolerance = EXACT, seed: int = 0) -> Agreement:
@@ -166,6 +172,8 @@ def check_replacement(before: Subgraph, after: Subgraph,
                                         f"{type(e).__name__}: {first}", type(e).__name__)
         ref, got = results
         pairs = list(zip(before.outputs, after.outputs))
+        if all(_identical(ref[b.name], got[a.name]) for b, a in pairs):
+            continue  # meets any tolerance; the full comparison's statistics cost more than the runs
         comparison = compare_outputs({b.name: ref[b.name] for b, _ in pairs},
                                      {b.name: got[a.name] for b, a in pairs}, tolerance)
         if not comparison.passed:
