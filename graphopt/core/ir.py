@@ -59,6 +59,8 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
 
 def subgraph_nodes(node: gs.Node):
     """Every node inside ``node``'s subgraphs, nested ones included, with the graph holding it."""
+    if not any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return  # most nodes: spared gs's subgraph walk, which passes over every node of a graph pay for
     for sub in node.subgraphs():
         for n in sub.nodes:
             yield sub, n
@@ -67,6 +69,8 @@ def subgraph_nodes(node: gs.Node):
 
 def outer_reads(node: gs.Node) -> list[gs.Tensor]:
     """The tensors of the enclosing scopes that ``node``'s subgraphs (at any depth) read."""
+    if not any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return []
     defined: set[int] = set()
     reads = []
     for sub, n in subgraph_nodes(node):
