@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import const_value, make_name, producer
-from graphopt.core.shape_probe import slice_range
+from graphopt.core.shape_arith import slice_range
 
 __all__ = ["ShapeValue", "shape_value", "fold_shape_values", "constant_reshape_targets", "const_ints",
            "default_domain", "is_output"]

@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 from graphopt.core.ir import const_value, ensure_shapes, make_name, producer
 from graphopt.core.pass_infra import PassResult, register_pass
 from graphopt.core.rules import Match, NodeBuilder, RewritePass
-from graphopt.core.shape_probe import slice_range
+from graphopt.core.shape_arith import slice_range
 
 from ._graph_edits import kept_names, merge_to_fixed_point, static_dim
 
@@ -21,7 +21,7 @@ _PARAMS = ("starts", "ends", "axes", "steps")
 
 def compose_slices(d: int, first: tuple[int, int, int], second: tuple[int, int, int]) -> tuple[int, int, int]:
     """(start, end, step) of one Slice along a dim of size ``d`` taking what ``second`` takes of what ``first``
-    takes, with ONNX's clamping of each (``shape_probe.slice_range``). The k-th index taken is
+    takes, with ONNX's clamping of each (``shape_arith.slice_range``). The k-th index taken is
     ``r0[r1[k]] = start0' + (start1' + k step1) step0``: start ``r0[r1[0]]``, step ``step0 step1``, the same count.
     An end before index 0 stepping backwards is written INT64_MIN (a negative end otherwise counts from the end)."""
     r0 = slice_range(d, *first)

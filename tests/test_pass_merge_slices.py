@@ -7,7 +7,7 @@ import pytest
 
 from graphopt.core.ir import op_counts
 from graphopt.core.pass_infra import get_pass
-from graphopt.core.shape_probe import slice_range
+from graphopt.core.shape_arith import slice_range
 from graphopt.passes.merge_slices import compose_slices
 from graphopt.testing import STRICT_FP32, assert_pass_unchanged, assert_pass_verified, model_from_text
 

@@ -148,7 +148,7 @@ def test_shape_arithmetic_is_evaluated_as_onnx_defines_it():
     import numpy as np
     import onnxruntime as ort
 
-    from graphopt.core.shape_probe import _evaluate
+    from graphopt.core.shape_arith import evaluate as _evaluate
 
     a = np.array([-7, 7, -8, 9], np.int64)
     b = np.array([2, -2, 3, 4], np.int64)
@@ -308,6 +308,42 @@ def test_probing_checks_its_static_dims_at_small_sizes():
     }""")
     shapes = _shapes(probe_infer(floor))
     assert shapes["target"][0] == [2] and shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64), shapes
+
+
+def test_the_checking_run_runs_only_where_a_size_can_be_clamped(monkeypatch):
+    """Without a clamping op on shape arithmetic or a Slice that could clamp, the two large runs decide and the
+    small checking run is spared; ``x[:, :64]`` of a symbolic S (constant bounds) still gets it, and is no static
+    64 (at both large sizes it is 64 wide)."""
+    runs: list[bool] = []
+    concrete = shape_probe._concrete
+
+    def counted(*args, **kwargs):
+        runs.append(kwargs.get("partial", False))
+        return concrete(*args, **kwargs)
+
+    monkeypatch.setattr(shape_probe, "_concrete", counted)
+    plain = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 8] x) => (float[?, ?, ?] y) {
+        s = Shape(x)
+        zero = Constant<value = int64[1] {0}>()
+        one = Constant<value = int64[1] {1}>()
+        n = Slice(s, zero, one)
+        tail = Constant<value = int64[2] {2, 4}>()
+        target = Concat<axis = 0>(n, tail)
+        y = Reshape(x, target)
+    }""")
+    assert _shapes(probe_infer(plain))["y"][0] == ["N", 2, 4] and runs == [False, False]
+    runs.clear()
+    crop = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, S] x) => (float[?, ?] y) {
+        zero = Constant<value = int64[1] {0}>()
+        end = Constant<value = int64[1] {64}>()
+        one = Constant<value = int64[1] {1}>()
+        y = Slice(x, zero, end, one)
+    }""")
+    assert _shapes(probe_infer(crop))["y"][0][1] not in (64, "S") and runs == [False, False, True]
 
 
 def test_graph_inputs_keep_their_declared_shapes():

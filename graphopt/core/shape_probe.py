@@ -14,27 +14,27 @@ dims get concrete sizes, and then:
 
 It runs twice, with different sizes for each symbol (primes, far apart). A dim equal in both runs is static; a dim
 ``k * size`` in both is ``k*name`` (``name`` for k = 1); any other differing dim is a fresh symbol, one per pair of
-sizes. A third run, at small sizes and partial (``_SMALL``), checks those conclusions: large sizes can hit a clamp
-(``pos[:, :S]`` of a 64-wide buffer is 64 wide at S = 97 and at S = 227, ``Min(S, 64)``, ``Max``), which makes a
-size-dependent dim look static, or look like ``S`` when it is ``max(S, 64)``. A dim the third run knows and
-contradicts becomes a fresh symbol: never a static number, never a name it does not have. The result is used only
-when it is complete: every tensor a node or the graph reads is typed and shaped in both runs, and there is no
-subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need particular sizes) returns
-None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks the result against that
-fallback on every model of the test zoo.
+sizes. Large sizes can hit a clamp (``pos[:, :S]`` of a 64-wide buffer is 64 wide at S = 97 and at S = 227,
+``Min(S, 64)``, ``Max``), which makes a size-dependent dim look static, or look like ``S`` when it is
+``max(S, 64)``: where the graph could clamp (``_may_clamp``), a third run at small sizes (``_SMALL``, partial)
+checks, and a dim it knows and contradicts becomes a fresh symbol, never a static number or a name it does not
+have. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
+both runs, and there is no subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need
+particular sizes) returns None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks the
+result against that fallback on every model of the test zoo.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .shape_arith import EVALUATED, evaluate
 from .wire import WEIGHT_MIN_BYTES, copy_fields
 
-__all__ = ["probe_infer", "probe_runs", "slice_range"]
+__all__ = ["probe_infer", "probe_runs"]
 
 # The concrete sizes given to the i-th symbolic input dim: _FIRST[i] in the first run, _SECOND[i] in the second.
 # Primes, so a multiple of one symbol's size is not mistaken for another's; the runs' sizes far apart, so a
@@ -44,6 +44,11 @@ _SECOND = (227, 229, 233, 239, 241, 251, 257, 263)
 # The third, checking run's sizes: below the usual clamps (a position table's length, a window), above 1 (which
 # broadcasts) and primes distinct from each other and from the static dims one meets most (2, 3, 4, 8, ...).
 _SMALL = (5, 7, 11, 13, 17, 19, 23, 29)
+# Ops that can clamp a size (a result that follows it at some sizes and not at others): selecting by comparison,
+# comparing, counting up to a bound (Range), reducing, rectifying.
+_CLAMPS = frozenset({"Min", "Max", "Clip", "Where", "Relu", "Abs", "Sign", "Mod", "Range", "Equal", "Less",
+                     "Greater", "LessOrEqual", "GreaterOrEqual", "ReduceMin", "ReduceMax", "ArgMin", "ArgMax",
+                     "TopK"})
 _MAX_VALUE_ELEMENTS = 1024  # shape arithmetic is small; larger tensors are not evaluated
 _INTEGER_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
 # Shape arithmetic: integers and booleans, and the floats of a rounding (Cast, Div, Floor, Cast back).
@@ -76,7 +81,8 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if shapes is None:
             return None
         runs.append((sizes, shapes))
-    if symbols:  # the check: partial (small sizes may not fit every model), what it knows must agree
+    if symbols and _may_clamp(light, runs[0][1], runs[1][1]):
+        # The check: partial (small sizes may not fit every model), what it knows must agree.
         sizes = {name: _SMALL[i] for name, i in symbols.items()}
         runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
     return _merged(model, runs)
@@ -111,6 +117,29 @@ def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
         sizes = {name: (_FIRST, _SECOND, _SMALL)[run][i] for name, i in symbols.items()}
         runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
     return runs
+
+
+def _may_clamp(model: onnx.ModelProto, a: Known, b: Known) -> bool:
+    """Whether a dim of ``model`` could depend on a symbol and yet look static (or ``k * S``) at both probe sizes,
+    ``a`` and ``b`` being the two runs: through a clamp, the only way a size stops showing (a function of the sizes
+    read through shapes alone is linear or rounded: it differs between two sizes far apart). A clamp needs a node
+    of ``_CLAMPS`` reading shape arithmetic (a small value, or a tensor the runs did not type), or a Slice with
+    computed bounds, or a Slice cutting an axis whose size differs between the runs to the same size in both
+    (``x[:, :64]`` of S). None of them: the checking run could only agree, and is spared."""
+    constant = {t.name for t in model.graph.initializer}
+    constant.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    for node in model.graph.node:
+        if node.op_type in _CLAMPS and any(i and (i not in a or _small_value(a[i])) for i in node.input):
+            return True
+        if node.op_type == "Slice":
+            data, out = node.input[0], node.output[0]
+            if any(i and i not in constant for i in node.input[1:]) or not all(t in r for t in (data, out)
+                                                                                 for r in (a, b)):
+                return True
+            dims = (a[data][1], b[data][1], a[out][1], b[out][1])
+            if len(set(map(len, dims))) != 1 or any(da != db and oa == ob for da, db, oa, ob in zip(*dims)):
+                return True
+    return False
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -187,9 +216,9 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = Fal
             for name, t in inferred.items():
                 types[name] = t
                 _learn(known, name, t)
-        if outputs and node.op_type in _EVALUATED and outputs[0] in known and _small_value(known[outputs[0]]):
+        if outputs and node.op_type in EVALUATED and outputs[0] in known and _small_value(known[outputs[0]]):
             try:
-                value = _evaluate(node, values, known)
+                value = evaluate(node, values, known)
             except Exception:  # noqa: BLE001 - malformed at these sizes: left unevaluated
                 value = None
             if value is not None:
@@ -213,136 +242,6 @@ def _learn(known: Known, name: str, t: onnx.TypeProto) -> None:
 
 def _small_value(typed: tuple[int, tuple[int, ...]]) -> bool:
     return typed[0] in _VALUE_TYPES and math.prod(typed[1]) <= _MAX_VALUE_ELEMENTS
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], known: Known) -> np.ndarray | None:
-    """``node``'s (first) output value from its inputs' values and known shapes, None when not computable."""
-    op = node.op_type
-    if op == "Constant":
-        t = _attr(node, "value")
-        return numpy_helper.to_array(t) if isinstance(t, onnx.TensorProto) else None
-    if op in ("Shape", "Size"):
-        if node.input[0] not in known:
-            return None
-        dims = known[node.input[0]][1]
-        if op == "Size":
-            return np.array(math.prod(dims), dtype=np.int64)
-        return np.array(dims[_attr(node, "start", 0):_attr(node, "end", None)], dtype=np.int64)
-    args = [values.get(n) if n else None for n in node.input]
-    if not node.input or any(a is None for a, n in zip(args, node.input) if n):
-        return None
-    fn = _OPS.get(op)
-    return None if fn is None else fn(node, args)
-
-
-def slice_range(n: int, start: int, end: int, step: int) -> range:
-    """The indices ONNX's Slice takes along a dim of size ``n``: negative bounds count from the end, then start is
-    clamped to [0, n] ([0, n-1] stepping backwards) and end to [0, n] ([-1, n-1] backwards). numpy's slicing
-    differs stepping backwards from a start before the beginning: it takes nothing, ONNX starts at index 0."""
-    start, end = start + n if start < 0 else start, end + n if end < 0 else end
-    if step > 0:
-        start, end = min(max(start, 0), n), min(max(end, 0), n)
-    else:
-        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
-    return range(start, end, step)
-
-
-def _slice(node, args):
-    x = args[0]
-    starts, ends = args[1], args[2]
-    axes = args[3] if len(args) > 3 and args[3] is not None else np.arange(len(starts))
-    steps = args[4] if len(args) > 4 and args[4] is not None else np.ones(len(starts), dtype=np.int64)
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        axis = int(a) % x.ndim
-        x = np.take(x, np.array(slice_range(x.shape[axis], int(s), int(e), int(st)), dtype=np.int64), axis=axis)
-    return x
-
-
-def _unsqueeze(node, args):
-    axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes")
-    out = args[0]
-    rank = out.ndim + len(axes)
-    for a in sorted(int(a) % rank for a in axes):
-        out = np.expand_dims(out, a)
-    return out
-
-
-def _squeeze(node, args):
-    axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes")
-    return np.squeeze(args[0], axis=None if axes is None else tuple(int(a) for a in axes))
-
-
-def _reshape(node, args):
-    target = [int(d) for d in args[1]]
-    target = [args[0].shape[i] if d == 0 else d for i, d in enumerate(target)]
-    return args[0].reshape(target)
-
-
-def _div(node, args):
-    """ONNX's Div: integer division truncates toward zero (numpy's ``//`` floors)."""
-    a, b = args
-    if a.dtype.kind not in "iu":
-        return a / b
-    return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(np.result_type(a, b))
-
-
-def _reduce_prod(node, args):
-    axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes")  # an input from opset 18
-    keep = bool(_attr(node, "keepdims", 1))
-    if axes is None or len(axes) == 0:
-        if _attr(node, "noop_with_empty_axes", 0):
-            return args[0]
-        return np.prod(args[0], keepdims=keep)
-    return np.prod(args[0], axis=tuple(int(x) for x in axes), keepdims=keep)
-
-
-def _constant_of_shape(node, args):
-    value = _attr(node, "value")
-    fill = numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
-    return np.full(tuple(int(d) for d in args[0]), fill, dtype=fill.dtype)
-
-
-_OPS = {
-    "Identity": lambda n, a: a[0],
-    "Cast": lambda n, a: a[0].astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(n, "to"))),
-    "Gather": lambda n, a: np.take(a[0], a[1], axis=_attr(n, "axis", 0)),
-    "Concat": lambda n, a: np.concatenate(a, axis=_attr(n, "axis")),
-    "Unsqueeze": _unsqueeze,
-    "Transpose": lambda n, a: np.transpose(a[0], _attr(n, "perm")),
-    "Squeeze": _squeeze,
-    "Slice": _slice,
-    "Reshape": _reshape,
-    "Add": lambda n, a: a[0] + a[1],
-    "Sub": lambda n, a: a[0] - a[1],
-    "Mul": lambda n, a: a[0] * a[1],
-    "Div": _div,
-    "Equal": lambda n, a: np.equal(a[0], a[1]),
-    "Less": lambda n, a: np.less(a[0], a[1]),
-    "Greater": lambda n, a: np.greater(a[0], a[1]),
-    "Not": lambda n, a: np.logical_not(a[0]),
-    "Where": lambda n, a: np.where(a[0], a[1], a[2]),
-    "Min": lambda n, a: functools.reduce(np.minimum, a),
-    "Max": lambda n, a: functools.reduce(np.maximum, a),
-    "Abs": lambda n, a: np.abs(a[0]),
-    "Mod": lambda n, a: (np.fmod if _attr(n, "fmod", 0) else np.mod)(a[0], a[1]),
-    "Floor": lambda n, a: np.floor(a[0]),
-    "Ceil": lambda n, a: np.ceil(a[0]),
-    "Sqrt": lambda n, a: np.sqrt(a[0]),
-    "Pow": lambda n, a: np.power(a[0], a[1]).astype(a[0].dtype),
-    "Neg": lambda n, a: np.negative(a[0]),
-    "ReduceProd": _reduce_prod,
-    "Range": lambda n, a: np.arange(a[0], a[1], a[2], dtype=np.result_type(a[0], a[1], a[2])),
-    "ConstantOfShape": _constant_of_shape,
-    "Expand": lambda n, a: a[0] * np.ones(tuple(int(d) for d in a[1]), dtype=a[0].dtype),
-}
-_EVALUATED = frozenset({"Constant", "Shape", "Size", *_OPS})
 
 
 def _merged(model: onnx.ModelProto, runs) -> onnx.ModelProto:

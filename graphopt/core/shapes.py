@@ -46,11 +46,11 @@ _SHAPE_CACHE_ENTRIES = 256
 @functools.lru_cache(maxsize=1)
 def _shape_cache_salt() -> bytes:
     """What besides the model decides inferred shapes: the onnx / onnxruntime versions and the inference code
-    (this file and ``shape_probe.py``). Read once per process."""
+    (this file, ``shape_probe.py`` and ``shape_arith.py``). Read once per process."""
     import onnxruntime
 
     return (f"onnx {onnx.__version__} ort {onnxruntime.__version__}\n".encode() + Path(__file__).read_bytes()
-            + (Path(__file__).parent / "shape_probe.py").read_bytes())
+            + b"".join((Path(__file__).parent / name).read_bytes() for name in ("shape_probe.py", "shape_arith.py")))
 
 
 def _shape_cache_path(data: bytes) -> Path | None:
