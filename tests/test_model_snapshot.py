@@ -14,6 +14,7 @@ from graphopt.core.errors import PassError
 from graphopt.core.model import Model
 from graphopt.core.pass_infra import Pass, PassResult
 from graphopt.core.pipeline import run_pipeline
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 
 def _matmul() -> onnx.ModelProto:
@@ -174,3 +175,71 @@ def test_honesty_still_catches_a_quiet_edit_after_a_reused_hash():
              (Quiet(), "passes[3]", "stop")]
     with pytest.raises(PassError, match=r"test_snapshot_quiet \(passes\[3\]\) reported no change but modified"):
         run_pipeline(_matmul(), steps, inputs=None)
+
+
+def _scaled() -> onnx.ModelProto:
+    """y = x * k + b: k a Constant node, b a small initializer (both lazy in onnx-graphsurgeon until read)."""
+    k = onnx.numpy_helper.from_array(np.full((4,), 2.0, dtype=np.float32), "k")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["kc"], value=k), onnx.helper.make_node("Mul", ["x", "kc"], ["m"]),
+         onnx.helper.make_node("Add", ["m", "b"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        initializer=[onnx.numpy_helper.from_array(np.ones(4, dtype=np.float32), "b")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _constants(graph: gs.Graph) -> list[gs.Constant]:
+    found = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    return found + [n.attrs["value"] for n in graph.nodes if n.op == "Constant"]
+
+
+class Reads(Pass):
+    """Reads every constant's value (loading it) and changes nothing; ``first``: the first pass to read them."""
+
+    first = True
+    name = "test_snapshot_reads"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        if self.first:  # the hash before loaded none of them
+            assert all(isinstance(c._values, LazyValues) for c in _constants(graph))
+        assert sum(float(np.asarray(c.values).sum()) for c in _constants(graph)) == 12.0
+        return PassResult(False)
+
+
+class Rescales(Pass):
+    """Gives the Constant node a new value, equal or not (``same``), and says it changed nothing."""
+
+    same = False
+    name = "test_snapshot_rescales"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        value = next(n for n in graph.nodes if n.op == "Constant").attrs["value"]
+        value.values = np.full((4,), 2.0 if self.same else 3.0, dtype=np.float32)
+        return PassResult(False)
+
+
+class WritesInPlace(Pass):
+    """Loads the initializer and writes into the array it gets."""
+
+    name = "test_snapshot_writes_in_place"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        b = next(t for t in graph.tensors().values() if isinstance(t, gs.Constant))
+        b.values[0] = 5.0
+        return PassResult(False)
+
+
+def test_honesty_hashes_lazy_constants_without_loading_them_and_a_read_is_no_edit():
+    again = Reads()
+    again.first = False
+    run_pipeline(_scaled(), [(Reads(), "passes[0]", "stop"), (again, "passes[1]", "stop")], inputs=None)
+    same = Rescales()
+    same.same = True  # a new array with the same bytes: nothing changed
+    run_pipeline(_scaled(), [(same, "passes[0]", "stop")], inputs=None)
+
+
+@pytest.mark.parametrize("quiet", [Rescales, WritesInPlace])
+def test_honesty_catches_a_quiet_edit_of_a_lazy_constant(quiet):
+    with pytest.raises(PassError, match=rf"{quiet.name} \(passes\[1\]\) reported no change but modified"):
+        run_pipeline(_scaled(), [(Reads(), "passes[0]", "stop"), (quiet(), "passes[1]", "stop")], inputs=None)

@@ -132,7 +132,8 @@ class Model:
 
 
 def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
-                   weights: Literal["shapes", "values", "identity"] = "shapes", names: bool = True) -> int:
+                   weights: Literal["shapes", "values", "identity"] = "shapes", names: bool = True,
+                   lazy: dict[int, LazyValues] | None = None) -> int:
     """A hash of what a graph computes: nodes (op, domain, attributes) with their wiring, constants, and the graph
     inputs and outputs, subgraphs (If's branches, Loop's and Scan's bodies) hashed by their contents the same way.
     Not the shapes and types inferred for computed tensors: annotations, which passes fill in. Stable within one
@@ -147,7 +148,11 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
       or more). ``"values"`` hashes every constant's bytes.
     - *objects* (``weights="identity"``): did an edit change this graph? Every tensor and array by identity (a
       weight replaced by a new array is a change; one written into in place is not seen), node and graph names
-      included; no bytes are read, so it is cheap enough to take before and after every pass.
+      included; no bytes are read, so it is cheap enough to take before and after every pass. A constant not yet
+      loaded (onnx-graphsurgeon reads a value only when asked) counts by its lazy value's identity and stays
+      unloaded. Pass the same ``lazy`` dict to the hashes before and after an edit: the first records each lazy
+      value in it, and the second hashes a constant the edit only loaded (its array equal to that value) as the
+      first did, so a pass that reads a constant has not changed it.
 
     ``names=False``: tensors by their order of first appearance instead of their names, so graphs that differ in
     naming alone hash equal. Wiring is by tensor object in every form: a subgraph reading an outer tensor reads
@@ -170,7 +175,7 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
         if index is None:
             index = order[id(t)] = len(order)
             name = t.name if names else ""
-            described.append((name, _constant(t, weights)) if isinstance(t, gs.Constant) else (name,))
+            described.append((name, _constant(t, weights, lazy)) if isinstance(t, gs.Constant) else (name,))
         return index
 
     def attr(v):
@@ -200,23 +205,36 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
     return hash((parts, tuple(described)))
 
 
-def _constant(c: gs.Constant, weights: str) -> tuple:
-    """What a constant contributes: its dtype and shape, and its values as ``weights`` asks."""
+def _constant(c: gs.Constant, weights: str, lazy: dict[int, LazyValues] | None = None) -> tuple:
+    """What a constant contributes: its dtype and shape, and its values as ``weights`` asks (``lazy``: see
+    ``structure_hash``)."""
     values = c._values  # noqa: SLF001 - reading .values would load a lazy constant
     proto = values.tensor if isinstance(values, LazyValues) else None
+    if weights == "identity":
+        if proto is not None:
+            if lazy is not None:
+                lazy[id(c)] = values
+            return c.export_dtype, id(values)
+        was = lazy.get(id(c)) if lazy is not None else None
+        if was is not None and isinstance(values, np.ndarray) and _equal_arrays(values, was.load()):
+            return c.export_dtype, id(was)  # loaded since, unchanged
+        return c.export_dtype, id(values)
     if isinstance(proto, onnx.SparseTensorProto) or getattr(proto, "data_type", None) == onnx.TensorProto.STRING:
         # Never loaded: onnx-graphsurgeon writes a loaded string array as raw_data, which strings cannot use, so
         # loading one here would make an untouched model unexportable. Passes never write into these.
-        return c.export_dtype, id(values) if weights == "identity" else proto.SerializeToString()
-    if weights == "identity":
-        # ``values`` loads a lazy constant (as a pass reading it would): the array's identity is stable after.
-        return c.export_dtype, id(c.values)
+        return c.export_dtype, proto.SerializeToString()
     head = (_dtype_name(c.export_dtype), tuple(values.shape))
     if weights == "shapes" and values.nbytes >= WEIGHT_MIN_BYTES:
         return head
     if proto is not None and proto.HasField("raw_data"):  # the little-endian bytes an array's digest is taken of
         return (*head, hashlib.sha256(proto.raw_data).digest())
     return (*head, _array_digest(np.asarray(c.values)))
+
+
+def _equal_arrays(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and bytes."""
+    b = np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 @functools.lru_cache(maxsize=None)
