@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.core.ir import ensure_shapes, onnx_dtype, outer_reads, producer, replace_uses, subgraph_nodes
 from graphopt.core.pass_infra import Pass, PassResult, register_pass
+from graphopt.core.forms import split_graph, weight_feeds, weights_as_inputs
 from graphopt.core.sessions import create_session
 
 from ._shape_folding import const_ints, constant_reshape_targets, default_domain, fold_shape_values, is_output
@@ -96,25 +97,24 @@ def _exclusion(node: gs.Node) -> str | None:
     return None
 
 
-def _model_for(nodes: list[gs.Node], outputs: list[gs.Tensor], root: gs.Graph) -> bytes:
-    from onnx_graphsurgeon.exporters.onnx_exporter import export_onnx
-
-    g = gs.Graph(nodes=nodes, inputs=[], outputs=outputs, opset=root.opset, import_domains=root.import_domains,
-                 name="fold_constants")
-    model = export_onnx(g, do_type_check=False)
-    # Annotations left as nothing: onnxruntime infers types itself, and a stale or symbolic annotation of an
-    # intermediate tensor must not make it reject (or mis-type) the evaluation.
-    del model.graph.value_info[:]
-    for o in model.graph.output:
-        o.ClearField("type")
-    model.ir_version = root.ir_version or onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
-    return model.SerializeToString()
-
-
 def _evaluate(nodes: list[gs.Node], targets: list[gs.Tensor], root: gs.Graph) -> list | None:
+    """The values of ``targets``, computed by ``nodes`` (constant inputs only) in onnxruntime; None when it cannot.
+    The weights they read are fed as inputs, in place (``forms.weight_feeds``): serialized into the model, a
+    weight-standardized ResNet's 100 MB would be copied twice before the first op runs."""
+    part = gs.Graph(outputs=targets, opset=root.opset, import_domains=root.import_domains, name="fold_constants",
+                    ir_version=root.ir_version)
+    part.nodes = nodes  # set after construction, which would repoint the nodes' subgraphs at its function list
     try:
+        split = split_graph(part)
+        model = weights_as_inputs(split)
+        # Annotations left as nothing: onnxruntime infers types itself, and a stale or symbolic annotation of an
+        # intermediate tensor must not make it reject (or mis-type) the evaluation.
+        del model.graph.value_info[:]
+        for o in model.graph.output:
+            o.ClearField("type")
+        model.ir_version = root.ir_version or onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
         # "evaluate": each op's own kernel, as written, no fusion of what is being folded.
-        return create_session(_model_for(nodes, targets, root), "evaluate").run([t.name for t in targets], {})
+        return create_session(model, "evaluate").run([t.name for t in targets], weight_feeds(split))
     except Exception:  # noqa: BLE001 - a node onnxruntime cannot evaluate stays a node
         return None
 

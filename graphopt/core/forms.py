@@ -25,7 +25,7 @@ from .wire import WEIGHT_MIN_BYTES, SplitModel, copy_fields, is_plain, make_stub
 gs.logger.G_LOGGER.colors = False
 
 __all__ = ["split_model", "import_graph", "export_graph", "adopt_graph", "graph_from_split", "split_graph",
-           "weights_as_inputs", "with_nodes"]
+           "weights_as_inputs", "weight_feeds", "with_nodes"]
 
 
 def split_model(model: onnx.ModelProto) -> SplitModel:
@@ -350,5 +350,11 @@ def weights_as_inputs(split: SplitModel) -> onnx.ModelProto:
         if t.name in split.weights and t.name not in listed:
             light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light
+
+
+def weight_feeds(split: SplitModel) -> dict[str, np.ndarray]:
+    """The weights of ``split`` as the feeds of its ``weights_as_inputs`` model: each array in native byte order
+    and contiguous, as onnxruntime reads it in place (no copy for the arrays a model holds)."""
+    return {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=")) for name, arr in split.weights.items()}
 
 

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .forms import export_graph, graph_from_split, split_graph, split_model, weights_as_inputs
+from .forms import export_graph, graph_from_split, split_graph, split_model, weight_feeds, weights_as_inputs
 from .onnx_files import check_split, load_split, save_model
 from .sessions import Purpose, create_session
 from .shapes import infer_shapes
@@ -122,9 +122,8 @@ class Model:
         where they are: building the session copies none of them (handed over as initializers, even as external
         ones, onnxruntime copies them all). Pass ``{**inputs, **feeds}`` to ``session.run``."""
         split = self.split()
-        feeds = {name: np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native order, as ORT reads
-                 for name, arr in split.weights.items()}
-        return create_session(weights_as_inputs(split), purpose, threads=threads, spinning=spinning), feeds
+        return (create_session(weights_as_inputs(split), purpose, threads=threads, spinning=spinning),
+                weight_feeds(split))
 
     def save(self, path: str | Path, *, external: bool | None = None) -> list[Path]:
         """Write the model atomically, each weight streamed from its array (``onnx_files.save_model``)."""
