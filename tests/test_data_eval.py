@@ -534,8 +534,8 @@ def test_bit_cifar10_test_batch_onnxruntime_equals_pytorch(tmp_path, repo, capsy
     from graphopt.core.tolerance import Tolerance
     from graphopt.core.verify import compare_outputs
 
-    # The repository's recipe without its passes and their verification (test_recipes applies those; onnxsim on BiT
-    # takes half a minute), with the seed's CIFAR-10 preprocessing unless the recipe states its own.
+    # The repository's recipe without its passes and their verification (test_recipes applies those), with the
+    # seed's CIFAR-10 preprocessing unless the recipe states its own.
     source = repo / "recipes" / "bit.yaml"
     spec = yaml.safe_load(source.read_text()) if source.is_file() else \
         {"name": "bit", "model": {"exporter": "bit_m_r50x1"}, "input": {"name": "image", "shape": [1, 3, 128, 128]}}
