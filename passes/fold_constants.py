@@ -173,8 +173,13 @@ def fold_constant_nodes(graph: gs.Graph, root: gs.Graph, keep: set[int] = frozen
         if not isinstance(value, np.ndarray) or value.dtype.kind not in _FOLDABLE_KINDS:
             left["not a numeric tensor (or not evaluable)"] += 1
             continue
+        node = producer(t)
         t.to_constant(value)
         t.inputs.clear()
+        if not node.outputs:
+            # Dead now: it reads nothing either, so the constant nodes it read are no one's input (else the next
+            # round would fold their outputs again, one level up a chain per round).
+            node.inputs.clear()
         folded += 1
     return folded, left
 
