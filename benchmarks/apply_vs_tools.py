@@ -10,7 +10,11 @@ times round robin across the tasks; the median time (and the largest peak RSS) i
   inferred shapes from earlier runs); graphopt apply --no-verify warm (its inferred shapes cached by an untimed
   priming run, as when a recipe is applied again);
 - onnxsim.simplify + save; onnxslim.slim + save (each skipped with a note when not installed: both are
-  benchmark-only tools, `pip install onnxslim`).
+  benchmark-only tools, `pip install onnxslim`);
+- with ``--baseline DIR`` (a checkout of an earlier graphopt, e.g. ``git worktree add /tmp/base cf170b5``), that
+  code's apply without and with verification, on the same recipes and export, in the same round robin.
+graphopt's children also report the seconds its passes took (report.json): what is left, graphopt's own fixed cost
+(imports, reading, the graph import and export, checks, writing), is set against the floor in ``rest/floor``.
 Then onnxruntime latency of the naive export against graphopt's output at batch 1 and 8, interleaved, each timed
 run after a 0.1 s pause (so the other session's spinning worker threads are idle): the table's speed-up is the
 ratio of medians; the RESULT lines add the ratio of the fastest runs.
@@ -31,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("floor", "graphopt", "graphopt_verify", "graphopt_warm", "onnxsim", "onnxslim")
+BASELINE_TASKS = ("baseline", "baseline_verify")  # with --baseline
 
 
 def _child(task: str, src: str, out: str, recipe: str) -> None:
@@ -39,11 +44,21 @@ def _child(task: str, src: str, out: str, recipe: str) -> None:
         import onnx
 
         onnx.save(onnx.load(src), out)
-    elif task in ("graphopt", "graphopt_verify", "graphopt_warm"):
-        from graphopt.commands.apply import apply_recipe
-        from graphopt.commands.recipe import load_recipe
+    elif task in ("graphopt", "graphopt_verify", "graphopt_warm", *BASELINE_TASKS):
+        import graphopt
 
-        apply_recipe(load_recipe(recipe), out, verify=task == "graphopt_verify", progress=lambda m: None)
+        if (Path(graphopt.__file__).parent / "commands").is_dir():
+            from graphopt.commands.apply import apply_recipe
+            from graphopt.commands.recipe import load_recipe
+        else:  # a baseline from before graphopt/commands (cf170b5: graphopt.apply, graphopt.recipe)
+            from graphopt.apply import apply_recipe
+            from graphopt.recipe import load_recipe
+
+        apply_recipe(load_recipe(recipe), out, verify=task.endswith("_verify"), progress=lambda m: None)
+        seconds = time.perf_counter() - t0
+        passes = sum(p.get("seconds") or 0 for p in json.loads((Path(out) / "report.json").read_text())["passes"])
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "passes_seconds": passes}))
+        return
     elif task == "onnxsim":
         import onnx
         import onnxsim
@@ -71,12 +86,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure(task: str, src: Path, out: Path, recipe: Path) -> dict | None:
+def _measure(task: str, src: Path, out: Path, recipe: Path, baseline: Path | None = None) -> dict | None:
     # graphopt runs cold (no inferred shapes cached, as on a first run) except graphopt_warm, which a priming run
     # has given its cached shapes (a recipe applied again).
-    cold = {"GRAPHOPT_SHAPE_CACHE": "0"} if task in ("graphopt", "graphopt_verify") else {}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.apply_vs_tools", "--child", task, str(src), str(out),
-                           str(recipe)], cwd=ROOT, capture_output=True, text=True,
+    cold = {"GRAPHOPT_SHAPE_CACHE": "0"} if task in ("graphopt", "graphopt_verify", *BASELINE_TASKS) else {}
+    # A baseline runs from its own tree (this script too, so the child is the same code), its recipe its own.
+    where = baseline if task in BASELINE_TASKS else None
+    if where is not None:
+        recipe = where / "recipes" / recipe.name
+        cold["PYTHONPATH"] = str(where)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", task, str(src), str(out),
+                           str(recipe)], cwd=where or ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **cold})
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -119,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the measurements to make, comma-separated (default all: {','.join(TASKS)})")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each task (round robin across tasks); the median time is reported")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier graphopt to measure beside this one")
     parser.add_argument("--latency", nargs=6, metavar=("NAIVE", "OPTIMIZED", "INPUT", "ITEM_SHAPE", "BATCH", "REPS"))
     bench_out = os.environ.get("GRAPHOPT_BENCH_OUT")  # set by `python -m benchmarks`: its results folder
     parser.add_argument("--plot", default=str(Path(bench_out) / "apply_vs_tools.png") if bench_out else None,
@@ -138,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        baseline = _baseline_tree(args.baseline, Path(tmp)) if args.baseline else None
         for name in args.recipes.split(","):
             recipe_path = ROOT / "recipes" / f"{name}.yaml"
             recipe = load_recipe(recipe_path)
@@ -155,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {task}: not installed (pip install {task}); skipped", flush=True)
                         continue
                 tasks.append(task)
+            if baseline is not None:
+                tasks += [t for t in BASELINE_TASKS if t.replace("baseline", "graphopt") in tasks]
             runs: dict[str, list[dict]] = {t: [] for t in tasks}
             if "graphopt_warm" in tasks:
                 _measure("graphopt_warm", src, Path(tmp) / f"{name}-prime", recipe_path)  # untimed: caches shapes
@@ -163,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in ("floor", "onnxsim", "onnxslim")
                                                           else "")
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    r = _measure(task, src, out, recipe_path)
+                    r = _measure(task, src, out, recipe_path, baseline)
                     if r:
                         runs[task].append(r)
             m = {}
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 times = [r["seconds"] for r in runs[task]]
                 m[task] = {"seconds": statistics.median(times),
                            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[task])}
+                if "passes_seconds" in runs[task][0]:
+                    m[task]["passes"] = statistics.median(r["passes_seconds"] for r in runs[task])
                 spread = f" (median of {len(times)}: {min(times):.2f}-{max(times):.2f})" if len(times) > 1 else ""
                 print(f"  {task}: {m[task]['seconds']:.2f} s{spread}, peak RSS {m[task]['peak_rss_mb']:.0f} MB",
                       flush=True)
@@ -201,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                 **{f"{t}_s": (round(sec(t), 2) if sec(t) is not None else None) for t in m},
                 **{f"{t}_rss_mb": round(m[t]["peak_rss_mb"]) for t in m if m[t]},
                 "graphopt_over_floor": ratio(sec("graphopt"), sec("floor")),
+                "graphopt_passes_s": round(m["graphopt"]["passes"], 2) if m.get("graphopt") else None,
+                # graphopt's own fixed cost: its time less its passes' (medians of each).
+                "rest_over_floor": ratio(sec("graphopt") - m["graphopt"]["passes"], sec("floor"))
+                if m.get("graphopt") and sec("floor") else None,
+                "graphopt_over_baseline": ratio(sec("graphopt"), sec("baseline")),
+                "verify_over_baseline": ratio(sec("graphopt_verify"), sec("baseline_verify")),
                 "graphopt_over_onnxslim": ratio(sec("graphopt"), sec("onnxslim")),
                 "warm_over_onnxslim": ratio(sec("graphopt_warm"), sec("onnxslim")),
                 "graphopt_over_onnxsim": ratio(sec("graphopt"), sec("onnxsim")),
@@ -218,21 +250,51 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if v is None else format(v, spec)
 
     print()
-    print("| recipe | MB | floor s | graphopt s | +verify s | warm s | onnxsim s | onnxslim s | /floor | /onnxslim "
-          "| warm/onnxslim | verify/off | RSS/size | ORT speedup bs1 | bs8 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| recipe | MB | floor s | graphopt s | passes s | +verify s | warm s | onnxsim s | onnxslim s | /floor "
+          "| rest/floor | /onnxslim | warm/onnxslim | verify/off | RSS/size | ORT speedup bs1 | bs8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['recipe']} | {r['model_mb']:.0f} | {f(r.get('floor_s'))} | {f(r.get('graphopt_s'))} | "
-              f"{f(r.get('graphopt_verify_s'))} | {f(r.get('graphopt_warm_s'))} | {f(r.get('onnxsim_s'))} | "
-              f"{f(r.get('onnxslim_s'))} | {f(r['graphopt_over_floor'])} | {f(r['graphopt_over_onnxslim'])} | "
-              f"{f(r['warm_over_onnxslim'])} | {f(r['verify_over_noverify'])} | "
-              f"{f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | {f(r.get('speedup_bs8'))} |")
+              f"{f(r.get('graphopt_passes_s'))} | {f(r.get('graphopt_verify_s'))} | {f(r.get('graphopt_warm_s'))} | "
+              f"{f(r.get('onnxsim_s'))} | {f(r.get('onnxslim_s'))} | {f(r['graphopt_over_floor'])} | "
+              f"{f(r['rest_over_floor'])} | {f(r['graphopt_over_onnxslim'])} | {f(r['warm_over_onnxslim'])} | "
+              f"{f(r['verify_over_noverify'])} | {f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | "
+              f"{f(r.get('speedup_bs8'))} |")
+    if baseline is not None:
+        print(f"\nAgainst the baseline ({args.baseline}), the same runs:\n")
+        print("| recipe | baseline s | graphopt s | / baseline | baseline + verify s | graphopt + verify s "
+              "| / baseline |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(f"| {r['recipe']} | {f(r.get('baseline_s'))} | {f(r.get('graphopt_s'))} | "
+                  f"{f(r['graphopt_over_baseline'])} | {f(r.get('baseline_verify_s'))} | "
+                  f"{f(r.get('graphopt_verify_s'))} | {f(r['verify_over_baseline'])} |")
     print("\nTargets (issue 8): ViT-B/32 graphopt/onnxslim <= 0.2, /floor <= 2, RSS/size <= 3, verify/off <= 2; "
-          "ShiftViT ORT speedup bs1 >= 1.7.")
+          "ShiftViT ORT speedup bs1 >= 1.7. (issue 16): verify/off <= 1.5, /floor <= 1.5, no slower than before.")
     if args.plot and results:
         plot(results, Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
+
+
+def _baseline_tree(tree: Path, tmp: Path) -> Path:
+    """``tree`` as a tree the baseline runs from with ``PYTHONPATH``: as it is when ``graphopt.passes`` is a folder
+    of its own; else (passes/ and models/ beside graphopt/, installed under its namespace) an overlay in ``tmp`` of
+    symbolic links, so ``tree`` itself is never written to."""
+    tree = tree.resolve()
+    if not (tree / "graphopt").is_dir() or not (tree / "recipes").is_dir():
+        raise SystemExit(f"--baseline {tree}: not a graphopt checkout (no graphopt/ or recipes/)")
+    if (tree / "graphopt" / "passes").exists() or not (tree / "passes").is_dir():
+        return tree
+    overlay = tmp / "baseline"
+    (overlay / "graphopt").mkdir(parents=True)
+    for entry in (tree / "graphopt").iterdir():
+        (overlay / "graphopt" / entry.name).symlink_to(entry)
+    for name in ("passes", "models"):
+        if (tree / name).is_dir():
+            (overlay / "graphopt" / name).symlink_to(tree / name)
+    (overlay / "recipes").symlink_to(tree / "recipes")
+    return overlay
 
 
 # The tools in the plot, in order, with their labels.

@@ -37,3 +37,28 @@ def test_apply_vs_tools_plot_draws_every_recipe_even_with_a_tool_missing(tmp_pat
     out = tmp_path / "figs" / "apply_vs_tools.png"
     plot(rows, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_a_baseline_checkout_is_overlaid_never_written_to(tmp_path):
+    """``--baseline``: a checkout whose passes/ and models/ sit beside graphopt/ (installed under its namespace)
+    is run from an overlay of links in the benchmark's own folder; one with graphopt/passes runs as it is."""
+    import pytest
+
+    from benchmarks.apply_vs_tools import _baseline_tree
+
+    old = tmp_path / "old"
+    for d in ("graphopt", "passes", "models", "recipes"):
+        (old / d).mkdir(parents=True)
+    (old / "graphopt" / "__init__.py").write_text("")
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+    overlay = _baseline_tree(old, tmp_path / "work")
+    assert overlay != old and sorted(p.relative_to(old) for p in old.rglob("*")) == before
+    assert (overlay / "graphopt" / "passes").resolve() == old / "passes"
+    assert (overlay / "graphopt" / "__init__.py").resolve() == old / "graphopt" / "__init__.py"
+    assert (overlay / "recipes").resolve() == old / "recipes"
+    new = tmp_path / "new"
+    for d in ("graphopt/passes", "recipes"):
+        (new / d).mkdir(parents=True)
+    assert _baseline_tree(new, tmp_path / "work2") == new.resolve()
+    with pytest.raises(SystemExit, match="not a graphopt checkout"):
+        _baseline_tree(tmp_path / "work", tmp_path / "work3")
