@@ -95,6 +95,9 @@ def _measure(task: str, src: Path, out: Path, recipe: Path, baseline: Path | Non
     if where is not None:
         recipe = where / "recipes" / recipe.name
         cold["PYTHONPATH"] = str(where)
+    # The previous task's output flushed first, untimed: else its dirty pages (onnx.save does not sync; 350 MB for
+    # ViT-B/32) are written back during this task, and whichever task follows the floor pays for both.
+    os.sync()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", task, str(src), str(out),
                            str(recipe)], cwd=where or ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **cold})
