@@ -346,6 +346,54 @@ def test_the_checking_run_runs_only_where_a_size_can_be_clamped(monkeypatch):
     assert _shapes(probe_infer(crop))["y"][0][1] not in (64, "S") and runs == [False, False, True]
 
 
+# torch's ``cls_token.expand(B, -1, -1)``: the target's -1s become ones through a Where on shape values.
+EXPAND = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4] x, float[1, 1, 4] cls) => (float[?, ?, ?] y) {
+    s = Shape(x)
+    zero = Constant<value = int64 {0}>()
+    n = Gather<axis = 0>(s, zero)
+    zero1 = Constant<value = int64[1] {0}>()
+    n1 = Unsqueeze(n, zero1)
+    minus = Constant<value = int64[2] {-1, -1}>()
+    shape = Concat<axis = 0>(n1, minus)
+    ss = Shape(shape)
+    ones = ConstantOfShape<value = int64[1] {1}>(ss)
+    neg = Constant<value = int64 {-1}>()
+    negs = Mul(ones, neg)
+    is_neg = Equal(shape, negs)
+    target = Where(is_neg, ones, shape)
+    y = Expand(cls, target)
+}"""
+
+
+def test_a_clamp_the_input_shapes_reach_is_checked_by_its_values_alone(monkeypatch):
+    """A Where or Max on shape arithmetic that the graph inputs' shapes reach is evaluated at the small sizes by
+    itself: torch's ``expand`` computes there what the two runs say (the batch, ones), so the checking run is
+    spared; ``Max(Shape(x), [1, 64])`` does not (64, not S), and gets it."""
+    runs: list[bool] = []
+    concrete = shape_probe._concrete
+
+    def counted(*args, **kwargs):
+        runs.append(kwargs.get("partial", False))
+        return concrete(*args, **kwargs)
+
+    monkeypatch.setattr(shape_probe, "_concrete", counted)
+    shapes = _shapes(probe_infer(model_from_text(EXPAND)))
+    assert shapes["y"][0] == ["N", 1, 4] and shapes["target"][0] == [3] and runs == [False, False], (shapes, runs)
+    runs.clear()
+    floor = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, S] x) => (float[?, ?] y) {
+        s = Shape(x)
+        sixty_four = Constant<value = int64[2] {1, 64}>()
+        target = Max(s, sixty_four)
+        y = ConstantOfShape(target)
+    }""")
+    shapes = _shapes(probe_infer(floor))
+    assert shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64) and runs == [False, False, True]
+
+
 def test_graph_inputs_keep_their_declared_shapes():
     """onnxruntime's symbolic inference merges the symbol N with the 5 it meets (``x * slope``, slope [N]
     broadcast against x's last dim) and rewrites the inputs to [5, 4, 5] and [5]; onnxruntime then rejects every

@@ -16,12 +16,14 @@ It runs twice, with different sizes for each symbol (primes, far apart). A dim e
 ``k * size`` in both is ``k*name`` (``name`` for k = 1); any other differing dim is a fresh symbol, one per pair of
 sizes. Large sizes can hit a clamp (``pos[:, :S]`` of a 64-wide buffer is 64 wide at S = 97 and at S = 227,
 ``Min(S, 64)``, ``Max``), which makes a size-dependent dim look static, or look like ``S`` when it is
-``max(S, 64)``: where the graph could clamp (``_may_clamp``), a third run at small sizes (``_SMALL``, partial)
+``max(S, 64)``: where the graph could clamp (``_clamps``), a third run at small sizes (``_SMALL``, partial)
 checks, and a dim it knows and contradicts becomes a fresh symbol, never a static number or a name it does not
-have. The result is used only when it is complete: every tensor a node or the graph reads is typed and shaped in
-both runs, and there is no subgraph. Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need
-particular sizes) returns None and the caller falls back on symbolic inference. tests/test_shape_probe.py checks the
-result against that fallback on every model of the test zoo.
+have. A clamp on shape arithmetic that the graph inputs' shapes reach (LV-ViT's ``expand``) is checked without
+it, by evaluating that arithmetic alone at the small sizes (``_values_follow``). The result is used only when it
+is complete: every tensor a node or the graph reads is typed and shaped in both runs, and there is no subgraph.
+Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need particular sizes) returns None and
+the caller falls back on symbolic inference. tests/test_shape_probe.py checks the result against that fallback on
+every model of the test zoo.
 """
 from __future__ import annotations
 
@@ -74,17 +76,20 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     if len(symbols) > len(_FIRST):
         return None
     light = _weightless(model)
-    runs = []
+    runs, values = [], []
     for run in range(2 if symbols else 1):
         sizes = {name: (_FIRST, _SECOND)[run][i] for name, i in symbols.items()}
-        shapes = _concrete(light, sizes)
+        values.append({})
+        shapes = _concrete(light, sizes, values=values[-1])
         if shapes is None:
             return None
         runs.append((sizes, shapes))
-    if symbols and _may_clamp(light, runs[0][1], runs[1][1]):
-        # The check: partial (small sizes may not fit every model), what it knows must agree.
-        sizes = {name: _SMALL[i] for name, i in symbols.items()}
-        runs.append((sizes, _concrete(light, sizes, partial=True) or {}))
+    small = {name: _SMALL[i] for name, i in symbols.items()}
+    if symbols:
+        clamps = _clamps(light, runs[0][1], runs[1][1])
+        if clamps is None or (clamps and not _values_follow(light, clamps, runs[0][0], runs[1][0], small, *values)):
+            # The check: partial (small sizes may not fit every model), what it knows must agree.
+            runs.append((small, _concrete(light, small, partial=True) or {}))
     return _merged(model, runs)
 
 
@@ -119,27 +124,81 @@ def probe_runs(model: onnx.ModelProto) -> list[tuple[dict[str, int], Known]]:
     return runs
 
 
-def _may_clamp(model: onnx.ModelProto, a: Known, b: Known) -> bool:
-    """Whether a dim of ``model`` could depend on a symbol and yet look static (or ``k * S``) at both probe sizes,
+def _clamps(model: onnx.ModelProto, a: Known, b: Known) -> list[onnx.NodeProto] | None:
+    """Where a dim of ``model`` could depend on a symbol and yet look static (or ``k * S``) at both probe sizes,
     ``a`` and ``b`` being the two runs: through a clamp, the only way a size stops showing (a function of the sizes
-    read through shapes alone is linear or rounded: it differs between two sizes far apart). A clamp needs a node
-    of ``_CLAMPS`` reading shape arithmetic (a small value, or a tensor the runs did not type), or a Slice with
-    computed bounds, or a Slice cutting an axis whose size differs between the runs to the same size in both
-    (``x[:, :64]`` of S). None of them: the checking run could only agree, and is spared."""
+    read through shapes alone is linear or rounded: it differs between two sizes far apart). The nodes of
+    ``_CLAMPS`` reading shape arithmetic (a small value, or a tensor the runs did not type), for
+    ``_values_follow`` to check; or None when a Slice could clamp (computed bounds, or an axis whose size differs
+    between the runs cut to the same size in both: ``x[:, :64]`` of S), which only the checking run can check.
+    Neither: the checking run could only agree, and is spared."""
     constant = {t.name for t in model.graph.initializer}
     constant.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    found = []
     for node in model.graph.node:
         if node.op_type in _CLAMPS and any(i and (i not in a or _small_value(a[i])) for i in node.input):
-            return True
+            found.append(node)
         if node.op_type == "Slice":
             data, out = node.input[0], node.output[0]
             if any(i and i not in constant for i in node.input[1:]) or not all(t in r for t in (data, out)
                                                                                  for r in (a, b)):
-                return True
+                return None
             dims = (a[data][1], b[data][1], a[out][1], b[out][1])
             if len(set(map(len, dims))) != 1 or any(da != db and oa == ob for da, db, oa, ob in zip(*dims)):
-                return True
-    return False
+                return None
+    return found
+
+
+def _values_follow(model: onnx.ModelProto, clamps: list[onnx.NodeProto], sizes_a: dict[str, int],
+                   sizes_b: dict[str, int], small: dict[str, int], values_a: dict[str, np.ndarray],
+                   values_b: dict[str, np.ndarray]) -> bool:
+    """Whether each of ``clamps`` computes at the ``small`` sizes what the two runs (their sizes, their evaluated
+    values) say: every element equal in both the same, every element ``k`` times a symbol's size in both ``k``
+    times its small size. Then no clamp acts between the small sizes and the large ones either, and the checking
+    run would agree. The shape arithmetic is evaluated at the small sizes from the graph inputs' shapes and the
+    constants alone (no shape inference: LV-ViT's ``expand`` of the batch is reached at once); a clamp it does not
+    reach, or any other element, is False: the checking run decides."""
+    graph = model.graph
+    known: Known = {}
+    for vi in graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        known[vi.name] = (vi.type.tensor_type.elem_type,
+                          tuple(d.dim_value if d.HasField("dim_value") else small[d.dim_param] for d in dims))
+    values: dict[str, np.ndarray] = {}
+    for init in graph.initializer:
+        known[init.name] = (init.data_type, tuple(init.dims))
+        if _small_value(known[init.name]) and not init.external_data:
+            values[init.name] = numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type not in EVALUATED or not node.output or not node.output[0]:
+            continue
+        try:
+            value = evaluate(node, values, known)
+            if value is None:  # it reads a shape only shape inference gives
+                continue
+            value = np.asarray(value)
+            typed = (onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        except Exception:  # noqa: BLE001 - malformed at these sizes: left out
+            continue
+        if _small_value(typed):
+            values[node.output[0]], known[node.output[0]] = value, typed
+    for node in clamps:
+        out = node.output[0]
+        if any(out not in v for v in (values, values_a, values_b)):
+            return False
+        x, y, z = (np.asarray(v[out]) for v in (values_a, values_b, values))
+        if not x.shape == y.shape == z.shape:
+            return False
+        for p, q, r in zip(x.reshape(-1).tolist(), y.reshape(-1).tolist(), z.reshape(-1).tolist()):
+            if p == q:
+                if r != p:
+                    return False
+                continue
+            k = next(((p // sizes_a[n], n) for n in sizes_a if isinstance(p, int) and isinstance(q, int)
+                      and p % sizes_a[n] == 0 and q % sizes_b[n] == 0 and p // sizes_a[n] == q // sizes_b[n]), None)
+            if k is None or r != k[0] * small[k[1]]:
+                return False
+    return True
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -163,9 +222,12 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 Known = dict[str, tuple[int, tuple[int, ...]]]  # tensor -> (element type, dims), for the completely typed
 
 
-def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = False) -> Known | None:
+def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = False,
+              values: dict[str, np.ndarray] | None = None) -> Known | None:
     """Every node output's element type and dims at these sizes, or None when some stays unknown. ``partial``:
-    whatever is known, a node ONNX cannot infer (or an inconsistent whole) leaving its outputs unknown."""
+    whatever is known, a node ONNX cannot infer (or an inconsistent whole) leaving its outputs unknown.
+    ``values``: filled with the shape arithmetic evaluated on the way (tensor -> small array)."""
+    values = {} if values is None else values
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -183,8 +245,7 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = Fal
     known: Known = {}
     for name, t in types.items():
         _learn(known, name, t)
-    values: dict[str, np.ndarray] = {}  # evaluated small tensors (shape arithmetic)
-    for init in g.initializer:
+    for init in g.initializer:  # ``values``: evaluated small tensors (shape arithmetic)
         known[init.name] = (init.data_type, tuple(init.dims))
         types.setdefault(init.name, onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims)))
         if _small_value(known[init.name]) and not init.external_data:
