@@ -346,11 +346,13 @@ def test_the_checking_run_runs_only_where_a_size_can_be_clamped(monkeypatch):
     assert _shapes(probe_infer(crop))["y"][0][1] not in (64, "S") and runs == [False, False, True]
 
 
-# torch's ``cls_token.expand(B, -1, -1)``: the target's -1s become ones through a Where on shape values.
+# torch's ``cls_token.expand(B, -1, -1)``: the target's -1s become ones through a Where on shape values. (``x`` is
+# wide enough not to pass for shape arithmetic: the Relu on it is no clamp.)
 EXPAND = """
 <ir_version: 8, opset_import: ["" : 17]>
-g (float[N, 4] x, float[1, 1, 4] cls) => (float[?, ?, ?] y) {
-    s = Shape(x)
+g (float[N, 2048] x, float[1, 1, 4] cls) => (float[?, ?, ?] y) {
+    h = Relu(x)
+    s = Shape(h)
     zero = Constant<value = int64 {0}>()
     n = Gather<axis = 0>(s, zero)
     zero1 = Constant<value = int64[1] {0}>()
@@ -367,10 +369,11 @@ g (float[N, 4] x, float[1, 1, 4] cls) => (float[?, ?, ?] y) {
 }"""
 
 
-def test_a_clamp_the_input_shapes_reach_is_checked_by_its_values_alone(monkeypatch):
-    """A Where or Max on shape arithmetic that the graph inputs' shapes reach is evaluated at the small sizes by
-    itself: torch's ``expand`` computes there what the two runs say (the batch, ones), so the checking run is
-    spared; ``Max(Shape(x), [1, 64])`` does not (64, not S), and gets it."""
+def test_a_clamp_on_shape_values_is_checked_by_its_values_alone(monkeypatch):
+    """A Where or Max on shape arithmetic is evaluated at the small sizes by itself, each tensor's shape there read
+    as the two runs say it is: torch's ``expand`` (of the batch of an intermediate tensor, as in LV-ViT) computes
+    what the runs say (the batch, ones), so the checking run is spared; ``Max(Shape(x), [1, 64])`` does not (64,
+    not S), and gets it."""
     runs: list[bool] = []
     concrete = shape_probe._concrete
 

@@ -18,8 +18,8 @@ sizes. Large sizes can hit a clamp (``pos[:, :S]`` of a 64-wide buffer is 64 wid
 ``Min(S, 64)``, ``Max``), which makes a size-dependent dim look static, or look like ``S`` when it is
 ``max(S, 64)``: where the graph could clamp (``_clamps``), a third run at small sizes (``_SMALL``, partial)
 checks, and a dim it knows and contradicts becomes a fresh symbol, never a static number or a name it does not
-have. A clamp on shape arithmetic that the graph inputs' shapes reach (LV-ViT's ``expand``) is checked without
-it, by evaluating that arithmetic alone at the small sizes (``_values_follow``). The result is used only when it
+have. A clamp on shape arithmetic alone (LV-ViT's ``expand``) is checked without it, by evaluating that
+arithmetic at the small sizes (``_values_follow``). The result is used only when it
 is complete: every tensor a node or the graph reads is typed and shaped in both runs, and there is no subgraph.
 Anything else (a custom op, an op ONNX cannot infer, a model whose shapes need particular sizes) returns None and
 the caller falls back on symbolic inference. tests/test_shape_probe.py checks the result against that fallback on
@@ -87,7 +87,8 @@ def probe_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     small = {name: _SMALL[i] for name, i in symbols.items()}
     if symbols:
         clamps = _clamps(light, runs[0][1], runs[1][1])
-        if clamps is None or (clamps and not _values_follow(light, clamps, runs[0][0], runs[1][0], small, *values)):
+        if clamps is None or (clamps and not _values_follow(light, clamps, runs[0][0], runs[1][0], small,
+                                                            (runs[0][1], runs[1][1]), (values[0], values[1]))):
             # The check: partial (small sizes may not fit every model), what it knows must agree.
             runs.append((small, _concrete(light, small, partial=True) or {}))
     return _merged(model, runs)
@@ -134,9 +135,12 @@ def _clamps(model: onnx.ModelProto, a: Known, b: Known) -> list[onnx.NodeProto] 
     Neither: the checking run could only agree, and is spared."""
     constant = {t.name for t in model.graph.initializer}
     constant.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    # A graph input's values are data: nothing the probe (or ONNX's data propagation) derives a dim from.
+    data = {vi.name for vi in model.graph.input} - constant
     found = []
     for node in model.graph.node:
-        if node.op_type in _CLAMPS and any(i and (i not in a or _small_value(a[i])) for i in node.input):
+        if node.op_type in _CLAMPS and any(i and i not in data and (i not in a or _small_value(a[i]))
+                                           for i in node.input):
             found.append(node)
         if node.op_type == "Slice":
             data, out = node.input[0], node.output[0]
@@ -150,55 +154,63 @@ def _clamps(model: onnx.ModelProto, a: Known, b: Known) -> list[onnx.NodeProto] 
 
 
 def _values_follow(model: onnx.ModelProto, clamps: list[onnx.NodeProto], sizes_a: dict[str, int],
-                   sizes_b: dict[str, int], small: dict[str, int], values_a: dict[str, np.ndarray],
-                   values_b: dict[str, np.ndarray]) -> bool:
-    """Whether each of ``clamps`` computes at the ``small`` sizes what the two runs (their sizes, their evaluated
-    values) say: every element equal in both the same, every element ``k`` times a symbol's size in both ``k``
-    times its small size. Then no clamp acts between the small sizes and the large ones either, and the checking
-    run would agree. The shape arithmetic is evaluated at the small sizes from the graph inputs' shapes and the
-    constants alone (no shape inference: LV-ViT's ``expand`` of the batch is reached at once); a clamp it does not
-    reach, or any other element, is False: the checking run decides."""
+                   sizes_b: dict[str, int], small: dict[str, int], runs: tuple[Known, Known],
+                   values: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> bool:
+    """Whether each of ``clamps`` computes at the ``small`` sizes what the two runs (their sizes, their shapes and
+    evaluated values) say: every element equal in both the same, every element ``k`` times a symbol's size in both
+    ``k`` times its small size. Then no clamp acts between the small sizes and the large ones either, and the
+    checking run would agree. Only the shape arithmetic is evaluated at the small sizes, reading each tensor's
+    shape as the runs say it is there (by induction in graph order: what no clamp acts on is static or ``k * S``
+    at every size, as the two runs alone already assume); a clamp it does not reach, or an element of another
+    kind, is False, and the checking run decides."""
     graph = model.graph
     known: Known = {}
+    for name, (elem, dims_a) in runs[0].items():
+        other = runs[1].get(name)
+        if other is not None and len(other[1]) == len(dims_a):
+            dims = [_extrapolated(x, y, sizes_a, sizes_b, small) for x, y in zip(dims_a, other[1])]
+            if None not in dims:
+                known[name] = (elem, tuple(dims))
     for vi in graph.input:
         dims = vi.type.tensor_type.shape.dim
         known[vi.name] = (vi.type.tensor_type.elem_type,
                           tuple(d.dim_value if d.HasField("dim_value") else small[d.dim_param] for d in dims))
-    values: dict[str, np.ndarray] = {}
+    ours: dict[str, np.ndarray] = {}
     for init in graph.initializer:
-        known[init.name] = (init.data_type, tuple(init.dims))
-        if _small_value(known[init.name]) and not init.external_data:
-            values[init.name] = numpy_helper.to_array(init)
+        if _small_value((init.data_type, tuple(init.dims))) and not init.external_data:
+            ours[init.name] = numpy_helper.to_array(init)
     for node in graph.node:
         if node.op_type not in EVALUATED or not node.output or not node.output[0]:
             continue
         try:
-            value = evaluate(node, values, known)
-            if value is None:  # it reads a shape only shape inference gives
-                continue
-            value = np.asarray(value)
-            typed = (onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+            value = evaluate(node, ours, known)
         except Exception:  # noqa: BLE001 - malformed at these sizes: left out
             continue
-        if _small_value(typed):
-            values[node.output[0]], known[node.output[0]] = value, typed
+        if value is not None and np.size(value) <= _MAX_VALUE_ELEMENTS:
+            ours[node.output[0]] = np.asarray(value)
     for node in clamps:
         out = node.output[0]
-        if any(out not in v for v in (values, values_a, values_b)):
+        if any(out not in v for v in (ours, *values)):
             return False
-        x, y, z = (np.asarray(v[out]) for v in (values_a, values_b, values))
+        x, y, z = (np.asarray(v[out]) for v in (*values, ours))
         if not x.shape == y.shape == z.shape:
             return False
         for p, q, r in zip(x.reshape(-1).tolist(), y.reshape(-1).tolist(), z.reshape(-1).tolist()):
-            if p == q:
-                if r != p:
-                    return False
-                continue
-            k = next(((p // sizes_a[n], n) for n in sizes_a if isinstance(p, int) and isinstance(q, int)
-                      and p % sizes_a[n] == 0 and q % sizes_b[n] == 0 and p // sizes_a[n] == q // sizes_b[n]), None)
-            if k is None or r != k[0] * small[k[1]]:
+            if _extrapolated(p, q, sizes_a, sizes_b, small) != r:
                 return False
     return True
+
+
+def _extrapolated(p, q, sizes_a: dict[str, int], sizes_b: dict[str, int], small: dict[str, int]):
+    """What a dim or value that is ``p`` at ``sizes_a`` and ``q`` at ``sizes_b`` is at ``small``, as ``_merged``
+    names it: the same when equal, ``k`` times a symbol's size when it is that in both; None otherwise."""
+    if p == q:
+        return p
+    if type(p) is not int or type(q) is not int:  # bools and floats: equal or nothing
+        return None
+    k = next(((p // sizes_a[n], n) for n in sizes_a
+              if p % sizes_a[n] == 0 and q % sizes_b[n] == 0 and p // sizes_a[n] == q // sizes_b[n]), None)
+    return None if k is None else k[0] * small[k[1]]
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
