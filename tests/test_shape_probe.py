@@ -293,35 +293,45 @@ def test_a_clamped_slice_is_not_sized_by_the_probe_sizes(fallback, monkeypatch):
             np.testing.assert_array_equal(g, w)
 
 
+# ``max(S, 64)``: S at both large probe sizes, 64 at the small ones.
+MAX_FLOOR = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, S] x) => (float[?, ?] y) {
+    s = Shape(x)
+    sixty_four = Constant<value = int64[2] {1, 64}>()
+    target = Max(s, sixty_four)
+    y = ConstantOfShape(target)
+}"""
+
+
 def test_probing_checks_its_static_dims_at_small_sizes():
     """The third run: a dim both large runs see as 64 but a small one as S is no static 64; ``max(S, 64)`` (S at
     both large sizes) is no ``S``."""
     shapes = _shapes(probe_infer(_position_slice(False)))
     assert shapes["p"][0][1] not in (64, "S") and shapes["xf"][0] == ["N", "S"], shapes
-    floor = model_from_text("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[N, S] x) => (float[?, ?] y) {
-        s = Shape(x)
-        sixty_four = Constant<value = int64[2] {1, 64}>()
-        target = Max(s, sixty_four)
-        y = ConstantOfShape(target)
-    }""")
+    floor = model_from_text(MAX_FLOOR)
     shapes = _shapes(probe_infer(floor))
     assert shapes["target"][0] == [2] and shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64), shapes
 
 
-def test_the_checking_run_runs_only_where_a_size_can_be_clamped(monkeypatch):
-    """Without a clamping op on shape arithmetic or a Slice that could clamp, the two large runs decide and the
-    small checking run is spared; ``x[:, :64]`` of a symbolic S (constant bounds) still gets it, and is no static
-    64 (at both large sizes it is 64 wide)."""
-    runs: list[bool] = []
+@pytest.fixture
+def runs(monkeypatch) -> list[bool]:
+    """Each concrete run probing makes, as whether it is partial (the checking run is)."""
+    made: list[bool] = []
     concrete = shape_probe._concrete
 
     def counted(*args, **kwargs):
-        runs.append(kwargs.get("partial", False))
+        made.append(kwargs.get("partial", False))
         return concrete(*args, **kwargs)
 
     monkeypatch.setattr(shape_probe, "_concrete", counted)
+    return made
+
+
+def test_the_checking_run_runs_only_where_a_size_can_be_clamped(runs):
+    """Without a clamping op on shape arithmetic or a Slice that could clamp, the two large runs decide and the
+    small checking run is spared; ``x[:, :64]`` of a symbolic S (constant bounds) still gets it, and is no static
+    64 (at both large sizes it is 64 wide)."""
     plain = model_from_text("""
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[N, 8] x) => (float[?, ?, ?] y) {
@@ -369,30 +379,15 @@ g (float[N, 2048] x, float[1, 1, 4] cls) => (float[?, ?, ?] y) {
 }"""
 
 
-def test_a_clamp_on_shape_values_is_checked_by_its_values_alone(monkeypatch):
+def test_a_clamp_on_shape_values_is_checked_by_its_values_alone(runs):
     """A Where or Max on shape arithmetic is evaluated at the small sizes by itself, each tensor's shape there read
     as the two runs say it is: torch's ``expand`` (of the batch of an intermediate tensor, as in LV-ViT) computes
     what the runs say (the batch, ones), so the checking run is spared; ``Max(Shape(x), [1, 64])`` does not (64,
     not S), and gets it."""
-    runs: list[bool] = []
-    concrete = shape_probe._concrete
-
-    def counted(*args, **kwargs):
-        runs.append(kwargs.get("partial", False))
-        return concrete(*args, **kwargs)
-
-    monkeypatch.setattr(shape_probe, "_concrete", counted)
     shapes = _shapes(probe_infer(model_from_text(EXPAND)))
     assert shapes["y"][0] == ["N", 1, 4] and shapes["target"][0] == [3] and runs == [False, False], (shapes, runs)
     runs.clear()
-    floor = model_from_text("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[N, S] x) => (float[?, ?] y) {
-        s = Shape(x)
-        sixty_four = Constant<value = int64[2] {1, 64}>()
-        target = Max(s, sixty_four)
-        y = ConstantOfShape(target)
-    }""")
+    floor = model_from_text(MAX_FLOOR)
     shapes = _shapes(probe_infer(floor))
     assert shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64) and runs == [False, False, True]
 
