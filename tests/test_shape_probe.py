@@ -392,6 +392,27 @@ def test_a_clamp_on_shape_values_is_checked_by_its_values_alone(runs):
     assert shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64) and runs == [False, False, True]
 
 
+def test_a_clamp_after_a_slice_still_gets_the_check(runs):
+    """A Slice that cannot clamp, before a ``max(S, 64)``: the Max is still a clamp to check (the clamp search
+    once mistook its inputs ``s`` and ``rc`` for data: names inside the Slice's data input ``srcr``)."""
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, S, 8] src) => (float[?, ?, ?] y, float[?, ?, ?] piece) {
+        zero = Constant<value = int64[1] {0}>()
+        four = Constant<value = int64[1] {4}>()
+        two = Constant<value = int64[1] {2}>()
+        srcr = Relu(src)
+        piece = Slice(srcr, zero, four, two)
+        s = Shape(src)
+        rc = Constant<value = int64[3] {1, 64, 1}>()
+        target = Max(s, rc)
+        y = ConstantOfShape(target)
+    }""")
+    shapes = _shapes(probe_infer(model))
+    assert shapes["piece"][0] == ["N", "S", 4] and runs == [False, False, True], (shapes, runs)
+    assert shapes["y"][0][0] == "N" and shapes["y"][0][1] not in ("S", 64) and shapes["y"][0][2] == 8, shapes
+
+
 def test_graph_inputs_keep_their_declared_shapes():
     """onnxruntime's symbolic inference merges the symbol N with the 5 it meets (``x * slope``, slope [N]
     broadcast against x's last dim) and rewrites the inputs to [5, 4, 5] and [5]; onnxruntime then rejects every

@@ -136,18 +136,18 @@ def _clamps(model: onnx.ModelProto, a: Known, b: Known) -> list[onnx.NodeProto] 
     constant = {t.name for t in model.graph.initializer}
     constant.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
     # A graph input's values are data: nothing the probe (or ONNX's data propagation) derives a dim from.
-    data = {vi.name for vi in model.graph.input} - constant
+    inputs = {vi.name for vi in model.graph.input} - constant
     found = []
     for node in model.graph.node:
-        if node.op_type in _CLAMPS and any(i and i not in data and (i not in a or _small_value(a[i]))
+        if node.op_type in _CLAMPS and any(i and i not in inputs and (i not in a or _small_value(a[i]))
                                            for i in node.input):
             found.append(node)
         if node.op_type == "Slice":
-            data, out = node.input[0], node.output[0]
-            if any(i and i not in constant for i in node.input[1:]) or not all(t in r for t in (data, out)
+            sliced, out = node.input[0], node.output[0]
+            if any(i and i not in constant for i in node.input[1:]) or not all(t in r for t in (sliced, out)
                                                                                  for r in (a, b)):
                 return None
-            dims = (a[data][1], b[data][1], a[out][1], b[out][1])
+            dims = (a[sliced][1], b[sliced][1], a[out][1], b[out][1])
             if len(set(map(len, dims))) != 1 or any(da != db and oa == ob for da, db, oa, ob in zip(*dims)):
                 return None
     return found
