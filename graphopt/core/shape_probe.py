@@ -176,9 +176,7 @@ def _values_follow(model: onnx.ModelProto, clamps: list[onnx.NodeProto], sizes_a
         known[vi.name] = (vi.type.tensor_type.elem_type,
                           tuple(d.dim_value if d.HasField("dim_value") else small[d.dim_param] for d in dims))
     ours: dict[str, np.ndarray] = {}
-    for init in graph.initializer:
-        if _small_value((init.data_type, tuple(init.dims))) and not init.external_data:
-            ours[init.name] = numpy_helper.to_array(init)
+    _initializers(graph, known, ours)
     for node in graph.node:
         if node.op_type not in EVALUATED or not node.output or not node.output[0]:
             continue
@@ -208,9 +206,14 @@ def _extrapolated(p, q, sizes_a: dict[str, int], sizes_b: dict[str, int], small:
         return p
     if type(p) is not int or type(q) is not int:  # bools and floats: equal or nothing
         return None
-    k = next(((p // sizes_a[n], n) for n in sizes_a
-              if p % sizes_a[n] == 0 and q % sizes_b[n] == 0 and p // sizes_a[n] == q // sizes_b[n]), None)
-    return None if k is None else k[0] * small[k[1]]
+    sym = _multiple_of(p, q, sizes_a, sizes_b)
+    return None if sym is None else p // sizes_a[sym] * small[sym]
+
+
+def _multiple_of(p: int, q: int, sizes_a: dict[str, int], sizes_b: dict[str, int]) -> str | None:
+    """The symbol whose size ``p`` and ``q`` are the same multiple of at ``sizes_a`` and ``sizes_b``, if any."""
+    return next((s for s in sizes_a if p % sizes_a[s] == 0 and q % sizes_b[s] == 0
+                 and p // sizes_a[s] == q // sizes_b[s]), None)
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -257,11 +260,9 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = Fal
     known: Known = {}
     for name, t in types.items():
         _learn(known, name, t)
-    for init in g.initializer:  # ``values``: evaluated small tensors (shape arithmetic)
-        known[init.name] = (init.data_type, tuple(init.dims))
+    _initializers(g, known, values)  # ``values``: evaluated small tensors (shape arithmetic)
+    for init in g.initializer:
         types.setdefault(init.name, onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims)))
-        if _small_value(known[init.name]) and not init.external_data:
-            values[init.name] = numpy_helper.to_array(init)
     protos: dict[str, onnx.TensorProto] = {}  # values as ONNX's inference takes them
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     # One pass in topological order: ONNX's inference of each node still unknown, given the values evaluated so
@@ -305,6 +306,15 @@ def _concrete(model: onnx.ModelProto, sizes: dict[str, int], partial: bool = Fal
     return None
 
 
+def _initializers(graph: onnx.GraphProto, known: Known, values: dict[str, np.ndarray]) -> None:
+    """Each initializer of ``graph`` into ``known``, and the value of each that is shape arithmetic into
+    ``values``."""
+    for init in graph.initializer:
+        known[init.name] = (init.data_type, tuple(init.dims))
+        if _small_value(known[init.name]) and not init.external_data:
+            values[init.name] = numpy_helper.to_array(init)
+
+
 def _learn(known: Known, name: str, t: onnx.TypeProto) -> None:
     """Record ``t`` when it is a tensor type with an element type and every dim a number."""
     if t.HasField("tensor_type") and t.tensor_type.elem_type and t.tensor_type.HasField("shape"):
@@ -339,9 +349,7 @@ def _merged(model: onnx.ModelProto, runs) -> onnx.ModelProto:
             if da == db and dc in (None, da):
                 dims.append(da)
                 continue
-            sym = None if da == db else next(
-                (s for s in sizes_a if da % sizes_a[s] == 0 and db % sizes_b[s] == 0
-                 and da // sizes_a[s] == db // sizes_b[s]), None)
+            sym = None if da == db else _multiple_of(da, db, sizes_a, sizes_b)
             if sym is not None and dc is not None and dc != da // sizes_a[sym] * sizes_c[sym]:
                 sym = None  # k * size at large sizes only: a clamp from below (max(S, 64))
             if sym is None:
