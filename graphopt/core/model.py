@@ -146,8 +146,9 @@ def structure_hash(model: Model | gs.Graph | onnx.ModelProto, *,
       blind to a weight's values, and it never reads a weight (hashing ViT-B/32's 350 MB of weights takes 0.3 s
       or more). ``"values"`` hashes every constant's bytes.
     - *objects* (``weights="identity"``): did an edit change this graph? Every tensor and array by identity (a
-      weight replaced by a new array is a change; one written into in place is not seen), node and graph names
-      included; no bytes are read, so it is cheap enough to take before and after every pass. A constant not yet
+      weight replaced by a new array is a change; an array written into in place is not seen, unless ``lazy``
+      below compares it), node and graph names included; no bytes are read, so it is cheap enough to take before
+      and after every pass. A constant not yet
       loaded (onnx-graphsurgeon reads a value only when asked) counts by its lazy value's identity and stays
       unloaded. Pass the same ``lazy`` dict to the hashes before and after an edit: the first records each lazy
       value in it, and the second hashes a constant the edit only loaded (its array equal to that value) as the

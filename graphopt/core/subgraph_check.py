@@ -141,8 +141,8 @@ def _static_shapes(inputs: Sequence[gs.Tensor]) -> dict[str, list[int]]:
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same dtype, shape and elements, bit for bit where it matters (NaN never counts as equal here: such outputs
-    get the full comparison)."""
+    """Same dtype, shape and elements by ``np.array_equal`` (-0.0 equals 0.0, which every tolerance allows; a NaN
+    equals nothing, so outputs holding one get the full comparison)."""
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
 
 
