@@ -97,3 +97,25 @@ def test_ctrl_c_leaves_the_previous_run(warm):
     assert code == 130 and "Traceback" not in stderr and "terminate called" not in stderr, stderr
     assert files(parent / "previous") == before
     assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["from a Ctrl-C", "another error"])
+def test_a_ctrl_c_a_library_wraps_is_still_one(monkeypatch, capsys, wrapped):
+    """A Ctrl-C that lands while onnxruntime imports its C++ part comes out as an ImportError raised from the
+    KeyboardInterrupt (seen once in the 0.5 s case above): still 130 and the one line, no traceback. An ImportError
+    of any other cause is no interruption."""
+    import graphopt.commands.cli as cli
+
+    def importing(verbose):
+        try:
+            raise KeyboardInterrupt if wrapped else OSError("libonnxruntime.so: cannot open shared object file")
+        except BaseException as e:
+            raise ImportError("onnxruntime failed to import its C++ part") from e
+
+    monkeypatch.setattr(cli, "quiet_libraries", importing)
+    if not wrapped:
+        with pytest.raises(ImportError):
+            cli.main(["passes"])
+        return
+    assert cli.main(["passes"]) == 130
+    assert capsys.readouterr().err.splitlines() == [INTERRUPTED]

@@ -344,16 +344,30 @@ def main(argv: list[str] | None = None) -> int:
         _stop_background_work(e.exit_code, own_process=argv is None, interrupted=False)
         return e.exit_code
     except KeyboardInterrupt:
-        # A second Ctrl-C must not interrupt the way out (a traceback, a thread left inside onnxruntime).
-        main_thread = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
-        try:
-            print("graphopt: interrupted; no partial output was left", file=sys.stderr)
-            _stop_background_work(130, own_process=argv is None, interrupted=True)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGINT, previous)
-        return 130
+        return _interrupted(argv)
+    except Exception as e:
+        # A library that wraps the Ctrl-C it was interrupted by (onnxruntime, importing its C++ part, raises an
+        # ImportError from it): the user's Ctrl-C all the same.
+        cause = e
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        return _interrupted(argv)
+
+
+def _interrupted(argv: list[str] | None) -> int:
+    """The way out after a Ctrl-C: one line, the background work stopped, 130. A second Ctrl-C must not interrupt
+    it (a traceback, a thread left inside onnxruntime)."""
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        print("graphopt: interrupted; no partial output was left", file=sys.stderr)
+        _stop_background_work(130, own_process=argv is None, interrupted=True)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return 130
 
 
 if __name__ == "__main__":
