@@ -62,3 +62,26 @@ def test_a_baseline_checkout_is_overlaid_never_written_to(tmp_path):
     assert _baseline_tree(new, tmp_path / "work2") == new.resolve()
     with pytest.raises(SystemExit, match="not a graphopt checkout"):
         _baseline_tree(tmp_path / "work", tmp_path / "work3")
+
+
+def test_children_cache_bytecode_outside_the_checkouts(tmp_path, monkeypatch):
+    """A host with ``PYTHONDONTWRITEBYTECODE`` set would make graphopt's children compile graphopt from source in
+    every timed run while onnx loads pip's bytecode: the children drop it and cache bytecode in the benchmark's own
+    folder, and a module imported in one child loads from that cache in the next."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.apply_vs_tools import _child_env
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = _child_env(tmp_path / "pycache")
+    assert "PYTHONDONTWRITEBYTECODE" not in env and env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "probe_mod.py").write_text("X = 1\n")
+    code = "import probe_mod, sys; print(probe_mod.__cached__)"
+    cached = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(src)}, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert cached.startswith(str(tmp_path / "pycache")) and (tmp_path / "pycache").exists()
+    assert not (src / "__pycache__").exists() and Path(cached).is_file()
