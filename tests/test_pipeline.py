@@ -79,6 +79,10 @@ def test_apply_writes_run_dir_and_report(workdir):
     assert all(p["verify"]["passed"] for p in data["passes"])
     assert data["ops_before"]["Softmax"] == 1 and data["ops_after"]["Transpose"] == 2
     assert data["final_verify"]["passed"] and data["final_verify"]["max_abs"] <= 1e-5
+    # What verification cost: each changed pass's session, and at the end all of them with the input model's.
+    changed = [p["verify"]["onnxruntime_seconds"] for p in data["passes"] if p["changed"]]
+    assert changed and all(s > 0 for s in changed)
+    assert data["final_verify"]["onnxruntime_seconds"] > sum(changed) - 1e-3 * len(changed)
     assert report["recipe"]["name"] == "tiny"
     md = (out / "report.md").read_text()
     assert "| 2 | softmax_transpose | applied" in md

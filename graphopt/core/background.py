@@ -21,6 +21,8 @@ class Background:
     raises its exception. ``run_options`` is an onnxruntime ``RunOptions`` for ``fn`` to run with: ``cancel`` sets
     its ``terminate``, which ends a run in flight (and which ``fn`` checks before starting one).
 
+    ``seconds``: how long ``fn`` took once it started (waiting for ``after`` left out); set when it is done.
+
     ``after``: a computation this one starts after (whatever its outcome). Two onnxruntime runs at once share the
     cores their thread pools each expect to have to themselves, and their spinning workers slow both down: chained
     this way, one session runs at a time while Python goes on with the passes."""
@@ -32,6 +34,7 @@ class Background:
 
         self._outcome: tuple[bool, Any] | None = None
         self._run_options = ort.RunOptions()
+        self.seconds = 0.0
 
         def target() -> None:
             try:
@@ -39,7 +42,11 @@ class Background:
                     after.join(None)
                 if self._run_options.terminate:  # cancelled while it waited
                     raise KeyboardInterrupt
-                self._outcome = (True, fn(*args, self._run_options))
+                start = time.perf_counter()
+                try:
+                    self._outcome = (True, fn(*args, self._run_options))
+                finally:
+                    self.seconds = time.perf_counter() - start
             except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
                 self._outcome = (False, e)
 

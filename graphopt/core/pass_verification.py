@@ -16,7 +16,9 @@ comparison, an error (an earlier pass that broke numerics is the failure to repo
 of the run. A pass with ``on_fail: skip`` is resolved at once, so that a failing one is dropped, and the graph
 before it restored, before the next pass runs. A pass outside tolerance stops the run with ``VerificationFailed``
 naming the pass, the worst output and the first divergent tensor (``graphopt.core.divergence``). At the end, the
-output is compared with the input model's outputs.
+output is compared with the input model's outputs. Each verdict records ``onnxruntime_seconds``, the time its
+session took to build and run (the final one: every session's), which is what verification costs beyond the checker
+where it does not fit beside the passes.
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ class Verification(Instrument):
         self._before: SplitModel | None = None  # the model before the pass under way, split
         self._ref: Outputs | None = None  # the input model's outputs
         self._prev: Outputs | None = None  # the last verified graph's
+        self._seconds = 0.0  # onnxruntime's time so far: sessions built and run, the input model's and each pass's
         progress(f"verify: reference outputs of the input model on {len(feeds)} batch(es), beside the first pass")
         self._reference = self._job = Background("graphopt-reference", _outputs, Model(model.split()), feeds, 1)
 
@@ -127,7 +130,7 @@ class Verification(Instrument):
     def after_run(self, run: PipelineRun) -> None:
         self._settle()
         cmp = compare_outputs(self._reference_outputs(), self._previous(), self.tolerance)
-        run.final_verify = cmp.summary()
+        run.final_verify = {**cmp.summary(), "onnxruntime_seconds": round(self._seconds, 4)}
         if not cmp.passed:
             raise VerificationFailed(f"passes {', '.join(run.done)} together drift beyond tolerance from the input "
                                      f"model: {cmp.describe('the input model')}")
@@ -135,6 +138,7 @@ class Verification(Instrument):
     def _reference_outputs(self) -> Outputs:
         if self._ref is None:
             self._ref = self._reference.result()
+            self._seconds += self._reference.seconds
         return self._ref
 
     def _previous(self) -> Outputs:
@@ -151,9 +155,10 @@ class Verification(Instrument):
         # The graph before first: an input model onnxruntime cannot run (a custom op) is bad input, not the pass's fault
         prev = self._previous()
         got = pending.outputs.result()
+        self._seconds += pending.outputs.seconds
         cmp = compare_outputs(prev, got, self.tolerance)
         ctx = pending.ctx
-        ctx.verify = verdict = cmp.summary()
+        ctx.verify = verdict = {**cmp.summary(), "onnxruntime_seconds": round(pending.outputs.seconds, 4)}
         if ctx.record is not None:
             ctx.record.verify = verdict
         if not cmp.passed:
@@ -168,7 +173,8 @@ class Verification(Instrument):
                               verify=verdict)
         self._prev = got
         if ctx.record is not None:  # its "applied" line is out: the verdict follows it
-            self.progress(f"{ctx.label}: verified, max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f}")
+            self.progress(f"{ctx.label}: verified, max_abs {verdict['max_abs']:.2e}, cosine {verdict['cosine']:.7f} "
+                          f"(onnxruntime {pending.outputs.seconds:.2f}s)")
 
 
 class FinalCheck(Instrument):
