@@ -15,7 +15,10 @@ times round robin across the tasks, after one untimed run of each task that fill
 - with ``--baseline DIR`` (a checkout of an earlier graphopt, e.g. ``git worktree add /tmp/base cf170b5``), that
   code's apply without and with verification, on the same recipes and export, in the same round robin.
 graphopt's children also report the seconds its passes took (report.json): what is left, graphopt's own fixed cost
-(imports, reading, the graph import and export, checks, writing), is set against the floor in ``rest/floor``.
+(imports, reading, the graph import and export, checks, writing), is set against the floor in ``rest/floor``. With
+verification on, its onnxruntime work (every session built and run, report.json's
+``final_verify.onnxruntime_seconds``) is ``verify ORT s``; ``added/ORT`` is the wall time verification added over
+that work: the part of it that did not fit beside the passes.
 Then onnxruntime latency of the naive export against graphopt's output at batch 1 and 8, interleaved, each timed
 run after a 0.1 s pause (so the other session's spinning worker threads are idle): the table's speed-up is the
 ratio of medians; the RESULT lines add the ratio of the fastest runs.
@@ -59,9 +62,12 @@ def _child(task: str, src: str, out: str, recipe: str) -> None:
 
         apply_recipe(load_recipe(recipe), out, verify=task.endswith("_verify"), progress=lambda m: None)
         seconds = time.perf_counter() - t0
-        passes = sum(p.get("seconds") or 0 for p in json.loads((Path(out) / "report.json").read_text())["passes"])
+        report = json.loads((Path(out) / "report.json").read_text())
+        passes = sum(p.get("seconds") or 0 for p in report["passes"])
+        # Verification's onnxruntime work (sessions built and run), where the report has it (not before 2026-11).
+        ort_seconds = (report.get("final_verify") or {}).get("onnxruntime_seconds")
         print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "passes_seconds": passes,
-                          "cpu_seconds": _cpu_seconds()}))
+                          "cpu_seconds": _cpu_seconds(), "verify_ort_seconds": ort_seconds}))
         return
     elif task == "onnxsim":
         import onnx
@@ -233,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "passes_seconds" in runs[task][0]:
                     m[task]["passes"] = statistics.median(r["passes_seconds"] for r in runs[task])
                     m[task]["cpu"] = statistics.median(r["cpu_seconds"] for r in runs[task])
+                    ort = [r["verify_ort_seconds"] for r in runs[task] if r.get("verify_ort_seconds") is not None]
+                    m[task]["ort"] = statistics.median(ort) if ort else None
                 spread = f" (median of {len(times)}: {min(times):.2f}-{max(times):.2f})" if len(times) > 1 else ""
                 print(f"  {task}: {m[task]['seconds']:.2f} s{spread}, peak RSS {m[task]['peak_rss_mb']:.0f} MB",
                       flush=True)
@@ -273,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                 "warm_over_onnxslim": ratio(sec("graphopt_warm"), sec("onnxslim")),
                 "graphopt_over_onnxsim": ratio(sec("graphopt"), sec("onnxsim")),
                 "verify_over_noverify": ratio(sec("graphopt_verify"), sec("graphopt")),
+                # Verification's onnxruntime work, and how much of it shows as added wall time (below 1: the rest
+                # ran beside the passes).
+                "verify_ort_s": round(m["graphopt_verify"]["ort"], 2)
+                if m.get("graphopt_verify") and m["graphopt_verify"].get("ort") is not None else None,
+                "verify_added_over_ort": ratio(sec("graphopt_verify") - sec("graphopt"), m["graphopt_verify"]["ort"])
+                if m.get("graphopt") and m.get("graphopt_verify") and m["graphopt_verify"].get("ort") else None,
                 "rss_over_model_size": _rss_over_size(m["graphopt"]["peak_rss_mb"], size_mb) if m.get("graphopt")
                 else None,
                 **{f"speedup_bs{bs}": round(v[0] / v[1], 3) for bs, v in lat.items()},
@@ -287,14 +301,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print("| recipe | MB | floor s | graphopt s | passes s | +verify s | warm s | onnxsim s | onnxslim s | /floor "
-          "| rest/floor | /onnxslim | warm/onnxslim | verify/off | RSS/size | ORT speedup bs1 | bs8 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| rest/floor | /onnxslim | warm/onnxslim | verify/off | verify ORT s | added/ORT | RSS/size "
+          "| ORT speedup bs1 | bs8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['recipe']} | {r['model_mb']:.0f} | {f(r.get('floor_s'))} | {f(r.get('graphopt_s'))} | "
               f"{f(r.get('graphopt_passes_s'))} | {f(r.get('graphopt_verify_s'))} | {f(r.get('graphopt_warm_s'))} | "
               f"{f(r.get('onnxsim_s'))} | {f(r.get('onnxslim_s'))} | {f(r['graphopt_over_floor'])} | "
               f"{f(r['rest_over_floor'])} | {f(r['graphopt_over_onnxslim'])} | {f(r['warm_over_onnxslim'])} | "
-              f"{f(r['verify_over_noverify'])} | {f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | "
+              f"{f(r['verify_over_noverify'])} | {f(r.get('verify_ort_s'))} | {f(r.get('verify_added_over_ort'))} | "
+              f"{f(r['rss_over_model_size'])} | {f(r.get('speedup_bs1'))} | "
               f"{f(r.get('speedup_bs8'))} |")
     if baseline is not None:
         print(f"\nAgainst the baseline ({args.baseline}), the same runs:\n")
