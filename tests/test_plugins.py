@@ -134,3 +134,31 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_exit_2(plugin_module):
     assert proc.stderr.splitlines() == ["graphopt: error: plugin 'no_such_plugin_mod' failed to load: "
                                         "ModuleNotFoundError: No module named 'no_such_plugin_mod'"]
     assert proc.stdout == ""
+
+
+def test_a_recipe_loads_only_the_built_in_passes_it_names(broken_plugin, tmp_path):
+    """Parsing a recipe imports the modules of the built-in passes it names, not the other built-ins nor the
+    entry points (no warning about the broken one); listing the passes then loads them all, and the knowledge
+    library keeps its order, built-in modules by name, whatever was loaded first."""
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "m.onnx").write_bytes(b"")  # parsing checks that it exists; nothing reads it
+    recipe.write_text("model: {onnx: m.onnx}\npasses:\n  - pass: softmax_transpose\n")
+    code = textwrap.dedent(f"""
+        import sys
+        from graphopt.commands.recipe import load_recipe
+        from graphopt.core.pass_infra import all_passes, library_passes
+        load_recipe({str(recipe)!r})
+        loaded = sorted(m for m in sys.modules if m.startswith("graphopt.passes."))
+        print(",".join(loaded))
+        everything = all_passes()
+        library = list(library_passes())
+        assert library == sorted(library), library
+        assert {{"softmax_transpose", "fold_constants", "merge_casts"}} <= set(everything)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=broken_plugin,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first, last = proc.stdout.strip().splitlines()
+    assert first.split(",") == ["graphopt.passes.softmax_transpose"] and last == "ok"
+    assert proc.stderr.count("failed to load") == 1  # the broken entry point, once all_passes() loads it

@@ -17,7 +17,7 @@ import yaml
 from ..core.errors import UserError, closest
 from ..core.inputs import InputSpec
 from ..core.model_inputs import DTYPES, dtype_name
-from ..core.pass_infra import all_passes, load_plugin, pass_params, plugin_errors
+from ..core.pass_infra import all_passes, get_pass, load_plugin, pass_params, plugin_errors
 from ..core.tolerance import CRITERIA, OutputTolerance, Tolerance, tolerance_problem
 from .export import exporter_names
 from ..ascend.cann import DEFAULT_CANN, PRECISION_MODES, PRECISION_MODES_V2, cann_version, precision_flag
@@ -100,7 +100,6 @@ def _parse_inputs(top: Section, file: str, base: Path | None) -> list[InputSpec]
 
 def _parse_passes(raw_passes: list, file: str) -> list[PassSpec]:
     passes = []
-    registry = all_passes()
     for k, entry in enumerate(raw_passes):
         where = f"passes[{k}]"
         if isinstance(entry, str):
@@ -108,11 +107,12 @@ def _parse_passes(raw_passes: list, file: str) -> list[PassSpec]:
         if not isinstance(entry, dict) or "pass" not in entry:
             raise UserError(f"{file}: {where}: expected a mapping with a 'pass' key, e.g. '- pass: simplify'")
         pname = entry["pass"]
-        if not isinstance(pname, str) or pname not in registry:
+        cls = get_pass(pname) if isinstance(pname, str) else None
+        if cls is None:
             broken = "".join(f"; {why}" for why in plugin_errors().values())
-            hint = closest(str(pname), registry) or " (graphopt passes lists them)"
+            hint = closest(str(pname), all_passes()) or " (graphopt passes lists them)"
             raise UserError(f"{file}: {where}.pass: unknown pass {pname!r}{hint}{broken}")
-        params = {p.name: p for p in pass_params(registry[pname])}
+        params = {p.name: p for p in pass_params(cls)}
         args = {}
         for key, value in entry.items():
             if key in ("pass", "on_fail"):

@@ -10,13 +10,17 @@ Passes come from three places, all loaded the same way (importing a module regis
 the built-in ``graphopt.passes``; the entry-point group ``graphopt.passes`` of installed packages (each entry point
 names a Pass subclass, or a module whose import registers passes); and modules named by a recipe's ``plugins:`` or
 ``graphopt --plugin MODULE`` (``load_plugin``). The built-in package is imported by name, as plugins are: the
-framework does not depend on the passes written on it.
+framework does not depend on the passes written on it. A built-in pass is looked up first in the module of its name
+alone (``graphopt.passes.<name>``): applying a recipe imports the passes it names, not the other built-ins, entry
+points or their dependencies; anything that lists passes, or a name no built-in module has, loads them all.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
+import pkgutil
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "graphopt.passes"
+_BUILTIN = "graphopt.passes"  # the package of built-in passes: each public module registers the pass of its name
 _REGISTRY: dict[str, type["Pass"]] = {}
 _loaded = False
 # entry point name -> one line saying why it could not be loaded (its passes are missing; everything else works)
@@ -138,7 +143,9 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("graphopt.passes")  # the built-in passes register on import
+    package = importlib.import_module(_BUILTIN)  # its public modules register the built-in passes on import
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")):
+        importlib.import_module(f"{_BUILTIN}.{module}")
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -180,14 +187,31 @@ def all_passes() -> dict[str, type[Pass]]:
 
 
 def library_passes() -> dict[str, type[Pass]]:
-    """The porting knowledge library (``Pass.library``), in the order ``graphopt optimize`` runs them: the order
-    of registration (built-in modules by name, then plugins)."""
+    """The porting knowledge library (``Pass.library``), in the order ``graphopt optimize`` runs them: built-in
+    modules by name, then plugins in the order they registered."""
     _load_all()
-    return {name: cls for name, cls in _REGISTRY.items() if cls.library}
+    order = {name: k for k, name in enumerate(_REGISTRY)}
+
+    def key(item: tuple[str, type[Pass]]) -> tuple:
+        name, cls = item
+        builtin = cls.__module__.startswith(f"{_BUILTIN}.")
+        return (0, cls.__module__, order[name]) if builtin else (1, "", order[name])
+
+    return {name: cls for name, cls in sorted(_REGISTRY.items(), key=key) if cls.library}
 
 
 def get_pass(name: str) -> type[Pass] | None:
-    _load_all()
+    """The pass registered as ``name``: a built-in one from its own module alone, when nothing else is loaded
+    yet; anything else once every pass is loaded. None when there is none."""
+    if name not in _REGISTRY and not _loaded and name.isidentifier() and not name.startswith("_"):
+        try:
+            found = importlib.util.find_spec(f"{_BUILTIN}.{name}") is not None
+        except ImportError:  # no built-in package (a broken install): every pass is loaded below, as it can be
+            found = False
+        if found:
+            importlib.import_module(f"{_BUILTIN}.{name}")
+    if name not in _REGISTRY:
+        _load_all()
     return _REGISTRY.get(name)
 
 
