@@ -85,3 +85,22 @@ def test_children_cache_bytecode_outside_the_checkouts(tmp_path, monkeypatch):
                             text=True, check=True).stdout.strip()
     assert cached.startswith(str(tmp_path / "pycache")) and (tmp_path / "pycache").exists()
     assert not (src / "__pycache__").exists() and Path(cached).is_file()
+
+
+
+def test_rounds_order_the_tasks_so_each_follows_each_other_equally_often():
+    """A Williams design: over a cycle of rounds every ordered pair of tasks is adjacent equally often (a fixed order
+    charged one task for its neighbour's large write), for even and odd counts of tasks."""
+    from collections import Counter
+
+    from benchmarks.apply_vs_tools import _round_order
+
+    for n in range(2, 9):
+        tasks = [f"t{i}" for i in range(n)]
+        cycle = n if n % 2 == 0 else 2 * n
+        rounds = [_round_order(tasks, k) for k in range(cycle)]
+        assert all(sorted(r) == tasks for r in rounds) and rounds[0][0] == "t0"
+        pairs = Counter((r[i - 1], r[i]) for r in rounds for i in range(1, n))
+        assert len(pairs) == n * (n - 1) and len(set(pairs.values())) == 1, (n, pairs)
+        assert _round_order(tasks, cycle) == rounds[0]
+    assert _round_order(["floor"], 3) == ["floor"] and _round_order([], 1) == []
