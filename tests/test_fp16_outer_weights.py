@@ -63,3 +63,36 @@ def test_the_emulator_session_does_not_spin_its_workers():
     """A run is hundreds of small If subgraphs: spinning workers would fight for a shared machine's cores."""
     emu = Fp16Emulator(_mlp())
     assert emu.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def _rms_norm_axes_from_range() -> onnx.ModelProto:
+    """RMSNormalization as ONNX's function expands it: the reduced axes are ``Range(0, Size(Shape(X)), 1)``."""
+    nodes = [helper.make_node("Shape", ["X"], ["shape"]), helper.make_node("Size", ["shape"], ["rank"]),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64))),
+             helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1, np.int64))),
+             helper.make_node("Range", ["zero", "rank", "one"], ["axes"]),
+             helper.make_node("Mul", ["X", "X"], ["sq"]), helper.make_node("ReduceMean", ["sq", "axes"], ["mean"]),
+             helper.make_node("Constant", [], ["eps"], value=numpy_helper.from_array(np.array(1e-5, np.float32))),
+             helper.make_node("Add", ["mean", "eps"], ["ms"]), helper.make_node("Sqrt", ["ms"], ["rms"]),
+             helper.make_node("Div", ["X", "rms"], ["Y"])]
+    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_a_graph_onnxruntime_cannot_optimise_is_emulated_unoptimised():
+    """onnxruntime's constant folding re-infers the Range axes a ReduceMean unit's If reads from the outer scope with
+    another shape ("Can't merge shape info") and refuses the optimised session; the emulator builds it unoptimised,
+    says so in its stats, and computes the model: all switches off the fp32 outputs, all on rounded to fp16."""
+    import onnxruntime as ort
+
+    model = _rms_norm_axes_from_range()
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    emu = Fp16Emulator(model)
+    assert emu.stats.get("unoptimized_session") == 1
+    fp32 = emu.run([x])["Y"]
+    np.testing.assert_allclose(fp32, want, rtol=1e-6, atol=1e-6)
+    fp16 = emu.run([x], np.ones(len(emu.units), bool))["Y"]
+    assert not np.array_equal(fp16, fp32) and np.allclose(fp16, want, rtol=5e-3, atol=5e-3)
+    assert np.array_equal(fp16, fp16.astype(np.float16).astype(np.float32))  # the last unit's output is rounded
