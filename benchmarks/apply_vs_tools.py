@@ -114,8 +114,13 @@ def _child_env(pycache: Path) -> dict[str, str]:
     return {**env, "PYTHONWARNINGS": "ignore", "PYTHONPYCACHEPREFIX": str(pycache)}
 
 
-def _measure(task: str, src: Path, out: Path, recipe: Path, baseline: Path | None = None,
-             env: dict[str, str] | None = None) -> dict | None:
+def _output(folder: Path, task: str) -> Path:
+    """Where ``task`` writes in ``folder``: a model file for the tools, the run folder itself for graphopt."""
+    return folder / "model.onnx" if task in _FILE_TASKS else folder
+
+
+def _measure(task: str, src: Path, out: Path, recipe: Path, baseline: Path | None, env: dict[str, str]
+             ) -> dict | None:
     # graphopt runs cold (no inferred shapes cached, as on a first run) except graphopt_warm, which a priming run
     # has given its cached shapes (a recipe applied again).
     cold = {"GRAPHOPT_SHAPE_CACHE": "0"} if task in ("graphopt", "graphopt_verify", *BASELINE_TASKS) else {}
@@ -130,7 +135,7 @@ def _measure(task: str, src: Path, out: Path, recipe: Path, baseline: Path | Non
     os.sync()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", task, str(src), str(out),
                            str(recipe)], cwd=where or ROOT, capture_output=True, text=True,
-                          env={**(env or {**os.environ, "PYTHONWARNINGS": "ignore"}), **cold})
+                          env={**env, **cold})
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  {task}: failed ({last})", flush=True)
@@ -235,18 +240,17 @@ def main(argv: list[str] | None = None) -> int:
             if baseline is not None:
                 tasks += [t for t in BASELINE_TASKS if t.replace("baseline", "graphopt") in tasks]
             runs: dict[str, list[dict]] = {t: [] for t in tasks}
-            for task in [t for t in tasks if t not in primed]:  # untimed: compiles each tool's modules once
+            # Untimed: each tool's modules compiled once (graphopt_warm's priming below, each recipe, does it too).
+            for task in [t for t in tasks if t not in primed and t != "graphopt_warm"]:
                 primed.add(task)
                 prime = Path(tmp) / f"prime-{task}"
-                _measure(task, src, prime / ("model.onnx" if task in _FILE_TASKS else "run"), recipe_path, baseline,
-                         env)
-                shutil.rmtree(prime)
+                _measure(task, src, _output(prime, task), recipe_path, baseline, env)
+                shutil.rmtree(prime, ignore_errors=True)  # a child that failed may not have made it
             if "graphopt_warm" in tasks:  # untimed: caches shapes
-                _measure("graphopt_warm", src, Path(tmp) / f"{name}-prime", recipe_path, env=env)
+                _measure("graphopt_warm", src, Path(tmp) / f"{name}-prime", recipe_path, None, env)
             for k in range(args.repeat):  # round robin: a slow spell of the host hits every task alike
                 for task in _round_order(tasks, k):
-                    out = Path(tmp) / f"{name}-{task}" / ("model.onnx" if task in _FILE_TASKS else "")
-                    r = _measure(task, src, out, recipe_path, baseline, env)
+                    r = _measure(task, src, _output(Path(tmp) / f"{name}-{task}", task), recipe_path, baseline, env)
                     if r:
                         runs[task].append(r)
             m = {}
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             def ratio(a, b):
                 return None if a is None or b is None else a / b
 
+            ort = (m.get("graphopt_verify") or {}).get("ort")  # None without a verify run or before 2026-11
             result = {
                 "recipe": name, "model_mb": round(size_mb, 1),
                 **{f"{t}_s": (round(sec(t), 2) if sec(t) is not None else None) for t in m},
@@ -304,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                 "verify_over_noverify": ratio(sec("graphopt_verify"), sec("graphopt")),
                 # Verification's onnxruntime work, and how much of it shows as added wall time (below 1: the rest
                 # ran beside the passes).
-                "verify_ort_s": round(m["graphopt_verify"]["ort"], 2)
-                if m.get("graphopt_verify") and m["graphopt_verify"].get("ort") is not None else None,
-                "verify_added_over_ort": ratio(sec("graphopt_verify") - sec("graphopt"), m["graphopt_verify"]["ort"])
-                if m.get("graphopt") and m.get("graphopt_verify") and m["graphopt_verify"].get("ort") else None,
+                "verify_ort_s": None if ort is None else round(ort, 2),
+                "verify_added_over_ort": ratio(sec("graphopt_verify") - sec("graphopt"), ort)
+                if ort and m.get("graphopt") else None,
                 "rss_over_model_size": _rss_over_size(m["graphopt"]["peak_rss_mb"], size_mb) if m.get("graphopt")
                 else None,
                 **{f"speedup_bs{bs}": round(v[0] / v[1], 3) for bs, v in lat.items()},
